@@ -1,0 +1,48 @@
+"""effective_depth: how many of a language model's layers does it really use?
+
+The public API (imported lazily, so that ``import effective_depth`` and the CLI's ``--help`` stay
+fast)::
+
+    import effective_depth as ed
+    model = ed.load_model("zoo/add-4l")
+    task = ed.get_task("addition", digits=3)
+
+See ``docs/`` for the methods, the CLI and the hook-scripting guide.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "EffectiveDepthError": "errors",
+    "ModelError": "errors",
+    "TaskError": "errors",
+    "ConfigError": "errors",
+    "ResultsError": "errors",
+    "load_model": "models",
+    "resolve_spec": "models",
+    "zoo_names": "models",
+    "get_task": "tasks",
+    "list_tasks": "tasks",
+    "Example": "tasks",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'effective_depth' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

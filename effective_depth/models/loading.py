@@ -1,0 +1,442 @@
+"""Load any supported causal LM as a TransformerLens model, offline when it can be.
+
+``load_model(spec)`` accepts four kinds of spec, tried in this order:
+
+1. a bundled zoo name (``"zoo/add-4l"``, or the bare ``"add-4l"``);
+2. a local directory written by ``save_pretrained`` (config.json, weights, tokenizer);
+3. an official TransformerLens name or alias (``"gpt2"``, ``"Qwen/Qwen2.5-1.5B"``), loaded by
+   TransformerLens from the hub or the local Hugging Face cache;
+4. any other hub id whose *architecture* TransformerLens supports
+   (``"deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"``): its files are fetched (or found in the
+   cache, with ``HF_HUB_OFFLINE=1``) and loaded exactly like a local directory, so the config
+   and weights are that checkpoint's own, never a look-alike official model's.
+
+Why local directories are *staged*: TransformerLens's ``from_pretrained`` refuses paths, and its
+config converter decides the architecture from the *path string* when it contains "llama" or
+"gemma" (and then never reads config.json). We therefore show it a temporary directory with a
+neutral name whose files are links to the real ones, and a config.json with small compatibility
+fixes (GPT-2 configs saved by recent ``transformers`` lack ``n_ctx``).
+
+By default no weight processing is applied, so ``blocks.{l}.hook_resid_pre`` equals the Hugging
+Face hidden state ``l`` — every metric in this toolkit reads the residual stream, and centering
+the writing weights or folding value biases would change it. Processing is opt-in
+(``fold_ln``, ``center_writing_weights``, ``center_unembed``, ``fold_value_biases``, or
+``process_weights=True`` for TransformerLens's defaults); log-probabilities equal the HF model's in
+every mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ModelError, close_matches
+from .devices import default_device, parse_dtype
+
+__all__ = [
+    "load_model",
+    "resolve_spec",
+    "ResolvedSpec",
+    "official_model_names",
+    "HOOKED_ARCHITECTURES",
+    "BACKENDS",
+]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("hooked", "bridge")
+
+#: Causal-LM architectures whose config and weights TransformerLens converts from a checkpoint's
+#: own config.json (its converter dispatches on ``architectures[0]`` for these).
+HOOKED_ARCHITECTURES = frozenset(
+    {
+        "GPT2LMHeadModel",
+        "GPTNeoForCausalLM",
+        "GPTJForCausalLM",
+        "GPTNeoXForCausalLM",
+        "OPTForCausalLM",
+        "BloomForCausalLM",
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "MixtralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "PhiForCausalLM",
+        "Phi3ForCausalLM",
+        "GptOssForCausalLM",
+        "OlmoeForCausalLM",
+        "Olmo3ForCausalLM",
+        "ApertusForCausalLM",
+    }
+)
+
+# Files worth fetching from the hub for a checkpoint: config, weights, tokenizer.
+_HUB_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "*.model",
+    "*.txt",
+    "*.tiktoken",
+    "tokenizer*",
+]
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """What a model spec turned out to be. ``kind`` is zoo, local, official or hub."""
+
+    spec: str
+    kind: str
+    name: str
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def official_model_names() -> list[str]:
+    """TransformerLens's official model names (aliases excluded)."""
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+
+    return list(OFFICIAL_MODEL_NAMES)
+
+
+def _official_name(spec: str) -> str | None:
+    from transformer_lens.loading_from_pretrained import make_model_alias_map
+
+    return make_model_alias_map().get(spec.lower())
+
+
+def resolve_spec(spec: str | os.PathLike[str]) -> ResolvedSpec:
+    """Decide what ``spec`` names without loading anything (no network)."""
+    from .zoo import zoo_entry, zoo_names
+
+    text = str(spec)
+    entry = zoo_entry(text)
+    if entry is not None:
+        return ResolvedSpec(text, "zoo", entry.name, str(entry.path))
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(
+                f"{text!r} is a file; pass the checkpoint directory that holds config.json"
+            )
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{str(path)!r} has no config.json; expected a directory written by "
+                "save_pretrained (config.json, weights, tokenizer files)"
+            )
+        return ResolvedSpec(text, "local", path.resolve().name, str(path.resolve()))
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
+        raise ModelError(f"model directory {str(path)!r} does not exist")
+    official = _official_name(text)
+    if official is not None:
+        return ResolvedSpec(text, "official", official)
+    if "/" in text:
+        return ResolvedSpec(text, "hub", text)
+    raise ModelError(
+        f"unknown model {text!r}"
+        f"{close_matches(text, [*zoo_names(), *official_model_names()])} "
+        "Pass a zoo name (see `effective-depth models`), an official TransformerLens name, "
+        "a Hugging Face hub id (org/name) or a local checkpoint directory."
+    )
+
+
+def load_model(
+    spec: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    backend: str = "hooked",
+    fold_ln: bool = False,
+    center_writing_weights: bool = False,
+    center_unembed: bool = False,
+    fold_value_biases: bool = False,
+    process_weights: bool = False,
+    n_devices: int = 1,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> Any:
+    """Load ``spec`` as a ``HookedTransformer`` (or a ``TransformerBridge`` with
+    ``backend="bridge"``), in eval mode with gradients off.
+
+    Args:
+        spec: zoo name, local checkpoint directory, official TransformerLens name or hub id.
+        device: default CUDA when available, else CPU.
+        dtype: default bfloat16 on CUDA, float32 on CPU (strings like "bf16" accepted).
+        backend: "hooked" (HookedTransformer) or "bridge" (TransformerBridge in compatibility
+            mode; same hook names).
+        fold_ln, center_writing_weights, center_unembed, fold_value_biases: TransformerLens
+            weight processing, all off by default so the residual stream equals Hugging Face's
+            hidden states. ``process_weights=True`` turns all four on.
+        n_devices: split the blocks over this many GPUs (TransformerLens ``n_devices``).
+        trust_remote_code: forwarded to ``transformers``; off unless asked for.
+        revision: hub revision for hub ids.
+
+    Returns:
+        The model, with ``model.effective_depth_source`` describing where it came from.
+    """
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    device = str(device) if device is not None else default_device()
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+    if n_devices < 1:
+        raise ModelError(f"n_devices must be >= 1, got {n_devices}")
+    if n_devices > 1 and (torch.device(device).type != "cuda" or torch.cuda.device_count() < n_devices):
+        raise ModelError(
+            f"n_devices={n_devices} needs {n_devices} CUDA devices; "
+            f"{torch.cuda.device_count()} visible"
+        )
+    torch_dtype = parse_dtype(dtype, device)
+    if process_weights:
+        fold_ln = center_writing_weights = center_unembed = fold_value_biases = True
+    processing = {
+        "fold_ln": fold_ln,
+        "center_writing_weights": center_writing_weights,
+        "center_unembed": center_unembed,
+        "fold_value_biases": fold_value_biases,
+    }
+    resolved = resolve_spec(spec)
+    log.info("loading %s (%s) on %s as %s", resolved.name, resolved.kind, device, torch_dtype)
+
+    if resolved.kind == "hub":
+        resolved = ResolvedSpec(
+            resolved.spec, "hub", resolved.name, _fetch_hub_checkpoint(resolved.name, revision)
+        )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if backend == "bridge":
+            path_or_name = resolved.path or resolved.name
+            model = _load_bridge(path_or_name, device, torch_dtype, processing, n_devices,
+                                 trust_remote_code)
+        elif resolved.kind == "official":
+            model = _load_official_hooked(resolved.name, device, torch_dtype, processing,
+                                          n_devices, trust_remote_code, revision)
+        else:
+            assert resolved.path is not None
+            model = _load_local_hooked(Path(resolved.path), device, torch_dtype, processing,
+                                       n_devices, trust_remote_code)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.effective_depth_source = {
+        **resolved.to_dict(),
+        "backend": backend,
+        "device": device,
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        **processing,
+    }
+    return model
+
+
+def _fetch_hub_checkpoint(repo_id: str, revision: str | None) -> str:
+    """Local snapshot directory of a hub checkpoint (from the cache when offline)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS)
+    except Exception as exc:  # offline without cache, unknown repo, gated repo, ...
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        hint = (
+            "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+            if offline
+            else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
+        from .zoo import zoo_names
+
+        raise ModelError(
+            f"could not fetch model {repo_id!r} from the Hugging Face hub ({hint})"
+            f"{close_matches(repo_id, [*zoo_names(), *official_model_names()])} "
+            "To load offline, download it once (huggingface-cli download REPO) or pass "
+            "a local directory written by save_pretrained."
+        ) from None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {path / 'config.json'}: {exc}") from None
+
+
+@contextlib.contextmanager
+def staged_checkpoint(path: Path) -> Iterator[Path]:
+    """A neutral-named view of ``path`` for TransformerLens's config converter.
+
+    Every file is a symlink to the original except config.json, which is rewritten with the
+    compatibility fixes TransformerLens needs. Removed on exit.
+    """
+    config = _read_config(path)
+    if config.get("model_type") == "gpt2" and "n_ctx" not in config:
+        config["n_ctx"] = config.get("n_positions", 1024)
+    root = Path(tempfile.mkdtemp(prefix="ed-stage-"))
+    if any(word in str(root).lower() for word in ("llama", "gemma")):
+        shutil.rmtree(root)  # a TMPDIR with such a name would defeat the purpose
+        root = Path(tempfile.mkdtemp(prefix="ed-stage-", dir="/tmp" if os.name != "nt" else None))
+    staged = root / "checkpoint"
+    staged.mkdir()
+    try:
+        for item in path.iterdir():
+            if item.name != "config.json":
+                (staged / item.name).symlink_to(item.resolve())
+        (staged / "config.json").write_text(json.dumps(config))
+        yield staged
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _load_tokenizer(path: Path, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:  # a checkpoint without tokenizer files is still analysable from ids
+        log.warning("no usable tokenizer in %s (%s); the model takes token ids only", path, exc)
+        return None
+
+
+def _load_hf_model(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(path),
+            dtype=dtype,
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except Exception as exc:
+        raise ModelError(f"transformers could not load the checkpoint in {path}: {exc}") from exc
+
+
+def _load_local_hooked(
+    path: Path,
+    device: str,
+    dtype: torch.dtype,
+    processing: dict[str, bool],
+    n_devices: int,
+    trust_remote_code: bool,
+) -> Any:
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import (
+        get_pretrained_model_config,
+        get_pretrained_state_dict,
+    )
+
+    config = _read_config(path)
+    arch = (config.get("architectures") or ["?"])[0]
+    if arch not in HOOKED_ARCHITECTURES:
+        raise ModelError(
+            f"{path} holds a {arch} checkpoint, which the HookedTransformer backend cannot convert "
+            f"from a local directory (supported: {', '.join(sorted(HOOKED_ARCHITECTURES))}). "
+            "Try backend='bridge' (CLI: --backend bridge)."
+        )
+    hf_model = _load_hf_model(path, dtype, trust_remote_code)
+    tokenizer = _load_tokenizer(path, trust_remote_code)
+    with staged_checkpoint(path) as staged:
+        try:
+            cfg = get_pretrained_model_config(
+                str(staged),
+                hf_cfg=hf_model.config.to_dict(),
+                fold_ln=processing["fold_ln"],
+                device=device,
+                n_devices=n_devices,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+            )
+            state_dict = get_pretrained_state_dict(str(staged), cfg, hf_model=hf_model, dtype=dtype)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"TransformerLens could not convert the {arch} checkpoint in {path}: {exc}"
+            ) from exc
+    cfg.model_name = path.name
+    cfg.tokenizer_name = str(path) if tokenizer is not None else None
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(state_dict, **processing)
+    model.move_model_modules_to_device()
+    del hf_model
+    return model
+
+
+def _load_official_hooked(
+    name: str,
+    device: str,
+    dtype: torch.dtype,
+    processing: dict[str, bool],
+    n_devices: int,
+    trust_remote_code: bool,
+    revision: str | None,
+) -> Any:
+    from transformer_lens import HookedTransformer
+
+    extra: dict[str, Any] = {}
+    if trust_remote_code:
+        extra["trust_remote_code"] = True
+    if revision is not None:
+        extra["revision"] = revision
+    try:
+        with contextlib.redirect_stdout(_LogWriter()):
+            return HookedTransformer.from_pretrained(
+                name, device=device, dtype=dtype, n_devices=n_devices, **processing, **extra
+            )
+    except Exception as exc:
+        raise ModelError(
+            f"could not load official model {name!r} ({type(exc).__name__}: {exc}). Offline, it "
+            "must already be in the local Hugging Face cache."
+        ) from exc
+
+
+def _load_bridge(
+    path_or_name: str,
+    device: str,
+    dtype: torch.dtype,
+    processing: dict[str, bool],
+    n_devices: int,
+    trust_remote_code: bool,
+) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            path_or_name,
+            device=None if n_devices > 1 else device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            n_devices=n_devices if n_devices > 1 else None,
+        )
+    except Exception as exc:
+        raise ModelError(f"TransformerBridge could not load {path_or_name!r}: {exc}") from exc
+    any_processing = any(processing.values())
+    bridge.enable_compatibility_mode(
+        disable_warnings=True, no_processing=not any_processing, **processing
+    )
+    return bridge
+
+
+class _LogWriter:
+    """Routes TransformerLens's prints ("Loaded pretrained model ...") to logging."""
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            log.info(text.strip())
+        return len(text)
+
+    def flush(self) -> None:
+        pass
