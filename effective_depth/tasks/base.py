@@ -90,9 +90,9 @@ class Param:
                 if low not in ("1", "0", "true", "false", "yes", "no"):
                     raise ValueError(value)
                 value = low in ("1", "true", "yes")
-            elif self.type is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            elif self.type is int and isinstance(value, bool):
+            elif self.type is int and (
+                isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())
+            ):
                 raise ValueError(value)
             else:
                 value = self.type(value)

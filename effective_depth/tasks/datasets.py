@@ -245,7 +245,7 @@ class _DatasetTask(Task):
                 skipped += 1
             else:
                 out.append(ex)
-        if not out:
+        if not out and n != 0:
             source = self.data_files or f"{self.hub_path} ({self.split})"
             why = f" matching {self.filters()}" if self.filters() else ""
             raise TaskError(

@@ -1,0 +1,47 @@
+"""The engine: backend adapter, interventions and the sweep. The only package that knows hook
+names; metrics ask it for residuals, resumed runs and lens distributions."""
+
+from .adapter import Adapter, Clean, get_adapter
+from .batch import Batch, encode_batch, measured_mask
+from .interventions import (
+    Intervention,
+    LocalSkip,
+    PatchContribution,
+    Plan,
+    ReplaceResidual,
+    ablate,
+    compile_plan,
+    intervene,
+    local_skip,
+    position_mask,
+    replace_residual,
+    skip_attn,
+    skip_block,
+    skip_mlp,
+)
+from .sweep import Row, sweep
+
+__all__ = [
+    "Adapter",
+    "Batch",
+    "Clean",
+    "Intervention",
+    "LocalSkip",
+    "PatchContribution",
+    "Plan",
+    "ReplaceResidual",
+    "Row",
+    "ablate",
+    "compile_plan",
+    "encode_batch",
+    "get_adapter",
+    "intervene",
+    "local_skip",
+    "measured_mask",
+    "position_mask",
+    "replace_residual",
+    "skip_attn",
+    "skip_block",
+    "skip_mlp",
+    "sweep",
+]

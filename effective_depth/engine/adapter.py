@@ -1,0 +1,290 @@
+"""The backend adapter: the only code in the toolkit that knows hook names and backends.
+
+Everything else asks it for "the residual stream", "the attention output of block l", "run blocks
+s..L-1 from this residual", or "the logit lens of this residual". Two backends:
+
+* ``HookedTransformer``: blocks are called directly, so a run can *resume* at any block from a
+  cached residual (what ``forward(start_at_layer=...)`` does), rows can join a running batch at
+  the block where their intervention starts, and a run can cover only a suffix of the positions
+  with the unchanged prefix supplied as cached keys and values.
+* ``TransformerBridge``: HF modules inside, no ``start_at_layer``. Resuming falls back to a full
+  forward with the residual at the resume boundary overwritten by a hook; the numbers are the same,
+  only slower.
+
+Notation follows ``METHODS.md``: boundary ``l`` (0..L) is the residual ``h_l`` entering block
+``l``; ``h_L`` is the output of the last block, before the final norm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = ["Adapter", "Clean", "get_adapter", "HookFn"]
+
+HookFn = Callable[[Tensor, Any], Tensor | None]
+
+
+@dataclass
+class Clean:
+    """Activations of one clean forward pass over a batch.
+
+    ``resid[l]`` is ``h_l`` for l = 0..L; ``attn[l]``/``mlp[l]`` are ``a_l``/``m_l`` when requested;
+    ``kv[l]`` are block ``l``'s attention keys and values (for suffix runs) when requested.
+    """
+
+    tokens: Int[Tensor, "batch pos"]
+    resid: Float[Tensor, "boundary batch pos d_model"]
+    attn: Float[Tensor, "layer batch pos d_model"] | None = None
+    mlp: Float[Tensor, "layer batch pos d_model"] | None = None
+    kv: list[tuple[Tensor, Tensor]] | None = None
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.resid.shape[0]) - 1
+
+    def block_out(self, layer: int) -> Float[Tensor, "batch pos d_model"]:
+        """``d_l = h_{l+1} - h_l``, the whole block's contribution."""
+        return self.resid[layer + 1] - self.resid[layer]
+
+
+class Adapter:
+    """Wraps a ``HookedTransformer`` or ``TransformerBridge`` (see the module docstring)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.cfg = model.cfg
+        self.is_bridge = type(model).__name__ == "TransformerBridge" or not hasattr(
+            model, "input_to_embed"
+        )
+        self.n_layers: int = int(self.cfg.n_layers)
+        self.d_model: int = int(self.cfg.d_model)
+        self.d_vocab: int = int(getattr(self.cfg, "d_vocab_out", None) or self.cfg.d_vocab)
+        self.parallel: bool = bool(getattr(self.cfg, "parallel_attn_mlp", False))
+        self.tokenizer = getattr(model, "tokenizer", None)
+
+    # ------------------------------------------------------------------ names and basics
+    def resid_hook(self, boundary: int) -> str:
+        L = self.n_layers
+        if not 0 <= boundary <= L:
+            raise IndexError(f"residual boundary {boundary} outside 0..{L}")
+        if boundary == L:
+            return f"blocks.{L - 1}.hook_resid_post"
+        return f"blocks.{boundary}.hook_resid_pre"
+
+    def attn_hook(self, layer: int) -> str:
+        return f"blocks.{layer}.hook_attn_out"
+
+    def mlp_hook(self, layer: int) -> str:
+        return f"blocks.{layer}.hook_mlp_out"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def can_resume(self) -> bool:
+        """Whether blocks can be run directly from a given residual (HookedTransformer)."""
+        return not self.is_bridge
+
+    @property
+    def can_run_suffix(self) -> bool:
+        """Whether a run may cover only a suffix of positions (keys/values of the prefix cached)."""
+        return not self.is_bridge and self.cfg.positional_embedding_type in ("rotary", "standard") \
+            and not getattr(self.cfg, "use_local_attn", False)
+
+    def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+              bwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> contextlib.AbstractContextManager:
+        """Temporary hooks, removed on exit even after an exception (TransformerLens ``hooks``)."""
+        return self.model.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks))
+
+    def to_device(self, tokens: Tensor) -> Tensor:
+        return tokens.to(self.device)
+
+    # ------------------------------------------------------------------ clean pass
+    @torch.no_grad()
+    def clean(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        *,
+        components: bool = False,
+        kv: bool = False,
+    ) -> Clean:
+        """One forward pass caching ``h_0..h_L`` (and ``a_l``, ``m_l``, keys/values if asked).
+
+        Only the hooks needed are attached: no full activation cache is built.
+        """
+        L = self.n_layers
+        tokens = self.to_device(tokens)
+        store: dict[str, Tensor] = {}
+
+        def keep(name: str) -> Callable[[Tensor, Any], None]:
+            def hook(x: Tensor, hook: Any) -> None:
+                store[name] = x.detach()
+
+            return hook
+
+        names = [self.resid_hook(b) for b in range(L + 1)]
+        if components:
+            names += [self.attn_hook(i) for i in range(L)] + [self.mlp_hook(i) for i in range(L)]
+        hooks = [(n, keep(n)) for n in names]
+        kv_cache = None
+        kwargs: dict[str, Any] = {}
+        if kv:
+            if not self.can_run_suffix:
+                raise NotImplementedError("keys/values for suffix runs need a HookedTransformer")
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+            kv_cache = TransformerLensKeyValueCache.init_cache(self.cfg, self.device, tokens.shape[0])
+            kwargs = {"past_kv_cache": kv_cache, "attention_mask": torch.ones_like(tokens)}
+        with self.hooks(hooks):
+            self._forward_tokens(tokens, **kwargs)
+        dev = store[names[0]].device
+        resid = torch.stack([store[self.resid_hook(b)].to(dev) for b in range(L + 1)])
+        attn = mlp = None
+        if components:
+            attn = torch.stack([store[self.attn_hook(i)].to(dev) for i in range(L)])
+            mlp = torch.stack([store[self.mlp_hook(i)].to(dev) for i in range(L)])
+        kv_list = None
+        if kv_cache is not None:
+            kv_list = [(e.past_keys, e.past_values) for e in kv_cache.entries]
+        return Clean(tokens, resid, attn, mlp, kv_list)
+
+    def _forward_tokens(self, tokens: Tensor, **kwargs: Any) -> Any:
+        if self.is_bridge:
+            return self.model(tokens, return_type=None)
+        # padding_side="right": never derive an attention mask from pad tokens (see batch.py)
+        return self.model(tokens, return_type=None, padding_side="right", **kwargs)
+
+    # ------------------------------------------------------------------ resumed runs
+    def block(
+        self,
+        layer: int,
+        x: Float[Tensor, "rows pos d_model"],
+        prefix_kv: tuple[Tensor, Tensor] | None = None,
+    ) -> Float[Tensor, "rows pos d_model"]:
+        """Run block ``layer`` on ``x`` (HookedTransformer only).
+
+        With ``prefix_kv`` the rows of ``x`` are the positions after a cached prefix whose keys
+        and values are given (``[rows, prefix, kv_heads, d_head]`` each).
+        """
+        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+        from transformer_lens.utilities.multi_gpu import get_device_for_block_index
+
+        block = self.model.blocks[layer]
+        x = x.to(get_device_for_block_index(layer, self.cfg))
+        entry = None
+        if prefix_kv is not None:
+            keys, values = prefix_kv
+            entry = TransformerLensKeyValueCacheEntry(keys, values, frozen=True)
+        return block(x, past_kv_cache_entry=entry)
+
+    def run_blocks(
+        self,
+        x: Float[Tensor, "rows pos d_model"],
+        start: int,
+        stop: int | None = None,
+        *,
+        tokens: Int[Tensor, "rows pos"] | None = None,
+        prefix_kv: Sequence[tuple[Tensor, Tensor]] | None = None,
+    ) -> Float[Tensor, "rows pos d_model"]:
+        """``h_stop`` computed from ``h_start = x`` (default stop: L, the final residual).
+
+        The bridge backend needs ``tokens`` (one row per row of ``x``) for its full-forward fallback.
+        """
+        stop = self.n_layers if stop is None else stop
+        if self.can_resume:
+            for layer in range(start, stop):
+                x = self.block(layer, x, None if prefix_kv is None else prefix_kv[layer])
+            return x
+        if tokens is None:
+            raise ValueError("the bridge backend needs the tokens to resume from a residual")
+        return self.bridge_resume(tokens, {start: x}, stop)
+
+    def bridge_resume(
+        self,
+        tokens: Int[Tensor, "rows pos"],
+        replace: dict[int, Tensor],
+        stop: int,
+        extra_hooks: Sequence[tuple[str, HookFn]] = (),
+    ) -> Tensor:
+        """Full forward in which ``h_b := replace[b]`` for each boundary ``b``; returns ``h_stop``."""
+        out: dict[str, Tensor] = {}
+
+        def setter(value: Tensor) -> HookFn:
+            def hook(x: Tensor, hook: Any) -> Tensor:
+                return value.to(x.dtype).to(x.device)
+
+            return hook
+
+        def keep(x: Tensor, hook: Any) -> None:
+            out["x"] = x
+
+        hooks = [(self.resid_hook(b), setter(v)) for b, v in sorted(replace.items())]
+        hooks += list(extra_hooks)
+        hooks.append((self.resid_hook(stop), keep))
+        with self.hooks(hooks):
+            self.model(self.to_device(tokens), return_type=None)
+        return out["x"]
+
+    # ------------------------------------------------------------------ lens / output
+    def final_norm(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The final norm applied to ``x`` itself: its scale is recomputed from ``x``, never
+        taken from the clean run's cache (the trap of TransformerLens issue #1076)."""
+        ln = getattr(self.model, "ln_final", None)
+        return x if ln is None else ln(x)
+
+    def unembed(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        logits = self.model.unembed(x)
+        cap = getattr(self.cfg, "output_logits_soft_cap", -1.0) or -1.0
+        if cap > 0:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    def lens_logits(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """``unembed(ln_final(x))``: the logit lens of any residual; of ``h_L`` it is the output."""
+        shape = x.shape
+        flat = x.reshape(-1, 1, shape[-1]) if x.dim() != 3 else x
+        out = self.unembed(self.final_norm(flat))
+        return out.reshape(*shape[:-1], out.shape[-1])
+
+    def lens_log_probs(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        return torch.log_softmax(self.lens_logits(x).float(), dim=-1)
+
+    def lens_probs(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        return torch.softmax(self.lens_logits(x).float(), dim=-1)
+
+    @contextlib.contextmanager
+    def grad_enabled_inputs(self) -> Iterator[None]:
+        """Gradients w.r.t. activations only: parameters stay frozen whatever the caller did."""
+        flags = [p.requires_grad for p in self.model.parameters()]
+        try:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            with torch.enable_grad():
+                yield
+        finally:
+            for p, f in zip(self.model.parameters(), flags):
+                p.requires_grad_(f)
+
+
+def get_adapter(model: Any) -> Adapter:
+    """The adapter of ``model`` (an :class:`Adapter` is returned as it is)."""
+    if isinstance(model, Adapter):
+        return model
+    if not hasattr(model, "cfg") or not hasattr(model, "hooks"):
+        raise TypeError(
+            f"expected a TransformerLens HookedTransformer or TransformerBridge, got "
+            f"{type(model).__name__}; load models with effective_depth.load_model"
+        )
+    return Adapter(model)

@@ -1,0 +1,116 @@
+"""Tokenized, right-padded batches of examples, and the masks of positions to measure.
+
+Right padding is what makes batching exact for causal models: a pad token appended after a
+prompt cannot influence any earlier position, so no attention mask is needed and every real
+position computes exactly what it computes alone. Padding positions are simply never measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from ..errors import TaskError
+from ..models.evaluate import encode_example
+from ..tasks.base import Example
+
+__all__ = ["Batch", "encode_batch", "measured_mask"]
+
+
+@dataclass
+class Batch:
+    """``tokens[b, :lengths[b]]`` is example ``b``: prompt, then answer from ``answer_start[b]``."""
+
+    tokens: Int[Tensor, "batch pos"]
+    lengths: Int[Tensor, " batch"]
+    answer_start: Int[Tensor, " batch"]
+    str_tokens: list[list[str]]
+    examples: list[Example] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.tokens.shape[1])
+
+    def select(self, rows: Sequence[int]) -> Batch:
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        width = int(self.lengths[idx].max())
+        return Batch(
+            self.tokens[idx.to(self.tokens.device), :width],
+            self.lengths[idx],
+            self.answer_start[idx],
+            [self.str_tokens[i] for i in rows],
+            [self.examples[i] for i in rows] if self.examples else [],
+        )
+
+    def token_ids(self, b: int) -> list[int]:
+        return self.tokens[b, : int(self.lengths[b])].tolist()
+
+    def answer_predicting_positions(self, b: int) -> list[int]:
+        """Positions whose next-token distribution predicts an answer token of example ``b``."""
+        return list(range(int(self.answer_start[b]) - 1, int(self.lengths[b]) - 1))
+
+
+def _check_unknown(tokenizer: Any, ids: list[int], text: str) -> None:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or unk not in ids or "<unk>" in text:
+        return
+    for i, ch in enumerate(text):
+        if tokenizer(ch, add_special_tokens=False)["input_ids"] == [unk]:
+            raise TaskError(
+                f"character {ch!r} at position {i} of {text!r} is unknown to the model's "
+                "tokenizer (it would be read as <unk>); zoo models only read arithmetic strings"
+            )
+    raise TaskError(f"{text!r} contains tokens unknown to the model's tokenizer")
+
+
+def encode_batch(
+    tokenizer: Any,
+    examples: Sequence[Example],
+    *,
+    prepend_bos: bool = True,
+    device: str | torch.device = "cpu",
+    pad_id: int | None = None,
+) -> Batch:
+    """Tokenize ``prompt + answer`` of every example and right-pad to a common width."""
+    if not examples:
+        raise TaskError("no examples to analyse (the task produced an empty list)")
+    rows, starts = [], []
+    for ex in examples:
+        ids, n_prompt = encode_example(tokenizer, ex, prepend_bos=prepend_bos)
+        _check_unknown(tokenizer, ids, ex.prompt + ex.answer)
+        rows.append(ids)
+        starts.append(n_prompt)
+    pad = pad_id if pad_id is not None else (getattr(tokenizer, "pad_token_id", None) or 0)
+    width = max(map(len, rows))
+    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
+    for b, ids in enumerate(rows):
+        tokens[b, : len(ids)] = torch.tensor(ids)
+    # decode token by token: readable labels ("Ġthe" becomes " the") for maps and dashboards
+    str_tokens = [[tokenizer.decode([i]) for i in ids] for ids in rows]
+    return Batch(
+        tokens.to(device),
+        torch.tensor([len(r) for r in rows]),
+        torch.tensor(starts),
+        str_tokens,
+        list(examples),
+    )
+
+
+def measured_mask(
+    lengths: Int[Tensor, " batch"], width: int, skip_front: int = 1, include_front: bool = True
+) -> Bool[Tensor, "batch pos"]:
+    """True at real (non-padding) positions, minus the first ``skip_front`` unless included."""
+    pos = torch.arange(width)[None, :]
+    mask = pos < lengths[:, None]
+    if not include_front:
+        mask &= pos >= skip_front
+    return mask

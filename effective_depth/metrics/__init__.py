@@ -1,0 +1,31 @@
+"""The five measurements of METHODS.md §1–5, one module each, all built on the sweep engine.
+
+Each function takes a model (or an engine ``Adapter``) and a tokenized ``Batch`` and returns a
+typed result object (tensors + metadata): no plotting, no files.
+"""
+
+from .base import MetricResult
+from .contributions import CONTRIBUTION_CURVES, Contributions, contributions
+from .erasure import Erasure, mean_residuals, residual_erasure
+from .integrated_gradients import IntegratedGradients, integrated_gradients
+from .logit_lens import LogitLens, logit_lens
+from .skip_effects import SKIP_COMPONENTS, SkipEffects, depth_score, draw_cuts, skip_effects
+
+__all__ = [
+    "CONTRIBUTION_CURVES",
+    "Contributions",
+    "Erasure",
+    "IntegratedGradients",
+    "LogitLens",
+    "MetricResult",
+    "SKIP_COMPONENTS",
+    "SkipEffects",
+    "contributions",
+    "depth_score",
+    "draw_cuts",
+    "integrated_gradients",
+    "logit_lens",
+    "mean_residuals",
+    "residual_erasure",
+    "skip_effects",
+]

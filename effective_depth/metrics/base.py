@@ -1,0 +1,101 @@
+"""What every measurement shares: result objects, per-prompt reductions, lens distances.
+
+Results keep *per-prompt* reductions (sums and token counts for means, maxima for maxes) next to
+the aggregate, because the effective-depth confidence intervals resample prompts: a token-weighted
+mean over a bootstrap sample is ``sum(sums[idx]) / sum(counts[idx])``, which needs both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..engine.adapter import Adapter
+from ..engine.batch import Batch
+
+__all__ = [
+    "MetricResult",
+    "token_mean",
+    "prompt_chunks",
+    "lens_prob_distance",
+    "EPS",
+    "check_skip_front",
+]
+
+#: denominators of relative norms and cosines are clamped here (METHODS.md §1)
+EPS = 1e-6
+
+
+def token_mean(sums: Tensor, counts: Tensor, idx: Tensor | Sequence[int] | None = None) -> Tensor:
+    """Token-weighted mean over prompts ``idx`` (all by default): ``sum(sums) / sum(counts)``."""
+    if idx is not None:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        sums, counts = sums[idx], counts[idx]
+    total = counts.sum().clamp(min=1)
+    return sums.sum(0) / total
+
+
+def check_skip_front(skip_front: int) -> None:
+    from ..errors import ConfigError
+
+    if skip_front < 0:
+        raise ConfigError(f"skip_front must be >= 0, got {skip_front}")
+
+
+def prompt_chunks(batch: Batch, size: int) -> Iterator[tuple[list[int], Batch]]:
+    """Consecutive groups of at most ``size`` prompts (row indices, sub-batch)."""
+    size = max(1, size)
+    for start in range(0, batch.size, size):
+        rows = list(range(start, min(start + size, batch.size)))
+        yield rows, batch.select(rows) if len(rows) < batch.size else batch
+
+
+def lens_prob_distance(
+    adapter: Adapter,
+    h_new: Float[Tensor, "n d_model"],
+    h_ref: Float[Tensor, "n d_model"],
+    chunk: int = 256,
+) -> Float[Tensor, " n"]:
+    """``‖softmax(lens(h_new)) − softmax(lens(h_ref))‖₂`` per row, in float32, chunked so that
+    only ``chunk × vocab`` probabilities exist at a time."""
+    out = []
+    for i in range(0, h_new.shape[0], chunk):
+        p_new = adapter.lens_probs(h_new[i : i + chunk])
+        p_ref = adapter.lens_probs(h_ref[i : i + chunk].to(h_new.device))
+        out.append((p_new - p_ref).norm(dim=-1))
+    if not out:
+        return torch.zeros(0, device=h_new.device)
+    return torch.cat(out)
+
+
+@dataclass
+class MetricResult:
+    """Base of the typed results: tensors + metadata, no plotting code, no files.
+
+    ``curves()`` are the small per-layer arrays that go to ``results.json``; ``tensors()`` the
+    larger matrices and maps for ``tensors.safetensors``. ``figure()`` hands the result to
+    :mod:`effective_depth.viz` (imported lazily: metrics never import plotly).
+    """
+
+    name: ClassVar[str] = "metric"
+    meta: dict[str, Any] = field(default_factory=dict, kw_only=True)
+
+    def curves(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def tensors(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def figure(self, **kwargs: Any) -> Any:
+        from ..viz import figure_for
+
+        return figure_for(self, **kwargs)
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.meta.get("n_prompts", 0))

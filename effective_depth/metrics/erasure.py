@@ -1,0 +1,177 @@
+"""Residual erasure (METHODS.md §4; Csordás et al. 2025, "token skip").
+
+Where, in depth and in position, is the information the answer needs? For every residual
+boundary ``l`` (0..L) and position ``t``, overwrite ``h_l[t]`` with the mean residual ``μ_l``
+(the mean of ``h_l`` over all tokens of a set of reference prompts), run the rest of the model,
+and record the largest change ``‖p' − p‖₂`` among the distributions that predict the answer
+tokens. The output is an ``(L+1) × T`` map per example, with the token strings as column labels.
+
+By causality an erasure at position ``t`` changes nothing before ``t``, so each variant runs only
+positions ``≥ t`` (the prefix's keys and values come from the clean pass) and only the blocks from
+``l`` on. Erasures after the last answer-predicting position cannot change the answer and are
+exactly 0 without running anything. The first ``skip_front`` positions are never erased (NaN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..engine.adapter import Adapter, get_adapter
+from ..engine.batch import Batch
+from ..engine.interventions import ReplaceResidual, compile_plan
+from ..engine.sweep import Row, sweep
+from ..errors import ConfigError
+from .base import MetricResult, check_skip_front, lens_prob_distance, prompt_chunks
+
+__all__ = ["Erasure", "residual_erasure", "mean_residuals"]
+
+
+@dataclass
+class Erasure(MetricResult):
+    """One ``[L+1, T_b]`` map per example (``maps[b]``), with its token strings."""
+
+    name: ClassVar[str] = "erasure"
+    maps: list[Float[Tensor, "boundary pos"]]
+    str_tokens: list[list[str]]
+    mean_resid: Float[Tensor, "boundary d_model"]
+
+    def __post_init__(self) -> None:
+        if len(self.maps) != len(self.str_tokens):
+            raise ValueError("one token list per erasure map")
+        for m, toks in zip(self.maps, self.str_tokens):
+            if m.shape[1] != len(toks):
+                raise ValueError(f"map width {m.shape[1]} != {len(toks)} tokens")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.mean_resid.shape[0]) - 1
+
+    def curves(self) -> dict[str, Any]:
+        return {"str_tokens": self.str_tokens}
+
+    def tensors(self) -> dict[str, Tensor]:
+        out = {f"map.{i}": m for i, m in enumerate(self.maps)}
+        out["mean_resid"] = self.mean_resid
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any], str_tokens: list[list[str]]) -> Erasure:
+        maps = [tensors[f"map.{i}"] for i in range(len(str_tokens))]
+        return cls(maps, str_tokens, tensors["mean_resid"], meta=meta)
+
+
+@torch.no_grad()
+def mean_residuals(model: Any, reference: Batch, batch_size: int = 8) -> Float[Tensor, "boundary d_model"]:
+    """``μ_l``: the mean of ``h_l`` over all (non-padding) tokens of the reference prompts."""
+    adapter = get_adapter(model)
+    total = torch.zeros(adapter.n_layers + 1, adapter.d_model, dtype=torch.float64)
+    count = 0
+    for _, sub in prompt_chunks(reference, batch_size):
+        clean = adapter.clean(sub.tokens)
+        pos = torch.arange(sub.width)[None, :] < sub.lengths[:, None]
+        pos = pos.to(clean.resid.device)
+        total += (clean.resid.double() * pos[None, :, :, None]).sum((1, 2)).cpu()
+        count += int(pos.sum())
+    return (total / max(count, 1)).float()
+
+
+def residual_erasure(
+    model: Any,
+    batch: Batch,
+    *,
+    reference: Batch | None = None,
+    mean_resid: Tensor | None = None,
+    skip_front: int = 1,
+    batch_size: int = 4,
+    memory_budget: int | None = None,
+    suffix: bool = True,
+    progress: bool = False,
+) -> Erasure:
+    """The erasure map of every example in ``batch`` (the answer is each example's answer span).
+
+    The mean residuals come from ``mean_resid`` or are computed from ``reference`` (the
+    reference papers use 10 prompts of the same task); one of the two is required.
+    """
+    check_skip_front(skip_front)
+    adapter = get_adapter(model)
+    if mean_resid is None:
+        if reference is None:
+            raise ConfigError("residual_erasure needs reference prompts or mean residuals")
+        mean_resid = mean_residuals(adapter, reference)
+    L = adapter.n_layers
+    if tuple(mean_resid.shape) != (L + 1, adapter.d_model):
+        raise ConfigError(f"mean residuals must be [{L + 1}, {adapter.d_model}], got {tuple(mean_resid.shape)}")
+    maps: list[Tensor] = [torch.zeros(0)] * batch.size
+    total = sum((L + 1) * int(n) for n in batch.lengths)
+    bar = tqdm(total=total, desc="residual erasure", disable=not progress)
+    for rows, sub in prompt_chunks(batch, batch_size):
+        for j, m in _erasure_chunk(adapter, sub, mean_resid, skip_front, memory_budget, suffix, bar):
+            maps[rows[j]] = m
+    bar.close()
+    meta = {"n_prompts": batch.size, "n_layers": L, "skip_front": skip_front,
+            "n_reference": None if reference is None else reference.size}
+    return Erasure(maps, [list(s) for s in batch.str_tokens], mean_resid.float().cpu(), meta=meta)
+
+
+def _erasure_chunk(
+    adapter: Adapter,
+    sub: Batch,
+    mean_resid: Tensor,
+    skip_front: int,
+    memory_budget: int | None,
+    suffix: bool,
+    bar: Any,
+) -> list[tuple[int, Tensor]]:
+    L = adapter.n_layers
+    clean = adapter.clean(sub.tokens, kv=suffix and adapter.can_run_suffix)
+    device = clean.resid.device
+    mu = mean_resid.to(device=device, dtype=clean.resid.dtype)
+    maps = []
+    rows: list[Row] = []
+    predicting: dict[int, Tensor] = {}
+    for j in range(sub.size):
+        n = int(sub.lengths[j])
+        m = torch.zeros(L + 1, n)
+        m[:, :skip_front] = float("nan")
+        maps.append(m)
+        pred = torch.tensor(sub.answer_predicting_positions(j), dtype=torch.long)
+        predicting[j] = pred
+        last = int(pred.max()) if len(pred) else -1
+        for t in range(skip_front, n):
+            if t > last:
+                bar.update(L + 1)  # cannot reach an answer-predicting position: exactly 0
+                continue
+            for boundary in range(L + 1):
+                spec = ReplaceResidual(boundary, mu[boundary], positions=[t])
+                rows.append(Row((j, boundary, t), j, compile_plan([spec], adapter, clean, j)))
+
+    def on_final(keys: list, h_final: Tensor, offset: int) -> None:
+        sel_row, sel_prompt, sel_pos = [], [], []
+        for r, (j, _boundary, t) in enumerate(keys):
+            pred = predicting[j]
+            pred = pred[pred >= max(t, offset)]  # earlier positions are unchanged
+            sel_row += [r] * len(pred)
+            sel_prompt += [j] * len(pred)
+            sel_pos += pred.tolist()
+        if not sel_row:
+            return
+        r_idx = torch.tensor(sel_row, device=h_final.device)
+        p_idx = torch.tensor(sel_prompt, device=device)
+        t_idx = torch.tensor(sel_pos, device=device)
+        ref = clean.resid[-1][p_idx, t_idx].to(h_final.device)
+        dist = lens_prob_distance(adapter, h_final[r_idx, (t_idx - offset).to(h_final.device)], ref)
+        best = torch.zeros(len(keys), device=dist.device).scatter_reduce(
+            0, r_idx, dist, reduce="amax", include_self=True
+        ).cpu()
+        for r, (j, boundary, t) in enumerate(keys):
+            maps[j][boundary, t] = float(best[r])
+
+    sweep(adapter, clean, rows, on_final=on_final, suffix=suffix, memory_budget=memory_budget,
+          progress=bar)
+    return list(enumerate(maps))

@@ -1,0 +1,133 @@
+"""Integrated gradients over the residual stream (METHODS.md §5; Csordás et al. 2025).
+
+Which (layer, token) residuals does the answer depend on? For each block ``l`` take its output
+``x = h_{l+1}`` and the baseline ``x̄`` = the mean of ``x`` over this prompt's positions (per
+feature). The target is the sum of the teacher-forced probabilities of the answer tokens. With
+``N`` steps ``α_k = k / N`` (k = 0..N−1, the left Riemann sum of the reference implementation),
+
+    attribution[l, t] = Σ_features (x − x̄)[t] · mean_k ∂target/∂x[t] |_{x̄ + α_k (x − x̄)}
+
+The interpolations are created *at* block ``l``: every row of the sweep starts from the cached
+residual ``h_{l+1}`` and runs only blocks ``l+1..L−1``, so the blocks below run once (in the clean
+pass); the output distribution is computed only at the answer-predicting positions, and gradients
+are taken with respect to activations only (parameters stay frozen).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..engine.adapter import get_adapter
+from ..engine.batch import Batch
+from ..engine.interventions import Plan
+from ..engine.sweep import Row, sweep
+from ..errors import ConfigError
+from .base import MetricResult
+
+__all__ = ["IntegratedGradients", "integrated_gradients"]
+
+
+@dataclass
+class IntegratedGradients(MetricResult):
+    """One ``[L, T_b]`` attribution map per example, with its token strings."""
+
+    name: ClassVar[str] = "integrated_gradients"
+    maps: list[Float[Tensor, "layer pos"]]
+    str_tokens: list[list[str]]
+    targets: Float[Tensor, " prompt"]
+
+    def __post_init__(self) -> None:
+        if len(self.maps) != len(self.str_tokens) or len(self.maps) != len(self.targets):
+            raise ValueError("one map, token list and target per example")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.maps[0].shape[0]) if self.maps else 0
+
+    def curves(self) -> dict[str, Any]:
+        return {"str_tokens": self.str_tokens, "target": self.targets.tolist()}
+
+    def tensors(self) -> dict[str, Tensor]:
+        out = {f"map.{i}": m for i, m in enumerate(self.maps)}
+        out["targets"] = self.targets
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any], str_tokens: list[list[str]]) -> IntegratedGradients:
+        maps = [tensors[f"map.{i}"] for i in range(len(str_tokens))]
+        return cls(maps, str_tokens, tensors["targets"], meta=meta)
+
+
+def integrated_gradients(
+    model: Any,
+    batch: Batch,
+    *,
+    n_steps: int = 256,
+    memory_budget: int | None = None,
+    progress: bool = False,
+) -> IntegratedGradients:
+    """Integrated-gradient attribution of the answer probability to every (block output, token)."""
+    if n_steps < 1:
+        raise ConfigError(f"n_steps must be >= 1, got {n_steps}")
+    adapter = get_adapter(model)
+    L = adapter.n_layers
+    maps, targets = [], []
+    bar = tqdm(total=batch.size * L * n_steps, desc="integrated gradients", disable=not progress)
+    for b in range(batch.size):
+        sub = batch.select([b])
+        m, target = _one_example(adapter, sub, n_steps, memory_budget, bar)
+        maps.append(m)
+        targets.append(target)
+    bar.close()
+    meta = {"n_prompts": batch.size, "n_layers": L, "n_steps": n_steps,
+            "alphas": "k/N, k=0..N-1", "baseline": "mean over positions"}
+    return IntegratedGradients(maps, [list(s) for s in batch.str_tokens], torch.tensor(targets), meta=meta)
+
+
+def _one_example(adapter: Any, sub: Batch, n_steps: int, memory_budget: int | None,
+                 bar: Any) -> tuple[Tensor, float]:
+    L = adapter.n_layers
+    n = int(sub.lengths[0])
+    clean = adapter.clean(sub.tokens[:, :n])
+    device = clean.resid.device
+    pred = torch.tensor(sub.answer_predicting_positions(0), device=device)
+    if len(pred) == 0:
+        raise ConfigError("integrated gradients need an answer (the example's answer is empty)")
+    answer_ids = sub.tokens[0, pred + 1].to(device)
+    acc = torch.zeros(L, n, dtype=torch.float32, device=device)
+    rows: list[Row] = []
+    diffs: dict[int, Tensor] = {}
+    for layer in range(L):
+        x = clean.resid[layer + 1, 0].float()
+        base = x.mean(0, keepdim=True)
+        diffs[layer] = x - base
+        for k in range(n_steps):
+            alpha = k / n_steps
+            start = (base + alpha * (x - base)).to(clean.resid.dtype)
+            rows.append(Row((layer, k), 0, Plan(layer + 1, start, first_pos=0)))
+    by_key = {r.key: r for r in rows}
+
+    def on_final(keys: list, h_final: Tensor, offset: int) -> None:
+        log_probs = adapter.lens_log_probs(h_final[:, pred])  # [rows, answer, V]
+        picked = log_probs.gather(-1, answer_ids[None, :, None].expand(len(keys), -1, 1))
+        target = picked.squeeze(-1).exp().sum()
+        leaves = [by_key[k].plan.resid_leaf for k in keys]
+        grads = torch.autograd.grad(target, leaves)
+        for key, g in zip(keys, grads):
+            layer = key[0]
+            acc[layer] += (g.float() * diffs[layer]).sum(-1)
+        bar.update(len(keys))
+
+    with adapter.grad_enabled_inputs():
+        sweep(adapter, clean, rows, on_final=on_final, grad=True, suffix=False,
+              memory_budget=memory_budget)
+    with torch.no_grad():
+        p = adapter.lens_log_probs(clean.resid[-1, 0, pred])
+        target = float(p.gather(-1, answer_ids[:, None]).exp().sum())
+    return (acc / n_steps).cpu(), target

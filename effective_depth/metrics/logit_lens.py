@@ -1,0 +1,125 @@
+"""The logit lens (METHODS.md §3; nostalgebraist 2020, used by both reference papers).
+
+Decode the residual stream *entering* every block with the model's own final norm and unembedding,
+``lens(h) = softmax(unembed(ln_final(h)))`` — the norm's scale recomputed from ``h`` itself — and
+compare it with the output distribution ``p = lens(h_L)``:
+
+* ``kl[l] = KL(lens(h_l) ‖ p)``, mean over measured tokens;
+* ``overlap[l] = |top_k(lens(h_l)) ∩ top_k(p)| / k`` (``k = 5``), mean over measured tokens.
+
+Layer 0 is the embedding. The vocabulary-sized softmax is the memory hot spot, so positions are
+processed in chunks of ``chunk`` tokens: peak memory is a few ``chunk × vocab`` tensors, never
+``layers × positions × vocab``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..engine.adapter import get_adapter
+from ..engine.batch import Batch, measured_mask
+from ..errors import ConfigError
+from .base import MetricResult, check_skip_front, prompt_chunks, token_mean
+
+__all__ = ["LogitLens", "logit_lens"]
+
+
+@dataclass
+class LogitLens(MetricResult):
+    """Per-prompt sums of KL and overlap at every tapped layer, and token counts."""
+
+    name: ClassVar[str] = "logit_lens"
+    kl_sums: Float[Tensor, "prompt layer"]
+    overlap_sums: Float[Tensor, "prompt layer"]
+    counts: Float[Tensor, " prompt"]
+
+    def __post_init__(self) -> None:
+        if self.kl_sums.shape != self.overlap_sums.shape or self.kl_sums.shape[0] != self.counts.shape[0]:
+            raise ValueError("inconsistent logit-lens shapes")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.kl_sums.shape[1])
+
+    def kl_of(self, idx: Any = None) -> Tensor:
+        return token_mean(self.kl_sums, self.counts, idx)
+
+    def overlap_of(self, idx: Any = None) -> Tensor:
+        return token_mean(self.overlap_sums, self.counts, idx)
+
+    @property
+    def kl(self) -> Float[Tensor, " layer"]:
+        return self.kl_of()
+
+    @property
+    def overlap(self) -> Float[Tensor, " layer"]:
+        return self.overlap_of()
+
+    def curves(self) -> dict[str, Any]:
+        return {"kl": self.kl.tolist(), "overlap": self.overlap.tolist()}
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"kl_sums": self.kl_sums, "overlap_sums": self.overlap_sums, "counts": self.counts}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any]) -> LogitLens:
+        return cls(tensors["kl_sums"], tensors["overlap_sums"], tensors["counts"], meta=meta)
+
+
+@torch.no_grad()
+def logit_lens(
+    model: Any,
+    batch: Batch,
+    *,
+    k: int = 5,
+    skip_front: int = 1,
+    include_front: bool = True,
+    chunk: int = 32,
+    batch_size: int = 8,
+    include_final: bool = False,
+    progress: bool = False,
+) -> LogitLens:
+    """KL to the output and top-``k`` overlap of the lens at every block input.
+
+    ``include_final`` also taps ``h_L`` (a sanity row: KL 0, overlap 1).
+    """
+    check_skip_front(skip_front)
+    adapter = get_adapter(model)
+    if not 1 <= k <= adapter.d_vocab:
+        raise ConfigError(f"k must be in 1..{adapter.d_vocab}, got {k}")
+    L = adapter.n_layers
+    taps = L + 1 if include_final else L
+    kl_sums = torch.zeros(batch.size, taps)
+    overlap_sums = torch.zeros(batch.size, taps)
+    counts = torch.zeros(batch.size)
+    chunks = list(prompt_chunks(batch, batch_size))
+    bar = tqdm(total=batch.size, desc="logit lens", disable=not progress)
+    for rows, sub in chunks:
+        clean = adapter.clean(sub.tokens)
+        mask = measured_mask(sub.lengths, sub.width, skip_front, include_front)
+        for j, row in enumerate(rows):
+            positions = mask[j].nonzero().squeeze(-1).to(clean.resid.device)
+            counts[row] = len(positions)
+            for start in range(0, len(positions), chunk):
+                pos = positions[start : start + chunk]
+                log_p = adapter.lens_log_probs(clean.resid[-1, j, pos])  # [c, V]
+                top_p = log_p.topk(k, dim=-1).indices
+                for layer in range(taps):
+                    log_q = adapter.lens_log_probs(clean.resid[layer, j, pos])
+                    kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+                    kl_sums[row, layer] += float(kl.sum())
+                    top_q = log_q.topk(k, dim=-1).indices
+                    del log_q
+                    hits = (top_q[:, :, None] == top_p[:, None, :]).any(-1).sum(-1)
+                    overlap_sums[row, layer] += float(hits.sum()) / k
+            bar.update(1)
+    bar.close()
+    meta = {"n_prompts": batch.size, "n_layers": L, "k": k, "skip_front": skip_front,
+            "include_front": include_front, "include_final": include_final}
+    return LogitLens(kl_sums, overlap_sums, counts, meta=meta)

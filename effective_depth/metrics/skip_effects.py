@@ -1,0 +1,324 @@
+"""Layer-skip effects (METHODS.md §2; Csordás et al. 2025, "effect on future computation").
+
+Skip block ``s`` (or only its attention, or only its MLP, or only its direct path to the output)
+at positions ``P`` and measure what changes downstream:
+
+* ``layer_effect[s, i] = ‖d_i' − d_i‖ / ‖d_i‖`` for every later block ``i > s`` (0 for
+  ``i ≤ s`` by construction);
+* ``output_effect[s] = ‖p' − p‖₂`` of the output distributions.
+
+**Future effects** cut each prompt at positions ``t`` drawn from ``range(8, T − 4, 8)``
+(shuffled with a fixed seed, ``n_cuts = 4`` kept), skip at ``[skip_front, t)`` and measure at
+positions ``≥ t`` only: does an early token's computation get *used later*? **Current effects**
+skip at every position from ``skip_front`` and measure everywhere.
+
+Aggregation is ``max`` over positions, cuts and prompts (as published) or the token-weighted
+``mean`` (which, unlike the max, does not grow with the number of prompts); both are kept.
+
+The *depth score* (Csordás et al.'s difficulty analysis) is the centre of mass of the mean future
+effect of each skipped block: ``m_s = Σ_{i>s} layer_effect[s, i] / (L − 1 − s)``, score
+``Σ s·m_s / Σ m_s``; the same from ``output_effect``.
+
+All rows (prompt × cut × skipped block) run through one :func:`~effective_depth.engine.sweep`:
+each resumes at block ``s + 1`` from the cached residual, and the rows share batched forwards.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..engine.adapter import Adapter, get_adapter
+from ..engine.batch import Batch, measured_mask
+from ..engine.interventions import LocalSkip, PatchContribution, compile_plan
+from ..engine.sweep import Row, sweep
+from ..errors import ConfigError
+from .base import EPS, MetricResult, check_skip_front, lens_prob_distance, prompt_chunks
+
+__all__ = ["SkipEffects", "skip_effects", "draw_cuts", "depth_score", "SKIP_COMPONENTS"]
+
+SKIP_COMPONENTS = ("block", "attn", "mlp", "local")
+
+
+def draw_cuts(
+    length: int, n_cuts: int = 4, seed: int | str = 0, start: int = 8, stride: int = 8, margin: int = 4
+) -> list[int]:
+    """Cut positions for one prompt of ``length`` tokens: ``range(start, length − margin,
+    stride)`` shuffled with ``random.Random(seed)``, first ``n_cuts`` kept."""
+    cuts = list(range(start, length - margin, stride))
+    random.Random(seed).shuffle(cuts)
+    return cuts[:n_cuts]
+
+
+def depth_score(effect: Tensor) -> float:
+    """Centre of mass over skipped blocks. ``effect`` is ``[L, L]`` (layer effects: the mean
+    effect on later blocks is used) or ``[L]`` (output effects)."""
+    effect = effect.float()
+    if effect.dim() == 2:
+        L = effect.shape[0]
+        m = torch.stack([effect[s, s + 1 :].sum() / (L - 1 - s) for s in range(L - 1)])
+    else:
+        m = effect
+    total = m.sum()
+    if total <= 0:
+        return float("nan")
+    return float((torch.arange(len(m), dtype=torch.float32) * m).sum() / total)
+
+
+@dataclass
+class SkipEffects(MetricResult):
+    """Per-prompt maxima and sums (with position counts) of the layer and output effects."""
+
+    name: ClassVar[str] = "skip_effects"
+    layer_max: Float[Tensor, "prompt layer layer2"]
+    layer_sum: Float[Tensor, "prompt layer layer2"]
+    output_max: Float[Tensor, "prompt layer"]
+    output_sum: Float[Tensor, "prompt layer"]
+    counts: Float[Tensor, "prompt layer"]
+    cuts: list[list[int]]
+
+    def __post_init__(self) -> None:
+        P, L, L2 = self.layer_max.shape
+        if L != L2 or tuple(self.output_max.shape) != (P, L) or len(self.cuts) != P:
+            raise ValueError("inconsistent skip-effect shapes")
+        if self.meta.get("aggregate", "max") not in ("max", "mean"):
+            raise ValueError("aggregate must be max or mean")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.layer_max.shape[1])
+
+    @property
+    def aggregate(self) -> str:
+        return self.meta.get("aggregate", "max")
+
+    def _valid(self, idx: Any) -> Tensor:
+        if idx is None:
+            idx = torch.arange(self.layer_max.shape[0])
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        # prompts without a cut (too short for future effects) contribute nothing
+        return idx[self.counts[idx].sum(1) > 0]
+
+    def layer_effect_of(self, idx: Any = None, aggregate: str | None = None) -> Tensor:
+        idx = self._valid(idx)
+        if len(idx) == 0:
+            return torch.full(self.layer_max.shape[1:], float("nan"))
+        if (aggregate or self.aggregate) == "max":
+            return self.layer_max[idx].amax(0)
+        return self.layer_sum[idx].sum(0) / self.counts[idx].sum(0).clamp(min=1)[:, None]
+
+    def output_effect_of(self, idx: Any = None, aggregate: str | None = None) -> Tensor:
+        idx = self._valid(idx)
+        if len(idx) == 0:
+            return torch.full(self.output_max.shape[1:], float("nan"))
+        if (aggregate or self.aggregate) == "max":
+            return self.output_max[idx].amax(0)
+        return self.output_sum[idx].sum(0) / self.counts[idx].sum(0).clamp(min=1)
+
+    @property
+    def layer_effect(self) -> Float[Tensor, "layer layer2"]:
+        return self.layer_effect_of()
+
+    @property
+    def output_effect(self) -> Float[Tensor, " layer"]:
+        return self.output_effect_of()
+
+    @property
+    def depth_score(self) -> float:
+        return depth_score(self.layer_effect)
+
+    @property
+    def output_depth_score(self) -> float:
+        return depth_score(self.output_effect)
+
+    def curves(self) -> dict[str, Any]:
+        return {
+            "output_effect": self.output_effect.tolist(),
+            "output_effect_mean": self.output_effect_of(aggregate="mean").tolist(),
+            "output_effect_max": self.output_effect_of(aggregate="max").tolist(),
+            "depth_score": _nan_to_none(self.depth_score),
+            "output_depth_score": _nan_to_none(self.output_depth_score),
+        }
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {
+            "layer_effect": self.layer_effect,
+            "layer_effect_max": self.layer_effect_of(aggregate="max"),
+            "layer_effect_mean": self.layer_effect_of(aggregate="mean"),
+            "layer_max": self.layer_max,
+            "layer_sum": self.layer_sum,
+            "output_max": self.output_max,
+            "output_sum": self.output_sum,
+            "counts": self.counts,
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any], cuts: list[list[int]]) -> SkipEffects:
+        return cls(tensors["layer_max"], tensors["layer_sum"], tensors["output_max"],
+                   tensors["output_sum"], tensors["counts"], cuts, meta=meta)
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x != x else x
+
+
+def _spec(component: str, layer: int, positions: Tensor) -> Any:
+    if component == "local":
+        return LocalSkip(layer, positions)
+    return PatchContribution(layer, component, positions)  # type: ignore[arg-type]
+
+
+def skip_effects(
+    model: Any,
+    batch: Batch,
+    *,
+    mode: Literal["future", "current"] = "future",
+    component: Literal["block", "attn", "mlp", "local"] = "block",
+    n_cuts: int = 4,
+    seed: int = 0,
+    skip_front: int = 1,
+    aggregate: Literal["max", "mean"] = "max",
+    cuts: Sequence[Sequence[int]] | None = None,
+    cut_start: int = 8,
+    cut_stride: int = 8,
+    cut_margin: int = 4,
+    batch_size: int = 8,
+    memory_budget: int | None = None,
+    progress: bool = False,
+) -> SkipEffects:
+    """Skip every block in turn and measure the effect on later blocks and on the output.
+
+    ``cuts`` overrides the drawn cut positions (one list per prompt); by default prompt ``b`` uses
+    ``draw_cuts(length, n_cuts, seed=f"{seed}:{b}")``. Prompts too short to have a cut are left
+    out of future effects (their counts stay 0).
+    """
+    check_skip_front(skip_front)
+    if mode not in ("future", "current"):
+        raise ConfigError(f"mode must be 'future' or 'current', got {mode!r}")
+    if component not in SKIP_COMPONENTS:
+        raise ConfigError(f"component must be one of {SKIP_COMPONENTS}, got {component!r}")
+    if aggregate not in ("max", "mean"):
+        raise ConfigError(f"aggregate must be 'max' or 'mean', got {aggregate!r}")
+    adapter = get_adapter(model)
+    L, P = adapter.n_layers, batch.size
+    if mode == "future":
+        if cuts is None:
+            cuts = [
+                draw_cuts(int(n), n_cuts, f"{seed}:{b}", cut_start, cut_stride, cut_margin)
+                for b, n in enumerate(batch.lengths.tolist())
+            ]
+        cuts = [list(c) for c in cuts]
+        if len(cuts) != P:
+            raise ConfigError(f"cuts has {len(cuts)} lists for {P} prompts")
+        for b, (c, n) in enumerate(zip(cuts, batch.lengths.tolist())):
+            bad = [t for t in c if not skip_front < t < n]
+            if bad:
+                raise ConfigError(f"cut positions {bad} of prompt {b} outside {skip_front + 1}..{n - 1}")
+        if not any(cuts):
+            raise ConfigError(
+                "no prompt is long enough for future effects (cuts are drawn from "
+                f"range({cut_start}, T - {cut_margin}, {cut_stride})); use mode='current', longer "
+                "prompts, or smaller cut_start/cut_stride"
+            )
+    else:
+        cuts = [[] for _ in range(P)]
+
+    out = {
+        "layer_max": torch.zeros(P, L, L),
+        "layer_sum": torch.zeros(P, L, L),
+        "output_max": torch.zeros(P, L),
+        "output_sum": torch.zeros(P, L),
+        "counts": torch.zeros(P, L),
+    }
+    total_rows = sum(max(1, len(c)) if mode == "current" else len(c) for c in cuts) * L
+    bar = tqdm(total=total_rows, desc=f"skip effects ({mode}, {component})", disable=not progress)
+    for rows, sub in prompt_chunks(batch, batch_size):
+        _skip_chunk(adapter, sub, rows, cuts, mode, component, skip_front, out, memory_budget, bar)
+    bar.close()
+    meta = {
+        "n_prompts": P,
+        "n_layers": L,
+        "mode": mode,
+        "component": component,
+        "aggregate": aggregate,
+        "skip_front": skip_front,
+        "n_cuts": n_cuts,
+        "seed": seed,
+    }
+    return SkipEffects(cuts=cuts, meta=meta, **out)
+
+
+def _skip_chunk(
+    adapter: Adapter,
+    sub: Batch,
+    rows: list[int],
+    cuts: list[list[int]],
+    mode: str,
+    component: str,
+    skip_front: int,
+    out: dict[str, Tensor],
+    memory_budget: int | None,
+    bar: Any,
+) -> None:
+    L, width = adapter.n_layers, sub.width
+    clean = adapter.clean(sub.tokens, components=component in ("attn", "mlp"))
+    device = clean.resid.device
+    pos = torch.arange(width, device=device)
+    real = measured_mask(sub.lengths, width).to(device)
+    sweep_rows: list[Row] = []
+    measure: dict[tuple[int, int, int], Tensor] = {}
+    for j, b in enumerate(rows):
+        cut_list: list[int | None] = list(cuts[b]) if mode == "future" else [None]
+        for c, t in enumerate(cut_list):
+            stop = width if t is None else t
+            skipped = (pos >= skip_front) & (pos < stop)
+            measured = real[j] if t is None else real[j] & (pos >= t)
+            for s in range(L):
+                key = (j, c, s)
+                measure[key] = measured
+                plan = compile_plan([_spec(component, s, skipped)], adapter, clean, j)
+                sweep_rows.append(Row(key, j, plan))
+
+    def on_block(layer: int, keys: list, x_in: Tensor, x_out: Tensor, offset: int) -> None:
+        active = [(r, k) for r, k in enumerate(keys) if k[2] < layer]
+        if not active:
+            return
+        idx = torch.tensor([r for r, _ in active], device=x_in.device)
+        prompts = torch.tensor([k[0] for _, k in active], device=device)
+        d_new = (x_out[idx] - x_in[idx]).float()
+        d_ref = clean.block_out(layer)[prompts, offset:].float().to(d_new.device)
+        rel = (d_new - d_ref).norm(dim=-1) / d_ref.norm(dim=-1).clamp(min=EPS)
+        mask = torch.stack([measure[k][offset:] for _, k in active]).to(rel.device)
+        _accumulate(out, "layer", [(rows[k[0]], k[2], layer) for _, k in active], rel, mask)
+
+    def on_final(keys: list, h_final: Tensor, offset: int) -> None:
+        mask = torch.stack([measure[k][offset:] for k in keys]).to(h_final.device)
+        prompts = torch.tensor([k[0] for k in keys], device=device)
+        ref = clean.resid[-1][prompts, offset:].to(h_final.device)
+        sel = mask.nonzero(as_tuple=True)
+        dist = torch.zeros(mask.shape, device=h_final.device)
+        dist[sel] = lens_prob_distance(adapter, h_final[sel], ref[sel]).to(dist.device)
+        _accumulate(out, "output", [(rows[k[0]], k[2]) for k in keys], dist, mask)
+        for (j, _c, s), m in zip(keys, mask):
+            out["counts"][rows[j], s] += float(m.sum())
+
+    sweep(adapter, clean, sweep_rows, on_block=on_block, on_final=on_final,
+          memory_budget=memory_budget, progress=bar)
+
+
+def _accumulate(out: dict[str, Tensor], kind: str, targets: list[tuple], values: Tensor, mask: Tensor) -> None:
+    """Fold per-position ``values [rows, pos]`` into the per-prompt max and sum tensors."""
+    masked = values.masked_fill(~mask, 0.0)
+    row_max = masked.amax(dim=1).cpu()
+    row_sum = masked.sum(dim=1).cpu()
+    mx, sm = out[f"{kind}_max"], out[f"{kind}_sum"]
+    for i, target in enumerate(targets):
+        mx[target] = torch.maximum(mx[target], row_max[i])
+        sm[target] += row_sum[i]

@@ -1,0 +1,104 @@
+"""Exact-match accuracy by greedy decoding of the answer.
+
+For every example the model reads the prompt and greedily generates as many tokens as the
+reference answer has; the example counts as correct when every generated token equals the answer's
+token. This is the accuracy used by the zoo's model cards and by the behavioural effective-depth
+estimators (``ed_task``, ``ed_prune``), which call it with a modified forward function.
+
+Works with a TransformerLens model, a ``TransformerBridge`` or a Hugging Face causal LM, or any
+``forward(tokens) -> logits`` callable.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..tasks.base import Example
+
+__all__ = ["encode_example", "exact_match", "accuracy_by_difficulty", "forward_fn"]
+
+
+def _bos_id(tokenizer: Any) -> int | None:
+    return getattr(tokenizer, "bos_token_id", None)
+
+
+def encode_example(tokenizer: Any, example: Example, prepend_bos: bool = True) -> tuple[list[int], int]:
+    """Token ids of ``prompt + answer`` and how many of them belong to the prompt.
+
+    The answer tokens are the last ``len(ids) - n_prompt`` tokens. When the tokenizer merges
+    across the prompt/answer boundary, prompt and answer are tokenized separately and
+    concatenated, so the answer span is always well defined.
+    """
+    prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(example.prompt + example.answer, add_special_tokens=False)["input_ids"]
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        full_ids = prompt_ids + tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+    bos = _bos_id(tokenizer) if prepend_bos else None
+    if bos is not None:
+        return [bos, *full_ids], len(prompt_ids) + 1
+    return list(full_ids), len(prompt_ids)
+
+
+def forward_fn(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A ``tokens -> logits`` function for a TransformerLens or Hugging Face model."""
+    if hasattr(model, "run_with_hooks"):  # HookedTransformer / TransformerBridge
+        return lambda tokens: model(tokens, return_type="logits")
+    return lambda tokens: model(tokens).logits
+
+
+def _device_of(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def exact_match(
+    model: Any,
+    examples: Sequence[Example],
+    *,
+    tokenizer: Any = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 64,
+    prepend_bos: bool = True,
+) -> list[bool]:
+    """Whether greedy decoding reproduces each example's answer exactly (one bool per example)."""
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("exact_match needs a tokenizer (the model has none)")
+    forward = forward or forward_fn(model)
+    device = _device_of(model)
+    encoded = [encode_example(tokenizer, ex, prepend_bos) for ex in examples]
+    # Group by (prompt length, answer length) so that a batch needs no padding at all.
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (ids, n_prompt) in enumerate(encoded):
+        groups[(n_prompt, len(ids) - n_prompt)].append(i)
+    correct = [False] * len(examples)
+    for (n_prompt, n_answer), members in groups.items():
+        for start in range(0, len(members), batch_size):
+            idx = members[start : start + batch_size]
+            full = torch.tensor([encoded[i][0] for i in idx], device=device)
+            tokens = full[:, :n_prompt]
+            ok = torch.ones(len(idx), dtype=torch.bool, device=device)
+            for step in range(n_answer):
+                next_tok = forward(tokens)[:, -1].argmax(-1)
+                ok &= next_tok == full[:, n_prompt + step]
+                if not ok.any():
+                    break
+                tokens = torch.cat([tokens, next_tok[:, None]], dim=1)
+            for i, flag in zip(idx, ok.tolist()):
+                correct[i] = bool(flag)
+    return correct
+
+
+def accuracy_by_difficulty(examples: Sequence[Example], correct: Sequence[bool]) -> dict[Any, float]:
+    """Mean exact match per ``meta["difficulty"]`` level."""
+    buckets: dict[Any, list[bool]] = defaultdict(list)
+    for ex, ok in zip(examples, correct):
+        buckets[ex.difficulty].append(ok)
+    return {k: sum(v) / len(v) for k, v in sorted(buckets.items(), key=lambda kv: (kv[0] is None, str(type(kv[0])), kv[0] if kv[0] is not None else 0))}

@@ -1,0 +1,188 @@
+"""Slow, obviously-correct reference implementations of METHODS.md §1–5.
+
+Written independently of ``effective_depth.engine``: plain ``run_with_cache`` / ``run_with_hooks``
+calls on a ``HookedTransformer``, one full forward per variant, exactly the way the reference
+research scripts work. The tests compare the engine against these, and ``benchmarks/`` times the
+engine against them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-6
+
+
+def resid_names(model):
+    L = model.cfg.n_layers
+    return [f"blocks.{i}.hook_resid_pre" for i in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+
+
+def probs_from_final(model, final):
+    """softmax(unembed(ln_final(h))) for a [batch, pos, d] final residual."""
+    return torch.softmax(model.unembed(model.ln_final(final)).float(), dim=-1)
+
+
+def run_resid(model, tokens, fwd_hooks=()):
+    """All residual boundaries h_0..h_L of a hooked forward, as a list of [batch, pos, d]."""
+    names = resid_names(model)
+    store = {}
+
+    def keep(x, hook):
+        store[hook.name] = x.detach().clone()
+
+    hooks = list(fwd_hooks) + [(n, keep) for n in names]
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None, padding_side="right")
+    return [store[n] for n in names]
+
+
+def contributions(model, tokens, mask):
+    """Token-weighted means of METHODS.md §1 over the True positions of ``mask`` [batch, pos]."""
+    L = model.cfg.n_layers
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, padding_side="right")
+    res = {k: [] for k in ("rel_attn", "rel_mlp", "rel_block", "cos_attn", "cos_mlp", "cos_block", "cos_resid")}
+    sel = mask.bool()
+    for layer in range(L):
+        h = cache[f"blocks.{layer}.hook_resid_pre"].float()[sel]
+        a = cache[f"blocks.{layer}.hook_attn_out"].float()[sel]
+        m = cache[f"blocks.{layer}.hook_mlp_out"].float()[sel]
+        h_next = cache[f"blocks.{layer}.hook_resid_post"].float()[sel]
+        d = h_next - h
+
+        def rel(x, y):
+            return (x.norm(dim=-1) / y.norm(dim=-1).clamp(min=EPS)).mean().item()
+
+        def cos(x, y):
+            return torch.nn.functional.cosine_similarity(x, y, dim=-1, eps=EPS).mean().item()
+
+        res["rel_attn"].append(rel(a, h))
+        res["rel_mlp"].append(rel(m, h + a))
+        res["rel_block"].append(rel(d, h))
+        res["cos_attn"].append(cos(a, h))
+        res["cos_mlp"].append(cos(m, h + a))
+        res["cos_block"].append(cos(d, h))
+        res["cos_resid"].append(cos(h_next, h))
+    return {k: torch.tensor(v) for k, v in res.items()}
+
+
+def skip_effect_one(model, tokens, skip_layer, skip_from, skip_to, measure_from, length):
+    """One full forward with block ``skip_layer`` skipped at [skip_from, skip_to); returns
+    (relative change of every block's contribution at positions [measure_from, length),
+    max over positions -> [L]; max output change -> float)."""
+    L = model.cfg.n_layers
+    clean = run_resid(model, tokens)
+    seen = {}
+
+    def grab(x, hook):
+        seen["in"] = x.clone()
+
+    def merge(x, hook):
+        x = x.clone()
+        x[:, skip_from:skip_to] = seen["in"][:, skip_from:skip_to]
+        return x
+
+    hooks = [(f"blocks.{skip_layer}.hook_resid_pre", grab), (f"blocks.{skip_layer}.hook_resid_post", merge)]
+    new = run_resid(model, tokens, hooks)
+    sl = slice(measure_from, length)
+    effects = []
+    for i in range(L):
+        d_ref = (clean[i + 1] - clean[i])[0, sl].float()
+        d_new = (new[i + 1] - new[i])[0, sl].float()
+        rel = (d_new - d_ref).norm(dim=-1) / d_ref.norm(dim=-1).clamp(min=EPS)
+        effects.append(rel.max().item() if i > skip_layer else 0.0)
+    with torch.no_grad():
+        p_ref = probs_from_final(model, clean[-1])[0, sl]
+        p_new = probs_from_final(model, new[-1])[0, sl]
+    return torch.tensor(effects), (p_new - p_ref).norm(dim=-1).max().item()
+
+
+def future_effects(model, tokens, length, cuts, skip_front=1):
+    """max over cuts of skip_effect_one; layer effects [L, L] and output effects [L]."""
+    L = model.cfg.n_layers
+    layer = torch.zeros(L, L)
+    out = torch.zeros(L)
+    for t in cuts:
+        for s in range(L):
+            eff, o = skip_effect_one(model, tokens, s, skip_front, t, t, length)
+            layer[s] = torch.maximum(layer[s], eff)
+            out[s] = max(out[s].item(), o)
+    return layer, out
+
+
+def logit_lens(model, tokens, mask, k=5):
+    """KL(lens(h_l) || p) and top-k overlap per layer l = 0..L-1, token means over ``mask``."""
+    L = model.cfg.n_layers
+    resid = run_resid(model, tokens)
+    sel = mask.bool()
+    with torch.no_grad():
+        log_p = torch.log_softmax(model.unembed(model.ln_final(resid[-1])).float(), -1)[sel]
+        kls, overlaps = [], []
+        for layer in range(L):
+            log_q = torch.log_softmax(model.unembed(model.ln_final(resid[layer])).float(), -1)[sel]
+            kl = torch.nn.functional.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
+            kls.append(kl.mean().item())
+            tq, tp = log_q.topk(k, -1).indices, log_p.topk(k, -1).indices
+            inter = [len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(tq, tp)]
+            overlaps.append(sum(inter) / len(inter))
+    return torch.tensor(kls), torch.tensor(overlaps)
+
+
+def erasure_map(model, tokens, mu, answer_start, skip_front=1):
+    """[(L+1), T]: max over answer-predicting positions of the output change when h_l[t] := mu[l]."""
+    L = model.cfg.n_layers
+    T = tokens.shape[1]
+    names = resid_names(model)
+    clean = run_resid(model, tokens)
+    pred = list(range(answer_start - 1, T - 1))
+    with torch.no_grad():
+        p_ref = probs_from_final(model, clean[-1])[0, pred]
+    out = torch.zeros(L + 1, T)
+    out[:, :skip_front] = float("nan")
+    for layer in range(L + 1):
+        for t in range(skip_front, T):
+
+            def put(x, hook, t=t, layer=layer):
+                x = x.clone()
+                x[:, t] = mu[layer].to(x.dtype)
+                return x
+
+            with torch.no_grad():
+                logits = model.run_with_hooks(tokens, fwd_hooks=[(names[layer], put)], padding_side="right")
+            p_new = torch.softmax(logits.float(), -1)[0, pred]
+            out[layer, t] = (p_new - p_ref).norm(dim=-1).max().item()
+    return out
+
+
+def integrated_gradients(model, tokens, answer_start, n_steps=32, block=16):
+    """[L, T] IG map: the interpolations overwrite block l's output in a full forward per block of
+    steps; the target is the summed probability of the answer tokens."""
+    L = model.cfg.n_layers
+    T = tokens.shape[1]
+    clean = run_resid(model, tokens)
+    pred = list(range(answer_start - 1, T - 1))
+    answer = tokens[0, answer_start:]
+    out = torch.zeros(L, T)
+    for layer in range(L):
+        x = clean[layer + 1][0].float()
+        base = x.mean(0, keepdim=True)
+        total = torch.zeros(T, x.shape[-1])
+        for k0 in range(0, n_steps, block):
+            alphas = torch.arange(k0, min(k0 + block, n_steps)).float() / n_steps
+            interp = (base + alphas[:, None, None] * (x - base)).requires_grad_(True)
+
+            def put(act, hook, interp=interp):
+                return interp.to(act.dtype)
+
+            batch_tokens = tokens.expand(len(alphas), -1)
+            with torch.enable_grad():
+                logits = model.run_with_hooks(
+                    batch_tokens, fwd_hooks=[(f"blocks.{layer}.hook_resid_post", put)], padding_side="right"
+                )
+                probs = torch.softmax(logits.float(), -1)[:, pred]
+                target = probs.gather(-1, answer[None, :, None].expand(len(alphas), -1, 1)).sum()
+                (grad,) = torch.autograd.grad(target, interp)
+            total += grad.sum(0)
+        out[layer] = ((total / n_steps) * (x - base)).sum(-1)
+    return out

@@ -1,0 +1,179 @@
+"""The five measurements against slow references computed from cached activations, on two
+architectures; known-answer cases; padding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from effective_depth import load_model
+from effective_depth.engine import encode_batch, measured_mask
+from effective_depth.metrics import (
+    contributions,
+    depth_score,
+    draw_cuts,
+    integrated_gradients,
+    logit_lens,
+    mean_residuals,
+    residual_erasure,
+    skip_effects,
+)
+from effective_depth.tasks import Example, get_task
+from tests import reference
+
+TOL = 1e-5
+ARCHS = ("qwen2", "gpt2")
+
+
+@pytest.fixture(scope="module")
+def models(tiny_checkpoints):
+    return {arch: load_model(tiny_checkpoints[arch], device="cpu") for arch in ARCHS}
+
+
+@pytest.fixture(scope="module")
+def batch(models):
+    # long enough for cut positions (range(8, T-4, 8)), unequal lengths to exercise padding
+    examples = get_task("multistep", steps=5, format="scratchpad", seed=3).examples(2)
+    examples.append(Example("1+2+3+4+5+6+7+8=", "36"))
+    return encode_batch(models["qwen2"].tokenizer, examples)
+
+
+def _one(batch, b):
+    n = int(batch.lengths[b])
+    return batch.tokens[b : b + 1, :n]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("include_front", [True, False])
+def test_contributions_match_reference(models, batch, arch, include_front):
+    model = models[arch]
+    got = contributions(model, batch, include_front=include_front)
+    mask = measured_mask(batch.lengths, batch.width, 1, include_front)
+    want = reference.contributions(model, batch.tokens, mask)
+    for key, curve in want.items():
+        assert (got.curve(key) - curve).abs().max() <= TOL, key
+    assert (got.block_influence - (1 - want["cos_resid"])).abs().max() <= TOL
+    # angular distance: 0 on the diagonal, symmetric, and arccos(cos_resid) next to it
+    ang = got.angular_distance
+    assert ang.diagonal().abs().max() <= 1e-3
+    assert (ang - ang.T).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_future_skip_effects_match_reference(models, batch, arch):
+    model = models[arch]
+    got = skip_effects(model, batch, mode="future", seed=7)
+    assert got.cuts[0] == draw_cuts(int(batch.lengths[0]), 4, "7:0")
+    L = model.cfg.n_layers
+    want_layer, want_out = torch.zeros(L, L), torch.zeros(L)
+    for b in range(batch.size):
+        n = int(batch.lengths[b])
+        if not got.cuts[b]:
+            continue
+        layer, out = reference.future_effects(model, _one(batch, b), n, got.cuts[b])
+        want_layer = torch.maximum(want_layer, layer)
+        want_out = torch.maximum(want_out, out)
+    assert (got.layer_effect - want_layer).abs().max() <= TOL
+    assert (got.output_effect - want_out).abs().max() <= TOL
+    assert torch.all(got.layer_effect.tril() == 0)  # i <= s is 0 by construction
+    assert got.output_effect.max() > 0
+
+
+def test_current_effects_and_mean_aggregation(models, batch):
+    model = models["qwen2"]
+    got = skip_effects(model, batch, mode="current", aggregate="mean")
+    b = 0
+    n = int(batch.lengths[b])
+    single = skip_effects(model, batch.select([b]), mode="current", aggregate="mean")
+    # mean over positions of prompt 0 alone equals the per-prompt sums / counts of the batch run
+    assert torch.allclose(got.output_sum[0] / got.counts[0], single.output_effect, atol=TOL)
+    _, out = reference.skip_effect_one(model, _one(batch, b), 1, 1, n, 0, n)
+    assert abs(single.output_effect_of(aggregate="max")[1].item() - out) <= TOL
+    assert got.aggregate == "mean"
+    assert (got.output_effect <= got.output_effect_of(aggregate="max") + TOL).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logit_lens_matches_reference(models, batch, arch):
+    model = models[arch]
+    got = logit_lens(model, batch, chunk=5)
+    mask = measured_mask(batch.lengths, batch.width, 1, True)
+    kl, overlap = reference.logit_lens(model, batch.tokens, mask)
+    assert (got.kl - kl).abs().max() <= TOL
+    assert (got.overlap - overlap).abs().max() <= TOL
+
+
+def test_lens_of_final_residual_is_the_output(models, batch):
+    got = logit_lens(models["qwen2"], batch, include_final=True)
+    assert got.kl[-1].abs().item() <= 1e-6
+    assert got.overlap[-1].item() == 1.0
+    assert got.kl.shape[0] == models["qwen2"].cfg.n_layers + 1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_erasure_matches_reference(models, batch, arch):
+    model = models[arch]
+    sub = batch.select([2])
+    mu = mean_residuals(model, batch)
+    got = residual_erasure(model, sub, mean_resid=mu)
+    want = reference.erasure_map(model, _one(sub, 0), mu, int(sub.answer_start[0]))
+    m = got.maps[0]
+    assert m.shape == want.shape
+    assert torch.isnan(m[:, 0]).all() and torch.isnan(want[:, 0]).all()
+    assert (m[:, 1:] - want[:, 1:]).abs().max() <= TOL
+    assert got.str_tokens[0][0] == "<bos>" and len(got.str_tokens[0]) == m.shape[1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_integrated_gradients_match_reference(models, batch, arch):
+    model = models[arch]
+    sub = batch.select([2])
+    got = integrated_gradients(model, sub, n_steps=32)
+    want = reference.integrated_gradients(model, _one(sub, 0), int(sub.answer_start[0]), n_steps=32)
+    assert (got.maps[0] - want).abs().max() <= TOL
+
+
+def test_zeroed_block_has_no_contribution_and_no_effect(tiny_checkpoints, batch):
+    model = load_model(tiny_checkpoints["qwen2"], device="cpu")
+    block = model.blocks[1]
+    with torch.no_grad():
+        block.attn.W_O.zero_()
+        block.attn.b_O.zero_()
+        block.mlp.W_out.zero_()
+        block.mlp.b_out.zero_()
+    c = contributions(model, batch)
+    assert c.rel_block[1].item() == 0.0
+    assert c.rel_block[0].item() > 0
+    for mode in ("future", "current"):
+        s = skip_effects(model, batch, mode=mode)
+        assert s.output_effect[1].item() == 0.0
+        assert s.layer_effect[1].abs().max().item() == 0.0
+        assert s.output_effect[0].item() > 0
+
+
+def test_padding_gives_per_prompt_results(models, batch):
+    model = models["qwen2"]
+    together = contributions(model, batch)
+    lens_together = logit_lens(model, batch)
+    skips = skip_effects(model, batch, mode="current")
+    for b in range(batch.size):
+        one = batch.select([b])
+        alone = contributions(model, one)
+        for key in ("rel_attn", "cos_block"):
+            assert (together.curve(key, [b]) - alone.curve(key)).abs().max() <= TOL
+        assert (lens_together.kl_of([b]) - logit_lens(model, one).kl).abs().max() <= TOL
+        single = skip_effects(model, one, mode="current")
+        assert (skips.output_max[b] - single.output_max[0]).abs().max() <= TOL
+        assert (skips.layer_max[b] - single.layer_max[0]).abs().max() <= TOL
+
+
+def test_depth_score_known_values():
+    L = 4
+    eff = torch.zeros(L, L)
+    eff[0, 1:] = 1.0  # only skipping block 0 matters
+    assert depth_score(eff) == 0.0
+    eff = torch.zeros(L, L)
+    eff[2, 3] = 1.0
+    assert depth_score(eff) == 2.0
+    assert depth_score(torch.tensor([1.0, 0.0, 0.0, 1.0])) == 1.5
+    assert depth_score(torch.zeros(3)) != depth_score(torch.zeros(3))  # NaN: no effect anywhere
