@@ -271,13 +271,13 @@ def _bridge_chunk(
         taps: dict[int, Tensor] = {}
 
         def tap(b: int, taps: dict[int, Tensor] = taps) -> HookFn:
-            def hook(x: Tensor, hook: Any) -> None:
-                taps[b] = x
+            def hook(act: Tensor, hook: Any) -> None:
+                taps[b] = act
 
             return hook
 
-        def setter(x: Tensor, hook: Any, x0: Tensor = x0) -> Tensor:
-            return x0.to(x.dtype).to(x.device)
+        def setter(act: Tensor, hook: Any, x0: Tensor = x0) -> Tensor:
+            return x0.to(act.dtype).to(act.device)
 
         hooks = [(adapter.resid_hook(start), setter)]
         hooks += _patch_hooks(adapter, patches, 0)
