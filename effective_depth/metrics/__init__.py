@@ -5,6 +5,7 @@ typed result object (tensors + metadata): no plotting, no files.
 """
 
 from .base import MetricResult
+from .behaviour import Behaviour, behaviour, prune_order
 from .contributions import CONTRIBUTION_CURVES, Contributions, contributions
 from .erasure import Erasure, mean_residuals, residual_erasure
 from .integrated_gradients import IntegratedGradients, integrated_gradients
@@ -12,6 +13,9 @@ from .logit_lens import LogitLens, logit_lens
 from .skip_effects import SKIP_COMPONENTS, SkipEffects, depth_score, draw_cuts, skip_effects
 
 __all__ = [
+    "Behaviour",
+    "behaviour",
+    "prune_order",
     "CONTRIBUTION_CURVES",
     "Contributions",
     "Erasure",

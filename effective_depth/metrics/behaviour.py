@@ -1,0 +1,135 @@
+"""Behavioural measurements for the ``ed_task`` and ``ed_prune`` estimators (METHODS.md §6).
+
+Exact match by greedy decoding equals *teacher-forced* exact match: greedy decoding reproduces the
+answer if and only if, fed the correct prefix, the model's argmax is the next answer token at
+every answer position. So one forward pass per variant tells whether an example is solved:
+
+* **early exit**: for ``n = 0..L``, is the example solved when the answer is read from the logit
+  lens after the first ``n`` blocks (the model truncated there)? ``n = L`` is the full model.
+* **pruning**: with the blocks sorted by increasing output effect (METHODS.md §2), is the example
+  solved when the first ``k`` blocks of that order are skipped together (``k = 0..L``)?
+
+Per-example results are kept so the estimators can be bootstrapped over prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Bool
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..engine.adapter import get_adapter
+from ..engine.batch import Batch
+from ..engine.interventions import compile_plan, skip_block
+from ..engine.sweep import Row, sweep
+from ..errors import ConfigError
+from .base import MetricResult, prompt_chunks
+
+__all__ = ["Behaviour", "behaviour", "prune_order"]
+
+
+@dataclass
+class Behaviour(MetricResult):
+    name: ClassVar[str] = "behaviour"
+    correct_by_exit: Bool[Tensor, "prompt exits"]
+    correct_by_prune: Bool[Tensor, "prompt exits"]
+    prune_order: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.prune_order) != self.correct_by_exit.shape[1] - 1:
+            raise ValueError("prune_order must list every block once")
+
+    @property
+    def correct_full(self) -> Tensor:
+        return self.correct_by_exit[:, -1]
+
+    def accuracy(self, idx: Any = None) -> float:
+        return float(self._rows(self.correct_full, idx).float().mean())
+
+    def accuracy_by_exit(self, idx: Any = None) -> Tensor:
+        return self._rows(self.correct_by_exit, idx).float().mean(0)
+
+    def accuracy_by_prune(self, idx: Any = None) -> Tensor:
+        return self._rows(self.correct_by_prune, idx).float().mean(0)
+
+    @staticmethod
+    def _rows(t: Tensor, idx: Any) -> Tensor:
+        return t if idx is None else t[torch.as_tensor(idx, dtype=torch.long)]
+
+    def curves(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy(),
+            "accuracy_by_exit": self.accuracy_by_exit().tolist(),
+            "accuracy_by_prune": self.accuracy_by_prune().tolist(),
+            "prune_order": list(self.prune_order),
+        }
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"correct_by_exit": self.correct_by_exit, "correct_by_prune": self.correct_by_prune}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Behaviour:
+        return cls(tensors["correct_by_exit"].bool(), tensors["correct_by_prune"].bool(),
+                   list(meta["prune_order"]), meta=meta)
+
+
+def prune_order(output_effect: Tensor) -> list[int]:
+    """Blocks by increasing output effect (ties: lower block first)."""
+    effect = output_effect.float().tolist()
+    return sorted(range(len(effect)), key=lambda s: (effect[s], s))
+
+
+@torch.no_grad()
+def behaviour(
+    model: Any,
+    batch: Batch,
+    *,
+    order: Sequence[int],
+    batch_size: int = 16,
+    memory_budget: int | None = None,
+    progress: bool = False,
+) -> Behaviour:
+    """Per-example exact match for every early-exit depth and every pruning prefix of ``order``."""
+    adapter = get_adapter(model)
+    L = adapter.n_layers
+    order = [int(s) for s in order]
+    if sorted(order) != list(range(L)):
+        raise ConfigError(f"the pruning order must list blocks 0..{L - 1} once each, got {order}")
+    exit_ok = torch.zeros(batch.size, L + 1, dtype=torch.bool)
+    prune_ok = torch.zeros(batch.size, L + 1, dtype=torch.bool)
+    bar = tqdm(total=batch.size * (L + 1), desc="task behaviour", disable=not progress)
+    for rows, sub in prompt_chunks(batch, batch_size):
+        clean = adapter.clean(sub.tokens)
+        device = clean.resid.device
+        preds = [torch.tensor(sub.answer_predicting_positions(j), device=device) for j in range(sub.size)]
+        for j, row in enumerate(rows):
+            answer = sub.tokens[j, preds[j] + 1].to(device)
+            guess = adapter.lens_logits(clean.resid[:, j, preds[j]]).argmax(-1)  # [L+1, n_answer]
+            exit_ok[row] = (guess == answer[None]).all(-1).cpu()
+        plan_rows = []
+        for j in range(sub.size):
+            for k in range(1, L + 1):
+                specs = [skip_block(s) for s in order[:k]]
+                plan_rows.append(Row((j, k), j, compile_plan(specs, adapter, clean, j)))
+
+        def on_final(keys: list, h: Tensor, offset: int, rows: list[int] = rows,
+                     preds: list[Tensor] = preds, sub: Batch = sub) -> None:
+            for r, (j, k) in enumerate(keys):
+                pred = preds[j]
+                answer = sub.tokens[j, pred + 1].to(h.device)
+                guess = adapter.lens_logits(h[r, pred - offset]).argmax(-1)
+                prune_ok[rows[j], k] = bool((guess == answer).all())
+
+        sweep(adapter, clean, plan_rows, on_final=on_final, memory_budget=memory_budget,
+              progress=bar)
+        prune_ok[rows, 0] = exit_ok[rows, L]
+        bar.update(len(rows))
+    bar.close()
+    meta = {"n_prompts": batch.size, "n_layers": L, "prune_order": order,
+            "method": "teacher-forced exact match (equals greedy decoding)"}
+    return Behaviour(exit_ok, prune_ok, order, meta=meta)

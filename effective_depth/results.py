@@ -1,0 +1,219 @@
+"""The run directory: one directory per study, JSON + safetensors, atomic writes, resumable.
+
+::
+
+    RUN_DIR/
+      config.json           the StudyConfig that produced the run (and library versions)
+      inputs.json           every analysed example: prompt, answer, token ids and strings, cuts
+      results.json          every curve as a list, every estimate with its CI, timings, status
+      tensors.safetensors   the larger matrices and maps, keyed ``metrics.<metric>.<tensor>``
+      dashboard.html        written by ``run`` (see effective_depth.viz)
+
+Every file is written to a temporary file in the same directory and renamed over the old one, so
+a killed run leaves either the old or the new version, never half a file. ``results.json`` lists
+the metrics that finished; a rerun with the same config skips them. No pickles anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ResultsError
+
+__all__ = ["RunDir", "Run", "load_run", "atomic_write_text", "config_hash", "FORMAT_VERSION",
+           "metric_types", "metric_from_store"]
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+INPUTS = "inputs.json"
+RESULTS = "results.json"
+TENSORS = "tensors.safetensors"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _json_default(obj: Any) -> Any:
+    import math
+
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return str(obj)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(_clean_nans(obj), indent=2, default=_json_default, allow_nan=False) + "\n"
+
+
+def _clean_nans(obj: Any) -> Any:
+    """JSON has no NaN: NaN and inf become null."""
+    import math
+
+    if isinstance(obj, float):
+        return None if (math.isnan(obj) or math.isinf(obj)) else obj
+    if isinstance(obj, dict):
+        return {k: _clean_nans(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_nans(v) for v in obj]
+    return obj
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A hash of the parts of a config that determine the results (not device or backend)."""
+    relevant = {k: v for k, v in config.items() if k not in ("device", "out", "progress")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunDir:
+    """Reading and writing the files of one run directory."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    def exists(self) -> bool:
+        return (self.path / CONFIG).is_file()
+
+    def read_json(self, name: str, default: Any = None) -> Any:
+        file = self.path / name
+        if not file.exists():
+            if default is not None:
+                return default
+            raise ResultsError(f"{file} is missing; is {self.path} a run directory?")
+        try:
+            return json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ResultsError(
+                f"{file} is corrupt ({exc.msg} at line {exc.lineno}); rerun with --force to redo "
+                "the run from scratch"
+            ) from None
+
+    def write_json(self, name: str, obj: Any) -> None:
+        atomic_write_text(self.path / name, dumps(obj))
+
+    def load_tensors(self) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        file = self.path / TENSORS
+        if not file.exists():
+            return {}
+        try:
+            return load_file(str(file))
+        except Exception as exc:
+            raise ResultsError(f"{file} is corrupt ({exc}); rerun with --force") from None
+
+    def save_tensors(self, tensors: dict[str, Any]) -> None:
+        from safetensors.torch import save
+
+        clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        atomic_write_bytes(self.path / TENSORS, save(clean))
+
+    def update_tensors(self, prefix: str, tensors: dict[str, Any]) -> None:
+        """Replace every tensor under ``prefix.`` with ``tensors`` (keys relative to it)."""
+        current = {k: v for k, v in self.load_tensors().items() if not k.startswith(prefix + ".")}
+        current.update({f"{prefix}.{k}": v for k, v in tensors.items()})
+        self.save_tensors(current)
+
+
+def metric_types() -> dict[str, Any]:
+    """Result class of every measurement, by name."""
+    from .metrics.behaviour import Behaviour
+    from .metrics.contributions import Contributions
+    from .metrics.erasure import Erasure
+    from .metrics.integrated_gradients import IntegratedGradients
+    from .metrics.logit_lens import LogitLens
+    from .metrics.skip_effects import SkipEffects
+
+    return {t.name: t for t in (Contributions, LogitLens, SkipEffects, Behaviour, Erasure,
+                                IntegratedGradients)}
+
+
+
+def metric_from_store(name: str, tensors: dict[str, Any], entry: dict[str, Any]) -> Any:
+    """Rebuild a metric result object from its tensors and its results.json entry."""
+    types = metric_types()
+    if name not in types:
+        raise ResultsError(f"unknown metric {name!r} in results")
+    cls = types[name]
+    meta, curves = entry.get("meta", {}), entry.get("curves", {})
+    if name == "skip_effects":
+        return cls.from_tensors(tensors, meta, entry.get("cuts", []))
+    if name in ("erasure", "integrated_gradients"):
+        return cls.from_tensors(tensors, meta, curves.get("str_tokens", []))
+    return cls.from_tensors(tensors, meta)
+
+
+@dataclass
+class Run:
+    """A finished (or partial) run, loaded back: config, inputs, results and metric objects."""
+
+    path: Path
+    config: dict[str, Any]
+    inputs: dict[str, Any]
+    results: dict[str, Any]
+    tensors: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def completed(self) -> list[str]:
+        return list(self.results.get("completed", []))
+
+    @property
+    def label(self) -> str:
+        model = self.results.get("model", {}).get("name") or self.config.get("model", "?")
+        task = self.results.get("task", {})
+        params = ",".join(f"{k}={v}" for k, v in task.get("params", {}).items()
+                          if k not in ("split", "seed", "data_files"))
+        return f"{model} | {task.get('name', '?')}" + (f"({params})" if params else "")
+
+    def metric(self, name: str) -> Any:
+        if name not in self.completed:
+            raise ResultsError(f"{self.path} has no finished {name!r} (finished: {self.completed})")
+        prefix = f"metrics.{name}."
+        tensors = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        return metric_from_store(name, tensors, self.results["metrics"][name])
+
+    def estimates(self) -> dict[str, Any]:
+        from .depth import Estimate
+
+        return {k: Estimate.from_dict(v) for k, v in self.results.get("depth", {}).items()
+                if k.startswith("ed_")}
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    """Load a run directory written by :func:`effective_depth.study.run_study`."""
+    rd = RunDir(Path(path))
+    if not rd.path.is_dir():
+        raise ResultsError(f"run directory {str(rd.path)!r} does not exist")
+    if not rd.exists():
+        raise ResultsError(f"{rd.path} has no config.json: not a run directory")
+    config = rd.read_json(CONFIG)
+    results = rd.read_json(RESULTS, default={})
+    inputs = rd.read_json(INPUTS, default={})
+    return Run(rd.path, config, inputs, results, rd.load_tensors())
