@@ -120,5 +120,284 @@ def tasks_cmd() -> None:
     _console().print(table)
 
 
+def _parse_value(text: str) -> Any:
+    """``3`` -> 3, ``0.5`` -> 0.5, ``true`` -> True, anything else stays a string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _pairs(values: tuple[str, ...], what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values:
+        if "=" not in item:
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint=what)
+        key, value = item.split("=", 1)
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _split_metrics(values: tuple[str, ...]) -> list[str]:
+    return [m.strip() for v in values for m in v.split(",") if m.strip()]
+
+
+def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
+    from .study import StudyConfig
+
+    data: dict[str, Any] = {}
+    if config_file:
+        from .grid import _read
+
+        data = _read(__import__("pathlib").Path(config_file))
+    data.update({k: v for k, v in options.items() if v is not None})
+    return StudyConfig.from_dict(data)
+
+
+@main.command("run")
+@click.option("--model", "-m", default=None, help="Zoo name, TransformerLens name, hub id or local "
+              "checkpoint directory (default: the bundled default zoo model).")
+@click.option("--task", "-t", default=None, help="Task name (default: the zoo model's own task). "
+              "See `effective-depth tasks`.")
+@click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
+              help="Task parameter, e.g. --param digits=3 (repeatable).")
+@click.option("--metrics", multiple=True, metavar="M1,M2", help="Measurements to run (default: all): "
+              "contributions, logit_lens, skip_effects, behaviour, erasure, integrated_gradients.")
+@click.option("--n-examples", "-n", type=int, default=None, help="Examples to analyse (default 20).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default: runs/MODEL__TASK...).")
+@click.option("--seed", type=int, default=None, help="Seed of cuts and bootstrap (default 0).")
+@click.option("--threshold", "thresholds", multiple=True, metavar="ESTIMATOR=TAU",
+              help="Estimator threshold, e.g. --threshold ed_kl=0.5 (repeatable).")
+@click.option("--skip-mode", type=click.Choice(["future", "current"]), default=None)
+@click.option("--skip-component", type=click.Choice(["block", "attn", "mlp", "local"]), default=None)
+@click.option("--aggregate", type=click.Choice(["max", "mean"]), default=None)
+@click.option("--n-boot", type=int, default=None, help="Bootstrap resamples (default 1000).")
+@click.option("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available).")
+@click.option("--dtype", default=None, help="float32, bfloat16, ... (default: bf16 on CUDA, fp32 on CPU).")
+@click.option("--backend", type=click.Choice(["hooked", "bridge"]), default=None)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="A JSON/YAML file of study options; command-line options override it.")
+@click.option("--force", is_flag=True, help="Discard an existing run directory and start again.")
+@click.option("--no-dashboard", is_flag=True, help="Do not write dashboard.html.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metrics: tuple[str, ...],
+            n_examples: int | None, out: str | None, seed: int | None, thresholds: tuple[str, ...],
+            skip_mode: str | None, skip_component: str | None, aggregate: str | None,
+            n_boot: int | None, device: str | None, dtype: str | None, backend: str | None,
+            config_file: str | None, force: bool, no_dashboard: bool, quiet: bool) -> None:
+    """Run a study: every chosen measurement on one model and task, then the effective-depth
+    estimates with bootstrap CIs. Results go to a run directory (resumable: rerun the same
+    command after an interruption and finished measurements are reused)."""
+    import time
+
+    from .study import run_study
+
+    options: dict[str, Any] = {
+        "model": model, "task": task, "n_examples": n_examples, "seed": seed,
+        "skip_mode": skip_mode, "skip_component": skip_component, "aggregate": aggregate,
+        "n_boot": n_boot, "device": device, "dtype": dtype, "backend": backend,
+    }
+    if params:
+        options["task_params"] = _pairs(params, "--param")
+    if thresholds:
+        options["thresholds"] = _pairs(thresholds, "--threshold")
+    if metrics:
+        options["metrics"] = _split_metrics(metrics)
+    config = _study_config(config_file, options)
+    start = time.perf_counter()
+    result = run_study(config, out, force=force, progress=not quiet, dashboard=not no_dashboard)
+    elapsed = time.perf_counter() - start
+    _print_summary(result.results, result.path, elapsed, result.reused)
+
+
+def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: list[str]) -> None:
+    from rich.table import Table
+
+    model, task = results.get("model", {}), results.get("task", {})
+    params = ", ".join(f"{k}={v}" for k, v in task.get("params", {}).items())
+    title = f"Effective depth: {model.get('name')} ({model.get('n_layers')} blocks) on {task.get('name')}({params})"
+    table = Table(title=title)
+    for col in ("estimator", "block", "ratio", "95% CI", "note"):
+        table.add_column(col)
+    for name, est in results.get("depth", {}).items():
+        if name == "depth_score":
+            continue
+        if est.get("layer") is None:
+            table.add_row(name, "-", "-", "-", f"undefined: {est.get('reason')}")
+            continue
+        ci = est.get("ci")
+        ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+        undefined = est.get("undefined_fraction") or 0
+        note = f"undefined in {undefined:.0%} of resamples" if undefined else ""
+        table.add_row(name, str(est["layer"]), f"{est['ratio']:.3f}", ci_text, note)
+    score = results.get("depth", {}).get("depth_score")
+    console = _console()
+    console.print(table)
+    if score and score.get("value") is not None:
+        ci = score.get("ci") or [float("nan")] * 2
+        console.print(f"depth score (Csordás): {score['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
+                      f"of blocks 0..{score.get('n_layers', 0) - 2}")
+    if results.get("accuracy") is not None:
+        console.print(f"exact-match accuracy: {100 * results['accuracy']:.1f}% "
+                      f"on {task.get('n_examples')} examples")
+    note = f" (reused: {', '.join(reused)})" if reused else ""
+    console.print(f"run directory: {path}  [{elapsed:.1f} s{note}]")
+
+
+@main.command("sweep")
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
+              help="Grid file (YAML or JSON): out, base, models, tasks (with levels), pairs.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              help="Run the cells one after another, or as Ray tasks.")
+@click.option("--address", default=None, help="Ray cluster address (default: a local instance).")
+def sweep_cmd(config_file: str, executor: str, address: str | None) -> None:
+    """Run a grid of studies (models x tasks x difficulty levels) and compare them."""
+    from .grid import load_grid, run_grid
+
+    grid = load_grid(config_file)
+    _console().print(f"{len(grid.cells)} studies -> {grid.out}")
+    summaries = run_grid(grid, executor=executor, address=address)
+    for s in summaries:
+        kind = "computed " + ",".join(s["computed"]) if s["computed"] else "reused"
+        _console().print(f"  {s['out']}: {kind}")
+    if grid.compare and len(grid.cells) > 1:
+        _console().print(f"comparison tables: {grid.out / 'comparison'}")
+
+
+@main.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--pair", "pairs", multiple=True, metavar="BASE=TRAINED",
+              help="Models to pair for the training-type comparison (repeatable).")
+@click.option("--estimator", "estimators", multiple=True, help="Estimators to compare (default: all).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Write comparison.json and CSV tables here.")
+@click.option("--n-boot", type=int, default=1000, help="Bootstrap resamples for the CIs.")
+@click.option("--seed", type=int, default=0)
+def compare_cmd(run_dirs: tuple[str, ...], pairs: tuple[str, ...], estimators: tuple[str, ...],
+                out: str | None, n_boot: int, seed: int) -> None:
+    """Compare run directories: ED per model (scale), paired differences (training type),
+    ratio per difficulty level with Spearman's rho (difficulty)."""
+    from .compare import compare_runs, write_comparison
+
+    pair_list = []
+    for p in pairs:
+        if "=" not in p:
+            raise click.BadParameter(f"expected BASE=TRAINED, got {p!r}", param_hint="--pair")
+        a, b = p.split("=", 1)
+        pair_list.append((a.strip(), b.strip()))
+    comparison = compare_runs(list(run_dirs), estimators=estimators or None, pairs=pair_list,
+                              n_boot=n_boot, seed=seed)
+    _print_comparison(comparison)
+    if out:
+        for path in write_comparison(comparison, out):
+            _console().print(f"wrote {path}")
+
+
+def _print_comparison(comparison: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return str(v)
+
+    specs = {
+        "scale": ("Scale: effective depth per model", ["model", "n_layers", "task", "difficulty",
+                                                        "estimator", "layer", "ratio", "ci"]),
+        "training": ("Training type: trained - base", ["base", "trained", "task", "estimator",
+                                                       "ratio_base", "ratio_trained", "diff", "diff_ci"]),
+        "difficulty": ("Difficulty: ratio per level and Spearman's rho", ["model", "task", "estimator",
+                                                                          "levels", "ratios", "rho", "rho_ci"]),
+    }
+    for key, (title, cols) in specs.items():
+        rows = comparison.get(key) or []
+        if not rows:
+            continue
+        table = Table(title=title)
+        for c in cols:
+            table.add_column(c)
+        for row in rows:
+            table.add_row(*(fmt(row.get(c)) for c in cols))
+        console.print(table)
+
+
+@main.group("zoo")
+def zoo_group() -> None:
+    """The bundled zoo: reproduce (train) or re-evaluate its models."""
+
+
+@zoo_group.command("train")
+@click.argument("name")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Output directory (default: zoo-train/NAME).")
+@click.option("--steps", type=int, default=None, help="Override the recipe's step budget.")
+@click.option("--threads", type=int, default=None, help="torch threads (default: all cores).")
+def zoo_train_cmd(name: str, out: str | None, steps: int | None, threads: int | None) -> None:
+    """Train the zoo model NAME from its recipe (reproduces the bundled checkpoint)."""
+    import os
+
+    # With few cores an active OpenMP wait policy can slow training many times over.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    from .models.trainer import get_recipe, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    recipe = get_recipe(name)
+    target = out or f"zoo-train/{recipe.name}"
+    result = train(recipe, target, steps=steps)
+    card = result.card
+    acc = " ".join(f"{k}d:{100 * v:.1f}%" for k, v in card["accuracy"].items())
+    _console().print(f"{recipe.name}: {card['training']['steps']} steps in "
+                     f"{card['training']['seconds']:.0f} s; held-out accuracy {acc}; wrote {target}")
+
+
+@zoo_group.command("eval")
+@click.argument("model")
+@click.option("--task", "-t", default=None, help="Task (default: the zoo model's own).")
+@click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE")
+@click.option("--n-examples", "-n", type=int, default=500)
+def zoo_eval_cmd(model: str, task: str | None, params: tuple[str, ...], n_examples: int) -> None:
+    """Exact-match accuracy (greedy decoding) of any model on a task."""
+    from .models.evaluate import accuracy_by_difficulty, exact_match
+    from .models.loading import load_model
+    from .study import StudyConfig, resolve_task
+    from .tasks import get_task
+
+    name, task_params = resolve_task(StudyConfig(model=model, task=task, task_params=_pairs(params, "--param")))
+    examples = get_task(name, **task_params).examples(n_examples)
+    loaded = load_model(model)
+    correct = exact_match(loaded, examples)
+    for level, acc in accuracy_by_difficulty(examples, correct).items():
+        _console().print(f"{name} difficulty {level}: {100 * acc:.1f}% of "
+                         f"{sum(1 for e in examples if e.difficulty == level)}")
+
+
+def _register_optional_commands() -> None:
+    try:
+        from .viz.cli_dashboard import dashboard_cmd
+    except ImportError:  # pragma: no cover - the viz package ships with the toolkit
+        return
+    main.add_command(dashboard_cmd, "dashboard")
+
+
+_register_optional_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -204,12 +204,18 @@ def bootstrap_indices(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     return rng.integers(0, n, size=(n_boot, n))
 
 
-def percentile_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+def percentile_ci(
+    values: Sequence[Any], level: float = 0.95, discrete: bool = False
+) -> tuple[float, float] | None:
+    """Percentile interval of ``values`` (None and NaN ignored). ``discrete`` keeps the bounds
+    on observed values (block indices), instead of interpolating between them."""
     vals = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     if len(vals) == 0:
         return None
     alpha = (1 - level) / 2
-    return float(np.quantile(vals, alpha)), float(np.quantile(vals, 1 - alpha))
+    method = "inverted_cdf" if discrete else "linear"
+    return (float(np.quantile(vals, alpha, method=method)),
+            float(np.quantile(vals, 1 - alpha, method=method)))
 
 
 def bootstrap_estimate(
@@ -241,7 +247,7 @@ def bootstrap_estimate(
             layers.append(float(lay))
     est.undefined_fraction = undefined / n_boot
     if layer is not None and layers:
-        lo, hi = percentile_ci(layers, level)  # type: ignore[misc]
+        lo, hi = percentile_ci(layers, level, discrete=True)  # type: ignore[misc]
         est.layer_ci = (lo, hi)
         est.ci = ((lo + 1) / n_layers, (hi + 1) / n_layers)
     return est
@@ -258,7 +264,7 @@ def _rank(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman(x: Sequence[Any], y: Sequence[Any]) -> float:
     """Spearman's rank correlation; NaN when either side is constant or has < 2 points."""
     xa, ya = np.asarray(x, float), np.asarray(y, float)
     keep = ~(np.isnan(xa) | np.isnan(ya))
@@ -272,7 +278,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def spearman_bootstrap(
-    levels: Sequence[float],
+    levels: Sequence[Any],
     ratio_fns: Sequence[Callable[[Sequence[int] | None], float | None]],
     n_prompts: Sequence[int],
     *,

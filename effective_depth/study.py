@@ -47,7 +47,7 @@ class StudyConfig:
     metrics: tuple[str, ...] = METRICS
     n_examples: int = 20
     seed: int = 0
-    thresholds: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float | int] = field(default_factory=dict)
     skip_front: int = 1
     include_front: bool = True
     skip_mode: str = "future"
@@ -71,6 +71,9 @@ class StudyConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_params", _freeze(self.task_params))
         object.__setattr__(self, "thresholds", _freeze(self.thresholds))
+        for k, v in self.thresholds.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"threshold {k} must be a number, got {v!r}")
         metrics = tuple(self.metrics)
         for m in metrics:
             if m not in METRICS:

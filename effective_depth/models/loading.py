@@ -216,7 +216,7 @@ def load_model(
             resolved.spec, "hub", resolved.name, _fetch_hub_checkpoint(resolved.name, revision)
         )
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_transformers():
         warnings.simplefilter("ignore", DeprecationWarning)
         if backend == "bridge":
             path_or_name = resolved.path or resolved.name
@@ -240,6 +240,20 @@ def load_model(
         **processing,
     }
     return model
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No "Loading weights" progress bars from transformers while we load (state restored)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _fetch_hub_checkpoint(repo_id: str, revision: str | None) -> str:

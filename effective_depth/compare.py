@@ -1,0 +1,248 @@
+"""Comparisons across runs: the paper's three questions (METHODS.md §7).
+
+* **Scale** — effective depth and ratio per model, per task: does the ratio stay constant as
+  models grow?
+* **Training type** — paired runs (a base model and its trained twin: long chain-of-thought,
+  instruction tuning, or the zoo's scratchpad model), the difference of ratios with a bootstrap CI.
+* **Difficulty** — one model on several difficulty levels of one task: the ratio per level, and
+  Spearman's ρ between level and ratio with a bootstrap CI (prompts resampled within each level).
+
+``compare_runs`` returns plain data (lists and dicts) ready for JSON, CSV and the dashboard's
+comparison figures; it recomputes estimators on bootstrap resamples from each run's stored
+per-prompt data, so nothing is re-run through a model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .depth import (
+    DEFAULT_THRESHOLDS,
+    ESTIMATOR_INPUTS,
+    _rules,
+    bootstrap_indices,
+    percentile_ci,
+    spearman_bootstrap,
+)
+from .errors import ConfigError
+from .results import Run, load_run
+
+__all__ = ["compare_runs", "comparison_tables", "write_comparison", "ESTIMATORS"]
+
+ESTIMATORS = tuple(ESTIMATOR_INPUTS)
+
+
+def _task_key(run: Run) -> str:
+    task = run.results.get("task", {})
+    params = {k: v for k, v in task.get("params", {}).items()
+              if k not in ("split", "seed", "data_files", "format") and k != _difficulty_param(run)}
+    return task.get("name", "?") + ("(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
+
+
+def _difficulty_param(run: Run) -> str | None:
+    from .tasks import TASKS, list_tasks
+
+    list_tasks()
+    cls = TASKS.get(run.results.get("task", {}).get("name", ""))
+    return None if cls is None else cls.difficulty_param
+
+
+def _model(run: Run) -> str:
+    return str(run.results.get("model", {}).get("name") or run.config.get("config", {}).get("model"))
+
+
+class _RunRules:
+    """Estimator rules of one run, rebuilt from its stored per-prompt data (lazily)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._rules: dict[str, Callable[[Any], Any]] | None = None
+
+    @property
+    def rules(self) -> dict[str, Callable[[Any], Any]]:
+        if self._rules is None:
+            metrics = {m: self.run.metric(m) for m in self.run.completed
+                       if m in ESTIMATOR_INPUTS.values()}
+            th = {**DEFAULT_THRESHOLDS, **self.run.config.get("config", {}).get("thresholds", {})}
+            self._rules = _rules(metrics, th)
+        return self._rules
+
+    def n_prompts(self) -> int:
+        return int(self.run.results.get("task", {}).get("n_examples", 0))
+
+    def ratio(self, estimator: str, idx: Any) -> float | None:
+        rule = self.rules.get(estimator)
+        if rule is None:
+            return None
+        layer, _ = rule(idx)
+        L = int(self.run.results["model"]["n_layers"])
+        return None if layer is None else (layer + 1) / L
+
+
+def _estimate(run: Run, estimator: str) -> dict[str, Any]:
+    return run.results.get("depth", {}).get(estimator, {"layer": None, "reason": "not measured"})
+
+
+def compare_runs(
+    runs: Sequence[Run | str | Path],
+    *,
+    estimators: Sequence[str] | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """The scale, training-type and difficulty tables over ``runs``.
+
+    ``pairs`` lists (base model, trained model) names; runs of a pair are matched by task and
+    difficulty. Difficulty trends are computed for every (model, task) with two or more levels.
+    """
+    loaded = [r if isinstance(r, Run) else load_run(r) for r in runs]
+    if not loaded:
+        raise ConfigError("compare needs at least one run directory")
+    ests = list(estimators or ESTIMATORS)
+    bad = [e for e in ests if e not in ESTIMATORS]
+    if bad:
+        raise ConfigError(f"unknown estimators {bad}; choose from {', '.join(ESTIMATORS)}")
+    rules = {id(r): _RunRules(r) for r in loaded}
+    out: dict[str, Any] = {"estimators": ests, "runs": [], "scale": [], "training": [], "difficulty": []}
+    for r in loaded:
+        res = r.results
+        out["runs"].append({
+            "path": str(r.path), "label": r.label, "model": _model(r), "task": _task_key(r),
+            "format": res.get("task", {}).get("params", {}).get("format"),
+            "n_layers": res.get("model", {}).get("n_layers"),
+            "n_params": res.get("model", {}).get("n_params"),
+            "difficulty": res.get("task", {}).get("difficulty"),
+            "estimates": {e: _estimate(r, e) for e in ests},
+            "depth_score": res.get("depth", {}).get("depth_score"),
+            "accuracy": res.get("accuracy"),
+        })
+        for e in ests:
+            est = _estimate(r, e)
+            out["scale"].append({
+                "model": _model(r), "n_layers": res.get("model", {}).get("n_layers"),
+                "n_params": res.get("model", {}).get("n_params"), "task": _task_key(r),
+                "difficulty": res.get("task", {}).get("difficulty"), "estimator": e,
+                "layer": est.get("layer"), "ratio": est.get("ratio"), "ci": est.get("ci"),
+                "reason": est.get("reason"),
+            })
+    for base_name, trained_name in pairs or []:
+        out["training"] += _training_rows(loaded, rules, base_name, trained_name, ests, n_boot, seed, level)
+    out["difficulty"] = _difficulty_rows(loaded, rules, ests, n_boot, seed, level)
+    return out
+
+
+def _training_rows(loaded: list[Run], rules: dict[int, _RunRules], base_name: str, trained_name: str,
+                   ests: list[str], n_boot: int, seed: int, level: float) -> list[dict[str, Any]]:
+    bases = [r for r in loaded if _model(r) == base_name]
+    trained = [r for r in loaded if _model(r) == trained_name]
+    if not bases or not trained:
+        missing = base_name if not bases else trained_name
+        raise ConfigError(f"pair {base_name}={trained_name}: no run of model {missing!r} among "
+                          f"{sorted({_model(r) for r in loaded})}")
+    rows = []
+    for b in bases:
+        key = (_task_key(b), b.results.get("task", {}).get("difficulty"))
+        for t in trained:
+            if (_task_key(t), t.results.get("task", {}).get("difficulty")) != key:
+                continue
+            rb, rt = rules[id(b)], rules[id(t)]
+            nb, nt = rb.n_prompts(), rt.n_prompts()
+            paired = nb == nt and [e["prompt"] for e in b.inputs.get("examples", [])] == \
+                [e["prompt"] for e in t.inputs.get("examples", [])]
+            idx_b = bootstrap_indices(nb, n_boot, seed)
+            idx_t = idx_b if paired else bootstrap_indices(nt, n_boot, seed + 1)
+            for e in ests:
+                eb, et = _estimate(b, e), _estimate(t, e)
+                rb_, rt_ = eb.get("ratio"), et.get("ratio")
+                diff = None if rb_ is None or rt_ is None else rt_ - rb_
+                diffs = []
+                if diff is not None and n_boot:
+                    for i in range(n_boot):
+                        x, y = rb.ratio(e, idx_b[i].tolist()), rt.ratio(e, idx_t[i].tolist())
+                        if x is not None and y is not None:
+                            diffs.append(y - x)
+                ci = percentile_ci(diffs, level) if diffs else None
+                rows.append({"base": _model(b), "trained": _model(t), "task": key[0],
+                             "difficulty": key[1], "estimator": e, "ratio_base": rb_,
+                             "ratio_trained": rt_, "diff": diff,
+                             "diff_ci": None if ci is None else list(ci), "paired": paired})
+    if not rows:
+        raise ConfigError(f"pair {base_name}={trained_name}: the two models share no task and difficulty")
+    return rows
+
+
+def _difficulty_rows(loaded: list[Run], rules: dict[int, _RunRules], ests: list[str],
+                     n_boot: int, seed: int, level: float) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for r in loaded:
+        if r.results.get("task", {}).get("difficulty") is not None:
+            groups[(_model(r), _task_key(r))].append(r)
+    rows = []
+    for (model, task), members in sorted(groups.items()):
+        members = sorted(members, key=lambda r: r.results["task"]["difficulty"])
+        levels = [r.results["task"]["difficulty"] for r in members]
+        if len(set(levels)) < 2:
+            continue
+        for e in ests:
+            fns = [lambda idx, rr=rules[id(r)], e=e: rr.ratio(e, idx) for r in members]
+            trend = spearman_bootstrap(levels, fns, [rules[id(r)].n_prompts() for r in members],
+                                       n_boot=n_boot, seed=seed, level=level)
+            rows.append({
+                "model": model, "task": task, "estimator": e, "levels": levels,
+                "ratios": [_estimate(r, e).get("ratio") for r in members],
+                "cis": [_estimate(r, e).get("ci") for r in members],
+                "rho": trend["rho"], "rho_ci": trend["ci"],
+                "undefined_fraction": trend["undefined_fraction"],
+            })
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def comparison_tables(comparison: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The three tables as lists of flat rows (for CSV and the terminal)."""
+    return {k: comparison[k] for k in ("scale", "training", "difficulty")}
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def write_comparison(comparison: dict[str, Any], out: str | Path) -> list[Path]:
+    """``comparison.json`` and one CSV per table in directory ``out``."""
+    from .results import atomic_write_text, dumps
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "comparison.json"]
+    atomic_write_text(written[0], dumps(comparison))
+    for name, rows in comparison_tables(comparison).items():
+        if rows:
+            path = out / f"{name}.csv"
+            atomic_write_text(path, _csv(rows))
+            written.append(path)
+    return written
+

@@ -1,0 +1,198 @@
+"""Figures of the paper's three questions (METHODS.md §7), drawn from a comparison object.
+
+The comparison is the plain-data dict of :func:`effective_depth.compare.compare_runs`::
+
+    {"estimators": [...], "runs": [...], "scale": [...], "training": [...], "difficulty": [...]}
+
+* **scale** — the effective-depth ratio against the number of blocks, one line per estimator;
+* **training** — the ratios of a base model and its trained twin as paired bars, and their
+  difference with its bootstrap CI;
+* **difficulty** — the ratio per difficulty level, one line per (model, task, estimator), with
+  Spearman's ρ and its CI in the legend.
+
+Every ratio carries its bootstrap CI as error bars; rows whose ratio is undefined are left out of
+the lines (the tables say why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .figures import TEMPLATE, text
+
+__all__ = ["COMPARISON_FIGURES", "ComparisonFigure", "comparison_figures", "scale_figure",
+           "training_figure", "difficulty_figure"]
+
+Comparison = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ComparisonFigure:
+    """A figure of one section (``"scale"``, ``"training"``, ``"difficulty"``) of a comparison."""
+
+    section: str
+    title: str
+    fn: Callable[[Comparison], go.Figure]
+
+
+def _finish(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 460) -> go.Figure:
+    fig.update_layout(template=TEMPLATE, title={"text": title, "x": 0.01}, height=height,
+                      margin={"l": 70, "r": 30, "t": 70, "b": 60}, hovermode="closest",
+                      legend={"orientation": "h", "y": -0.22})
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title)
+    return fig
+
+
+def _errors(ratios: Sequence[float | None], cis: Sequence[Sequence[float] | None]) -> dict[str, Any]:
+    """Asymmetric error bars from CIs (0 where a CI or a ratio is missing)."""
+    plus = [0.0 if c is None or r is None else max(0.0, float(c[1]) - r) for r, c in zip(ratios, cis)]
+    minus = [0.0 if c is None or r is None else max(0.0, r - float(c[0])) for r, c in zip(ratios, cis)]
+    return {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus}
+
+
+def _ci_text(ci: Sequence[float] | None) -> str:
+    return "no CI" if ci is None else f"[{float(ci[0]):.3f}, {float(ci[1]):.3f}]"
+
+
+def _label(value: Any) -> str:
+    """A task or model field (a string, or a dict with a name and params) as plain text."""
+    if isinstance(value, Mapping):
+        params = ",".join(f"{k}={v}" for k, v in (value.get("params") or {}).items())
+        return str(value.get("name", "?")) + (f"({params})" if params else "")
+    return "?" if value is None else str(value)
+
+
+def _varying(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
+    """The keys whose value differs between rows (only those go into trace names)."""
+    return [k for k in keys if len({_label(r.get(k)) for r in rows}) > 1]
+
+
+def scale_figure(comparison: Comparison) -> go.Figure:
+    """Scale: the effective-depth ratio against the model's number of blocks, one line per
+    estimator (and per task or difficulty where those differ), with bootstrap-CI error bars;
+    hover names the model. A flat line means the ratio stays constant across scale."""
+    rows = [r for r in comparison.get("scale", []) if r.get("ratio") is not None]
+    extra = _varying(rows, ("task", "difficulty"))
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["estimator"], *(_label(r.get(k)) for k in extra)), []).append(r)
+    fig = go.Figure()
+    for key, members in groups.items():
+        members = sorted(members, key=lambda r: (r.get("n_layers") or 0, _label(r.get("model"))))
+        ratios = [r["ratio"] for r in members]
+        fig.add_trace(go.Scatter(
+            x=[r.get("n_layers") for r in members], y=ratios, mode="lines+markers",
+            name=text(" · ".join(key)), error_y=_errors(ratios, [r.get("ci") for r in members]),
+            customdata=[[text(_label(r.get("model"))), f"{r.get('n_params') or 0:,}",
+                         _ci_text(r.get("ci"))] for r in members],
+            hovertemplate="%{customdata[0]} (%{customdata[1]} parameters)<br>%{x} blocks<br>"
+                          "ratio %{y:.3f}, CI %{customdata[2]}<extra>%{fullData.name}</extra>",
+        ))
+    fig.update_yaxes(range=[0, 1.05])
+    return _finish(fig, "Scale: effective-depth ratio against model depth", "number of blocks L",
+                   "effective-depth ratio (e + 1) / L")
+
+
+def _run_ci(comparison: Comparison, model: str, row: Mapping[str, Any]) -> list[float] | None:
+    """The CI of one run's ratio, looked up in ``comparison["runs"]`` (None when absent)."""
+    for run in comparison.get("runs", []):
+        if _label(run.get("model")) != model or _label(run.get("task")) != _label(row.get("task")):
+            continue
+        if row.get("difficulty") is not None and run.get("difficulty") != row.get("difficulty"):
+            continue
+        est = (run.get("estimates") or {}).get(row.get("estimator"), {})
+        return est.get("ci")
+    return None
+
+
+def training_figure(comparison: Comparison) -> go.Figure:
+    """Training type: the ratio of each base model and its trained twin as paired bars with
+    their bootstrap CIs (left), and the difference trained − base with its CI (right; a CI that
+    excludes 0 is a real difference)."""
+    rows = list(comparison.get("training", []))
+    extra = _varying(rows, ("base", "trained", "task", "difficulty"))
+    labels = []
+    for i, r in enumerate(rows):
+        label = " · ".join([str(r.get("estimator")), *(_label(r.get(k)) for k in extra)])
+        labels.append(text(label if label not in labels else f"{label} #{i}"))
+    base = [r.get("ratio_base") for r in rows]
+    trained = [r.get("ratio_trained") for r in rows]
+    diff = [r.get("diff") for r in rows]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.12,
+                        subplot_titles=("ratios", "difference trained − base"))
+    fig.add_trace(go.Bar(
+        x=labels, y=base, name="base", customdata=[text(_label(r.get("base"))) for r in rows],
+        error_y=_errors(base, [_run_ci(comparison, _label(r.get("base")), r) for r in rows]),
+        hovertemplate="%{customdata}<br>%{x}<br>ratio %{y:.3f}<extra>base</extra>",
+    ), row=1, col=1)
+    fig.add_trace(go.Bar(
+        x=labels, y=trained, name="trained",
+        customdata=[text(_label(r.get("trained"))) for r in rows],
+        error_y=_errors(trained, [_run_ci(comparison, _label(r.get("trained")), r) for r in rows]),
+        hovertemplate="%{customdata}<br>%{x}<br>ratio %{y:.3f}<extra>trained</extra>",
+    ), row=1, col=1)
+    fig.add_trace(go.Scatter(
+        x=labels, y=diff, mode="markers", name="difference", marker={"size": 11, "color": "#444"},
+        error_y=_errors(diff, [r.get("diff_ci") for r in rows]),
+        customdata=[_ci_text(r.get("diff_ci")) for r in rows],
+        hovertemplate="%{x}<br>trained − base = %{y:.3f}, CI %{customdata}<extra></extra>",
+    ), row=1, col=2)
+    fig.add_hline(y=0, line_color="#bbb", row=1, col=2)
+    fig.update_layout(barmode="group")
+    fig = _finish(fig, "Training type: base vs. trained model", "", "")
+    fig.update_xaxes(title_text="estimator", row=1, col=1)
+    fig.update_xaxes(title_text="estimator", row=1, col=2)
+    fig.update_yaxes(title_text="effective-depth ratio (e + 1) / L", range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text="ratio difference", row=1, col=2)
+    return fig
+
+
+def _rho_text(row: Mapping[str, Any]) -> str:
+    rho = row.get("rho")
+    if rho is None:
+        return "ρ undefined"
+    return f"ρ = {rho:.2f} " + ("" if row.get("rho_ci") is None else _ci_text(row["rho_ci"]))
+
+
+def difficulty_figure(comparison: Comparison) -> go.Figure:
+    """Difficulty: the effective-depth ratio per difficulty level with bootstrap-CI error bars,
+    one line per (model, task, estimator); Spearman's ρ between level and ratio (with its CI) in
+    the legend, and in the title when there is one line. ρ > 0: harder problems use more
+    layers."""
+    rows = list(comparison.get("difficulty", []))
+    extra = _varying(rows, ("model", "task"))
+    fig = go.Figure()
+    for r in rows:
+        ratios = list(r.get("ratios", []))
+        name = " · ".join([str(r.get("estimator")), *(_label(r.get(k)) for k in extra)])
+        fig.add_trace(go.Scatter(
+            x=list(r.get("levels", [])), y=ratios, mode="lines+markers",
+            name=text(f"{name}: {_rho_text(r)}"),
+            error_y=_errors(ratios, list(r.get("cis") or [None] * len(ratios))),
+            hovertemplate="level %{x}<br>ratio %{y:.3f}<extra>" + text(name) + "</extra>",
+        ))
+    title = "Difficulty: effective-depth ratio against difficulty level"
+    if len(rows) == 1:
+        title += f" ({text(_rho_text(rows[0]))})"
+    fig.update_yaxes(range=[0, 1.05])
+    return _finish(fig, title, "difficulty level", "effective-depth ratio (e + 1) / L")
+
+
+#: figure name -> the comparison section it needs, its title and the function that draws it
+COMPARISON_FIGURES: dict[str, ComparisonFigure] = {
+    "scale": ComparisonFigure("scale", "Scale", scale_figure),
+    "training": ComparisonFigure("training", "Training type", training_figure),
+    "difficulty": ComparisonFigure("difficulty", "Difficulty", difficulty_figure),
+}
+
+
+def comparison_figures(comparison: Comparison) -> dict[str, go.Figure]:
+    """Every comparison figure whose section has rows, by name."""
+    return {name: spec.fn(comparison) for name, spec in COMPARISON_FIGURES.items()
+            if comparison.get(spec.section)}

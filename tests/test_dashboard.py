@@ -1,0 +1,248 @@
+"""The dashboard: one self-contained, offline HTML file with escaped content, built from real
+run directories (two tiny studies, built once per test session and shared with
+test_browser.py through :func:`study_runs`)."""
+
+from __future__ import annotations
+
+import copy
+import html
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from plotly.offline import get_plotlyjs
+
+from effective_depth.errors import ConfigError, ResultsError
+from effective_depth.results import Run, load_run
+from effective_depth.viz.dashboard import build_dashboard_html, run_panels, write_dashboard
+
+HOSTILE_TOKEN = "<script>alert(1)</script>"
+HOSTILE_MODEL = '"><img src=x onerror=alert(1)>'
+
+#: a dashboard is plotly.js plus this much (two tiny runs are about 60 KB)
+MAX_OVERHEAD = 400 * 1024
+
+_RUNS: dict[str, list[Path]] = {}
+
+
+def study_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two finished runs of one tiny Qwen2 checkpoint (2- and 3-digit addition), built once per
+    session: the comparison then has scale and difficulty rows."""
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _RUNS:
+        from effective_depth.study import StudyConfig, run_study
+        from tests.helpers import save_tiny_checkpoint
+
+        root = tmp_path_factory.mktemp("viz_runs")
+        ckpt = save_tiny_checkpoint("qwen2", root / "llama-tiny")
+        paths = []
+        for digits in (2, 3):
+            cfg = StudyConfig(model=str(ckpt), task="addition", task_params={"digits": digits},
+                              n_examples=4, ig_steps=8, n_boot=50, map_examples=1,
+                              skip_mode="current")
+            paths.append(run_study(cfg, root / f"run-d{digits}", progress=False).path)
+        _RUNS[key] = paths
+    return _RUNS[key]
+
+
+def hostile(run: Run) -> Run:
+    """A copy of ``run`` whose model name, prompt, token strings and a reason are hostile."""
+    run = copy.copy(run)
+    run.results, run.inputs, run.config = (copy.deepcopy(x) for x in (run.results, run.inputs, run.config))
+    run.results["model"]["name"] = HOSTILE_MODEL
+    run.config["config"]["model"] = HOSTILE_MODEL
+    run.inputs["examples"][0]["prompt"] = HOSTILE_TOKEN
+    for name in ("erasure", "integrated_gradients"):
+        run.results["metrics"][name]["curves"]["str_tokens"][0][2] = HOSTILE_TOKEN
+    run.results["depth"]["ed_cos"].update(layer=None, ratio=None, ci=None, reason=HOSTILE_TOKEN)
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Run]:
+    return [load_run(p) for p in study_runs(tmp_path_factory)]
+
+
+@pytest.fixture(scope="module")
+def multi_html(runs) -> str:
+    """Two runs, the first with hostile strings everywhere."""
+    return build_dashboard_html([hostile(runs[0]), runs[1]])
+
+
+@pytest.fixture(scope="module")
+def plain_html(runs) -> str:
+    return build_dashboard_html(runs)
+
+
+def _without_plotlyjs(page: str) -> str:
+    js = get_plotlyjs()
+    assert page.count(js) == 1, "plotly.js must be embedded exactly once"
+    return page.replace(js, "")
+
+
+_JSON_BLOCK = re.compile(r'<script type="application/json" id="([^"]+)-json">(.*?)</script>', re.S)
+
+
+def _figure_specs(page: str) -> dict[str, dict]:
+    return {div: json.loads(body) for div, body in _JSON_BLOCK.findall(page)}
+
+
+def _figure_specs_raw(page: str) -> list[str]:
+    return [body for _, body in _JSON_BLOCK.findall(page)]
+
+
+def test_study_writes_its_dashboard(runs):
+    for run in runs:
+        page = (run.path / "dashboard.html").read_text()
+        assert page.startswith("<!DOCTYPE html>") and 'id="run-selector"' not in page
+        assert html.escape(run.label) in page
+
+
+def test_self_contained_offline(multi_html):
+    rest = _without_plotlyjs(multi_html)
+    external = re.compile(r"<(?:script|link|img|iframe|source|embed)\b[^>]*\b(?:src|href)\s*=\s*"
+                          r"[\"']?\s*(?:https?:)?//", re.I)
+    assert not external.search(multi_html)
+    assert not re.search(r"(?:src|href)\s*=\s*[\"']?https?:", rest, re.I)
+    assert not re.search(r"url\(\s*[\"']?https?:|@import", rest, re.I)
+    assert "<link" not in rest
+    # exactly three executable scripts: plotly.js, the templates holder is JSON, and the page's JS
+    assert len(re.findall(r"<script(?![^>]*application/json)", rest)) == 2
+    assert "Plotly.newPlot" in rest
+
+
+def test_hostile_strings_only_escaped(multi_html):
+    rest = _without_plotlyjs(multi_html)
+    for bad in (HOSTILE_TOKEN, HOSTILE_MODEL, "<img", "alert(1)</script>"):
+        assert bad not in rest
+    assert html.escape(HOSTILE_MODEL) in rest  # tables, selector, headings
+    assert html.escape(HOSTILE_TOKEN) in rest  # the example prompt and the ed_cos reason
+    assert "\\u0026lt;script\\u0026gt;" in rest  # in the figure JSON: HTML- then JSON-escaped
+    for body in _figure_specs_raw(multi_html):
+        assert "<" not in body and ">" not in body and "&" not in body
+    specs = _figure_specs(multi_html)
+    erasure = specs["run-0-erasure-map-0"]
+    tick = erasure["layout"]["xaxis"]["ticktext"][2]
+    assert tick == html.escape(HOSTILE_TOKEN, quote=False)  # plotly shows it as text
+
+
+def test_figure_json_matches_results(runs, plain_html):
+    specs = _figure_specs(plain_html)
+    run = runs[1]
+    skips = run.metric("skip_effects")
+    heat = specs["run-1-skip_effects-layer_effect"]["data"][0]
+    assert heat["z"] == skips.layer_effect.tolist()
+    lens = run.metric("logit_lens")
+    assert specs["run-1-logit_lens-lens"]["data"][0]["y"] == lens.kl.tolist()
+    erasure = run.metric("erasure").maps[0]
+    z = specs["run-1-erasure-map-0"]["data"][0]["z"]
+    assert all(row[0] is None for row in z)  # the BOS column (NaN) is blank
+    assert [row[1:] for row in z] == erasure[:, 1:].tolist()
+    # the template is stored once and referenced by every figure
+    templates = re.search(r'<script type="application/json" id="plotly-templates">(.*?)</script>',
+                          plain_html, re.S)
+    assert {s["template"] for s in specs.values()} == set(json.loads(templates.group(1)))
+    assert all("template" not in s["layout"] for s in specs.values())
+
+
+def test_every_panel_of_a_run(runs):
+    keys = [p.key for p in run_panels(runs[0])]
+    assert keys == ["ed_summary", "contributions-relative", "contributions-cosines",
+                    "contributions-angular", "logit_lens-lens", "skip_effects-layer_effect",
+                    "skip_effects-output_effect", "behaviour-behaviour", "erasure-map-0",
+                    "integrated_gradients-map-0"]
+
+
+def test_selector_and_comparison(runs, plain_html):
+    select = re.search(r'<select id="run-selector">(.*?)</select>', plain_html, re.S)
+    assert select is not None
+    options = re.findall(r'<option value="(run-\d+)">', select.group(1))
+    assert options == ["run-0", "run-1"]
+    assert len(re.findall(r'<section class="run" id="run-\d+"', plain_html)) == 2
+    assert 'id="run-1" data-label' in plain_html and " hidden>" in plain_html
+    specs = _figure_specs(plain_html)
+    assert {"comparison-compare-scale", "comparison-compare-difficulty"} <= set(specs)
+    difficulty = specs["comparison-compare-difficulty"]["data"]
+    assert {tuple(t["x"]) for t in difficulty} == {(2, 3)}
+
+
+def test_ed_table(runs):
+    page = build_dashboard_html([runs[0]])
+    depth = runs[0].results["depth"]
+    table = re.search(r'<table class="ed">(.*?)</table>', page, re.S).group(1)
+    for name, est in depth.items():
+        if name == "depth_score":
+            continue
+        assert f"<td>{name}</td>" in table
+        if est["reason"]:
+            assert html.escape(est["reason"]) in table
+        if est["ci"]:
+            assert f"[{est['ci'][0]:.3f}, {est['ci'][1]:.3f}]" in table
+    assert "95% CI" in table
+
+
+def test_size_is_sane(multi_html):
+    size = len(multi_html.encode())
+    assert len(get_plotlyjs().encode()) < size < len(get_plotlyjs().encode()) + MAX_OVERHEAD
+
+
+def test_given_comparison_is_used(runs):
+    comparison = {"scale": [{"model": "m", "n_layers": 7, "n_params": 1, "task": "t",
+                             "estimator": "ed_kl", "layer": 3, "ratio": 4 / 7, "ci": None}],
+                  "training": [], "difficulty": []}
+    specs = _figure_specs(build_dashboard_html(runs, comparison))
+    assert specs["comparison-compare-scale"]["data"][0]["x"] == [7]
+    assert "comparison-compare-difficulty" not in specs
+
+
+def test_write_dashboard_and_errors(runs, tmp_path):
+    out = write_dashboard([runs[0].path], tmp_path / "d.html")
+    assert out == tmp_path / "d.html" and out.read_text().endswith("</html>\n")
+    with pytest.raises(ConfigError, match="is a directory"):
+        write_dashboard([runs[0].path], tmp_path)
+    with pytest.raises(ConfigError, match="at least one run"):
+        build_dashboard_html([])
+    with pytest.raises(ResultsError, match="does not exist"):
+        write_dashboard([tmp_path / "missing"], tmp_path / "x.html")
+
+
+def test_partial_run(runs):
+    """A run that finished only some measurements still gets a dashboard."""
+    run = copy.copy(runs[0])
+    run.results = {**run.results, "completed": ["logit_lens"], "depth": {}}
+    page = build_dashboard_html([run])
+    assert set(_figure_specs(page)) == {"run-0-logit_lens-lens"}
+    assert "No effective-depth estimates" in page
+
+
+def test_cli_dashboard(runs, tmp_path, monkeypatch):
+    from effective_depth.viz.cli_dashboard import dashboard_cmd
+
+    out = tmp_path / "both.html"
+    result = CliRunner().invoke(dashboard_cmd, [str(runs[0].path), str(runs[1].path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "KB" in result.output and out.stat().st_size > len(get_plotlyjs())
+    missing = CliRunner().invoke(dashboard_cmd, [str(tmp_path / "nope"), "--out", str(out)])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    assert "Traceback" not in missing.output
+    monkeypatch.setitem(sys.modules, "kaleido", None)  # kaleido not installed
+    png = CliRunner().invoke(dashboard_cmd, [str(runs[0].path), "--out", str(tmp_path / "png"),
+                                             "--format", "png"])
+    assert png.exit_code == 1 and "pip install kaleido" in png.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    wrong = CliRunner().invoke(dashboard_cmd, [str(runs[0].path), "--comparison", str(bad),
+                                               "--out", str(out)])
+    assert wrong.exit_code == 1 and "not a comparison" in wrong.output
+
+
+def test_export_without_kaleido_says_how_to_install(monkeypatch, runs, tmp_path):
+    from effective_depth.viz.export import ExportError, export_runs
+
+    monkeypatch.setitem(sys.modules, "kaleido", None)
+    with pytest.raises(ExportError, match="pip install kaleido"):
+        export_runs([runs[0]], tmp_path / "img", "svg")
+    assert issubclass(ExportError, ConfigError)

@@ -1,0 +1,218 @@
+"""Studies and run directories: documented files, resume after a crash, corrupt files, config
+changes; the CLI in-process; grids locally and on Ray."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from effective_depth.cli import main
+from effective_depth.errors import ConfigError, ResultsError
+from effective_depth.results import load_run
+from effective_depth.study import METRICS, StudyConfig, run_study
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_checkpoints):
+    return str(tiny_checkpoints["qwen2"])
+
+
+def _config(model, **kw):
+    base = dict(model=model, task="multistep", task_params={"steps": 4, "format": "scratchpad"},
+                n_examples=4, ig_steps=8, n_boot=40, map_examples=1, n_reference=3)
+    base.update(kw)
+    return StudyConfig(**base)
+
+
+def test_run_directory_holds_the_documented_files(tmp_path, tiny_model):
+    res = run_study(_config(tiny_model), tmp_path / "run", progress=False, dashboard=False)
+    path = res.path
+    for name in ("config.json", "inputs.json", "results.json", "tensors.safetensors"):
+        assert (path / name).is_file(), name
+    results = json.loads((path / "results.json").read_text())
+    L = results["model"]["n_layers"]
+    assert results["completed"] == list(METRICS)
+    assert len(results["metrics"]["contributions"]["curves"]["rel_attn"]) == L
+    assert len(results["metrics"]["logit_lens"]["curves"]["kl"]) == L
+    assert len(results["metrics"]["logit_lens"]["curves"]["overlap"]) == L
+    assert len(results["metrics"]["skip_effects"]["curves"]["output_effect"]) == L
+    for name in ("ed_cos", "ed_kl", "ed_overlap", "ed_skip", "ed_task", "ed_prune"):
+        est = results["depth"][name]
+        assert "layer" in est and ("reason" in est if est["layer"] is None else "ci" in est)
+    inputs = json.loads((path / "inputs.json").read_text())
+    ex = inputs["examples"][0]
+    assert ex["tokens"][0] == 1 and len(ex["tokens"]) == len(ex["str_tokens"])
+    assert isinstance(ex["cuts"], list) and all(8 <= c for c in ex["cuts"])
+    run = load_run(path)
+    assert run.metric("skip_effects").layer_effect.shape == (L, L)
+    torch.testing.assert_close(run.metric("skip_effects").layer_effect,
+                               run.tensors["metrics.skip_effects.layer_effect"])
+    assert "pickle" not in (path / "tensors.safetensors").read_bytes()[:200].decode(errors="ignore")
+
+
+def test_killed_run_resumes_and_equals_an_uninterrupted_run(tmp_path, tiny_model):
+    config = _config(tiny_model)
+    full = run_study(config, tmp_path / "full", progress=False, dashboard=False)
+
+    class Killed(Exception):
+        pass
+
+    def crash(name):
+        if name == "logit_lens":
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_study(config, tmp_path / "partial", progress=False, dashboard=False, after_metric=crash)
+    partial = json.loads((tmp_path / "partial" / "results.json").read_text())
+    assert partial["completed"] == ["contributions", "logit_lens"]
+    resumed = run_study(config, tmp_path / "partial", progress=False, dashboard=False)
+    assert resumed.reused == ["contributions", "logit_lens"]
+    assert resumed.computed == list(METRICS[2:])
+    a = json.loads((tmp_path / "full" / "results.json").read_text())
+    b = json.loads((tmp_path / "partial" / "results.json").read_text())
+    for key in ("metrics", "depth", "accuracy", "completed"):
+        assert a[key] == b[key], key
+    ta, tb = load_run(full.path).tensors, load_run(resumed.path).tensors
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=0, equal_nan=True)
+
+
+def test_changed_config_and_corrupt_results_are_clear_errors(tmp_path, tiny_model):
+    path = tmp_path / "run"
+    run_study(_config(tiny_model, metrics=("contributions",)), path, progress=False, dashboard=False)
+    with pytest.raises(ResultsError, match="different config \\(differs in: n_examples\\)"):
+        run_study(_config(tiny_model, metrics=("contributions",), n_examples=3), path,
+                  progress=False, dashboard=False)
+    (path / "results.json").write_text('{"completed": ["contributions"], "metr')
+    with pytest.raises(ResultsError, match="results.json is corrupt.*--force"):
+        run_study(_config(tiny_model, metrics=("contributions",)), path, progress=False, dashboard=False)
+    redone = run_study(_config(tiny_model, metrics=("contributions",)), path, force=True,
+                       progress=False, dashboard=False)
+    assert redone.computed == ["contributions"]
+    assert json.loads((path / "results.json").read_text())["status"] == "complete"
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="unknown metric 'logit_lense'.*did you mean 'logit_lens'"):
+        StudyConfig(metrics=("logit_lense",))
+    with pytest.raises(ConfigError, match="n_examples must be >= 1"):
+        StudyConfig(n_examples=0)
+    with pytest.raises(ConfigError, match="threshold ed_kl must be in \\(0, 1\\)"):
+        StudyConfig(thresholds={"ed_kl": 2})
+    with pytest.raises(ConfigError, match="unknown study options \\['n_example'\\]"):
+        StudyConfig.from_dict({"n_example": 3})
+    cfg = StudyConfig(metrics=("logit_lens", "contributions"))
+    assert cfg.metrics == ("contributions", "logit_lens")  # always run in the canonical order
+    assert StudyConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_cli_run_writes_files_and_prints_the_table(tmp_path, tiny_model):
+    out = tmp_path / "cli-run"
+    result = CliRunner().invoke(main, [
+        "run", "--model", tiny_model, "--task", "addition", "--param", "digits=3",
+        "--n-examples", "4", "--n-boot", "30", "--metrics", "contributions,logit_lens,skip_effects",
+        "--skip-mode", "current", "--out", str(out), "--quiet", "--no-dashboard",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "Effective depth" in result.output and "ed_kl" in result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"]["params"]["digits"] == 3
+    assert results["completed"] == ["contributions", "logit_lens", "skip_effects"]
+    # rerun: everything reused
+    again = CliRunner().invoke(main, [
+        "run", "--model", tiny_model, "--task", "addition", "--param", "digits=3",
+        "--n-examples", "4", "--n-boot", "30", "--metrics", "contributions,logit_lens,skip_effects",
+        "--skip-mode", "current", "--out", str(out), "--quiet", "--no-dashboard",
+    ])
+    assert again.exit_code == 0 and "reused" in again.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--model", "gtp2", "--task", "addition"], "unknown model 'gtp2'"),
+    (["run", "--model", "/no/such/dir", "--task", "addition"], "does not exist"),
+    (["run", "--task", "adition"], "unknown task 'adition'"),
+    (["run", "--task", "addition", "--param", "digits=0"], "must be in 1..20"),
+    (["run", "--task", "addition", "--param", "digits"], "expected NAME=VALUE"),
+    (["run", "--metrics", "logit"], "unknown metric 'logit'"),
+    (["compare", "/no/such/run"], "does not exist"),
+    (["sweep", "--config", "/no/such/grid.yaml"], "does not exist"),
+])
+def test_cli_bad_arguments_are_one_line_errors(args, message):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert result.output.strip().count("\n") <= 4
+
+
+def test_cli_listing_commands():
+    runner = CliRunner()
+    tasks = runner.invoke(main, ["tasks"])
+    assert tasks.exit_code == 0 and "multiplication" in tasks.output and "digits" in tasks.output
+    models = runner.invoke(main, ["models"])
+    assert models.exit_code == 0 and "zoo/add-4l" in models.output
+
+
+def _grid(tmp_path, model):
+    from effective_depth.grid import grid_from_dict
+
+    return grid_from_dict({
+        "out": str(tmp_path / "grid"),
+        "base": {"n_examples": 3, "metrics": ["contributions", "logit_lens"], "n_boot": 20},
+        "models": [model],
+        "tasks": [{"name": "addition", "levels": {"digits": [2, 3]}},
+                  {"name": "multiplication", "levels": {"digits": [1, 2]}}],
+        "compare": True,
+    })
+
+
+def test_local_grid_and_comparison(tmp_path, tiny_model):
+    from effective_depth.grid import run_grid
+
+    grid = _grid(tmp_path, tiny_model)
+    assert len(grid.cells) == 4
+    summaries = run_grid(grid, progress=False)
+    assert all(s["computed"] == ["contributions", "logit_lens"] for s in summaries)
+    comparison = json.loads((tmp_path / "grid" / "comparison" / "comparison.json").read_text())
+    assert len(comparison["runs"]) == 4
+    trends = [r for r in comparison["difficulty"] if r["estimator"] == "ed_kl"]
+    assert {r["task"] for r in trends} == {"addition", "multiplication"}
+    assert all(r["levels"] in ([2, 3], [1, 2]) for r in trends)
+
+
+def test_ray_grid_equals_local_grid(tmp_path, tiny_model):
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
+    from effective_depth.grid import run_grid
+
+    local = run_grid(_grid(tmp_path / "local", tiny_model), progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = run_grid(_grid(tmp_path / "ray", tiny_model), executor="ray")
+    finally:
+        ray.shutdown()
+    assert len(remote) == len(local) == 4
+    for a, b in zip(local, remote):
+        ra = json.loads((tmp_path / "local" / "grid" / a["out"].split("/grid/")[-1] / "results.json").read_text())
+        rb = json.loads((tmp_path / "ray" / "grid" / b["out"].split("/grid/")[-1] / "results.json").read_text())
+        # Ray workers run with other thread counts: float reductions may differ in the last bits
+        _assert_nested_close(ra["metrics"], rb["metrics"])
+        _assert_nested_close(ra["depth"], rb["depth"])
+
+
+def _assert_nested_close(a, b, path="", tol=1e-5):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_nested_close(a[k], b[k], f"{path}.{k}", tol)
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_nested_close(x, y, f"{path}[{i}]", tol)
+    elif isinstance(a, float) and isinstance(b, float):
+        assert abs(a - b) <= tol * max(1.0, abs(a)), (path, a, b)
+    else:
+        assert a == b, (path, a, b)

@@ -1,0 +1,359 @@
+"""Figures show the results' own numbers: trace data equal to the tensors, axis titles, markers
+of the estimated depth, and dispatch through the figure registry. Results are built by hand
+(no model), so every expected value is known."""
+
+from __future__ import annotations
+
+import html
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from effective_depth.depth import Estimate
+from effective_depth.errors import ConfigError
+from effective_depth.metrics import (
+    CONTRIBUTION_CURVES,
+    Behaviour,
+    Contributions,
+    Erasure,
+    IntegratedGradients,
+    LogitLens,
+    SkipEffects,
+)
+from effective_depth.viz import figure_for
+from effective_depth.viz.compare_figures import (
+    comparison_figures,
+    difficulty_figure,
+    scale_figure,
+    training_figure,
+)
+from effective_depth.viz.figures import (
+    FIGURES,
+    ed_summary_figure,
+    figure_specs,
+    register_figure,
+)
+
+L, P = 4, 3
+HOSTILE = "<script>alert(1)</script>"
+
+
+def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def contributions() -> Contributions:
+    sums = {k: _rand(P, L, seed=i) * (2 if k.startswith("rel") else 1) - (0 if k.startswith("rel") else 0.5)
+            for i, k in enumerate(CONTRIBUTION_CURVES)}
+    return Contributions(sums=sums, counts=torch.tensor([5.0, 6.0, 7.0]),
+                         angular_sums=_rand(P, L + 1, L + 1, seed=9), meta={"n_layers": L, "n_prompts": P})
+
+
+@pytest.fixture(scope="module")
+def lens() -> LogitLens:
+    return LogitLens(_rand(P, L, seed=1) * 3, _rand(P, L, seed=2), torch.tensor([2.0, 3.0, 4.0]),
+                     meta={"n_layers": L, "n_prompts": P, "k": 5})
+
+
+@pytest.fixture(scope="module")
+def skips() -> SkipEffects:
+    layer = torch.triu(_rand(P, L, L, seed=3) * 1.5, diagonal=1)
+    return SkipEffects(layer, layer * 2, _rand(P, L, seed=4), _rand(P, L, seed=5),
+                       torch.ones(P, L), [[] for _ in range(P)],
+                       meta={"n_layers": L, "n_prompts": P, "mode": "current", "aggregate": "max"})
+
+
+@pytest.fixture(scope="module")
+def behaviour() -> Behaviour:
+    exit_ok = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 1, 1], [0, 1, 1, 1, 1]], dtype=torch.bool)
+    prune_ok = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    return Behaviour(exit_ok, prune_ok, [3, 0, 2, 1], meta={"n_layers": L, "n_prompts": P})
+
+
+TOKENS = ["<bos>", "1", "1", HOSTILE, "=", "2"]
+
+
+@pytest.fixture(scope="module")
+def erasure() -> Erasure:
+    m = _rand(L + 1, len(TOKENS), seed=6)
+    m[:, 0] = float("nan")
+    return Erasure([m], [TOKENS], torch.zeros(L + 1, 8), meta={"n_layers": L, "n_prompts": 1})
+
+
+@pytest.fixture(scope="module")
+def gradients() -> IntegratedGradients:
+    m = _rand(L, len(TOKENS), seed=7) - 0.8  # mostly negative: zmax must come from |min|
+    return IntegratedGradients([m, m * 2], [TOKENS, TOKENS], torch.tensor([0.25, 0.5]),
+                               meta={"n_layers": L, "n_prompts": 2, "n_steps": 8})
+
+
+def _titled_axes(fig: go.Figure) -> None:
+    """Every axis that a trace uses has a title (a shared axis: its partner has it)."""
+    used = set()
+    for trace in fig.data:
+        used.add("xaxis" + (trace.xaxis or "x")[1:])
+        used.add("yaxis" + (trace.yaxis or "y")[1:])
+    for axis in used:
+        layout_axis = fig.layout[axis]
+        if layout_axis.matches:
+            layout_axis = fig.layout[axis[0] + "axis" + layout_axis.matches[1:]]
+        assert layout_axis.title.text, f"{axis} has no title"
+
+
+def _vlines(fig: go.Figure) -> list[tuple[float, str]]:
+    return [(s.x0, s.xref) for s in fig.layout.shapes if s.x0 == s.x1 and s.x0 is not None]
+
+
+# --- figures of each result --------------------------------------------------------------------
+
+
+def test_relative_contributions_show_the_curves(contributions):
+    fig = figure_for(contributions)
+    assert [t.type for t in fig.data] == ["scatter"] * 3
+    assert [t.name for t in fig.data] == ["rel_attn", "rel_mlp", "rel_block"]
+    for trace in fig.data:
+        assert list(trace.x) == list(range(L))
+        assert list(trace.y) == contributions.curve(trace.name).tolist()
+    _titled_axes(fig)
+
+
+def test_cosines_mark_ed_cos(contributions):
+    est = Estimate("ed_cos", L, 2, ci=(0.5, 1.0))
+    fig = figure_for(contributions, kind="cosines", estimates={"ed_cos": est})
+    by_name = {t.name: t for t in fig.data}
+    for key in ("cos_attn", "cos_mlp", "cos_block", "cos_resid"):
+        assert list(by_name[key].y) == contributions.curve(key).tolist()
+    mean = (contributions.cos_attn + contributions.cos_mlp + contributions.cos_block) / 3
+    assert list(by_name["mean (ed_cos)"].y) == pytest.approx(mean.tolist())
+    assert (2.0, "x") in _vlines(fig)
+    assert any("ed_cos = 2" in (a.text or "") for a in fig.layout.annotations)
+    _titled_axes(fig)
+
+
+def test_angular_distance_heatmap(contributions):
+    fig = figure_for(contributions, kind="angular")
+    assert fig.data[0].type == "heatmap"
+    assert [list(r) for r in fig.data[0].z] == contributions.angular_distance.tolist()
+    _titled_axes(fig)
+
+
+def test_logit_lens_curves_and_estimates(lens):
+    estimates = {
+        "ed_kl": Estimate("ed_kl", L, 1, ci=(0.25, 0.75), params={"threshold": 0.5}).to_dict(),
+        "ed_overlap": Estimate("ed_overlap", L, 3, params={"threshold": 0.3}),
+    }
+    fig = figure_for(lens, estimates=estimates)
+    kl, overlap = fig.data[0], fig.data[1]
+    assert list(kl.y) == lens.kl.tolist() and list(overlap.y) == lens.overlap.tolist()
+    assert list(kl.x) == list(range(L))
+    assert (kl.yaxis, overlap.yaxis) == ("y", "y2")
+    lines = _vlines(fig)
+    assert (1.0, "x") in lines and (3.0, "x2") in lines  # each estimate on its own curve
+    hlines = {round(s.y0, 6) for s in fig.layout.shapes if s.y0 == s.y1}
+    assert round(0.5 * float(lens.kl.max()), 6) in hlines and 0.3 in hlines
+    _titled_axes(fig)
+
+
+def test_logit_lens_undefined_estimate_has_no_marker(lens):
+    undefined = {"ed_kl": {"layer": None, "reason": "never falls", "ratio": None}}
+    fig = figure_for(lens, estimates=undefined)
+    assert _vlines(fig) == []
+    assert figure_for(lens).layout.shapes == ()
+
+
+def test_layer_effect_heatmap_is_the_matrix(skips):
+    fig = figure_for(skips)
+    hm = fig.data[0]
+    assert hm.type == "heatmap"
+    assert [list(r) for r in hm.z] == skips.layer_effect.tolist()
+    assert (hm.zmin, hm.zmax) == (0, 1)
+    assert list(hm.x) == list(range(L)) and list(hm.y) == list(range(L))
+    assert fig.layout.xaxis.title.text == "affected block i"
+    assert fig.layout.yaxis.title.text == "skipped block s"
+
+
+def test_layer_effect_nan_cells_are_blank(skips):
+    empty = SkipEffects(skips.layer_max, skips.layer_sum, skips.output_max, skips.output_sum,
+                        torch.zeros(P, L), skips.cuts, meta=skips.meta)  # no prompt measured
+    fig = figure_for(empty)
+    assert all(v is None for row in fig.data[0].z for v in row)
+    bars = figure_for(empty, kind="output_effect", estimates={"ed_skip": Estimate("ed_skip", L, 1)})
+    assert all(v is None for v in bars.data[0].y)
+
+
+def test_output_effect_bars_and_ed_skip(skips):
+    est = Estimate("ed_skip", L, 2, ci=(0.75, 0.75), params={"threshold": 0.1})
+    fig = figure_for(skips, kind="output_effect", estimates={"ed_skip": est})
+    assert fig.data[0].type == "bar"
+    assert list(fig.data[0].y) == skips.output_effect.tolist()
+    assert (2.0, "x") in _vlines(fig)
+    _titled_axes(fig)
+
+
+def test_behaviour_accuracy_curves(behaviour):
+    estimates = {"ed_task": Estimate("ed_task", L, 1), "ed_prune": Estimate("ed_prune", L, 2)}
+    fig = figure_for(behaviour, estimates=estimates)
+    exit_, prune = fig.data
+    assert list(exit_.y) == behaviour.accuracy_by_exit().tolist()
+    assert list(prune.y) == behaviour.accuracy_by_prune().tolist()
+    assert list(exit_.x) == list(range(L + 1))
+    assert list(prune.customdata)[:2] == ["none", "3"]  # the prune order: block 3 first
+    # ed_task = block 1 -> 2 blocks run; ed_prune = block 2 -> L - 2 - 1 = 1 block skipped
+    assert (2.0, "x") in _vlines(fig) and (1.0, "x2") in _vlines(fig)
+    _titled_axes(fig)
+
+
+def test_erasure_map_values_tokens_and_nan(erasure):
+    fig = figure_for(erasure)
+    hm = fig.data[0]
+    expected = erasure.maps[0].tolist()
+    for row, exp in zip(hm.z, expected):
+        assert row[0] is None  # the never-erased BOS column is blank
+        assert list(row[1:]) == exp[1:]
+    assert hm.hoverongaps is False
+    assert list(hm.x) == list(range(len(TOKENS)))  # positions: the repeated "1" stays two columns
+    ticks = list(fig.layout.xaxis.ticktext)
+    assert ticks[3] == html.escape(HOSTILE, quote=False) and HOSTILE not in ticks
+    assert hm.customdata[2][3] == ticks[3]
+    assert "%{customdata}" in hm.hovertemplate and "%{y}" in hm.hovertemplate
+    assert "%{z" in hm.hovertemplate
+    _titled_axes(fig)
+
+
+def test_erasure_example_out_of_range(erasure):
+    with pytest.raises(ConfigError, match="out of range"):
+        figure_for(erasure, example=3)
+
+
+def test_integrated_gradients_symmetric_scale(gradients):
+    fig = figure_for(gradients, example=1)
+    hm = fig.data[0]
+    m = gradients.maps[1]
+    assert [list(r) for r in hm.z] == m.tolist()
+    assert hm.zmin == -hm.zmax
+    assert hm.zmax == pytest.approx(float(m.abs().max()))
+    assert hm.colorscale[0][1] != hm.colorscale[-1][1]  # a diverging scale
+    _titled_axes(fig)
+
+
+def test_ed_summary_ratios_cis_and_reasons():
+    estimates = {
+        "ed_cos": Estimate("ed_cos", 4, None, reason=HOSTILE),
+        "ed_kl": Estimate("ed_kl", 4, 2, ci=(0.5, 1.0)),
+        "ed_overlap": Estimate("ed_overlap", 4, 3).to_dict(),  # no CI
+        "depth_score": {"value": 1.2, "ci": [1.0, 1.4]},  # not an estimator: left out
+    }
+    fig = ed_summary_figure(estimates)
+    trace = fig.data[0]
+    assert list(trace.x) == ["ed_cos", "ed_kl", "ed_overlap"]
+    assert list(trace.y) == [None, 0.75, 1.0]
+    assert list(trace.error_y.array) == [0.0, 0.25, 0.0]
+    assert list(trace.error_y.arrayminus) == [0.0, 0.25, 0.0]
+    notes = [a.text for a in fig.layout.annotations if a.x == "ed_cos"]
+    assert len(notes) == 1 and "undefined" in notes[0]
+    assert HOSTILE not in notes[0] and "&lt;script&gt;" in notes[0]
+    _titled_axes(fig)
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+
+def test_figure_for_dispatches_every_result_type(contributions, lens, skips, behaviour, erasure, gradients):
+    results = [contributions, lens, skips, behaviour, erasure, gradients]
+    assert {type(r) for r in results} <= set(FIGURES)
+    for result in results:
+        for kind in figure_specs(result):
+            fig = figure_for(result, kind=kind)
+            assert isinstance(fig, go.Figure) and fig.data
+        default = result.figure()  # MetricResult.figure() goes through the registry
+        assert default.to_plotly_json() == figure_for(result).to_plotly_json()
+
+
+def test_figure_for_errors(lens):
+    with pytest.raises(ConfigError, match="no figure 'heat'"):
+        figure_for(lens, kind="heat")
+    with pytest.raises(ConfigError, match="no figure is registered for int"):
+        figure_for(3)
+
+
+def test_registry_refuses_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        register_figure(LogitLens, "lens", "again")(lambda result: go.Figure())
+
+
+# --- comparison figures -----------------------------------------------------------------------
+
+COMPARISON = {
+    "estimators": ["ed_kl", "ed_overlap"],
+    "runs": [
+        {"path": "a", "label": "a", "model": "base", "task": "addition", "n_layers": 4,
+         "n_params": 1000, "difficulty": 2, "accuracy": 0.9,
+         "estimates": {"ed_kl": {"layer": 2, "ratio": 0.75, "ci": [0.5, 1.0]}}},
+        {"path": "b", "label": "b", "model": "trained", "task": "addition", "n_layers": 4,
+         "n_params": 1000, "difficulty": 2, "accuracy": 0.95,
+         "estimates": {"ed_kl": {"layer": 3, "ratio": 1.0, "ci": [0.75, 1.0]}}},
+    ],
+    "scale": [
+        {"model": "big", "n_layers": 8, "n_params": 9000, "task": "addition", "estimator": "ed_kl",
+         "layer": 5, "ratio": 0.75, "ci": [0.625, 0.875]},
+        {"model": "small", "n_layers": 4, "n_params": 1000, "task": "addition", "estimator": "ed_kl",
+         "layer": 1, "ratio": 0.5, "ci": [0.25, 0.75]},
+        {"model": "small", "n_layers": 4, "n_params": 1000, "task": "addition",
+         "estimator": "ed_overlap", "layer": None, "ratio": None, "ci": None},
+        {"model": HOSTILE, "n_layers": 6, "n_params": 5000, "task": "addition",
+         "estimator": "ed_overlap", "layer": 5, "ratio": 1.0, "ci": None},
+    ],
+    "training": [
+        {"base": "base", "trained": "trained", "task": "addition", "difficulty": 2,
+         "estimator": "ed_kl", "ratio_base": 0.75, "ratio_trained": 1.0, "diff": 0.25,
+         "diff_ci": [0.0, 0.5]},
+    ],
+    "difficulty": [
+        {"model": "small", "task": "addition", "estimator": "ed_kl", "levels": [1, 2, 3],
+         "ratios": [0.25, 0.5, None], "cis": [[0.25, 0.5], None, None], "rho": 0.8,
+         "rho_ci": [0.2, 1.0]},
+    ],
+}
+
+
+def test_scale_figure():
+    fig = scale_figure(COMPARISON)
+    traces = {t.name: t for t in fig.data}
+    kl = traces["ed_kl"]
+    assert list(kl.x) == [4, 8] and list(kl.y) == [0.5, 0.75]  # sorted by depth
+    assert list(kl.error_y.array) == pytest.approx([0.25, 0.125])
+    assert list(kl.error_y.arrayminus) == pytest.approx([0.25, 0.125])
+    overlap = traces["ed_overlap"]  # the undefined row is left out
+    assert list(overlap.x) == [6] and list(overlap.y) == [1.0]
+    assert HOSTILE not in str(overlap.customdata)
+    _titled_axes(fig)
+
+
+def test_training_figure():
+    fig = training_figure(COMPARISON)
+    base, trained, diff = fig.data
+    assert (base.type, trained.type, diff.type) == ("bar", "bar", "scatter")
+    assert list(base.y) == [0.75] and list(trained.y) == [1.0] and list(diff.y) == [0.25]
+    assert list(base.error_y.arrayminus) == [0.25] and list(base.error_y.array) == [0.25]
+    assert list(trained.error_y.arrayminus) == [0.25] and list(trained.error_y.array) == [0.0]
+    assert list(diff.error_y.arrayminus) == [0.25] and list(diff.error_y.array) == [0.25]
+    _titled_axes(fig)
+
+
+def test_difficulty_figure():
+    fig = difficulty_figure(COMPARISON)
+    trace = fig.data[0]
+    assert list(trace.x) == [1, 2, 3] and list(trace.y) == [0.25, 0.5, None]
+    assert list(trace.error_y.array) == [0.25, 0.0, 0.0]  # CI [0.25, 0.5] around 0.25
+    assert list(trace.error_y.arrayminus) == [0.0, 0.0, 0.0]
+    assert "ρ = 0.80" in trace.name and "ρ = 0.80" in fig.layout.title.text
+    _titled_axes(fig)
+
+
+def test_comparison_figures_skip_empty_sections():
+    assert set(comparison_figures(COMPARISON)) == {"scale", "training", "difficulty"}
+    assert set(comparison_figures({**COMPARISON, "training": [], "difficulty": []})) == {"scale"}
+    fig = difficulty_figure({"difficulty": [{**COMPARISON["difficulty"][0], "rho": None}]})
+    assert "ρ undefined" in fig.data[0].name
