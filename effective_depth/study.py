@@ -342,8 +342,10 @@ def _run_metric(name: str, model: Any, batch: Any, config: StudyConfig, cuts: li
 
 
 def _write_dashboard(path: Path) -> None:
+    """The run's dashboard; a failure here never loses results that are already saved."""
     try:
         from .viz.dashboard import write_dashboard
-    except ImportError:  # the dashboard arrives with the viz package
-        return
-    write_dashboard([path], path / "dashboard.html")
+
+        write_dashboard([path], path / "dashboard.html")
+    except Exception as exc:  # noqa: BLE001 - the results are on disk; say what went wrong
+        log.warning("could not write the dashboard of %s: %s", path, exc)

@@ -19,7 +19,7 @@ from effective_depth.errors import ConfigError, ResultsError
 from effective_depth.results import Run, load_run
 from effective_depth.viz.dashboard import build_dashboard_html, run_panels, write_dashboard
 
-HOSTILE_TOKEN = "<script>alert(1)</script>"
+HOSTILE_TOKEN = "</script><script>alert(1)</script>"
 HOSTILE_MODEL = '"><img src=x onerror=alert(1)>'
 
 #: a dashboard is plotly.js plus this much (two tiny runs are about 60 KB)
@@ -33,17 +33,20 @@ def study_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     session: the comparison then has scale and difficulty rows."""
     key = str(tmp_path_factory.getbasetemp())
     if key not in _RUNS:
-        from effective_depth.study import StudyConfig, run_study
+        from effective_depth.study import METRICS, StudyConfig, run_study
         from tests.helpers import save_tiny_checkpoint
 
         root = tmp_path_factory.mktemp("viz_runs")
         ckpt = save_tiny_checkpoint("qwen2", root / "llama-tiny")
         paths = []
         for digits in (2, 3):
+            # the second run skips the two map measurements (the slow part): a partial run
+            metrics = METRICS if digits == 2 else METRICS[:4]
             cfg = StudyConfig(model=str(ckpt), task="addition", task_params={"digits": digits},
-                              n_examples=4, ig_steps=8, n_boot=50, map_examples=1,
-                              skip_mode="current")
-            paths.append(run_study(cfg, root / f"run-d{digits}", progress=False).path)
+                              metrics=metrics, n_examples=4, ig_steps=8, n_boot=50,
+                              map_examples=1, skip_mode="current")
+            study = run_study(cfg, root / f"run-d{digits}", progress=False, dashboard=digits == 2)
+            paths.append(study.path)
         _RUNS[key] = paths
     return _RUNS[key]
 
@@ -95,10 +98,11 @@ def _figure_specs_raw(page: str) -> list[str]:
 
 
 def test_study_writes_its_dashboard(runs):
-    for run in runs:
-        page = (run.path / "dashboard.html").read_text()
-        assert page.startswith("<!DOCTYPE html>") and 'id="run-selector"' not in page
-        assert html.escape(run.label) in page
+    run = runs[0]  # run_study ends by writing the run's own dashboard
+    page = (run.path / "dashboard.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and 'id="run-selector"' not in page
+    assert html.escape(run.label) in page
+    assert len(_figure_specs(page)) == len(run_panels(run))
 
 
 def test_self_contained_offline(multi_html):
@@ -137,8 +141,9 @@ def test_figure_json_matches_results(runs, plain_html):
     assert heat["z"] == skips.layer_effect.tolist()
     lens = run.metric("logit_lens")
     assert specs["run-1-logit_lens-lens"]["data"][0]["y"] == lens.kl.tolist()
-    erasure = run.metric("erasure").maps[0]
-    z = specs["run-1-erasure-map-0"]["data"][0]["z"]
+    assert "run-1-erasure-map-0" not in specs  # run 1 did not measure erasure
+    erasure = runs[0].metric("erasure").maps[0]
+    z = specs["run-0-erasure-map-0"]["data"][0]["z"]
     assert all(row[0] is None for row in z)  # the BOS column (NaN) is blank
     assert [row[1:] for row in z] == erasure[:, 1:].tolist()
     # the template is stored once and referenced by every figure
@@ -246,3 +251,16 @@ def test_export_without_kaleido_says_how_to_install(monkeypatch, runs, tmp_path)
     with pytest.raises(ExportError, match="pip install kaleido"):
         export_runs([runs[0]], tmp_path / "img", "svg")
     assert issubclass(ExportError, ConfigError)
+
+
+def test_export_with_kaleido(tmp_path):
+    """Real static export, where kaleido (and a browser for it) is installed."""
+    pytest.importorskip("kaleido")
+    from effective_depth.viz.export import export_figures
+    from effective_depth.viz.figures import ed_summary_figure
+
+    fig = ed_summary_figure({"ed_kl": {"name": "ed_kl", "layer": 1, "ratio": 0.5, "n_layers": 4,
+                                       "ci": [0.25, 0.75]}})
+    (path,) = export_figures({"summary": fig}, tmp_path / "img", "svg")
+    assert path == tmp_path / "img" / "summary.svg"
+    assert "<svg" in path.read_text()[:500]

@@ -70,6 +70,7 @@ def integrated_gradients(
     *,
     n_steps: int = 256,
     memory_budget: int | None = None,
+    max_rows: int | None = None,
     progress: bool = False,
 ) -> IntegratedGradients:
     """Integrated-gradient attribution of the answer probability to every (block output, token)."""
@@ -81,7 +82,7 @@ def integrated_gradients(
     bar = tqdm(total=batch.size * L * n_steps, desc="integrated gradients", disable=not progress)
     for b in range(batch.size):
         sub = batch.select([b])
-        m, target = _one_example(adapter, sub, n_steps, memory_budget, bar)
+        m, target = _one_example(adapter, sub, n_steps, memory_budget, max_rows, bar)
         maps.append(m)
         targets.append(target)
     bar.close()
@@ -91,7 +92,7 @@ def integrated_gradients(
 
 
 def _one_example(adapter: Any, sub: Batch, n_steps: int, memory_budget: int | None,
-                 bar: Any) -> tuple[Tensor, float]:
+                 max_rows: int | None, bar: Any) -> tuple[Tensor, float]:
     L = adapter.n_layers
     n = int(sub.lengths[0])
     clean = adapter.clean(sub.tokens[:, :n])
@@ -126,7 +127,7 @@ def _one_example(adapter: Any, sub: Batch, n_steps: int, memory_budget: int | No
 
     with adapter.grad_enabled_inputs():
         sweep(adapter, clean, rows, on_final=on_final, grad=True, suffix=False,
-              memory_budget=memory_budget)
+              memory_budget=memory_budget, max_rows=max_rows)
     with torch.no_grad():
         p = adapter.lens_log_probs(clean.resid[-1, 0, pred])
         target = float(p.gather(-1, answer_ids[:, None]).exp().sum())

@@ -43,6 +43,8 @@ def _build(run_dirs: tuple[Path, ...], out: Path, fmt: str, comparison: dict[str
     from .export import export_runs, require_kaleido
 
     require_kaleido()  # before loading runs: fail fast with the install hint
+    if out.suffix == ".html":  # the default name: the images go into "dashboard/"
+        out = out.with_suffix("")
     written = export_runs(list(run_dirs), out, fmt, comparison)
     click.echo(f"wrote {len(written)} {fmt} files to {out}")
     return out.resolve().as_uri()

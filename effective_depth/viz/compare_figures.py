@@ -16,6 +16,7 @@ the lines (the tables say why).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,14 @@ def _errors(ratios: Sequence[float | None], cis: Sequence[Sequence[float] | None
     plus = [0.0 if c is None or r is None else max(0.0, float(c[1]) - r) for r, c in zip(ratios, cis)]
     minus = [0.0 if c is None or r is None else max(0.0, r - float(c[0])) for r, c in zip(ratios, cis)]
     return {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus}
+
+
+def _integer_ticks(values: Sequence[Any]) -> dict[str, Any]:
+    """Whole-number ticks when every x value is an integer (block counts, digit levels)."""
+    nums = [v for v in values if v is not None]
+    if not nums or not all(isinstance(v, int) and not isinstance(v, bool) for v in nums):
+        return {}
+    return {"tickmode": "linear", "tick0": 0, "dtick": max(1, math.ceil((max(nums) - min(nums)) / 10))}
 
 
 def _ci_text(ci: Sequence[float] | None) -> str:
@@ -95,6 +104,7 @@ def scale_figure(comparison: Comparison) -> go.Figure:
                           "ratio %{y:.3f}, CI %{customdata[2]}<extra>%{fullData.name}</extra>",
         ))
     fig.update_yaxes(range=[0, 1.05])
+    fig.update_xaxes(**_integer_ticks([r.get("n_layers") for r in rows]))
     return _finish(fig, "Scale: effective-depth ratio against model depth", "number of blocks L",
                    "effective-depth ratio (e + 1) / L")
 
@@ -181,6 +191,7 @@ def difficulty_figure(comparison: Comparison) -> go.Figure:
     if len(rows) == 1:
         title += f" ({text(_rho_text(rows[0]))})"
     fig.update_yaxes(range=[0, 1.05])
+    fig.update_xaxes(**_integer_ticks([v for r in rows for v in r.get("levels", [])]))
     return _finish(fig, title, "difficulty level", "effective-depth ratio (e + 1) / L")
 
 

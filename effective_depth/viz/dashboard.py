@@ -216,7 +216,7 @@ def config_table(run: Run) -> str:
 
 def comparison_table(runs: Sequence[Run]) -> str:
     """One row per run: label, blocks, accuracy, and each estimator's ratio with its CI."""
-    names = sorted({k for r in runs for k in _estimates(r)})
+    names = list(dict.fromkeys(k for r in runs for k in _estimates(r)))  # the runs' own order
     rows = []
     for i, r in enumerate(runs):
         ests = _estimates(r)

@@ -51,15 +51,22 @@ def export_figures(figures: Mapping[str, Any], out_dir: str | os.PathLike, fmt: 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; static export writes one {fmt} per figure into a directory")
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for stem, fig in figures.items():
-        path = out / f"{stem}.{fmt}"
-        try:
-            fig.write_image(str(path), format=fmt, width=width,
-                            height=fig.layout.height or 450, scale=scale)
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise ExportError(f"kaleido could not write {path}: {exc}") from None
-        written.append(path)
+    written = [out / f"{stem}.{fmt}" for stem in figures]
+    figs = list(figures.values())
+    if not figs:
+        return []
+    try:
+        # one kaleido (browser) session for all figures, where plotly offers it
+        write_images = getattr(importlib.import_module("plotly.io"), "write_images", None)
+        if write_images is not None:
+            write_images(figs, written, format=fmt, width=width, scale=scale,
+                         height=[f.layout.height or 450 for f in figs])
+        else:
+            for fig, path in zip(figs, written):
+                fig.write_image(str(path), format=fmt, width=width,
+                                height=fig.layout.height or 450, scale=scale)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ExportError(f"kaleido could not write the {fmt} files to {out}: {exc}") from None
     log.info("wrote %d %s files to %s", len(written), fmt, out)
     return written
 

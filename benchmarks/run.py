@@ -1,0 +1,189 @@
+"""Speed and memory of the engine's sweeps against naive implementations, in the same run.
+
+    python benchmarks/run.py [--quick] [--json FILE]
+
+The model is a randomly initialised 12-block Qwen2-style decoder (d_model 256, vocabulary 4096);
+weights do not matter for speed, and both sides must produce the same numbers. "Naive" is the way
+the reference research scripts work: one full ``run_with_hooks`` forward per (cut, skipped block)
+for the skip sweep, per (boundary, position) for residual erasure, and per block of 16 steps for
+integrated gradients (the interpolations injected at block ``l`` by a hook, the model's weights
+left requiring grad as a freshly loaded model has them; a second naive IG with frozen weights is
+reported too, so the two sources of the speed-up can be told apart). Peak memory is the high-water
+mark of CPU tensor allocations during the call, from the PyTorch profiler's memory events.
+
+The logit-lens check uses a second model with a 150k vocabulary and reports the peak memory of
+``metrics.logit_lens`` against the bound ``4 · T · V`` floats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.naive import naive_erasure, naive_future_effects, naive_integrated_gradients  # noqa: E402
+from effective_depth import metrics  # noqa: E402
+from effective_depth.engine import Batch  # noqa: E402
+
+
+def peak_bytes(fn) -> tuple[object, int]:
+    """Run ``fn`` under the profiler; the high-water mark of live CPU tensor bytes it allocated."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    current = peak = 0
+    for _, n in events:
+        current += n
+        peak = max(peak, current)
+    return out, peak
+
+
+def timed(fn, repeat: int = 1) -> tuple[object, float]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return out, best
+
+
+def build_model(n_layers: int, d_model: int, vocab: int, d_mlp: int, heads: int, kv_heads: int, seed: int = 0):
+    from transformer_lens import HookedTransformer
+    from transformer_lens.config import HookedTransformerConfig
+
+    torch.manual_seed(seed)
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, d_model=d_model, d_head=d_model // heads, n_heads=heads,
+        n_key_value_heads=kv_heads, d_mlp=d_mlp, d_vocab=vocab, n_ctx=1024, act_fn="silu",
+        normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=d_model // heads,
+        gated_mlp=True, final_rms=True, original_architecture="Qwen2ForCausalLM", eps=1e-6,
+        device="cpu", seed=seed, init_weights=True,
+    )
+    model = HookedTransformer(cfg)
+    model.eval()
+    return model
+
+
+def make_batch(vocab: int, n_prompts: int, length: int, answer: int, seed: int = 1) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(3, vocab, (n_prompts, length), generator=gen)
+    tokens[:, 0] = 1
+    return Batch(tokens, torch.full((n_prompts,), length), torch.full((n_prompts,), length - answer),
+                 [[str(t) for t in row.tolist()] for row in tokens])
+
+
+def bench_skip(model, batch, repeat):
+    cuts = [metrics.draw_cuts(batch.width, 4, f"0:{b}") for b in range(batch.size)]
+    ours, t_ours = timed(lambda: metrics.skip_effects(model, batch, cuts=cuts, batch_size=batch.size), repeat)
+    naive, t_naive = timed(lambda: naive_future_effects(model, batch, cuts), repeat)
+    diff = max((ours.layer_effect - naive[0]).abs().max().item(),
+               (ours.output_effect - naive[1]).abs().max().item())
+    _, p_ours = peak_bytes(lambda: metrics.skip_effects(model, batch, cuts=cuts, batch_size=batch.size))
+    _, p_naive = peak_bytes(lambda: naive_future_effects(model, batch, cuts[:1] + [[]] * (batch.size - 1)))
+    return {"speedup": t_naive / t_ours, "max_abs_diff": diff, "naive_s": t_naive, "engine_s": t_ours,
+            "peak_bytes_engine": p_ours, "peak_bytes_naive_one_prompt": p_naive,
+            "variants": sum(len(c) for c in cuts) * model.cfg.n_layers}
+
+
+def bench_erasure(model, batch, repeat):
+    mu = metrics.mean_residuals(model, batch)
+    ours, t_ours = timed(lambda: metrics.residual_erasure(model, batch, mean_resid=mu), repeat)
+    naive, t_naive = timed(lambda: naive_erasure(model, batch, mu), repeat)
+    diff = max((a[:, 1:] - b[:, 1:]).abs().max().item() for a, b in zip(ours.maps, naive))
+    _, p_ours = peak_bytes(lambda: metrics.residual_erasure(model, batch, mean_resid=mu))
+    return {"speedup": t_naive / t_ours, "max_abs_diff": diff, "naive_s": t_naive, "engine_s": t_ours,
+            "peak_bytes_engine": p_ours,
+            "variants": (model.cfg.n_layers + 1) * int(batch.lengths.sum())}
+
+
+def bench_igrad(model, batch, n_steps, repeat):
+    one = Batch(batch.tokens[:1], batch.lengths[:1], batch.answer_start[:1], batch.str_tokens[:1])
+    ours, t_ours = timed(lambda: metrics.integrated_gradients(model, one, n_steps=n_steps), repeat)
+    naive, t_naive = timed(lambda: naive_integrated_gradients(model, one, n_steps, weight_grads=True), repeat)
+    frozen, t_frozen = timed(lambda: naive_integrated_gradients(model, one, n_steps, weight_grads=False), repeat)
+    scale = max(naive.abs().max().item(), 1e-12)
+    diff = (ours.maps[0] - naive).abs().max().item()
+    _, p_ours = peak_bytes(lambda: metrics.integrated_gradients(model, one, n_steps=n_steps))
+    return {"speedup": t_naive / t_ours, "speedup_vs_frozen_naive": t_frozen / t_ours,
+            "max_abs_diff": diff, "max_abs_attribution": scale,
+            "max_abs_diff_frozen": (ours.maps[0] - frozen).abs().max().item(),
+            "naive_s": t_naive, "naive_frozen_s": t_frozen, "engine_s": t_ours,
+            "peak_bytes_engine": p_ours, "steps": n_steps}
+
+
+def bench_logit_lens(length: int, vocab: int):
+    model = build_model(n_layers=4, d_model=64, vocab=vocab, d_mlp=256, heads=4, kv_heads=4, seed=2)
+    batch = make_batch(vocab, 1, length, 4, seed=3)
+    metrics.logit_lens(model, batch)  # warm-up
+    _, peak = peak_bytes(lambda: metrics.logit_lens(model, batch))
+
+    def naive():  # every layer's lens at once: L x T x V
+        _, cache = model.run_with_cache(batch.tokens)
+        stack = torch.stack([cache[f"blocks.{i}.hook_resid_pre"] for i in range(4)])
+        return torch.log_softmax(model.unembed(model.ln_final(stack[:, 0])), -1)
+
+    _, naive_peak = peak_bytes(naive)
+    bound = 4 * length * vocab * 4
+    return {"peak_bytes": peak, "bound_bytes": bound, "naive_peak_bytes": naive_peak,
+            "T": length, "V": vocab, "within_bound": peak <= bound}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Small sizes: a few minutes on 2 cores.")
+    parser.add_argument("--json", type=Path, default=None, help="Write the figures to this file.")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = dict(n_prompts=2, length=40, ig_steps=64, lens_T=128, repeat=1) if args.quick else \
+        dict(n_prompts=4, length=96, ig_steps=256, lens_T=256, repeat=2)
+    model = build_model(n_layers=12, d_model=256, vocab=4096, d_mlp=1024, heads=4, kv_heads=4)
+    batch = make_batch(4096, size["n_prompts"], size["length"], 4)
+    metrics.contributions(model, batch)  # warm-up
+    report = {
+        "config": {"model": "12 blocks, d_model 256, d_mlp 1024 (gated), 4 heads, vocab 4096",
+                   "prompts": size["n_prompts"], "tokens": size["length"], "threads": torch.get_num_threads(),
+                   "torch": torch.__version__, "quick": args.quick},
+        "skip_future": bench_skip(model, batch, size["repeat"]),
+        "erasure": bench_erasure(model, batch, size["repeat"]),
+        "igrad": bench_igrad(model, batch, size["ig_steps"], size["repeat"]),
+        "logit_lens": bench_logit_lens(size["lens_T"], 150_000),
+    }
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def print_report(report: dict) -> None:
+    mib = 1 / (1 << 20)
+    print(f"model: {report['config']['model']}; {report['config']['prompts']} prompts x "
+          f"{report['config']['tokens']} tokens; {report['config']['threads']} threads")
+    for key, label in (("skip_future", "skip future effects"), ("erasure", "residual erasure"),
+                       ("igrad", "integrated gradients")):
+        r = report[key]
+        extra = f", {r['speedup_vs_frozen_naive']:.2f}x vs naive with frozen weights" if key == "igrad" else ""
+        print(f"{label:22s} speed-up {r['speedup']:6.2f}x{extra}  (naive {r['naive_s']:.2f} s, "
+              f"engine {r['engine_s']:.2f} s)  max |diff| {r['max_abs_diff']:.2e}  "
+              f"peak {r['peak_bytes_engine'] * mib:.1f} MiB")
+    lens = report["logit_lens"]
+    print(f"{'logit lens (V=150k)':22s} peak {lens['peak_bytes'] * mib:.1f} MiB vs bound 4*T*V floats "
+          f"{lens['bound_bytes'] * mib:.1f} MiB (naive L*T*V: {lens['naive_peak_bytes'] * mib:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
