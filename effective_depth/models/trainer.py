@@ -91,6 +91,9 @@ class Recipe:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown recipe fields {unknown}; valid: {sorted(known)}")
+        data = dict(data)
+        if "digits" in data:
+            data["digits"] = tuple(data["digits"])
         return cls(**data)
 
 
@@ -121,9 +124,9 @@ ZOO_RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             name="add-mixed-6l",
-            description="6 blocks, addition of 1-4 digits, answer written least-significant "
-            "digit first (difficulty study)",
-            format="reversed",
+            description="6 blocks, addition of 1-4 digits with the digit-by-digit scratchpad "
+            "(difficulty study)",
+            format="scratchpad",
             n_layers=6,
             digits=(1, 2, 3, 4),
             steps=12000,
