@@ -30,6 +30,23 @@ _EXPORTS: dict[str, str] = {
     "get_task": "tasks",
     "list_tasks": "tasks",
     "Example": "tasks",
+    "encode_batch": "engine",
+    "intervene": "engine",
+    "skip_block": "engine",
+    "skip_attn": "engine",
+    "skip_mlp": "engine",
+    "contributions": "metrics",
+    "skip_effects": "metrics",
+    "logit_lens": "metrics",
+    "residual_erasure": "metrics",
+    "integrated_gradients": "metrics",
+    "behaviour": "metrics",
+    "estimate_all": "depth",
+    "StudyConfig": "study",
+    "run_study": "study",
+    "load_run": "results",
+    "compare_runs": "compare",
+    "write_dashboard": "viz",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

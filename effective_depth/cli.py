@@ -183,6 +183,9 @@ def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
 @click.option("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available).")
 @click.option("--dtype", default=None, help="float32, bfloat16, ... (default: bf16 on CUDA, fp32 on CPU).")
 @click.option("--backend", type=click.Choice(["hooked", "bridge"]), default=None)
+@click.option("--set", "settings", multiple=True, metavar="OPTION=VALUE",
+              help="Any other study option, e.g. --set cut_start=4 --set ig_steps=64 (repeatable; "
+              "see docs/cli.md for the list).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="A JSON/YAML file of study options; command-line options override it.")
 @click.option("--force", is_flag=True, help="Discard an existing run directory and start again.")
@@ -192,7 +195,8 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
             n_examples: int | None, out: str | None, seed: int | None, thresholds: tuple[str, ...],
             skip_mode: str | None, skip_component: str | None, aggregate: str | None,
             n_boot: int | None, device: str | None, dtype: str | None, backend: str | None,
-            config_file: str | None, force: bool, no_dashboard: bool, quiet: bool) -> None:
+            settings: tuple[str, ...], config_file: str | None, force: bool, no_dashboard: bool,
+            quiet: bool) -> None:
     """Run a study: every chosen measurement on one model and task, then the effective-depth
     estimates with bootstrap CIs. Results go to a run directory (resumable: rerun the same
     command after an interruption and finished measurements are reused)."""
@@ -211,6 +215,10 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
         options["thresholds"] = _pairs(thresholds, "--threshold")
     if metrics:
         options["metrics"] = _split_metrics(metrics)
+    extra = _pairs(settings, "--set")
+    if "metrics" in extra and isinstance(extra["metrics"], str):
+        extra["metrics"] = _split_metrics((extra["metrics"],))
+    options = {**extra, **{k: v for k, v in options.items() if v is not None}}
     config = _study_config(config_file, options)
     start = time.perf_counter()
     result = run_study(config, out, force=force, progress=not quiet, dashboard=not no_dashboard)

@@ -157,8 +157,16 @@ class Intervention:
         raise NotImplementedError
 
     def patches(self, adapter: Adapter, mask: Tensor) -> list[Patch]:
-        """The same change applied inside a run that started earlier."""
-        raise NotImplementedError
+        """The same change applied inside a run that started earlier (needed only when this
+        intervention is combined with others in one plan)."""
+        raise ConfigError(
+            f"{type(self).__name__} cannot be combined with other interventions in one plan; "
+            "run it on its own, or implement `patches`"
+        )
+
+    def plan_patches(self, adapter: Adapter, mask: Tensor, row: int) -> list[Patch]:
+        """In-run patches a single-intervention plan still needs after resuming (usually none)."""
+        return []
 
     def needs_components(self) -> bool:
         return False
@@ -404,7 +412,7 @@ def compile_plan(
     first = int(nz[0]) if len(nz) else width
     if len(specs) == 1:
         spec, mask = specs[0], masks[0]
-        patches = spec.plan_patches(adapter, mask, row) if isinstance(spec, PatchContribution) else []
+        patches = spec.plan_patches(adapter, mask, row)
         return Plan(spec.start(adapter), spec.resid_form(adapter, clean, row, mask), patches, first)
     patches: list[Patch] = []
     for spec, mask in zip(specs, masks):
