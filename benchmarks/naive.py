@@ -1,10 +1,8 @@
 """The naive baselines: one full forward per variant, as the reference research scripts do.
 
 Skip effects and erasure reuse the test suite's slow references (``tests/reference.py``).
-Integrated gradients mirror the reference script closely: the prompt runs through the lower
-blocks with batch 1, a hook at block ``l``'s output swaps in a batch of 16 interpolations, the
-full output distribution is computed at every position, and ``backward`` runs through a model
-whose weights require grad (unless ``weight_grads=False``).
+Integrated gradients use the reference script's scheme (see ``tests/reference.py``) with the
+weights requiring grad, as a freshly loaded model has them (``weight_grads=False`` freezes them).
 """
 
 from __future__ import annotations
@@ -35,38 +33,6 @@ def naive_erasure(model, batch, mu):
 
 
 def naive_integrated_gradients(model, batch, n_steps, block=16, weight_grads=True):
-    L = model.cfg.n_layers
-    tokens = batch.tokens[:1, : int(batch.lengths[0])]
-    T = tokens.shape[1]
-    start = int(batch.answer_start[0])
-    pred = list(range(start - 1, T - 1))
-    answer = tokens[0, start:]
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(weight_grads)
-    try:
-        clean = reference.run_resid(model, tokens)
-        out = torch.zeros(L, T)
-        for layer in range(L):
-            x = clean[layer + 1][0].float()
-            base = x.mean(0, keepdim=True)
-            total = torch.zeros(T, x.shape[-1])
-            for k0 in range(0, n_steps, block):
-                alphas = torch.arange(k0, min(k0 + block, n_steps)).float() / n_steps
-                interp = (base + alphas[:, None, None] * (x - base)).requires_grad_(True)
-
-                def put(act, hook, interp=interp):
-                    return interp.to(act.dtype)  # batch 1 below, a batch of steps from here on
-
-                with torch.enable_grad():
-                    logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.hook_resid_post", put)])
-                    probs = torch.softmax(logits.float(), -1)[:, pred]
-                    target = probs.gather(-1, answer[None, :, None].expand(len(alphas), -1, 1)).sum()
-                    target.backward()
-                total += interp.grad.sum(0)
-                model.zero_grad(set_to_none=True)
-            out[layer] = ((total / n_steps) * (x - base)).sum(-1)
-        return out
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
+    n = int(batch.lengths[0])
+    return reference.integrated_gradients(model, batch.tokens[:1, :n], int(batch.answer_start[0]),
+                                          n_steps=n_steps, block=block, weight_grads=weight_grads)

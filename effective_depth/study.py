@@ -133,6 +133,12 @@ def resolve_task(config: StudyConfig) -> tuple[str, dict[str, Any]]:
     from .models.zoo import zoo_entry
 
     entry = zoo_entry(config.model)
+    if entry is None and config.model.startswith("zoo/"):
+        from .errors import ModelError
+        from .models.zoo import zoo_names
+
+        raise ModelError(f"unknown zoo model {config.model!r}{close_matches(config.model, zoo_names())} "
+                         f"Zoo: {', '.join(zoo_names())}")
     if config.task is None:
         if entry is None:
             raise ConfigError(f"model {config.model!r} is not a zoo model: choose a task with --task")

@@ -155,34 +155,44 @@ def erasure_map(model, tokens, mu, answer_start, skip_front=1):
     return out
 
 
-def integrated_gradients(model, tokens, answer_start, n_steps=32, block=16):
-    """[L, T] IG map: the interpolations overwrite block l's output in a full forward per block of
-    steps; the target is the summed probability of the answer tokens."""
+def integrated_gradients(model, tokens, answer_start, n_steps=32, block=16, weight_grads=False):
+    """[L, T] IG map, the way the reference script computes it: the prompt runs through the lower
+    blocks with batch 1, a hook at block l's output swaps in a batch of ``block`` interpolations,
+    the full output distribution is computed at every position, and ``backward`` runs (through
+    weights that require grad when ``weight_grads``). The target is the summed probability of the
+    answer tokens."""
     L = model.cfg.n_layers
     T = tokens.shape[1]
-    clean = run_resid(model, tokens)
     pred = list(range(answer_start - 1, T - 1))
     answer = tokens[0, answer_start:]
-    out = torch.zeros(L, T)
-    for layer in range(L):
-        x = clean[layer + 1][0].float()
-        base = x.mean(0, keepdim=True)
-        total = torch.zeros(T, x.shape[-1])
-        for k0 in range(0, n_steps, block):
-            alphas = torch.arange(k0, min(k0 + block, n_steps)).float() / n_steps
-            interp = (base + alphas[:, None, None] * (x - base)).requires_grad_(True)
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(weight_grads)
+    try:
+        clean = run_resid(model, tokens)
+        out = torch.zeros(L, T)
+        for layer in range(L):
+            x = clean[layer + 1][0].float()
+            base = x.mean(0, keepdim=True)
+            total = torch.zeros(T, x.shape[-1])
+            for k0 in range(0, n_steps, block):
+                alphas = torch.arange(k0, min(k0 + block, n_steps)).float() / n_steps
+                interp = (base + alphas[:, None, None] * (x - base)).requires_grad_(True)
 
-            def put(act, hook, interp=interp):
-                return interp.to(act.dtype)
+                def put(act, hook, interp=interp):
+                    return interp.to(act.dtype)  # batch 1 below this block, a batch of steps above
 
-            batch_tokens = tokens.expand(len(alphas), -1)
-            with torch.enable_grad():
-                logits = model.run_with_hooks(
-                    batch_tokens, fwd_hooks=[(f"blocks.{layer}.hook_resid_post", put)], padding_side="right"
-                )
-                probs = torch.softmax(logits.float(), -1)[:, pred]
-                target = probs.gather(-1, answer[None, :, None].expand(len(alphas), -1, 1)).sum()
-                (grad,) = torch.autograd.grad(target, interp)
-            total += grad.sum(0)
-        out[layer] = ((total / n_steps) * (x - base)).sum(-1)
-    return out
+                with torch.enable_grad():
+                    logits = model.run_with_hooks(
+                        tokens, fwd_hooks=[(f"blocks.{layer}.hook_resid_post", put)], padding_side="right"
+                    )
+                    probs = torch.softmax(logits.float(), -1)[:, pred]
+                    target = probs.gather(-1, answer[None, :, None].expand(len(alphas), -1, 1)).sum()
+                    target.backward()
+                total += interp.grad.sum(0)
+                model.zero_grad(set_to_none=True)
+            out[layer] = ((total / n_steps) * (x - base)).sum(-1)
+        return out
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)

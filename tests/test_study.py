@@ -216,3 +216,20 @@ def _assert_nested_close(a, b, path="", tol=1e-5):
         assert abs(a - b) <= tol * max(1.0, abs(a)), (path, a, b)
     else:
         assert a == b, (path, a, b)
+
+
+def test_experiment_configs_parse():
+    from pathlib import Path
+
+    from effective_depth.grid import load_grid
+
+    root = Path(__file__).resolve().parent.parent / "experiments"
+    expected = {"zoo_scale.yaml": 4, "zoo_training.yaml": 2, "zoo_difficulty.yaml": 4,
+                "paper_scale.yaml": 4, "paper_training.yaml": 2, "paper_difficulty.yaml": 5}
+    for name, n in expected.items():
+        grid = load_grid(root / name)
+        assert len(grid.cells) == n, name
+        assert len({c.out for c in grid.cells}) == n, name  # one run directory per cell
+    diff = load_grid(root / "zoo_difficulty.yaml")
+    assert [c.config.task_params["digits"] for c in diff.cells] == [1, 2, 3, 4]
+    assert load_grid(root / "zoo_training.yaml").pairs == [("zoo/add-4l", "zoo/add-4l-scratch")]

@@ -25,6 +25,7 @@ __all__ = [
     "lens_prob_distance",
     "EPS",
     "check_skip_front",
+    "TokenMaps",
 ]
 
 #: denominators of relative norms and cosines are clamped here (METHODS.md §1)
@@ -99,3 +100,29 @@ class MetricResult:
     @property
     def n_prompts(self) -> int:
         return int(self.meta.get("n_prompts", 0))
+
+
+@dataclass
+class TokenMaps(MetricResult):
+    """Per-example maps: rows are layers (or residual boundaries), columns the example's tokens,
+    labelled by ``str_tokens``. Subclasses add their own fields."""
+
+    maps: list[Tensor]
+    str_tokens: list[list[str]]
+
+    def __post_init__(self) -> None:
+        if len(self.maps) != len(self.str_tokens):
+            raise ValueError(f"{len(self.maps)} maps for {len(self.str_tokens)} token lists")
+        for i, (m, toks) in enumerate(zip(self.maps, self.str_tokens)):
+            if m.dim() != 2 or m.shape[1] != len(toks):
+                raise ValueError(f"map {i} has shape {tuple(m.shape)} for {len(toks)} tokens")
+
+    def curves(self) -> dict[str, Any]:
+        return {"str_tokens": self.str_tokens}
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f"map.{i}": m for i, m in enumerate(self.maps)}
+
+    @staticmethod
+    def maps_from(tensors: dict[str, Tensor], str_tokens: list[list[str]]) -> list[Tensor]:
+        return [tensors[f"map.{i}"] for i in range(len(str_tokens))]

@@ -27,43 +27,30 @@ from ..engine.batch import Batch
 from ..engine.interventions import ReplaceResidual, compile_plan
 from ..engine.sweep import Row, sweep
 from ..errors import ConfigError
-from .base import MetricResult, check_skip_front, lens_prob_distance, prompt_chunks
+from .base import TokenMaps, check_skip_front, lens_prob_distance, prompt_chunks
 
 __all__ = ["Erasure", "residual_erasure", "mean_residuals"]
 
 
 @dataclass
-class Erasure(MetricResult):
-    """One ``[L+1, T_b]`` map per example (``maps[b]``), with its token strings."""
+class Erasure(TokenMaps):
+    """One ``[L+1, T_b]`` map per example (``maps[b]``), its token strings, and the mean
+    residuals ``μ_l`` that were written in."""
 
     name: ClassVar[str] = "erasure"
-    maps: list[Float[Tensor, "boundary pos"]]
-    str_tokens: list[list[str]]
     mean_resid: Float[Tensor, "boundary d_model"]
-
-    def __post_init__(self) -> None:
-        if len(self.maps) != len(self.str_tokens):
-            raise ValueError("one token list per erasure map")
-        for m, toks in zip(self.maps, self.str_tokens):
-            if m.shape[1] != len(toks):
-                raise ValueError(f"map width {m.shape[1]} != {len(toks)} tokens")
 
     @property
     def n_layers(self) -> int:
         return int(self.mean_resid.shape[0]) - 1
 
-    def curves(self) -> dict[str, Any]:
-        return {"str_tokens": self.str_tokens}
-
     def tensors(self) -> dict[str, Tensor]:
-        out = {f"map.{i}": m for i, m in enumerate(self.maps)}
-        out["mean_resid"] = self.mean_resid
-        return out
+        return {**super().tensors(), "mean_resid": self.mean_resid}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any], str_tokens: list[list[str]]) -> Erasure:
-        maps = [tensors[f"map.{i}"] for i in range(len(str_tokens))]
-        return cls(maps, str_tokens, tensors["mean_resid"], meta=meta)
+    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any],
+                     str_tokens: list[list[str]]) -> Erasure:
+        return cls(cls.maps_from(tensors, str_tokens), str_tokens, tensors["mean_resid"], meta=meta)
 
 
 @torch.no_grad()

@@ -28,40 +28,38 @@ from ..engine.batch import Batch
 from ..engine.interventions import Plan
 from ..engine.sweep import Row, sweep
 from ..errors import ConfigError
-from .base import MetricResult
+from .base import TokenMaps
 
 __all__ = ["IntegratedGradients", "integrated_gradients"]
 
 
 @dataclass
-class IntegratedGradients(MetricResult):
-    """One ``[L, T_b]`` attribution map per example, with its token strings."""
+class IntegratedGradients(TokenMaps):
+    """One ``[L, T_b]`` attribution map per example, its token strings, and the target value
+    (summed answer probability) of each example."""
 
     name: ClassVar[str] = "integrated_gradients"
-    maps: list[Float[Tensor, "layer pos"]]
-    str_tokens: list[list[str]]
     targets: Float[Tensor, " prompt"]
 
     def __post_init__(self) -> None:
-        if len(self.maps) != len(self.str_tokens) or len(self.maps) != len(self.targets):
-            raise ValueError("one map, token list and target per example")
+        super().__post_init__()
+        if len(self.targets) != len(self.maps):
+            raise ValueError("one target per example")
 
     @property
     def n_layers(self) -> int:
         return int(self.maps[0].shape[0]) if self.maps else 0
 
     def curves(self) -> dict[str, Any]:
-        return {"str_tokens": self.str_tokens, "target": self.targets.tolist()}
+        return {**super().curves(), "target": self.targets.tolist()}
 
     def tensors(self) -> dict[str, Tensor]:
-        out = {f"map.{i}": m for i, m in enumerate(self.maps)}
-        out["targets"] = self.targets
-        return out
+        return {**super().tensors(), "targets": self.targets}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any], str_tokens: list[list[str]]) -> IntegratedGradients:
-        maps = [tensors[f"map.{i}"] for i in range(len(str_tokens))]
-        return cls(maps, str_tokens, tensors["targets"], meta=meta)
+    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any],
+                     str_tokens: list[list[str]]) -> IntegratedGradients:
+        return cls(cls.maps_from(tensors, str_tokens), str_tokens, tensors["targets"], meta=meta)
 
 
 def integrated_gradients(

@@ -126,6 +126,9 @@ def resolve_spec(spec: str | os.PathLike[str]) -> ResolvedSpec:
     entry = zoo_entry(text)
     if entry is not None:
         return ResolvedSpec(text, "zoo", entry.name, str(entry.path))
+    if text.startswith("zoo/") and not Path(text).exists():
+        raise ModelError(f"unknown zoo model {text!r}{close_matches(text, zoo_names())} "
+                         f"Zoo: {', '.join(zoo_names()) or '(none bundled)'}")
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
