@@ -177,3 +177,26 @@ def test_depth_score_known_values():
     assert depth_score(eff) == 2.0
     assert depth_score(torch.tensor([1.0, 0.0, 0.0, 1.0])) == 1.5
     assert depth_score(torch.zeros(3)) != depth_score(torch.zeros(3))  # NaN: no effect anywhere
+
+
+def test_bridge_backend_gives_the_same_measurements(tiny_checkpoints, models, batch):
+    """The bridge cannot resume at a block: the engine falls back to full forwards with the
+    residual overwritten by a hook. The numbers must not change."""
+    bridge = load_model(tiny_checkpoints["qwen2"], device="cpu", backend="bridge")
+    hooked = models["qwen2"]
+    tol = 1e-4  # HF and TransformerLens kernels differ at ~1e-6
+    a, b = contributions(hooked, batch), contributions(bridge, batch)
+    for key in ("rel_attn", "rel_mlp", "cos_block"):
+        assert (a.curve(key) - b.curve(key)).abs().max() <= tol
+    assert (logit_lens(hooked, batch).kl - logit_lens(bridge, batch).kl).abs().max() <= tol
+    for component in ("block", "attn"):
+        sa = skip_effects(hooked, batch, mode="future", component=component)
+        sb = skip_effects(bridge, batch, mode="future", component=component)
+        assert (sa.layer_effect - sb.layer_effect).abs().max() <= tol
+        assert (sa.output_effect - sb.output_effect).abs().max() <= tol
+    sub = batch.select([2])
+    mu = mean_residuals(hooked, batch)
+    ea, eb = residual_erasure(hooked, sub, mean_resid=mu), residual_erasure(bridge, sub, mean_resid=mu)
+    assert (ea.maps[0][:, 1:] - eb.maps[0][:, 1:]).abs().max() <= tol
+    ia, ib = integrated_gradients(hooked, sub, n_steps=8), integrated_gradients(bridge, sub, n_steps=8)
+    assert (ia.maps[0] - ib.maps[0]).abs().max() <= tol
