@@ -277,7 +277,12 @@ def sweep_cmd(config_file: str, executor: str, address: str | None) -> None:
         kind = "computed " + ",".join(s["computed"]) if s["computed"] else "reused"
         _console().print(f"  {s['out']}: {kind}")
     if grid.compare and len(grid.cells) > 1:
-        _console().print(f"comparison tables: {grid.out / 'comparison'}")
+        import json
+
+        comparison = json.loads((grid.out / "comparison" / "comparison.json").read_text())
+        _print_comparison(comparison)
+        _console().print(f"comparison tables: {grid.out / 'comparison'}; dashboard: "
+                         f"{grid.out / 'dashboard.html'}")
 
 
 @main.command("compare")

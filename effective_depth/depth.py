@@ -298,7 +298,9 @@ def spearman_bootstrap(
             r = fn(rngs[i][b].tolist()) if rngs[i] is not None else None
             ratios.append(np.nan if r is None else r)
         rhos.append(spearman(levels, ratios))
-    ci = percentile_ci(rhos, level)
+    # no interval around an undefined rho (a constant ratio): resamples that happen to vary would
+    # suggest a trend the data do not show
+    ci = None if math.isnan(rho) else percentile_ci(rhos, level)
     return {
         "rho": None if math.isnan(rho) else rho,
         "ci": None if ci is None else list(ci),

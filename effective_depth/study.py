@@ -50,6 +50,7 @@ class StudyConfig:
     thresholds: dict[str, float | int] = field(default_factory=dict)
     skip_front: int = 1
     include_front: bool = True
+    lens_k: int = 5
     skip_mode: str = "future"
     skip_component: str = "block"
     aggregate: str = "max"
@@ -87,6 +88,7 @@ class StudyConfig:
              f"skip_component must be block, attn, mlp or local, got {self.skip_component!r}"),
             (self.aggregate in ("max", "mean"), f"aggregate must be max or mean, got {self.aggregate!r}"),
             (self.n_cuts >= 1, f"n_cuts must be >= 1, got {self.n_cuts}"),
+            (self.lens_k >= 1, f"lens_k must be >= 1, got {self.lens_k}"),
             (self.cut_stride >= 1, f"cut_stride must be >= 1, got {self.cut_stride}"),
             (self.map_examples >= 1, f"map_examples must be >= 1, got {self.map_examples}"),
             (self.ig_steps >= 1, f"ig_steps must be >= 1, got {self.ig_steps}"),
@@ -311,7 +313,7 @@ def _run_metric(name: str, model: Any, batch: Any, config: StudyConfig, cuts: li
         return M.contributions(model, batch, skip_front=config.skip_front,
                                include_front=config.include_front, batch_size=config.batch_size, **common)
     if name == "logit_lens":
-        return M.logit_lens(model, batch, skip_front=config.skip_front,
+        return M.logit_lens(model, batch, k=config.lens_k, skip_front=config.skip_front,
                             include_front=config.include_front, batch_size=config.batch_size, **common)
     if name == "skip_effects":
         if config.skip_mode == "future" and not any(cuts):

@@ -146,3 +146,9 @@ def test_spearman_bootstrap_over_levels():
     assert out["rho"] == pytest.approx(1.0)
     assert out["ci"] == [pytest.approx(1.0), pytest.approx(1.0)]
     assert percentile_ci([1.0, 2.0, 3.0], 0.5) == (1.5, 2.5)
+
+
+def test_spearman_bootstrap_undefined_for_constant_ratios():
+    fns = [lambda idx: 0.5, lambda idx: 0.5, lambda idx: 0.5 if idx is None else 0.6]
+    out = spearman_bootstrap([1, 2, 3], fns, [4, 4, 4], n_boot=20)
+    assert out["rho"] is None and out["ci"] is None
