@@ -55,8 +55,13 @@ def browser():
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory) -> Path:
+    from effective_depth.compare import compare_runs
+
     a, b = (load_run(p) for p in study_runs(tmp_path_factory))
-    return write_dashboard([hostile(a), b], tmp_path_factory.mktemp("browser") / "dashboard.html")
+    # the comparison of the genuine runs (one model, two difficulty levels) gives a figure
+    comparison = compare_runs([a, b], n_boot=50)
+    return write_dashboard([hostile(a), b], tmp_path_factory.mktemp("browser") / "dashboard.html",
+                           comparison=comparison)
 
 
 def _figure_ids(page, root: str) -> list[str]:

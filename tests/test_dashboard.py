@@ -169,7 +169,9 @@ def test_selector_and_comparison(runs, plain_html):
     assert len(re.findall(r'<section class="run" id="run-\d+"', plain_html)) == 2
     assert 'id="run-1" data-label' in plain_html and " hidden>" in plain_html
     specs = _figure_specs(plain_html)
-    assert {"comparison-compare-scale", "comparison-compare-difficulty"} <= set(specs)
+    assert "comparison-compare-difficulty" in specs
+    # both runs use one model depth: a scale plot would have a single x value, so there is none
+    assert "comparison-compare-scale" not in specs
     difficulty = specs["comparison-compare-difficulty"]["data"]
     assert {tuple(t["x"]) for t in difficulty} == {(2, 3)}
 
@@ -196,10 +198,12 @@ def test_size_is_sane(multi_html):
 
 def test_given_comparison_is_used(runs):
     comparison = {"scale": [{"model": "m", "n_layers": 7, "n_params": 1, "task": "t",
-                             "estimator": "ed_kl", "layer": 3, "ratio": 4 / 7, "ci": None}],
+                             "estimator": "ed_kl", "layer": 3, "ratio": 4 / 7, "ci": None},
+                            {"model": "m2", "n_layers": 5, "n_params": 1, "task": "t",
+                             "estimator": "ed_kl", "layer": 1, "ratio": 2 / 5, "ci": None}],
                   "training": [], "difficulty": []}
     specs = _figure_specs(build_dashboard_html(runs, comparison))
-    assert specs["comparison-compare-scale"]["data"][0]["x"] == [7]
+    assert specs["comparison-compare-scale"]["data"][0]["x"] == [5, 7]
     assert "comparison-compare-difficulty" not in specs
 
 

@@ -39,6 +39,18 @@ class ComparisonFigure:
     section: str
     title: str
     fn: Callable[[Comparison], go.Figure]
+    #: whether the figure says something for this comparison (default: its section has rows)
+    relevant: Callable[[Comparison], bool] | None = None
+
+    def shown(self, comparison: Comparison) -> bool:
+        if not comparison.get(self.section):
+            return False
+        return self.relevant is None or self.relevant(comparison)
+
+
+def _several_depths(comparison: Comparison) -> bool:
+    """A scale plot needs models of at least two depths."""
+    return len({r.get("n_layers") for r in comparison.get("scale", [])}) >= 2
 
 
 def _finish(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 460) -> go.Figure:
@@ -197,7 +209,7 @@ def difficulty_figure(comparison: Comparison) -> go.Figure:
 
 #: figure name -> the comparison section it needs, its title and the function that draws it
 COMPARISON_FIGURES: dict[str, ComparisonFigure] = {
-    "scale": ComparisonFigure("scale", "Scale", scale_figure),
+    "scale": ComparisonFigure("scale", "Scale", scale_figure, _several_depths),
     "training": ComparisonFigure("training", "Training type", training_figure),
     "difficulty": ComparisonFigure("difficulty", "Difficulty", difficulty_figure),
 }
@@ -206,4 +218,4 @@ COMPARISON_FIGURES: dict[str, ComparisonFigure] = {
 def comparison_figures(comparison: Comparison) -> dict[str, go.Figure]:
     """Every comparison figure whose section has rows, by name."""
     return {name: spec.fn(comparison) for name, spec in COMPARISON_FIGURES.items()
-            if comparison.get(spec.section)}
+            if spec.shown(comparison)}

@@ -104,7 +104,7 @@ def run_panels(run: Run) -> list[Panel]:
 def comparison_panels(comparison: Mapping[str, Any]) -> list[Panel]:
     """The comparison figures whose section has rows."""
     return [Panel(f"compare-{name}", spec.title, spec.fn(comparison))
-            for name, spec in COMPARISON_FIGURES.items() if comparison.get(spec.section)]
+            for name, spec in COMPARISON_FIGURES.items() if spec.shown(comparison)]
 
 
 def compute_comparison(runs: list[Run]) -> dict[str, Any] | None:
