@@ -285,8 +285,31 @@ def sweep_cmd(config_file: str, executor: str, address: str | None) -> None:
                          f"{grid.out / 'dashboard.html'}")
 
 
+def _run_dirs(paths: tuple[str, ...]) -> list[str]:
+    """Run directories among ``paths``: a grid's output directory stands for the runs inside it;
+    files and other directories (a glob's dashboard.html, comparison/) are skipped with a note."""
+    from pathlib import Path
+
+    found, skipped = [], []
+    for text in paths:
+        path = Path(text)
+        if (path / "config.json").is_file():
+            found.append(str(path))
+        elif path.is_dir() and any((p / "config.json").is_file() for p in path.iterdir() if p.is_dir()):
+            found += sorted(str(p) for p in path.iterdir() if (p / "config.json").is_file())
+        elif not path.exists():
+            raise click.BadParameter(f"{text!r} does not exist", param_hint="RUN_DIRS")
+        else:
+            skipped.append(text)
+    if skipped:
+        log.warning("not run directories, skipped: %s", ", ".join(skipped))
+    if not found:
+        raise click.BadParameter(f"no run directory among {', '.join(paths)}", param_hint="RUN_DIRS")
+    return found
+
+
 @main.command("compare")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--pair", "pairs", multiple=True, metavar="BASE=TRAINED",
               help="Models to pair for the training-type comparison (repeatable).")
 @click.option("--estimator", "estimators", multiple=True, help="Estimators to compare (default: all).")
@@ -306,7 +329,7 @@ def compare_cmd(run_dirs: tuple[str, ...], pairs: tuple[str, ...], estimators: t
             raise click.BadParameter(f"expected BASE=TRAINED, got {p!r}", param_hint="--pair")
         a, b = p.split("=", 1)
         pair_list.append((a.strip(), b.strip()))
-    comparison = compare_runs(list(run_dirs), estimators=estimators or None, pairs=pair_list,
+    comparison = compare_runs(_run_dirs(run_dirs), estimators=estimators or None, pairs=pair_list,
                               n_boot=n_boot, seed=seed)
     _print_comparison(comparison)
     if out:

@@ -63,6 +63,7 @@ class _RunRules:
     def __init__(self, run: Run) -> None:
         self.run = run
         self._rules: dict[str, Callable[[Any], Any]] | None = None
+        self._skips: Any = None
 
     @property
     def rules(self) -> dict[str, Callable[[Any], Any]]:
@@ -75,6 +76,17 @@ class _RunRules:
 
     def n_prompts(self) -> int:
         return int(self.run.results.get("task", {}).get("n_examples", 0))
+
+    def depth_score(self, idx: Any) -> float | None:
+        """Csordás's depth score from the run's skip effects on prompts ``idx``."""
+        if "skip_effects" not in self.run.completed:
+            return None
+        from .metrics.skip_effects import depth_score
+
+        if self._skips is None:
+            self._skips = self.run.metric("skip_effects")
+        value = depth_score(self._skips.layer_effect_of(idx))
+        return None if math.isnan(value) else value
 
     def ratio(self, estimator: str, idx: Any) -> float | None:
         rule = self.rules.get(estimator)
@@ -199,6 +211,18 @@ def _difficulty_rows(loaded: list[Run], rules: dict[int, _RunRules], ests: list[
                 "model": model, "task": task, "estimator": e, "levels": levels,
                 "ratios": [_estimate(r, e).get("ratio") for r in members],
                 "cis": [_estimate(r, e).get("ci") for r in members],
+                "rho": trend["rho"], "rho_ci": trend["ci"],
+                "undefined_fraction": trend["undefined_fraction"],
+            })
+        if all("skip_effects" in r.completed for r in members):
+            # Csordás et al.'s own difficulty measure: the centre of mass of the future effects
+            fns = [lambda idx, rr=rules[id(r)]: rr.depth_score(idx) for r in members]
+            trend = spearman_bootstrap(levels, fns, [rules[id(r)].n_prompts() for r in members],
+                                       n_boot=n_boot, seed=seed, level=level)
+            scores = [(r.results.get("depth", {}).get("depth_score") or {}) for r in members]
+            rows.append({
+                "model": model, "task": task, "estimator": "depth_score", "levels": levels,
+                "ratios": [s.get("value") for s in scores], "cis": [s.get("ci") for s in scores],
                 "rho": trend["rho"], "rho_ci": trend["ci"],
                 "undefined_fraction": trend["undefined_fraction"],
             })

@@ -186,8 +186,9 @@ def difficulty_figure(comparison: Comparison) -> go.Figure:
     """Difficulty: the effective-depth ratio per difficulty level with bootstrap-CI error bars,
     one line per (model, task, estimator); Spearman's ρ between level and ratio (with its CI) in
     the legend, and in the title when there is one line. ρ > 0: harder problems use more
-    layers."""
-    rows = list(comparison.get("difficulty", []))
+    layers. (The depth-score rows of the comparison are block indices, not ratios: they are left
+    to the table.)"""
+    rows = [r for r in comparison.get("difficulty", []) if str(r.get("estimator", "")).startswith("ed_")]
     extra = _varying(rows, ("model", "task"))
     fig = go.Figure()
     for r in rows:
