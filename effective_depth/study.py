@@ -227,11 +227,15 @@ def run_study(
     from .models.loading import load_model
     from .tasks import get_task
 
+    from .models.loading import resolve_spec
+
+    # every mistake the user can make is caught before anything is written
+    task_name, task_params = resolve_task(config)
+    task = get_task(task_name, **task_params)
+    resolve_spec(config.model)
     out_path = Path(out) if out is not None else default_out_dir(config)
     rd = RunDir(out_path)
     results = _prepare_dir(rd, config, force)
-    task_name, task_params = resolve_task(config)
-    task = get_task(task_name, **task_params)
     examples = task.examples(config.n_examples)
     if not examples:
         raise ConfigError(f"task {task_name} with {task_params} produced no examples")

@@ -141,12 +141,14 @@ def test_cli_run_writes_files_and_prints_the_table(tmp_path, tiny_model):
     (["compare", "/no/such/run"], "does not exist"),
     (["sweep", "--config", "/no/such/grid.yaml"], "does not exist"),
 ])
-def test_cli_bad_arguments_are_one_line_errors(args, message):
+def test_cli_bad_arguments_are_one_line_errors(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, args)
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
     assert result.output.strip().count("\n") <= 4
+    assert not (tmp_path / "runs").exists()  # nothing written for a bad command
 
 
 def test_cli_listing_commands():
