@@ -224,10 +224,8 @@ def run_study(
     from .depth import depth_score_estimate, estimate_all
     from .engine.batch import encode_batch
     from .metrics.skip_effects import draw_cuts
-    from .models.loading import load_model
+    from .models.loading import load_model, resolve_spec
     from .tasks import get_task
-
-    from .models.loading import resolve_spec
 
     # every mistake the user can make is caught before anything is written
     task_name, task_params = resolve_task(config)

@@ -103,6 +103,27 @@ class Adapter:
         return not self.is_bridge and self.cfg.positional_embedding_type in ("rotary", "standard") \
             and not getattr(self.cfg, "use_local_attn", False)
 
+    @property
+    def can_truncate_final(self) -> bool:
+        """Whether the last block may run only on the measured positions, the earlier positions'
+        keys and values computed by :meth:`keys_values` (plain attention: no QK norm, no
+        clipping, no split inputs)."""
+        cfg = self.cfg
+        return (self.can_run_suffix and not getattr(cfg, "use_qk_norm", False)
+                and getattr(cfg, "clip_qkv", None) is None
+                and not getattr(cfg, "use_attn_in", False)
+                and not getattr(cfg, "use_split_qkv_input", False)
+                and not getattr(cfg, "load_in_4bit", False)
+                and hasattr(self.model.blocks[-1], "ln1"))
+
+    def keys_values(self, layer: int, x: Float[Tensor, "rows pos d_model"]) -> tuple[Tensor, Tensor]:
+        """Block ``layer``'s attention keys and values (before rotary, as its cache stores them)
+        for the residual ``x`` entering it."""
+        block = self.model.blocks[layer]
+        normed = block.ln1(x)
+        _, keys, values = block.attn.calculate_qkv_matrices(normed, normed, normed)
+        return keys, values
+
     def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]] = (),
               bwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> contextlib.AbstractContextManager:
         """Temporary hooks, removed on exit even after an exception (TransformerLens ``hooks``)."""

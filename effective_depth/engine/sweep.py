@@ -141,9 +141,14 @@ def sweep(
     memory_budget: int | None = None,
     max_rows: int | None = None,
     grad: bool = False,
+    final_from: int | None = None,
     progress: Any = None,
 ) -> None:
     """Run every row's plan; see the module docstring for what is computed and when.
+
+    ``final_from``: ``on_final`` only reads positions ``>= final_from``, so (HookedTransformer,
+    no ``on_block``) the last block runs only on those positions; the earlier positions' keys and
+    values are computed from the rows' own residual. ``on_final`` then receives that offset.
 
     ``grad=True`` makes each row's starting residual a leaf that requires grad; ``on_final`` then
     receives a graph it can differentiate (the caller reads ``plan.resid.grad``-style gradients
@@ -166,8 +171,10 @@ def sweep(
         for i in range(0, len(group), n):
             chunk = group[i : i + n]
             if adapter.can_resume:
+                truncate = (final_from if on_block is None and adapter.can_truncate_final
+                            else None)
                 _staircase(adapter, clean, chunk, offset if use_suffix else 0, use_suffix,
-                           on_block, on_final, grad)
+                           on_block, on_final, grad, truncate)
             else:
                 _bridge_chunk(adapter, clean, chunk, on_block, on_final, grad)
             if progress is not None:
@@ -191,9 +198,13 @@ def _staircase(
     on_block: OnBlock | None,
     on_final: OnFinal | None,
     grad: bool,
+    final_from: int | None = None,
 ) -> None:
     L = adapter.n_layers
     patches = [(i, p) for i, r in enumerate(chunk) for p in r.plan.patches]
+    if final_from is not None and (final_from <= offset or any(
+            p.index == L - 1 or (p.kind == "resid" and p.index == L) for _, p in patches)):
+        final_from = None  # nothing to save, or a patch inside the last block needs every position
     starts = [r.plan.start for r in chunk]
     keys = [r.key for r in chunk]
     prompts = torch.tensor([r.prompt for r in chunk], device=clean.resid.device)
@@ -214,6 +225,16 @@ def _staircase(
                 keys_l, values_l = clean.kv[layer]
                 sel = prompts[:n_active].to(keys_l.device)
                 prefix_kv = (keys_l[sel, :offset], values_l[sel, :offset])
+            if final_from is not None and layer == L - 1 and n_active == len(chunk):
+                # the last block: only the positions on_final reads; the others' keys and values
+                cut = final_from - offset
+                k_new, v_new = adapter.keys_values(layer, x[:, :cut])
+                if prefix_kv is not None:
+                    k_new = torch.cat([prefix_kv[0].to(k_new.device, k_new.dtype), k_new], dim=1)
+                    v_new = torch.cat([prefix_kv[1].to(v_new.device, v_new.dtype), v_new], dim=1)
+                x = adapter.block(layer, x[:, cut:], (k_new, v_new))
+                offset = final_from
+                break
             x_out = adapter.block(layer, x, prefix_kv)
             if on_block is not None:
                 on_block(layer, keys[:n_active], x, x_out, offset)

@@ -159,6 +159,7 @@ def _erasure_chunk(
         for r, (j, boundary, t) in enumerate(keys):
             maps[j][boundary, t] = float(best[r])
 
+    first_pred = min((int(p.min()) for p in predicting.values() if len(p)), default=None)
     sweep(adapter, clean, rows, on_final=on_final, suffix=suffix, memory_budget=memory_budget,
-          progress=bar)
+          final_from=first_pred, progress=bar)
     return list(enumerate(maps))

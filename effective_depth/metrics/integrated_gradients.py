@@ -113,7 +113,7 @@ def _one_example(adapter: Any, sub: Batch, n_steps: int, memory_budget: int | No
     by_key = {r.key: r for r in rows}
 
     def on_final(keys: list, h_final: Tensor, offset: int) -> None:
-        log_probs = adapter.lens_log_probs(h_final[:, pred])  # [rows, answer, V]
+        log_probs = adapter.lens_log_probs(h_final[:, pred - offset])  # [rows, answer, V]
         picked = log_probs.gather(-1, answer_ids[None, :, None].expand(len(keys), -1, 1))
         target = picked.squeeze(-1).exp().sum()
         leaves = [by_key[k].plan.resid_leaf for k in keys]
@@ -125,7 +125,7 @@ def _one_example(adapter: Any, sub: Batch, n_steps: int, memory_budget: int | No
 
     with adapter.grad_enabled_inputs():
         sweep(adapter, clean, rows, on_final=on_final, grad=True, suffix=False,
-              memory_budget=memory_budget, max_rows=max_rows)
+              memory_budget=memory_budget, max_rows=max_rows, final_from=int(pred.min()))
     with torch.no_grad():
         p = adapter.lens_log_probs(clean.resid[-1, 0, pred])
         target = float(p.gather(-1, answer_ids[:, None]).exp().sum())
