@@ -154,8 +154,10 @@ def resolve_task(config: StudyConfig) -> tuple[str, dict[str, Any]]:
 
 def default_out_dir(config: StudyConfig, root: str | os.PathLike[str] = "runs") -> Path:
     task, params = resolve_task(config)
-    model = config.model.replace("/", "_").strip("_.") or "model"
-    model = Path(model).name if os.sep in model else model
+    path = Path(config.model).expanduser()
+    # a checkpoint directory is named by its own name; hub and zoo names keep their owner
+    model = path.resolve().name if path.is_dir() else config.model.replace("/", "_").strip("_.")
+    model = model or "model"
     keys = "".join(f"-{k}{v}" for k, v in params.items() if k in ("digits", "steps", "level", "hops"))
     return Path(root) / f"{model}__{task}{keys}"
 
