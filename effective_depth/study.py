@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ResultsError, close_matches
+from .frozen import from_dict
 from .results import CONFIG, FORMAT_VERSION, INPUTS, RESULTS, RunDir, config_hash, metric_from_store
 
 __all__ = ["StudyConfig", "METRICS", "run_study", "resolve_task", "default_out_dir", "StudyResult"]
@@ -117,14 +118,7 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StudyConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown study options {unknown}{close_matches(unknown[0], known)}")
-        data = dict(data)
-        if "metrics" in data:
-            data["metrics"] = tuple(data["metrics"])
-        return cls(**data)
+        return from_dict(cls, data, "study options", tuples=("metrics",))
 
     def replace(self, **changes: Any) -> StudyConfig:
         return dataclasses.replace(self, **changes)

@@ -21,13 +21,14 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError, close_matches
+from ..frozen import from_dict
 from ..tasks import get_task
 from ..tasks.arithmetic import in_split
 from ..tasks.base import Example
@@ -87,14 +88,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown recipe fields {unknown}; valid: {sorted(known)}")
-        data = dict(data)
-        if "digits" in data:
-            data["digits"] = tuple(data["digits"])
-        return cls(**data)
+        return from_dict(cls, data, "recipe fields", tuples=("digits",))
 
 
 def _family(n_layers: int) -> Recipe:
