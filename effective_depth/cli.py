@@ -154,9 +154,11 @@ def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
 
     data: dict[str, Any] = {}
     if config_file:
-        from .grid import _read
+        from pathlib import Path
 
-        data = _read(__import__("pathlib").Path(config_file))
+        from .grid import read_config_file
+
+        data = read_config_file(Path(config_file))
     data.update({k: v for k, v in options.items() if v is not None})
     return StudyConfig.from_dict(data)
 

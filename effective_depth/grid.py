@@ -53,9 +53,10 @@ class Grid:
     compare: bool = True
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML or JSON mapping from ``path`` (grid files and ``run --config`` files)."""
     if not path.is_file():
-        raise ConfigError(f"grid file {str(path)!r} does not exist")
+        raise ConfigError(f"config file {str(path)!r} does not exist")
     text = path.read_text()
     try:
         if path.suffix in (".yaml", ".yml"):
@@ -65,9 +66,9 @@ def _read(path: Path) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as exc:
-        raise ConfigError(f"cannot parse grid file {path}: {exc}") from None
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"grid file {path} must hold a mapping (out, base, models, tasks)")
+        raise ConfigError(f"config file {path} must hold a mapping of option names to values")
     return data
 
 
@@ -105,7 +106,7 @@ def grid_from_dict(data: Mapping[str, Any], root: Path | None = None) -> Grid:
 
 def load_grid(path: str | os.PathLike[str]) -> Grid:
     path = Path(path)
-    return grid_from_dict(_read(path))
+    return grid_from_dict(read_config_file(path))
 
 
 def _run_cell(config_dict: dict[str, Any], out: str) -> dict[str, Any]:

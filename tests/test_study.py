@@ -235,3 +235,22 @@ def test_experiment_configs_parse():
     diff = load_grid(root / "zoo_difficulty.yaml")
     assert [c.config.task_params["digits"] for c in diff.cells] == [1, 2, 3, 4]
     assert load_grid(root / "zoo_training.yaml").pairs == [("zoo/add-4l", "zoo/add-4l-scratch")]
+
+
+def test_cli_run_config_file_and_set(tmp_path, tiny_model):
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("task: multistep\ntask_params: {steps: 4, format: scratchpad}\nn_examples: 3\n"
+                   "metrics: [contributions, skip_effects]\nn_boot: 20\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--model", tiny_model, "--config", str(cfg),
+                                       "--set", "cut_start=4", "--set", "cut_stride=2",
+                                       "--n-examples", "2", "--out", str(out), "-q", "--no-dashboard"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["n_examples"] == 2  # the command line overrides the file
+    assert saved["cut_start"] == 4 and saved["cut_stride"] == 2 and saved["task"] == "multistep"
+    cuts = [ex["cuts"] for ex in json.loads((out / "inputs.json").read_text())["examples"]]
+    assert all(c and min(c) >= 4 and all((x - 4) % 2 == 0 for x in c) for c in cuts)
+    bad = CliRunner().invoke(main, ["run", "--model", tiny_model, "--set", "cut_strt=4"])
+    assert bad.exit_code != 0 and "unknown study options ['cut_strt']" in bad.output
+    assert "did you mean 'cut_start'" in bad.output
