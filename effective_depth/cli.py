@@ -78,7 +78,7 @@ def models_cmd(official: bool) -> None:
             str(arch.get("d_model", "?")),
             task.get("name", "?"),
             str(task.get("params", {}).get("format", "")),
-            str(card.get("recipe", {}).get("digits", "")),
+            ", ".join(map(str, card.get("recipe", {}).get("digits", []))),
             acc_text,
             f"{card.get('n_params', 0):,}",
         )

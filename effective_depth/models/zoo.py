@@ -11,6 +11,7 @@ Zoo names are written ``zoo/NAME``; the bare ``NAME`` works too where it is unam
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -41,11 +42,16 @@ def zoo_entries() -> dict[str, ZooEntry]:
     out: dict[str, ZooEntry] = {}
     if not ZOO_DIR.is_dir():
         return out
-    for card_path in sorted(ZOO_DIR.glob("*/card.json")):
+    for card_path in sorted(ZOO_DIR.glob("*/card.json"), key=lambda p: _natural(p.parent.name)):
         card = json.loads(card_path.read_text())
         name = f"zoo/{card_path.parent.name}"
         out[name] = ZooEntry(name, card_path.parent, card)
     return out
+
+
+def _natural(name: str) -> list[Any]:
+    """``add-2l`` before ``add-12l``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def zoo_names() -> list[str]:
