@@ -106,21 +106,21 @@ class SkipEffects(MetricResult):
         # prompts without a cut (too short for future effects) contribute nothing
         return idx[self.counts[idx].sum(1) > 0]
 
-    def layer_effect_of(self, idx: Any = None, aggregate: str | None = None) -> Tensor:
+    def _aggregate(self, maxima: Tensor, sums: Tensor, idx: Any, aggregate: str | None) -> Tensor:
+        """Max over prompts ``idx``, or the position-weighted mean (sums / counts)."""
         idx = self._valid(idx)
         if len(idx) == 0:
-            return torch.full(self.layer_max.shape[1:], float("nan"))
+            return torch.full(maxima.shape[1:], float("nan"))
         if (aggregate or self.aggregate) == "max":
-            return self.layer_max[idx].amax(0)
-        return self.layer_sum[idx].sum(0) / self.counts[idx].sum(0).clamp(min=1)[:, None]
+            return maxima[idx].amax(0)
+        counts = self.counts[idx].sum(0).clamp(min=1)
+        return sums[idx].sum(0) / counts.reshape(-1, *[1] * (sums.dim() - 2))
+
+    def layer_effect_of(self, idx: Any = None, aggregate: str | None = None) -> Tensor:
+        return self._aggregate(self.layer_max, self.layer_sum, idx, aggregate)
 
     def output_effect_of(self, idx: Any = None, aggregate: str | None = None) -> Tensor:
-        idx = self._valid(idx)
-        if len(idx) == 0:
-            return torch.full(self.output_max.shape[1:], float("nan"))
-        if (aggregate or self.aggregate) == "max":
-            return self.output_max[idx].amax(0)
-        return self.output_sum[idx].sum(0) / self.counts[idx].sum(0).clamp(min=1)
+        return self._aggregate(self.output_max, self.output_sum, idx, aggregate)
 
     @property
     def layer_effect(self) -> Float[Tensor, "layer layer2"]:
