@@ -168,9 +168,6 @@ class Intervention:
         """In-run patches a single-intervention plan still needs after resuming (usually none)."""
         return []
 
-    def needs_components(self) -> bool:
-        return False
-
 
 def _row(mask: Tensor, row: int) -> Tensor:
     return mask[row] if mask.dim() == 2 else mask
@@ -232,9 +229,6 @@ class PatchContribution(Intervention):
         if self.component == "attn" and not adapter.parallel:
             return self.layer  # the MLP of the same block reads the changed attention output
         return self.layer + 1
-
-    def needs_components(self) -> bool:
-        return self.component != "block"
 
     def resid_form(self, adapter: Adapter, clean: Clean, row: int, mask: Tensor) -> Tensor:
         s, value = self.layer, _row_value(self.value, row)
