@@ -150,9 +150,9 @@ def sweep(
     no ``on_block``) the last block runs only on those positions; the earlier positions' keys and
     values are computed from the rows' own residual. ``on_final`` then receives that offset.
 
-    ``grad=True`` makes each row's starting residual a leaf that requires grad; ``on_final`` then
-    receives a graph it can differentiate (the caller reads ``plan.resid.grad``-style gradients
-    through the tensors it is handed). ``progress`` is an optional ``tqdm`` bar updated per row.
+    ``grad=True`` makes each row's starting residual a leaf that requires grad (kept as
+    ``row.plan.resid_leaf``); ``on_final`` then receives a graph it can differentiate with respect
+    to those leaves. ``progress`` is an optional ``tqdm`` bar updated per row.
     """
     if not rows:
         return
@@ -173,8 +173,8 @@ def sweep(
             if adapter.can_resume:
                 truncate = (final_from if on_block is None and adapter.can_truncate_final
                             else None)
-                _staircase(adapter, clean, chunk, offset if use_suffix else 0, use_suffix,
-                           on_block, on_final, grad, truncate)
+                _staircase(adapter, clean, chunk, offset, use_suffix, on_block, on_final, grad,
+                           truncate)
             else:
                 _bridge_chunk(adapter, clean, chunk, on_block, on_final, grad)
             if progress is not None:
