@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -240,14 +241,16 @@ def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: l
     for name, est in results.get("depth", {}).items():
         if name == "depth_score":
             continue
+        notes = list(est.get("notes") or [])
         if est.get("layer") is None:
-            table.add_row(name, "-", "-", "-", f"undefined: {est.get('reason')}")
+            table.add_row(name, "-", "-", "-", "; ".join([f"undefined: {est.get('reason')}", *notes]))
             continue
         ci = est.get("ci")
         ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
         undefined = est.get("undefined_fraction") or 0
-        note = f"undefined in {undefined:.0%} of resamples" if undefined else ""
-        table.add_row(name, str(est["layer"]), f"{est['ratio']:.3f}", ci_text, note)
+        if undefined:
+            notes.insert(0, f"undefined in {undefined:.0%} of resamples")
+        table.add_row(name, str(est["layer"]), f"{est['ratio']:.3f}", ci_text, "; ".join(notes))
     score = results.get("depth", {}).get("depth_score")
     console = _console()
     console.print(table)
@@ -258,8 +261,15 @@ def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: l
     if results.get("accuracy") is not None:
         console.print(f"exact-match accuracy: {100 * results['accuracy']:.1f}% "
                       f"on {task.get('n_examples')} examples")
+    shown = {n for est in results.get("depth", {}).values() if isinstance(est, dict)
+             for n in est.get("notes") or []}
+    for w in results.get("warnings", []):
+        if w.get("message") not in shown:
+            console.print(f"[yellow]warning:[/yellow] {w.get('message')}")
     note = f" (reused: {', '.join(reused)})" if reused else ""
     console.print(f"run directory: {path}  [{elapsed:.1f} s{note}]")
+    if (Path(path) / "dashboard.html").is_file():
+        console.print(f"dashboard: {Path(path) / 'dashboard.html'}")
 
 
 @main.command("sweep")
@@ -273,41 +283,43 @@ def sweep_cmd(config_file: str, executor: str, address: str | None) -> None:
     from .grid import load_grid, run_grid
 
     grid = load_grid(config_file)
-    _console().print(f"{len(grid.cells)} studies -> {grid.out}")
-    summaries = run_grid(grid, executor=executor, address=address)
-    for s in summaries:
-        kind = "computed " + ",".join(s["computed"]) if s["computed"] else "reused"
-        _console().print(f"  {s['out']}: {kind}")
-    if grid.compare and len(grid.cells) > 1:
+    console = _console()
+    console.print(f"{len(grid.cells)} studies -> {grid.out}")
+
+    def report(s: dict[str, Any]) -> None:
+        if "error" in s:
+            console.print(f"  [red]failed[/red] {s['out']}: {s['error']}", highlight=False)
+        else:
+            kind = "computed " + ",".join(s["computed"]) if s["computed"] else "reused"
+            console.print(f"  {s['out']}: {kind}", highlight=False)
+
+    summaries = run_grid(grid, executor=executor, address=address, on_cell=report)
+    failed = [s for s in summaries if "error" in s]
+    console.print(f"{len(summaries) - len(failed)} of {len(summaries)} studies finished"
+                  + (f"; {len(failed)} failed (see above)" if failed else ""))
+    if grid.compare and len(summaries) - len(failed) > 1:
         import json
 
         comparison = json.loads((grid.out / "comparison" / "comparison.json").read_text())
         _print_comparison(comparison)
-        _console().print(f"comparison tables: {grid.out / 'comparison'}; dashboard: "
-                         f"{grid.out / 'dashboard.html'}")
+        console.print(f"comparison tables: {grid.out / 'comparison'}; dashboard: "
+                      f"{grid.out / 'dashboard.html'}")
+    if failed:
+        raise SystemExit(1)
 
 
 def _run_dirs(paths: tuple[str, ...]) -> list[str]:
-    """Run directories among ``paths``: a grid's output directory stands for the runs inside it;
-    files and other directories (a glob's dashboard.html, comparison/) are skipped with a note."""
-    from pathlib import Path
+    """Complete run directories among ``paths`` (run directories, sweep output directories, a
+    glob's mix); everything else is skipped with a one-line note."""
+    from .results import find_runs
 
-    found, skipped = [], []
-    for text in paths:
-        path = Path(text)
-        if (path / "config.json").is_file():
-            found.append(str(path))
-        elif path.is_dir() and any((p / "config.json").is_file() for p in path.iterdir() if p.is_dir()):
-            found += sorted(str(p) for p in path.iterdir() if (p / "config.json").is_file())
-        elif not path.exists():
-            raise click.BadParameter(f"{text!r} does not exist", param_hint="RUN_DIRS")
-        else:
-            skipped.append(text)
-    if skipped:
-        log.warning("not run directories, skipped: %s", ", ".join(skipped))
+    found, notes = find_runs(paths)
+    for note in notes:
+        _console(stderr=True).print(f"[yellow]note:[/yellow] {note}", highlight=False)
     if not found:
-        raise click.BadParameter(f"no run directory among {', '.join(paths)}", param_hint="RUN_DIRS")
-    return found
+        raise click.BadParameter(f"no complete run directory among {', '.join(paths)}",
+                                 param_hint="RUN_DIRS")
+    return [str(p) for p in found]
 
 
 @main.command("compare")
@@ -361,6 +373,10 @@ def _print_comparison(comparison: dict[str, Any]) -> None:
         "difficulty": ("Difficulty: ratio per level and Spearman's rho", ["model", "task", "estimator",
                                                                           "levels", "ratios", "rho", "rho_ci"]),
     }
+    scale_models = [r.get("model") for r in comparison.get("runs", [])]
+    if len(scale_models) != len(set(scale_models)):
+        # the same model in several runs (other configs): the run directory tells them apart
+        specs["scale"][1].insert(0, "run")
     for key, (title, cols) in specs.items():
         rows = comparison.get(key) or []
         if not rows:

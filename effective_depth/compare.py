@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from .results import Run, load_run
 __all__ = ["compare_runs", "comparison_tables", "write_comparison", "ESTIMATORS"]
 
 ESTIMATORS = tuple(ESTIMATOR_INPUTS)
+log = logging.getLogger(__name__)
 
 
 def _task_key(run: Run) -> str:
@@ -70,8 +72,9 @@ class _RunRules:
         if self._rules is None:
             metrics = {m: self.run.metric(m) for m in self.run.completed
                        if m in ESTIMATOR_INPUTS.values()}
-            th = {**DEFAULT_THRESHOLDS, **self.run.config.get("config", {}).get("thresholds", {})}
-            self._rules = _rules(metrics, th)
+            cfg = self.run.config.get("config", {})
+            th = {**DEFAULT_THRESHOLDS, **cfg.get("thresholds", {})}
+            self._rules = _rules(metrics, th, cfg.get("rules", "toolkit"))
         return self._rules
 
     def n_prompts(self) -> int:
@@ -116,14 +119,21 @@ def compare_runs(
     difficulty. Difficulty trends are computed for every (model, task) with two or more levels.
     """
     loaded = [r if isinstance(r, Run) else load_run(r) for r in runs]
+    skipped = [{"path": str(r.path), "reason": r.incomplete_reason()} for r in loaded
+               if not r.complete]
+    for s in skipped:
+        log.warning("compare: skipped %s: %s", s["path"], s["reason"])
+    loaded = [r for r in loaded if r.complete]
     if not loaded:
-        raise ConfigError("compare needs at least one run directory")
+        raise ConfigError("compare needs at least one complete run directory"
+                          + (f" ({len(skipped)} incomplete skipped)" if skipped else ""))
     ests = list(estimators or ESTIMATORS)
     bad = [e for e in ests if e not in ESTIMATORS]
     if bad:
         raise ConfigError(f"unknown estimators {bad}; choose from {', '.join(ESTIMATORS)}")
     rules = {id(r): _RunRules(r) for r in loaded}
-    out: dict[str, Any] = {"estimators": ests, "runs": [], "scale": [], "training": [], "difficulty": []}
+    out: dict[str, Any] = {"estimators": ests, "runs": [], "scale": [], "training": [],
+                           "difficulty": [], "skipped": skipped}
     for r in loaded:
         res = r.results
         out["runs"].append({
@@ -139,7 +149,7 @@ def compare_runs(
         for e in ests:
             est = _estimate(r, e)
             out["scale"].append({
-                "model": _model(r), "n_layers": res.get("model", {}).get("n_layers"),
+                "run": str(r.path), "model": _model(r), "n_layers": res.get("model", {}).get("n_layers"),
                 "n_params": res.get("model", {}).get("n_params"), "task": _task_key(r),
                 "difficulty": res.get("task", {}).get("difficulty"), "estimator": e,
                 "layer": est.get("layer"), "ratio": est.get("ratio"), "ci": est.get("ci"),
@@ -182,7 +192,8 @@ def _training_rows(loaded: list[Run], rules: dict[int, _RunRules], base_name: st
                         if x is not None and y is not None:
                             diffs.append(y - x)
                 ci = percentile_ci(diffs, level) if diffs else None
-                rows.append({"base": _model(b), "trained": _model(t), "task": key[0],
+                rows.append({"base": _model(b), "trained": _model(t), "base_run": str(b.path),
+                             "trained_run": str(t.path), "task": key[0],
                              "difficulty": key[1], "estimator": e, "ratio_base": rb_,
                              "ratio_trained": rt_, "diff": diff,
                              "diff_ci": None if ci is None else list(ci), "paired": paired})
@@ -209,6 +220,7 @@ def _difficulty_rows(loaded: list[Run], rules: dict[int, _RunRules], ests: list[
                                        n_boot=n_boot, seed=seed, level=level)
             rows.append({
                 "model": model, "task": task, "estimator": e, "levels": levels,
+                "runs": [str(r.path) for r in members],
                 "ratios": [_estimate(r, e).get("ratio") for r in members],
                 "cis": [_estimate(r, e).get("ci") for r in members],
                 "rho": trend["rho"], "rho_ci": trend["ci"],
@@ -222,6 +234,7 @@ def _difficulty_rows(loaded: list[Run], rules: dict[int, _RunRules], ests: list[
             scores = [(r.results.get("depth", {}).get("depth_score") or {}) for r in members]
             rows.append({
                 "model": model, "task": task, "estimator": "depth_score", "levels": levels,
+                "runs": [str(r.path) for r in members],
                 "ratios": [s.get("value") for s in scores], "cis": [s.get("ci") for s in scores],
                 "rho": trend["rho"], "rho_ci": trend["ci"],
                 "undefined_fraction": trend["undefined_fraction"],

@@ -49,6 +49,7 @@ __all__ = [
     "spearman",
     "spearman_bootstrap",
     "DEFAULT_THRESHOLDS",
+    "RULE_SETS",
 ]
 
 #: the published thresholds, and this toolkit's defaults for its own estimators
@@ -59,6 +60,14 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "ed_task": 0.01,
     "ed_prune": 0.01,
 }
+
+#: ``toolkit``: the rules above over every lens tap 0..L-1; ``reference``: as the seed notebook of
+#: Hu et al. 2025 — ``ed_kl``/``ed_overlap`` search taps 0..L-2 only and return -1 (ratio 0) when
+#: no tap meets the rule
+RULE_SETS = ("toolkit", "reference")
+
+REFERENCE_NOTE = ("reference rules (seed notebook): only lens taps 0..L-2 are searched; none met "
+                  "the rule, so the block is -1 and the ratio 0, as the notebook reports")
 
 #: a rule's answer: the block index, or None and the reason it is undefined
 Rule = tuple[int | None, str | None]
@@ -168,6 +177,7 @@ class Estimate:
     undefined_fraction: float | None = None
     n_boot: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float | None:
@@ -322,7 +332,28 @@ ESTIMATOR_INPUTS: dict[str, str] = {
 }
 
 
-def _rules(metrics: Mapping[str, Any], thresholds: Mapping[str, float]) -> dict[str, Callable[[Any], Rule]]:
+def _first_hit_reference(curve: Tensor, tau: float, kind: str) -> Rule:
+    c = _as_curve(kind, curve)
+    searched = c[:-1]
+    if kind == "ed_kl":
+        hits = (searched < tau * float(c.max())).nonzero().flatten()
+    else:
+        hits = (searched > tau).nonzero().flatten()
+    return (int(hits[0]), None) if len(hits) else (-1, None)
+
+
+def _rules(metrics: Mapping[str, Any], thresholds: Mapping[str, float],
+           rules_set: str = "toolkit") -> dict[str, Callable[[Any], Rule]]:
+    if rules_set not in RULE_SETS:
+        raise ConfigError(f"rules must be one of {', '.join(RULE_SETS)}, got {rules_set!r}")
+    kl_rule: Callable[[Any, float], Rule] = ed_kl
+    overlap_rule: Callable[[Any, float], Rule] = ed_overlap
+    if rules_set == "reference":
+        def kl_rule(curve: Any, tau: float) -> Rule:
+            return _first_hit_reference(curve, tau, "ed_kl")
+
+        def overlap_rule(curve: Any, tau: float) -> Rule:
+            return _first_hit_reference(curve, tau, "ed_overlap")
     rules: dict[str, Callable[[Any], Rule]] = {}
     c = metrics.get("contributions")
     if c is not None:
@@ -330,9 +361,10 @@ def _rules(metrics: Mapping[str, Any], thresholds: Mapping[str, float]) -> dict[
                                              c.curve("cos_block", idx))
     lens = metrics.get("logit_lens")
     if lens is not None:
-        rules["ed_kl"] = lambda idx: ed_kl(lens.kl_of(idx)[: lens.meta["n_layers"]], thresholds["ed_kl"])
-        rules["ed_overlap"] = lambda idx: ed_overlap(lens.overlap_of(idx)[: lens.meta["n_layers"]],
-                                                     thresholds["ed_overlap"])
+        rules["ed_kl"] = lambda idx: kl_rule(lens.kl_of(idx)[: lens.meta["n_layers"]],
+                                             thresholds["ed_kl"])
+        rules["ed_overlap"] = lambda idx: overlap_rule(lens.overlap_of(idx)[: lens.meta["n_layers"]],
+                                                       thresholds["ed_overlap"])
     skips = metrics.get("skip_effects")
     if skips is not None:
         def _skip(idx: Any) -> Rule:
@@ -358,16 +390,27 @@ def estimate_all(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    rules: str = "toolkit",
 ) -> dict[str, Estimate]:
-    """Every estimator whose measurement is present in ``metrics`` (name -> result object)."""
+    """Every estimator whose measurement is present in ``metrics`` (name -> result object).
+
+    ``rules="reference"`` applies ``ed_kl`` and ``ed_overlap`` as the seed notebook of Hu et al.
+    2025 does (see :data:`RULE_SETS`); such an estimate says so in its ``params`` and, when it
+    is -1, in its ``notes``.
+    """
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     out: dict[str, Estimate] = {}
-    for name, rule in _rules(metrics, th).items():
+    for name, rule in _rules(metrics, th, rules).items():
         source = metrics[ESTIMATOR_INPUTS[name]]
         L = int(source.meta["n_layers"])
         params = {"threshold": th[name]} if name in th else {}
-        out[name] = bootstrap_estimate(name, rule, source.n_prompts, L, n_boot=n_boot, seed=seed,
-                                       level=level, params=params)
+        if rules == "reference" and name in ("ed_kl", "ed_overlap"):
+            params["rules"] = "reference"
+        est = bootstrap_estimate(name, rule, source.n_prompts, L, n_boot=n_boot, seed=seed,
+                                 level=level, params=params)
+        if est.layer == -1:
+            est.notes.append(REFERENCE_NOTE)
+        out[name] = est
     return out
 
 
@@ -381,3 +424,60 @@ def depth_score_estimate(skips: Any, *, n_boot: int = 1000, seed: int = 0, level
     ci = percentile_ci(values, level)
     return {"value": None if math.isnan(point) else point, "ci": None if ci is None else list(ci),
             "n_boot": n_boot, "n_layers": skips.n_layers}
+
+
+#: fewer prompts than this make a bootstrap CI a statement about a handful of examples
+MIN_PROMPTS = 5
+
+
+def reliability_warnings(
+    metrics: Mapping[str, Any],
+    estimates: Mapping[str, Estimate],
+    *,
+    thresholds: Mapping[str, float] | None = None,
+    n_boot: int = 1000,
+    d_vocab: int | None = None,
+) -> list[dict[str, Any]]:
+    """Conditions under which an estimate is decided by chance or by too few prompts.
+
+    Each warning is also added to the estimate's ``notes``. Checked: the top-k overlap threshold
+    against the overlap two unrelated top-k sets have by chance (``k / V``: a warning when ``τ <
+    2 k / V``); future skip effects where fewer than half of the prompts have a cut position;
+    fewer than :data:`MIN_PROMPTS` prompts; ``n_boot = 0`` (no interval at all).
+    """
+    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    out: list[dict[str, Any]] = []
+
+    def warn(code: str, message: str, names: Sequence[str]) -> None:
+        names = [n for n in names if n in estimates]
+        out.append({"code": code, "estimators": names, "message": message})
+        for n in names:
+            estimates[n].notes.append(message)
+
+    lens = metrics.get("logit_lens")
+    if lens is not None and d_vocab and "ed_overlap" in estimates:
+        k = int(lens.meta.get("k", 5))
+        chance = k / d_vocab
+        if th["ed_overlap"] < 2 * chance:
+            warn("overlap_at_chance",
+                 f"ed_overlap: threshold {th['ed_overlap']} is below twice the chance overlap of "
+                 f"unrelated top-{k} sets ({k}/{d_vocab} = {chance:.3f}); use a smaller lens_k",
+                 ["ed_overlap"])
+    skips = metrics.get("skip_effects")
+    if skips is not None and skips.meta.get("mode") == "future":
+        with_cut = sum(1 for c in skips.cuts if c)
+        if with_cut < skips.n_prompts / 2:
+            warn("few_cuts",
+                 f"future skip effects: only {with_cut} of {skips.n_prompts} prompts are long "
+                 "enough for a cut position; ed_skip and the depth score rest on those",
+                 ["ed_skip"])
+    for name in estimates:
+        source = metrics.get(ESTIMATOR_INPUTS.get(name, ""))
+        n = getattr(source, "n_prompts", None)
+        if n is not None and n < MIN_PROMPTS:
+            warn("few_prompts", f"{name}: estimated from {n} prompts (fewer than {MIN_PROMPTS}); "
+                 "its CI describes those prompts, not the task", [name])
+    if n_boot <= 0 and estimates:
+        warn("no_bootstrap", "n_boot = 0: no confidence intervals were computed",
+             list(estimates))
+    return out

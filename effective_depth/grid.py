@@ -13,10 +13,12 @@ A grid file (YAML or JSON)::
         levels: {digits: [1, 2, 3]} # one cell per value
     pairs: [[zoo/add-4l, zoo/add-4l-scratch]]   # for the training-type comparison
     compare: true                   # write comparison tables into OUT/comparison
+    gpus_per_cell: 1                # Ray only; default: 1 when the cluster has GPUs, else 0
 
-Each cell is an independent :func:`~effective_depth.study.run_study`; finished cells are reused
-when the grid is run again. With ``executor="ray"`` the cells become Ray tasks (one GPU each where
-there are GPUs), on ``ray.init(address=...)`` or a local instance.
+Every cell is validated (options, model spec, task parameters) before the first one runs. Each
+cell is an independent :func:`~effective_depth.study.run_study`; finished cells are reused when
+the grid is run again, and a cell that fails is reported in one line while the others go on. With
+``executor="ray"`` the cells become Ray tasks on ``ray.init(address=...)`` or a local instance.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, EffectiveDepthError
 from .study import StudyConfig, default_out_dir, run_study
 
 __all__ = ["Grid", "GridCell", "load_grid", "run_grid", "EXECUTORS"]
@@ -51,6 +53,7 @@ class Grid:
     cells: list[GridCell]
     pairs: list[tuple[str, str]] = field(default_factory=list)
     compare: bool = True
+    gpus_per_cell: float | None = None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -73,21 +76,33 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def grid_from_dict(data: Mapping[str, Any], root: Path | None = None) -> Grid:
-    known = {"out", "base", "models", "tasks", "pairs", "compare"}
+    known = {"out", "base", "models", "tasks", "pairs", "compare", "gpus_per_cell"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown grid keys {unknown}; valid: {sorted(known)}")
     out = Path(data.get("out", "runs/grid"))
     if root is not None and not out.is_absolute():
         out = root / out
-    base = dict(data.get("base", {}))
+    base = data.get("base") or {}
+    if not isinstance(base, Mapping):
+        raise ConfigError(f"grid 'base' must be a mapping of study options, got {base!r}")
+    base = dict(base)
     models = data.get("models") or [base.pop("model", "zoo/add-4l")]
     tasks = data.get("tasks") or [{"name": base.pop("task", None)}]
-    cells: list[GridCell] = []
+    if isinstance(models, str) or not isinstance(models, Sequence):
+        raise ConfigError(f"grid 'models' must be a list of model specs, got {models!r}")
+    if isinstance(tasks, (str, Mapping)) or not isinstance(tasks, Sequence):
+        raise ConfigError(f"grid 'tasks' must be a list, got {tasks!r}")
+    configs: list[StudyConfig] = []
     for model, task in itertools.product(models, tasks):
         if not isinstance(task, Mapping):
             task = {"name": task}
-        levels = dict(task.get("levels") or {})
+        levels = task.get("levels") or {}
+        if not isinstance(levels, Mapping) or not all(
+                isinstance(v, Sequence) and not isinstance(v, str) for v in levels.values()):
+            raise ConfigError(
+                f"task {task.get('name')!r}: levels must map one parameter to a list of values, "
+                f"e.g. levels: {{digits: [1, 2, 3]}}; got {levels!r}")
         if len(levels) > 1:
             raise ConfigError("a grid task varies one difficulty parameter at a time")
         level_items = [(k, v) for k, vs in levels.items() for v in vs] or [(None, None)]
@@ -97,11 +112,42 @@ def grid_from_dict(data: Mapping[str, Any], root: Path | None = None) -> Grid:
                 params[key] = value
             cfg = StudyConfig.from_dict({**base, "model": model, "task": task.get("name"),
                                          "task_params": params})
-            cells.append(GridCell(cfg, default_out_dir(cfg, out)))
-    pairs = [tuple(p) for p in data.get("pairs", [])]
+            configs.append(cfg)
+    pairs = [tuple(p) for p in data.get("pairs") or []]
     if any(len(p) != 2 for p in pairs):
         raise ConfigError("grid pairs are [base model, trained model] lists")
-    return Grid(out, cells, pairs, bool(data.get("compare", True)))  # type: ignore[arg-type]
+    gpus = data.get("gpus_per_cell")
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0):
+        raise ConfigError(f"gpus_per_cell must be a number >= 0, got {gpus!r}")
+    cells = validated_cells(configs, out)
+    return Grid(out, cells, pairs, bool(data.get("compare", True)), gpus)  # type: ignore[arg-type]
+
+
+def validated_cells(configs: Sequence[StudyConfig], out: Path) -> list[GridCell]:
+    """The grid's cells, every model spec and task parameter checked before the first cell runs
+    (no model is loaded, nothing is written): a typo in the last cell fails now, not hours in."""
+    from .models.loading import resolve_spec
+    from .study import resolve_task
+    from .tasks import get_task
+
+    cells: list[GridCell] = []
+    outs: dict[Path, StudyConfig] = {}
+    for i, cfg in enumerate(configs, start=1):
+        try:
+            resolve_spec(cfg.model)
+            name, params = resolve_task(cfg)
+            get_task(name, **params)
+            cell = GridCell(cfg, default_out_dir(cfg, out))
+        except EffectiveDepthError as exc:
+            raise ConfigError(f"grid cell {i} of {len(configs)} ({cfg.model}, task "
+                              f"{cfg.task or 'own'}, {dict(cfg.task_params)}): {exc}") from None
+        other = outs.get(cell.out)
+        if other is not None and other != cfg:
+            raise ConfigError(f"two grid cells write the same run directory {cell.out}; give "
+                              "them different tasks or levels")
+        outs[cell.out] = cfg
+        cells.append(cell)
+    return cells
 
 
 def load_grid(path: str | os.PathLike[str]) -> Grid:
@@ -116,46 +162,78 @@ def _run_cell(config_dict: dict[str, Any], out: str) -> dict[str, Any]:
             "depth": result.results.get("depth", {})}
 
 
+def _failed(cell: GridCell, exc: BaseException) -> dict[str, Any]:
+    text = str(exc).strip().splitlines()
+    # a Ray task error wraps the cell's own exception: keep its last line, the message
+    line = text[-1] if text else type(exc).__name__
+    summary = {"out": str(cell.out), "computed": [], "reused": [], "depth": {},
+               "error": f"{type(exc).__name__}: {line}" if not isinstance(exc, EffectiveDepthError)
+               else line}
+    log.error("grid cell %s failed: %s", cell.out, summary["error"])
+    return summary
+
+
 def run_grid(
     grid: Grid,
     *,
     executor: str = "local",
     address: str | None = None,
     progress: bool = True,
+    on_cell: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every cell; returns one summary per cell (run directory, what was computed)."""
+    """Run every cell; returns one summary per cell (run directory, what was computed, or the
+    one-line ``error`` of a cell that failed — the other cells still run and are compared).
+    ``on_cell`` is called with each summary as its cell finishes."""
     if executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if executor == "ray":
-        summaries = _run_ray(grid.cells, address)
+        summaries = _run_ray(grid, address, progress, on_cell)
     else:
-        from tqdm.auto import tqdm
-
-        summaries = [
-            _run_cell(c.config.to_dict(), str(c.out))
-            for c in tqdm(grid.cells, desc="grid", disable=not progress)
-        ]
-    if grid.compare and len(grid.cells) > 1:
+        summaries = _run_local(grid, progress, on_cell)
+    ok = [s for s in summaries if "error" not in s]
+    if grid.compare and len(ok) > 1:
         from .compare import compare_runs, write_comparison
 
-        comparison = compare_runs([s["out"] for s in summaries], pairs=grid.pairs)
+        comparison = compare_runs([s["out"] for s in ok], pairs=grid.pairs)
         write_comparison(comparison, grid.out / "comparison")
         try:
             from .viz.dashboard import write_dashboard
 
-            write_dashboard([s["out"] for s in summaries], grid.out / "dashboard.html",
+            write_dashboard([s["out"] for s in ok], grid.out / "dashboard.html",
                             comparison=comparison)
         except ImportError:
             pass
     return summaries
 
 
-def _run_ray(cells: Sequence[GridCell], address: str | None) -> list[dict[str, Any]]:
+def _run_local(grid: Grid, progress: bool,
+               on_cell: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    summaries = []
+    bar = tqdm(total=len(grid.cells), desc="grid", disable=not progress, unit="cell")
+    for cell in grid.cells:
+        bar.set_postfix_str(f"{cell.config.model} -> {cell.out.name}", refresh=True)
+        try:
+            summary = _run_cell(cell.config.to_dict(), str(cell.out))
+        except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the rest
+            log.debug("grid cell %s", cell.out, exc_info=True)
+            summary = _failed(cell, exc)
+        summaries.append(summary)
+        if on_cell is not None:
+            on_cell(summary)
+        bar.update(1)
+    bar.close()
+    return summaries
+
+
+def _run_ray(grid: Grid, address: str | None, progress: bool,
+             on_cell: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
     try:
         import ray
     except ImportError:
         raise ConfigError("the ray executor needs Ray: pip install 'effective_depth[ray]'") from None
-    import torch
+    from tqdm.auto import tqdm
 
     started = False
     if not ray.is_initialized():
@@ -163,10 +241,31 @@ def _run_ray(cells: Sequence[GridCell], address: str | None) -> list[dict[str, A
                  ignore_reinit_error=True)
         started = True
     try:
-        gpus = 1 if torch.cuda.is_available() else 0
+        gpus = grid.gpus_per_cell
+        if gpus is None:  # what the cluster has, not what the driver sees
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         remote = ray.remote(num_gpus=gpus)(_run_cell)
-        futures = [remote.remote(c.config.to_dict(), str(c.out.resolve())) for c in cells]
-        return list(ray.get(futures))
+        futures = {remote.remote(c.config.to_dict(), str(c.out.resolve())): i
+                   for i, c in enumerate(grid.cells)}
+        summaries: list[dict[str, Any] | None] = [None] * len(grid.cells)
+        pending = list(futures)
+        bar = tqdm(total=len(pending), desc="grid (ray)", disable=not progress, unit="cell")
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                i = futures[ref]
+                try:
+                    summary = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the rest
+                    cause = getattr(exc, "cause", None) or exc
+                    summary = _failed(grid.cells[i], cause)
+                summaries[i] = summary
+                if on_cell is not None:
+                    on_cell(summary)
+                bar.set_postfix_str(grid.cells[i].out.name, refresh=False)
+                bar.update(1)
+        bar.close()
+        return [s for s in summaries if s is not None]
     finally:
         if started:
             ray.shutdown()

@@ -20,20 +20,22 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ResultsError
 
-__all__ = ["RunDir", "Run", "load_run", "atomic_write_text", "config_hash", "FORMAT_VERSION",
-           "metric_types", "metric_from_store"]
+__all__ = ["RunDir", "Run", "load_run", "find_runs", "atomic_write_text", "config_hash",
+           "FORMAT_VERSION", "metric_types", "metric_from_store"]
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 INPUTS = "inputs.json"
 RESULTS = "results.json"
 TENSORS = "tensors.safetensors"
+LOCK = ".lock"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -189,6 +191,20 @@ class Run:
         return list(self.results.get("completed", []))
 
     @property
+    def complete(self) -> bool:
+        """Whether the study finished: every measurement and the estimates were written."""
+        return self.results.get("status") == "complete"
+
+    def incomplete_reason(self) -> str | None:
+        """Why the run is not complete (None when it is)."""
+        if self.complete:
+            return None
+        if not (self.path / RESULTS).is_file():
+            return "no results.json (the study never finished a measurement)"
+        done = ", ".join(self.completed) or "none"
+        return f"the study did not finish (measurements finished: {done}); rerun it to complete"
+
+    @property
     def label(self) -> str:
         model = self.results.get("model", {}).get("name") or self.config.get("model", "?")
         task = self.results.get("task", {})
@@ -217,7 +233,52 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         raise ResultsError(f"run directory {str(rd.path)!r} does not exist")
     if not rd.exists():
         raise ResultsError(f"{rd.path} has no config.json: not a run directory")
-    config = rd.read_json(CONFIG)
-    results = rd.read_json(RESULTS, default={})
-    inputs = rd.read_json(INPUTS, default={})
-    return Run(rd.path, config, inputs, results, rd.load_tensors())
+    parts = {name: rd.read_json(name, default=default)
+             for name, default in ((CONFIG, None), (RESULTS, {}), (INPUTS, {}))}
+    for name, value in parts.items():
+        if not isinstance(value, dict):
+            raise ResultsError(f"{rd.path / name} holds a JSON {type(value).__name__}, not the "
+                               "mapping a run writes; rerun the study with --force")
+    return Run(rd.path, parts[CONFIG], parts[INPUTS], parts[RESULTS], rd.load_tensors())
+
+
+def find_runs(paths: Sequence[str | os.PathLike[str]], *, complete_only: bool = True
+              ) -> tuple[list[Path], list[str]]:
+    """The run directories among ``paths`` and a one-line note for everything left out.
+
+    A path may be a run directory, a directory of runs (a sweep's output) or anything a shell
+    glob produced (dashboard.html, comparison/): non-runs are skipped with a note, and so are
+    incomplete runs (interrupted, or a stub) when ``complete_only``. Missing paths are an error.
+    """
+    found: list[Path] = []
+    notes: list[str] = []
+
+    def consider(run_path: Path) -> None:
+        if run_path in found:
+            return
+        try:
+            run = load_run(run_path)
+        except ResultsError as exc:
+            notes.append(f"skipped {run_path}: {exc}")
+            return
+        reason = run.incomplete_reason()
+        if reason is not None and complete_only:
+            notes.append(f"skipped {run_path}: {reason}")
+            return
+        found.append(run_path)
+
+    for item in paths:
+        path = Path(item)
+        if not path.exists():
+            raise ResultsError(f"{str(path)!r} does not exist")
+        if (path / CONFIG).is_file():
+            consider(path)
+        elif path.is_dir():
+            inner = sorted(p for p in path.iterdir() if (p / CONFIG).is_file())
+            if not inner:
+                notes.append(f"skipped {path}: not a run directory, and holds none")
+            for p in inner:
+                consider(p)
+        else:
+            notes.append(f"skipped {path}: a file, not a run directory")
+    return found, notes

@@ -9,18 +9,30 @@ difficulty levels) in sequence or on a Ray cluster.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ResultsError, close_matches
-from .frozen import from_dict
-from .results import CONFIG, FORMAT_VERSION, INPUTS, RESULTS, RunDir, config_hash, metric_from_store
+from .fingerprint import inputs_fingerprint, model_fingerprint
+from .frozen import check_field_types, from_dict
+from .results import (
+    CONFIG,
+    FORMAT_VERSION,
+    INPUTS,
+    LOCK,
+    RESULTS,
+    TENSORS,
+    RunDir,
+    config_hash,
+    metric_from_store,
+)
 
 __all__ = ["StudyConfig", "METRICS", "run_study", "resolve_task", "default_out_dir", "StudyResult"]
 
@@ -29,10 +41,17 @@ log = logging.getLogger(__name__)
 #: measurement names in the order a study runs them
 METRICS = ("contributions", "logit_lens", "skip_effects", "behaviour", "erasure",
            "integrated_gradients")
+#: measurements that read the examples' answers
+NEEDS_ANSWERS = ("behaviour", "erasure", "integrated_gradients")
 
 
 def _freeze(params: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(sorted((params or {}).items()))
+
+
+def _split(metrics: str | Sequence[str]) -> list[str]:
+    items = [metrics] if isinstance(metrics, str) else list(metrics)
+    return [m.strip() for item in items for m in str(item).split(",") if m.strip()]
 
 
 @dataclass(frozen=True)
@@ -49,16 +68,17 @@ class StudyConfig:
     n_examples: int = 20
     seed: int = 0
     thresholds: dict[str, float | int] = field(default_factory=dict)
+    rules: str = "toolkit"
     skip_front: int = 1
     include_front: bool = True
-    lens_k: int = 5
+    lens_k: int | None = None
     skip_mode: str = "future"
     skip_component: str = "block"
     aggregate: str = "max"
     n_cuts: int = 4
-    cut_start: int = 8
-    cut_stride: int = 8
-    cut_margin: int = 4
+    cut_start: int | None = None
+    cut_stride: int | None = None
+    cut_margin: int | None = None
     map_examples: int = 3
     ig_steps: int = 256
     n_reference: int = 10
@@ -71,33 +91,42 @@ class StudyConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
+        if isinstance(self.metrics, (list, str)):
+            object.__setattr__(self, "metrics", tuple(_split(self.metrics)))
+        check_field_types(self, "study option")
         object.__setattr__(self, "task_params", _freeze(self.task_params))
         object.__setattr__(self, "thresholds", _freeze(self.thresholds))
-        for k, v in self.thresholds.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(f"threshold {k} must be a number, got {v!r}")
         metrics = tuple(self.metrics)
         for m in metrics:
             if m not in METRICS:
                 raise ConfigError(f"unknown metric {m!r}{close_matches(m, METRICS)} Metrics: {', '.join(METRICS)}")
+        if not metrics:
+            raise ConfigError(f"choose at least one metric: {', '.join(METRICS)}")
         object.__setattr__(self, "metrics", tuple(m for m in METRICS if m in metrics))
+        from .depth import RULE_SETS
+
+        def positive(name: str) -> tuple[bool, str]:
+            value = getattr(self, name)
+            return value is None or value >= 1, f"{name} must be >= 1, got {value}"
+
         checks = [
-            (self.n_examples >= 1, f"n_examples must be >= 1, got {self.n_examples}"),
+            positive("n_examples"),
+            (0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}"),
+            (self.rules in RULE_SETS, f"rules must be one of {', '.join(RULE_SETS)}, got {self.rules!r}"),
             (self.skip_front >= 0, f"skip_front must be >= 0, got {self.skip_front}"),
             (self.skip_mode in ("future", "current"), f"skip_mode must be future or current, got {self.skip_mode!r}"),
             (self.skip_component in ("block", "attn", "mlp", "local"),
              f"skip_component must be block, attn, mlp or local, got {self.skip_component!r}"),
             (self.aggregate in ("max", "mean"), f"aggregate must be max or mean, got {self.aggregate!r}"),
-            (self.n_cuts >= 1, f"n_cuts must be >= 1, got {self.n_cuts}"),
-            (self.lens_k >= 1, f"lens_k must be >= 1, got {self.lens_k}"),
-            (self.cut_stride >= 1, f"cut_stride must be >= 1, got {self.cut_stride}"),
-            (self.map_examples >= 1, f"map_examples must be >= 1, got {self.map_examples}"),
-            (self.ig_steps >= 1, f"ig_steps must be >= 1, got {self.ig_steps}"),
-            (self.n_reference >= 1, f"n_reference must be >= 1, got {self.n_reference}"),
+            positive("n_cuts"), positive("lens_k"), positive("cut_stride"), positive("map_examples"),
+            positive("ig_steps"), positive("n_reference"), positive("batch_size"),
+            (self.cut_start is None or self.cut_start > self.skip_front,
+             f"cut_start must be > skip_front ({self.skip_front}), got {self.cut_start}"),
+            (self.cut_margin is None or self.cut_margin >= 1,
+             f"cut_margin must be >= 1, got {self.cut_margin}"),
             (self.n_boot >= 0, f"n_boot must be >= 0, got {self.n_boot}"),
             (0 < self.ci_level < 1, f"ci_level must be in (0, 1), got {self.ci_level}"),
             (self.backend in ("hooked", "bridge"), f"backend must be hooked or bridge, got {self.backend!r}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -118,6 +147,9 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StudyConfig:
+        data = dict(data)
+        if isinstance(data.get("metrics"), str):
+            data["metrics"] = _split(data["metrics"])
         return from_dict(cls, data, "study options", tuples=("metrics",))
 
     def replace(self, **changes: Any) -> StudyConfig:
@@ -137,6 +169,9 @@ def resolve_task(config: StudyConfig) -> tuple[str, dict[str, Any]]:
                          f"Zoo: {', '.join(zoo_names())}")
     if config.task is None:
         if entry is None:
+            from .models.loading import resolve_spec
+
+            resolve_spec(config.model)  # an unknown model is named as such, with close names
             raise ConfigError(f"model {config.model!r} is not a zoo model: choose a task with --task")
         task = entry.task
         return task["name"], {**task.get("params", {}), **config.task_params}
@@ -153,6 +188,8 @@ def default_out_dir(config: StudyConfig, root: str | os.PathLike[str] = "runs") 
     model = path.resolve().name if path.is_dir() else config.model.replace("/", "_").strip("_.")
     model = model or "model"
     keys = "".join(f"-{k}{v}" for k, v in params.items() if k in ("digits", "steps", "level", "hops"))
+    if params.get("path"):  # a prompts file: runs of different files must not share a directory
+        keys += "-" + Path(str(params["path"])).stem
     return Path(root) / f"{model}__{task}{keys}"
 
 
@@ -166,40 +203,164 @@ class StudyResult:
 
 def _environment() -> dict[str, Any]:
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     import torch
-    import transformer_lens
     import transformers
 
     from . import __version__
 
+    def dist(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
     return {"effective_depth": __version__, "torch": torch.__version__,
-            "transformer_lens": getattr(transformer_lens, "__version__", "?"),
+            "transformer_lens": dist("transformer-lens"),
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def _prepare_dir(rd: RunDir, config: StudyConfig, force: bool) -> dict[str, Any]:
-    """Check (or start) the run directory; returns the results written so far."""
+#: the files of a run directory that a fresh start removes (the lock stays)
+_RUN_FILES = (CONFIG, INPUTS, RESULTS, TENSORS, "dashboard.html")
+
+
+def _check_existing(out: Path, config: StudyConfig, force: bool) -> None:
+    """Refuse, before anything is loaded, a directory that holds a run of another config."""
+    rd = RunDir(out)
+    if force or not rd.exists():
+        return
+    old = rd.read_json(CONFIG)
+    if not isinstance(old, dict):
+        raise ResultsError(f"{rd.path / CONFIG} is not a run config (it holds a "
+                           f"{type(old).__name__}); rerun with --force")
     cfg = config.to_dict()
-    if force and rd.path.exists():
-        for name in (CONFIG, INPUTS, RESULTS, "tensors.safetensors", "dashboard.html"):
+    if old.get("hash") != config_hash(cfg):
+        before = old.get("config", {}) if isinstance(old.get("config"), dict) else {}
+        diffs = sorted(k for k in set(before) | set(cfg)
+                       if before.get(k) != cfg.get(k) and k != "device")
+        raise ResultsError(
+            f"{rd.path} holds a run with a different config (differs in: {', '.join(diffs) or '?'}); "
+            "choose another --out, or pass --force to discard it"
+        )
+
+
+def _prepare_dir(rd: RunDir, config: StudyConfig, fingerprint: dict[str, Any], force: bool,
+                 warnings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Check (or start) the run directory, under its lock; returns the results written so far.
+
+    Same config and same fingerprints: the finished measurements are reused. Same config but
+    changed inputs (an edited prompts file, other weights or tokenizer): everything is recomputed
+    and ``warnings`` says why.
+    """
+    cfg = config.to_dict()
+    fresh = force
+    if not force and rd.exists():
+        _check_existing(rd.path, config, force)
+        old = rd.read_json(CONFIG)
+        changed = [k for k in ("model", "inputs")
+                   if old.get("fingerprint", {}).get(k) != fingerprint.get(k)]
+        if changed:
+            what = {"model": "the model's files", "inputs": "the analysed token ids (prompts, "
+                    "answers, data files or tokenizer)"}
+            message = (f"{' and '.join(what[k] for k in changed)} changed since the run in "
+                       f"{rd.path}: every measurement is recomputed")
+            log.warning(message)
+            warnings.append({"code": "inputs_changed", "message": message})
+            fresh = True
+    if fresh:
+        for name in _RUN_FILES:
             (rd.path / name).unlink(missing_ok=True)
     if rd.exists():
-        old = rd.read_json(CONFIG)
-        if old.get("hash") != config_hash(cfg):
-            diffs = sorted(k for k in set(old.get("config", {})) | set(cfg)
-                           if old.get("config", {}).get(k) != cfg.get(k) and k != "device")
-            raise ResultsError(
-                f"{rd.path} holds a run with a different config (differs in: {', '.join(diffs) or '?'}); "
-                "choose another --out, or pass --force to discard it"
-            )
         results = rd.read_json(RESULTS, default={"completed": []})
+        if not isinstance(results, dict):
+            raise ResultsError(f"{rd.path / RESULTS} is not a results mapping (it holds a "
+                               f"{type(results).__name__}); rerun with --force")
         if results.get("format") not in (None, FORMAT_VERSION):
             raise ResultsError(f"{rd.path} was written by another format version; use --force")
         return results
-    rd.path.mkdir(parents=True, exist_ok=True)
-    rd.write_json(CONFIG, {"hash": config_hash(cfg), "config": cfg, "environment": _environment()})
+    rd.write_json(CONFIG, {"hash": config_hash(cfg), "config": cfg, "fingerprint": fingerprint,
+                           "environment": _environment()})
     return {"completed": []}
+
+
+@contextlib.contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """Exclusive write access to the run directory ``path`` (created if missing): a second
+    writer gets a :class:`ResultsError` at once instead of interleaving its files."""
+    from filelock import FileLock, Timeout
+
+    path.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ResultsError(
+            f"{path} is being written by another effective-depth process (lock file {path / LOCK}); "
+            "wait for it to finish, or choose another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _answers_state(examples: Sequence[Any], config: StudyConfig) -> tuple[str, ...]:
+    """The measurements to skip because the examples have no answers (an error when the user
+    asked for one of them explicitly, or when only some examples have answers)."""
+    missing = [i for i, ex in enumerate(examples) if not ex.answer]
+    if not missing:
+        return ()
+    if len(missing) < len(examples):
+        lines = ", ".join(str(examples[i].meta.get("source_id", i)) for i in missing[:10])
+        raise ConfigError(
+            f"{len(missing)} of {len(examples)} examples have no answer (lines/items {lines}"
+            f"{' ...' if len(missing) > 10 else ''}); give every example an answer, or none"
+        )
+    needing = tuple(m for m in config.metrics if m in NEEDS_ANSWERS)
+    if needing and config.metrics != METRICS:
+        raise ConfigError(
+            f"{', '.join(needing)} need answers, and the examples have none (a .txt prompts file "
+            "has prompts only); use a .jsonl file with \"answer\" fields, or other --metrics"
+        )
+    return needing
+
+
+def _reference_examples(task: Any, config: StudyConfig, examples: Sequence[Any],
+                        warnings: list[dict[str, Any]]) -> tuple[list[Any], dict[str, Any]]:
+    """The erasure's reference prompts: ``n_reference`` further examples of the task; fewer (or
+    the analysed ones) only with a warning, and what was used is recorded."""
+    n, want = len(examples), config.n_reference
+    further = list(task.examples(n + want))[n:]
+    if len(further) >= want:
+        return further[:want], {"source": "task", "n": want,
+                                "description": f"examples {n + 1}..{n + want} of the task"}
+    if further:
+        message = (f"erasure reference: the task supplies only {len(further)} examples beyond the "
+                   f"{n} analysed (n_reference={want}); the mean residual uses those "
+                   f"{len(further)}")
+        info = {"source": "task", "n": len(further),
+                "description": f"examples {n + 1}..{n + len(further)} of the task"}
+        used = further
+    else:
+        used = list(examples[:want])
+        message = (f"erasure reference: the task supplies no examples beyond the {n} analysed; "
+                   f"the mean residual uses the first {len(used)} analysed prompts themselves. "
+                   "Lower n_examples to keep reference and analysed prompts apart")
+        info = {"source": "analysed", "n": len(used),
+                "description": f"analysed examples 1..{len(used)}"}
+    log.warning(message)
+    warnings.append({"code": "erasure_reference", "metric": "erasure", "message": message})
+    return used, info
+
+
+def _resolve_lens_k(config: StudyConfig, d_vocab: int) -> int:
+    """``lens_k``, or the default that fits the vocabulary: min(5, max(1, V // 50))."""
+    if config.lens_k is not None:
+        if config.lens_k > d_vocab:
+            raise ConfigError(f"lens_k={config.lens_k} exceeds the model's vocabulary ({d_vocab})")
+        return config.lens_k
+    return min(5, max(1, d_vocab // 50))
 
 
 def run_study(
@@ -213,11 +374,12 @@ def run_study(
 ) -> StudyResult:
     """Run every measurement of ``config`` and write the run directory ``out``.
 
-    Finished measurements found in ``out`` (same config) are loaded, not recomputed.
-    ``after_metric`` is called with each metric's name once it is saved (used by tests to
-    simulate a crash).
+    Finished measurements found in ``out`` (same config, same model files, same token ids) are
+    loaded, not recomputed. Nothing is written before the model and the examples are known to
+    be usable; the directory is locked while the run writes. ``after_metric`` is called with
+    each metric's name once it is saved (used by tests to simulate a crash).
     """
-    from .depth import depth_score_estimate, estimate_all
+    from .depth import depth_score_estimate, estimate_all, reliability_warnings
     from .engine.batch import encode_batch
     from .metrics.skip_effects import draw_cuts
     from .models.loading import load_model, resolve_spec
@@ -228,97 +390,169 @@ def run_study(
     task = get_task(task_name, **task_params)
     resolve_spec(config.model)
     out_path = Path(out) if out is not None else default_out_dir(config)
-    rd = RunDir(out_path)
-    results = _prepare_dir(rd, config, force)
+    _check_existing(out_path, config, force)
     examples = task.examples(config.n_examples)
     if not examples:
         raise ConfigError(f"task {task_name} with {task_params} produced no examples")
+    warnings: list[dict[str, Any]] = []
+    if len(examples) < config.n_examples:
+        message = (f"the task supplies {len(examples)} examples, fewer than n_examples="
+                   f"{config.n_examples}; all {len(examples)} are analysed")
+        log.warning(message)
+        warnings.append({"code": "few_examples", "message": message})
+    skipped = _answers_state(examples, config)
+    metrics = tuple(m for m in config.metrics if m not in skipped)
+    if skipped:
+        message = (f"skipped {', '.join(skipped)}: they need answers and the examples have none")
+        log.warning(message)
+        warnings.append({"code": "no_answers", "message": message})
+    log.info("loading %s", config.model)
     model = load_model(config.model, device=config.device, dtype=config.dtype,
                        backend=config.backend, process_weights=config.process_weights)
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model!r} has no tokenizer; studies need one")
     device = next(model.parameters()).device
     batch = encode_batch(model.tokenizer, examples, device=device)
+    _check_context(model, batch, config)
+    reference_examples, reference_info = ([], None)
+    reference_ids: list[list[int]] = []
+    if "erasure" in metrics:
+        reference_examples, reference_info = _reference_examples(task, config, examples, warnings)
+        reference = encode_batch(model.tokenizer, reference_examples, device=device)
+        _check_context(model, reference, config, what="reference example")
+        reference_ids = [reference.token_ids(b) for b in range(reference.size)]
     L = int(model.cfg.n_layers)
+    lens_k = _resolve_lens_k(config, int(model.cfg.d_vocab))
     cuts = [draw_cuts(int(n), config.n_cuts, f"{config.seed}:{b}", config.cut_start,
-                      config.cut_stride, config.cut_margin) for b, n in enumerate(batch.lengths.tolist())]
+                      config.cut_stride, config.cut_margin, config.skip_front)
+            for b, n in enumerate(batch.lengths.tolist())]
     if config.skip_mode == "current":
         cuts = [[] for _ in cuts]
-    rd.write_json(INPUTS, {"examples": [
-        {**ex.to_dict(), "tokens": batch.token_ids(b), "str_tokens": batch.str_tokens[b],
-         "cuts": cuts[b]} for b, ex in enumerate(examples)]})
-    results.update({
-        "format": FORMAT_VERSION,
-        "model": {"name": config.model, "n_layers": L, "d_model": int(model.cfg.d_model),
-                  "d_vocab": int(model.cfg.d_vocab),
-                  "architecture": getattr(model.cfg, "original_architecture", None),
-                  "n_params": int(sum(p.numel() for p in model.parameters())),
-                  "source": getattr(model, "effective_depth_source", {})},
-        "task": {"name": task_name, "params": task.values, "difficulty": task.difficulty,
-                 "n_examples": len(examples)},
-    })
-    results.setdefault("metrics", {})
-    results.setdefault("timing", {})
-    done: dict[str, Any] = {}
-    stored = rd.load_tensors()
-    reused, computed = [], []
-    for name in config.metrics:
-        if name in results["completed"]:
-            prefix = f"metrics.{name}."
-            tensors = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
-            done[name] = metric_from_store(name, tensors, results["metrics"][name])
-            reused.append(name)
-            continue
-        log.info("running %s", name)
-        start = time.perf_counter()
-        result = _run_metric(name, model, batch, config, cuts, done, examples, task, progress)
-        elapsed = time.perf_counter() - start
-        entry = {"meta": result.meta, "curves": result.curves()}
-        if name == "skip_effects":
-            entry["cuts"] = result.cuts
-        rd.update_tensors(f"metrics.{name}", result.tensors())
-        results["metrics"][name] = entry
-        results["timing"][name] = round(elapsed, 3)
-        results["completed"] = [m for m in METRICS if m in results["completed"] or m == name]
+    fingerprint = {
+        "model": model_fingerprint(getattr(model, "effective_depth_source", {})),
+        "inputs": inputs_fingerprint([batch.token_ids(b) for b in range(batch.size)],
+                                     batch.answer_start.tolist(), {"reference": reference_ids}),
+    }
+
+    rd = RunDir(out_path)
+    with run_lock(out_path):
+        results = _prepare_dir(rd, config, fingerprint, force, warnings)
+        rd.write_json(INPUTS, {
+            "examples": [{**ex.to_dict(), "tokens": batch.token_ids(b),
+                          "str_tokens": batch.str_tokens[b], "cuts": cuts[b]}
+                         for b, ex in enumerate(examples)],
+            "reference": None if reference_info is None else {
+                **reference_info, "examples": [ex.to_dict() for ex in reference_examples]},
+        })
+        results.update({
+            "format": FORMAT_VERSION,
+            "model": {"name": config.model, "n_layers": L, "d_model": int(model.cfg.d_model),
+                      "d_vocab": int(model.cfg.d_vocab), "n_ctx": int(model.cfg.n_ctx),
+                      "architecture": getattr(model.cfg, "original_architecture", None),
+                      "n_params": int(sum(p.numel() for p in model.parameters())),
+                      "source": getattr(model, "effective_depth_source", {})},
+            "task": {"name": task_name, "params": task.values, "difficulty": task.difficulty,
+                     "n_examples": len(examples)},
+            "settings": {"lens_k": lens_k, "rules": config.rules, "skipped_metrics": list(skipped)},
+        })
+        results.setdefault("metrics", {})
+        results.setdefault("timing", {})
+        done: dict[str, Any] = {}
+        stored = rd.load_tensors()
+        reused, computed = [], []
+        settings = _Settings(lens_k, cuts, reference_examples, reference_info)
+        for name in metrics:
+            if name in results["completed"]:
+                prefix = f"metrics.{name}."
+                tensors = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
+                done[name] = metric_from_store(name, tensors, results["metrics"][name])
+                reused.append(name)
+                continue
+            log.info("running %s", name)
+            start = time.perf_counter()
+            result = _run_metric(name, model, batch, config, settings, done, progress)
+            elapsed = time.perf_counter() - start
+            entry = {"meta": result.meta, "curves": result.curves()}
+            if name == "skip_effects":
+                entry["cuts"] = result.cuts
+            rd.update_tensors(f"metrics.{name}", result.tensors())
+            results["metrics"][name] = entry
+            results["timing"][name] = round(elapsed, 3)
+            results["completed"] = [m for m in METRICS if m in results["completed"] or m == name]
+            rd.write_json(RESULTS, results)
+            done[name] = result
+            computed.append(name)
+            if after_metric is not None:
+                after_metric(name)
+        estimates = estimate_all(done, thresholds=config.thresholds, n_boot=config.n_boot,
+                                 seed=config.seed, level=config.ci_level, rules=config.rules)
+        warnings += reliability_warnings(done, estimates, thresholds=config.thresholds,
+                                         n_boot=config.n_boot, d_vocab=int(model.cfg.d_vocab))
+        depth = {k: v.to_dict() for k, v in estimates.items()}
+        if "skip_effects" in done:
+            depth["depth_score"] = depth_score_estimate(done["skip_effects"], n_boot=config.n_boot,
+                                                        seed=config.seed, level=config.ci_level)
+        results["depth"] = depth
+        results["warnings"] = _dedupe(warnings)
+        if "behaviour" in done:
+            results["accuracy"] = done["behaviour"].accuracy()
+        results["status"] = "complete"
         rd.write_json(RESULTS, results)
-        done[name] = result
-        computed.append(name)
-        if after_metric is not None:
-            after_metric(name)
-    estimates = estimate_all(done, thresholds=config.thresholds, n_boot=config.n_boot,
-                             seed=config.seed, level=config.ci_level)
-    depth = {k: v.to_dict() for k, v in estimates.items()}
-    if "skip_effects" in done:
-        depth["depth_score"] = depth_score_estimate(done["skip_effects"], n_boot=config.n_boot,
-                                                    seed=config.seed, level=config.ci_level)
-    results["depth"] = depth
-    if "behaviour" in done:
-        results["accuracy"] = done["behaviour"].accuracy()
-    results["status"] = "complete"
-    rd.write_json(RESULTS, results)
-    if dashboard:
-        _write_dashboard(rd.path)
+        if dashboard:
+            _write_dashboard(rd.path)
     return StudyResult(rd.path, results, computed, reused)
 
 
-def _run_metric(name: str, model: Any, batch: Any, config: StudyConfig, cuts: list[list[int]],
-                done: dict[str, Any], examples: Sequence[Any], task: Any, progress: bool) -> Any:
+def _dedupe(warnings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for w in warnings:
+        key = (w.get("code"), w.get("message"))
+        if key not in seen:
+            seen.add(key)
+            out.append(w)
+    return out
+
+
+def _check_context(model: Any, batch: Any, config: StudyConfig, what: str = "example") -> None:
+    n_ctx = int(model.cfg.n_ctx)
+    too_long = [(b, int(n)) for b, n in enumerate(batch.lengths.tolist()) if n > n_ctx]
+    if too_long:
+        b, n = too_long[0]
+        raise ConfigError(
+            f"{what} {b + 1} is {n} tokens long (prompt + answer), but {config.model} reads at most "
+            f"{n_ctx}; {len(too_long)} {what}(s) are too long: shorten or drop them"
+        )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What a study derived from its config, the model and the task before measuring."""
+
+    lens_k: int
+    cuts: list[list[int]]
+    reference_examples: list[Any]
+    reference_info: dict[str, Any] | None
+
+
+def _run_metric(name: str, model: Any, batch: Any, config: StudyConfig, settings: _Settings,
+                done: dict[str, Any], progress: bool) -> Any:
     from . import metrics as M
     from .engine.batch import encode_batch
 
     common = {"progress": progress}
+    cuts = settings.cuts
     if name == "contributions":
         return M.contributions(model, batch, skip_front=config.skip_front,
                                include_front=config.include_front, batch_size=config.batch_size, **common)
     if name == "logit_lens":
-        return M.logit_lens(model, batch, k=config.lens_k, skip_front=config.skip_front,
+        return M.logit_lens(model, batch, k=settings.lens_k, skip_front=config.skip_front,
                             include_front=config.include_front, batch_size=config.batch_size, **common)
     if name == "skip_effects":
         if config.skip_mode == "future" and not any(cuts):
             raise ConfigError(
-                f"no example is long enough for future skip effects (cuts from range("
-                f"{config.cut_start}, T - {config.cut_margin}, {config.cut_stride})); set "
-                "skip_mode='current' or smaller cut_start / cut_stride"
+                f"no example is long enough for future skip effects (the longest has "
+                f"{int(batch.lengths.max())} tokens; a cut needs skip_front < t < T - cut_margin); "
+                "set skip_mode='current' or smaller cut_start / cut_stride / cut_margin"
             )
         return M.skip_effects(model, batch, mode=config.skip_mode, component=config.skip_component,
                               n_cuts=config.n_cuts, seed=config.seed, skip_front=config.skip_front,
@@ -339,11 +573,12 @@ def _run_metric(name: str, model: Any, batch: Any, config: StudyConfig, cuts: li
         sub = batch.select(list(range(min(config.map_examples, batch.size))))
         if name == "integrated_gradients":
             return M.integrated_gradients(model, sub, n_steps=config.ig_steps, **common)
-        ref_examples = task.examples(config.n_examples + config.n_reference)[config.n_examples:]
-        if len(ref_examples) < config.n_reference:
-            ref_examples = list(examples[: config.n_reference])
-        reference = encode_batch(model.tokenizer, ref_examples, device=batch.tokens.device)
-        return M.residual_erasure(model, sub, reference=reference, skip_front=config.skip_front, **common)
+        reference = encode_batch(model.tokenizer, settings.reference_examples,
+                                 device=batch.tokens.device)
+        result = M.residual_erasure(model, sub, reference=reference, skip_front=config.skip_front,
+                                    **common)
+        result.meta["reference"] = settings.reference_info
+        return result
     raise ConfigError(f"unknown metric {name!r}")
 
 

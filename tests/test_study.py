@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from effective_depth.cli import main
 from effective_depth.errors import ConfigError, ResultsError
+from effective_depth.metrics.skip_effects import draw_cuts
 from effective_depth.results import load_run
 from effective_depth.study import METRICS, StudyConfig, run_study
 
@@ -45,7 +46,7 @@ def test_run_directory_holds_the_documented_files(tmp_path, tiny_model):
     inputs = json.loads((path / "inputs.json").read_text())
     ex = inputs["examples"][0]
     assert ex["tokens"][0] == 1 and len(ex["tokens"]) == len(ex["str_tokens"])
-    assert isinstance(ex["cuts"], list) and all(c >= 8 for c in ex["cuts"])
+    assert ex["cuts"] == draw_cuts(len(ex["tokens"]), 4, "0:0")  # the documented cut rule
     run = load_run(path)
     assert run.metric("skip_effects").layer_effect.shape == (L, L)
     torch.testing.assert_close(run.metric("skip_effects").layer_effect,

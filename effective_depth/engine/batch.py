@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from ..errors import TaskError
+from ..errors import ConfigError, TaskError
 from ..models.evaluate import encode_example
 from ..tasks.base import Example
 
@@ -53,6 +53,16 @@ class Batch:
 
     def token_ids(self, b: int) -> list[int]:
         return self.tokens[b, : int(self.lengths[b])].tolist()
+
+    def require_answers(self, what: str) -> None:
+        """A :class:`ConfigError` naming the examples without answer tokens: ``what`` reads
+        the answer (exact match, erasure, integrated gradients)."""
+        missing = [b for b in range(self.size) if int(self.answer_start[b]) >= int(self.lengths[b])]
+        if missing:
+            raise ConfigError(
+                f"{what} needs an answer for every example; examples {missing[:10]} have none "
+                "(a .txt prompts file has prompts only: use .jsonl with \"answer\" fields)"
+            )
 
     def answer_predicting_positions(self, b: int) -> list[int]:
         """Positions whose next-token distribution predicts an answer token of example ``b``."""

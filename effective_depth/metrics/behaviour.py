@@ -95,6 +95,7 @@ def behaviour(
     progress: bool = False,
 ) -> Behaviour:
     """Per-example exact match for every early-exit depth and every pruning prefix of ``order``."""
+    batch.require_answers("task behaviour (exact match)")
     adapter = get_adapter(model)
     L = adapter.n_layers
     order = [int(s) for s in order]

@@ -82,10 +82,12 @@ def residual_erasure(
 ) -> Erasure:
     """The erasure map of every example in ``batch`` (the answer is each example's answer span).
 
-    The mean residuals come from ``mean_resid`` or are computed from ``reference`` (the
-    reference papers use 10 prompts of the same task); one of the two is required.
+    The mean residuals come from ``mean_resid`` or are computed from ``reference``; one of the
+    two is required. (Csordás et al.'s scripts take the mean over 10 GSM8K prompts whatever the
+    task; a study uses ``n_reference`` further examples of the analysed task.)
     """
     check_skip_front(skip_front)
+    batch.require_answers("residual erasure")
     adapter = get_adapter(model)
     if mean_resid is None:
         if reference is None:
@@ -95,7 +97,8 @@ def residual_erasure(
     if tuple(mean_resid.shape) != (L + 1, adapter.d_model):
         raise ConfigError(f"mean residuals must be [{L + 1}, {adapter.d_model}], got {tuple(mean_resid.shape)}")
     maps: list[Tensor] = [torch.zeros(0)] * batch.size
-    total = sum((L + 1) * int(n) for n in batch.lengths)
+    # positions before skip_front are never erased, so they are not counted either
+    total = sum((L + 1) * max(0, int(n) - skip_front) for n in batch.lengths)
     bar = tqdm(total=total, desc="residual erasure", disable=not progress)
     for rows, sub in prompt_chunks(batch, batch_size):
         for j, m in _erasure_chunk(adapter, sub, mean_resid, skip_front, memory_budget, suffix, bar):

@@ -74,6 +74,7 @@ def integrated_gradients(
     """Integrated-gradient attribution of the answer probability to every (block output, token)."""
     if n_steps < 1:
         raise ConfigError(f"n_steps must be >= 1, got {n_steps}")
+    batch.require_answers("integrated gradients")
     adapter = get_adapter(model)
     L = adapter.n_layers
     maps, targets = [], []

@@ -42,16 +42,57 @@ from ..engine.sweep import Row, sweep
 from ..errors import ConfigError
 from .base import EPS, MetricResult, check_skip_front, lens_prob_distance, prompt_chunks
 
-__all__ = ["SkipEffects", "skip_effects", "draw_cuts", "depth_score", "SKIP_COMPONENTS"]
+__all__ = ["SkipEffects", "skip_effects", "draw_cuts", "cut_rule", "depth_score", "SKIP_COMPONENTS"]
 
 SKIP_COMPONENTS = ("block", "attn", "mlp", "local")
 
 
+#: METHODS' cut rule: ``range(8, T - 4, 8)`` (start, stride, margin)
+METHODS_CUTS = (8, 8, 4)
+
+
+def cut_rule(
+    length: int,
+    n_cuts: int = 4,
+    start: int | None = None,
+    stride: int | None = None,
+    margin: int | None = None,
+    skip_front: int = 1,
+) -> tuple[int, int, int]:
+    """``(start, stride, margin)`` of the cut range of a prompt of ``length`` tokens.
+
+    Any value given is used as given (the others default to METHODS' 8, 8, 4). With none given
+    (the default), the rule fits the prompt: METHODS' ``range(8, T − 4, 8)`` whenever it holds at
+    least ``n_cuts`` positions (prompts of ``T ≥ 8·n_cuts + 5`` tokens), otherwise ``n_cuts``
+    evenly spread cuts: ``margin = min(4, max(1, T // 8))``, ``start = min(8, max(skip_front + 1,
+    T // 4))``, ``stride = max(1, (T − margin − start) // n_cuts)``.
+    """
+    if start is not None or stride is not None or margin is not None:
+        d_start, d_stride, d_margin = METHODS_CUTS
+        return (d_start if start is None else start, d_stride if stride is None else stride,
+                d_margin if margin is None else margin)
+    s, st, m = METHODS_CUTS
+    if len(range(s, length - m, st)) >= n_cuts:
+        return METHODS_CUTS
+    margin = min(4, max(1, length // 8))
+    start = min(8, max(skip_front + 1, length // 4))
+    stride = max(1, (length - margin - start) // n_cuts)
+    return start, stride, margin
+
+
 def draw_cuts(
-    length: int, n_cuts: int = 4, seed: int | str = 0, start: int = 8, stride: int = 8, margin: int = 4
+    length: int,
+    n_cuts: int = 4,
+    seed: int | str = 0,
+    start: int | None = None,
+    stride: int | None = None,
+    margin: int | None = None,
+    skip_front: int = 1,
 ) -> list[int]:
     """Cut positions for one prompt of ``length`` tokens: ``range(start, length − margin,
-    stride)`` shuffled with ``random.Random(seed)``, first ``n_cuts`` kept."""
+    stride)`` (see :func:`cut_rule`) shuffled with ``random.Random(seed)``, first ``n_cuts``
+    kept."""
+    start, stride, margin = cut_rule(length, n_cuts, start, stride, margin, skip_front)
     cuts = list(range(start, length - margin, stride))
     random.Random(seed).shuffle(cuts)
     return cuts[:n_cuts]
@@ -186,9 +227,9 @@ def skip_effects(
     skip_front: int = 1,
     aggregate: Literal["max", "mean"] = "max",
     cuts: Sequence[Sequence[int]] | None = None,
-    cut_start: int = 8,
-    cut_stride: int = 8,
-    cut_margin: int = 4,
+    cut_start: int | None = None,
+    cut_stride: int | None = None,
+    cut_margin: int | None = None,
     batch_size: int = 8,
     memory_budget: int | None = None,
     progress: bool = False,
@@ -211,7 +252,8 @@ def skip_effects(
     if mode == "future":
         if cuts is None:
             cuts = [
-                draw_cuts(int(n), n_cuts, f"{seed}:{b}", cut_start, cut_stride, cut_margin)
+                draw_cuts(int(n), n_cuts, f"{seed}:{b}", cut_start, cut_stride, cut_margin,
+                          skip_front)
                 for b, n in enumerate(batch.lengths.tolist())
             ]
         cuts = [list(c) for c in cuts]
@@ -223,8 +265,8 @@ def skip_effects(
                 raise ConfigError(f"cut positions {bad} of prompt {b} outside {skip_front + 1}..{n - 1}")
         if not any(cuts):
             raise ConfigError(
-                "no prompt is long enough for future effects (cuts are drawn from "
-                f"range({cut_start}, T - {cut_margin}, {cut_stride})); use mode='current', longer "
+                "no prompt is long enough for future effects (see cut_rule: a cut needs "
+                f"skip_front < t < T, with skip_front={skip_front}); use mode='current', longer "
                 "prompts, or smaller cut_start/cut_stride"
             )
     else:

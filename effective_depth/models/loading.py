@@ -327,18 +327,43 @@ def _load_tokenizer(path: Path, trust_remote_code: bool) -> Any:
         return None
 
 
-def _load_hf_model(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> Any:
+def _load_hf_model(path: Path, dtype: torch.dtype, trust_remote_code: bool,
+                   shown: Path | None = None, **kwargs: Any) -> Any:
+    """The Hugging Face model in ``path`` (``shown``: the path to name in errors)."""
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             str(path),
             dtype=dtype,
             local_files_only=True,
             trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            **kwargs,
         )
     except Exception as exc:
-        raise ModelError(f"transformers could not load the checkpoint in {path}: {exc}") from exc
+        raise ModelError(f"transformers could not load the checkpoint in {shown or path}: {exc}") from exc
+    check_loading_info(shown or path, info)
+    return model
+
+
+def check_loading_info(path: Path | str, info: dict[str, Any]) -> None:
+    """A :class:`ModelError` when the checkpoint's weights do not cover the model exactly:
+    parameters left at their random initialisation (missing), weights the model never reads
+    (unexpected) or of the wrong shape (mismatched) — any of them makes every number wrong."""
+    problems = []
+    for key, what in (("missing_keys", "missing (would be randomly initialised)"),
+                      ("unexpected_keys", "unused (not part of the model)"),
+                      ("mismatched_keys", "of the wrong shape")):
+        names = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get(key) or [])
+        if names:
+            shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+            problems.append(f"{len(names)} weights {what}: {shown}")
+    if problems:
+        raise ModelError(
+            f"the checkpoint in {path} does not match its config: " + "; ".join(problems)
+            + ". Check that the weight files are complete and belong to this config.json"
+        )
 
 
 def _load_local_hooked(
@@ -430,9 +455,18 @@ def _load_bridge(
 ) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
+    hf_model = None
+    if Path(path_or_name).is_dir():
+        # load the weights ourselves, so that missing or unused weights are an error
+        with staged_checkpoint(Path(path_or_name)) as staged:
+            hf_model = _load_hf_model(staged, dtype, trust_remote_code,
+                                      shown=Path(path_or_name), attn_implementation="eager")
+        if n_devices == 1:
+            hf_model = hf_model.to(device)
     try:
         bridge = TransformerBridge.boot_transformers(
             path_or_name,
+            hf_model=hf_model,
             device=None if n_devices > 1 else device,
             dtype=dtype,
             trust_remote_code=trust_remote_code,

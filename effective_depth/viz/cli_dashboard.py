@@ -51,8 +51,7 @@ def _build(run_dirs: tuple[Path, ...], out: Path, fmt: str, comparison: dict[str
 
 
 @click.command("dashboard")
-@click.argument("run_dirs", nargs=-1, required=True,
-                type=click.Path(file_okay=False, path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("dashboard.html"),
               show_default=True,
               help="The HTML file to write; with --format png/svg, a directory for the images.")
@@ -66,15 +65,24 @@ def _build(run_dirs: tuple[Path, ...], out: Path, fmt: str, comparison: dict[str
 @click.option("--open", "open_browser", is_flag=True, help="Open the result in a web browser.")
 def dashboard_cmd(run_dirs: tuple[Path, ...], out: Path, fmt: str, comparison_file: Path | None,
                   open_browser: bool) -> None:
-    """Build one self-contained HTML dashboard from one or more RUN_DIRs.
+    """Build one self-contained HTML dashboard from one or more RUN_DIRs (run directories,
+    sweep output directories or a glob's mix; non-runs and incomplete runs are skipped with a
+    note).
 
     The file embeds plotly.js and every figure, needs no network, and shows for each run its
     configuration, the effective-depth table with confidence intervals and every figure; with
     several runs, a selector switches between them and comparison figures (scale, training
     type, difficulty) are added.
     """
+    from ..results import find_runs
+
     try:
-        target = _build(run_dirs, out, fmt, _read_comparison(comparison_file))
+        found, notes = find_runs(run_dirs)
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+        if not found:
+            raise ConfigError(f"no complete run directory among {', '.join(map(str, run_dirs))}")
+        target = _build(tuple(found), out, fmt, _read_comparison(comparison_file))
     except EffectiveDepthError as exc:  # one line, also when the command runs on its own
         raise click.ClickException(str(exc)) from None
     if open_browser:
