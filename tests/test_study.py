@@ -195,8 +195,22 @@ def test_ray_grid_equals_local_grid(tmp_path, tiny_model):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         remote = run_grid(_grid(tmp_path / "ray", tiny_model), executor="ray")
+        # a cell that fails at run time: one line, and the other cells still finish
+        from effective_depth.grid import grid_from_dict
+
+        failing = grid_from_dict({
+            "out": str(tmp_path / "failing"), "models": [tiny_model],
+            "base": {"n_examples": 3, "metrics": ["logit_lens"], "n_boot": 10},
+            "tasks": [{"name": "addition", "levels": {"digits": [2, 3]}},
+                      {"name": "prompts", "params": {"path": str(tmp_path / "gone.jsonl")}}],
+        })
+        seen = []
+        mixed = run_grid(failing, executor="ray", progress=False, on_cell=seen.append)
     finally:
         ray.shutdown()
+    assert len(seen) == 3 and [("error" in s) for s in mixed] == [False, False, True]
+    assert "does not exist" in mixed[2]["error"] and "\n" not in mixed[2]["error"]
+    assert (tmp_path / "failing" / "comparison" / "comparison.json").is_file()
     assert len(remote) == len(local) == 4
     for a, b in zip(local, remote):
         ra = json.loads((tmp_path / "local" / "grid" / a["out"].split("/grid/")[-1] / "results.json").read_text())
