@@ -25,3 +25,21 @@ def test_guide_code_runs(name, capsys):
     assert "hooks vs resumed" in out
     # the slow hooked forward and the fast sweep agree
     assert namespace["fast"].item() == pytest.approx(namespace["slow"].item(), abs=1e-5)
+
+
+def test_docs_are_self_contained_and_name_real_tasks():
+    from effective_depth.tasks import list_tasks
+
+    root = DOCS.parent
+    for path in [root / "README.md", *DOCS.glob("*.md")]:
+        assert "METHODS.md" not in path.read_text(), f"{path.name} cites METHODS.md, which users never see"
+    line = next(x for x in (root / "README.md").read_text().splitlines()
+                if x.startswith("effective-depth tasks"))
+    named = [w.strip(" .,") for w in line.split("#", 1)[1].split(",")]
+    assert all(w in list_tasks() for w in named if w and w != "..."), named
+    methods = (DOCS / "methods.md").read_text()
+    for section in range(1, 9):
+        assert f"## {section}." in methods
+    for code in ("overlap_at_chance", "few_cuts", "few_prompts", "no_bootstrap",
+                 "erasure_reference", "no_answers", "inputs_changed"):
+        assert code in methods and code in (DOCS / "failure_modes.md").read_text()
