@@ -53,6 +53,19 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, width=None if sys.stdout.isatty() else 120)
 
 
+class _MetricsOption(click.Option):
+    """``--metrics``, whose help lists the registered measurements (read when help is shown,
+    so that ``effective-depth --help`` does not import the measurements)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from .registry import metric_names
+
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        return record[0], f"{record[1]} Choose from: {', '.join(metric_names())}."
+
+
 @main.command("models")
 @click.option("--official", is_flag=True, help="Also list TransformerLens's official model names.")
 def models_cmd(official: bool) -> None:
@@ -99,6 +112,25 @@ def models_cmd(official: bool) -> None:
             "\nAlso loadable: TransformerLens official names (list them with --official), "
             "Hugging Face hub ids of a supported architecture, local checkpoint directories."
         )
+
+
+@main.command("metrics")
+def metrics_cmd() -> None:
+    """List the registered measurements and the effective-depth estimators each one feeds."""
+    from rich.table import Table
+
+    from .registry import metric_specs
+
+    table = Table(title="Measurements (run order)", show_lines=True)
+    for col in ("measurement", "description", "needs", "estimators (default threshold)"):
+        table.add_column(col)
+    for spec in metric_specs():
+        needs = ", ".join(n for n, flag in (("answers", spec.needs_answers),
+                                            ("reference prompts", spec.needs_reference)) if flag)
+        ests = "\n".join(f"{e.name} ({e.threshold})" if e.threshold is not None else e.name
+                         for e in spec.estimators)
+        table.add_row(spec.name, spec.description, needs or "-", ests or "-")
+    _console().print(table)
 
 
 @main.command("tasks")
@@ -171,8 +203,8 @@ def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
               "See `effective-depth tasks`.")
 @click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
               help="Task parameter, e.g. --param digits=3 (repeatable).")
-@click.option("--metrics", multiple=True, metavar="M1,M2", help="Measurements to run (default: all): "
-              "contributions, logit_lens, skip_effects, behaviour, erasure, integrated_gradients.")
+@click.option("--metrics", multiple=True, metavar="M1,M2", cls=_MetricsOption,
+              help="Measurements to run (default: all registered).")
 @click.option("--n-examples", "-n", type=int, default=None, help="Examples to analyse (default 20).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Run directory (default: runs/MODEL__TASK...).")

@@ -23,21 +23,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .depth import (
-    DEFAULT_THRESHOLDS,
-    ESTIMATOR_INPUTS,
-    _rules,
-    bootstrap_indices,
-    percentile_ci,
-    spearman_bootstrap,
-)
+from .depth import bootstrap_indices, estimator_rules, percentile_ci, spearman_bootstrap
 from .errors import ConfigError
 from .results import Run, load_run
 
-__all__ = ["compare_runs", "comparison_tables", "write_comparison", "ESTIMATORS"]
-
-ESTIMATORS = tuple(ESTIMATOR_INPUTS)
+__all__ = ["compare_runs", "comparison_tables", "write_comparison", "estimator_names"]
 log = logging.getLogger(__name__)
+
+
+def estimator_names() -> tuple[str, ...]:
+    """Every registered estimator, in study order."""
+    from .registry import estimator_specs
+
+    return tuple(estimator_specs())
 
 
 def _task_key(run: Run) -> str:
@@ -65,31 +63,34 @@ class _RunRules:
     def __init__(self, run: Run) -> None:
         self.run = run
         self._rules: dict[str, Callable[[Any], Any]] | None = None
-        self._skips: Any = None
+        self._results: dict[str, Any] = {}
 
     @property
     def rules(self) -> dict[str, Callable[[Any], Any]]:
         if self._rules is None:
-            metrics = {m: self.run.metric(m) for m in self.run.completed
-                       if m in ESTIMATOR_INPUTS.values()}
+            from .registry import estimator_specs
+
+            needed = {spec.metric for spec in estimator_specs().values()}
+            metrics = {m: self.run.metric(m) for m in self.run.completed if m in needed}
             cfg = self.run.config.get("config", {})
-            th = {**DEFAULT_THRESHOLDS, **cfg.get("thresholds", {})}
-            self._rules = _rules(metrics, th, cfg.get("rules", "toolkit"))
+            self._rules = estimator_rules(metrics, cfg.get("thresholds", {}),
+                                          cfg.get("rules", "toolkit"))
         return self._rules
 
     def n_prompts(self) -> int:
         return int(self.run.results.get("task", {}).get("n_examples", 0))
 
-    def depth_score(self, idx: Any) -> float | None:
-        """Csordás's depth score from the run's skip effects on prompts ``idx``."""
-        if "skip_effects" not in self.run.completed:
-            return None
-        from .metrics.skip_effects import depth_score
+    def score(self, name: str, idx: Any) -> float | None:
+        """The registered scalar score ``name`` (e.g. Csordás's depth score) on prompts ``idx``."""
+        from .registry import score_specs
 
-        if self._skips is None:
-            self._skips = self.run.metric("skip_effects")
-        value = depth_score(self._skips.layer_effect_of(idx))
-        return None if math.isnan(value) else value
+        metric, fn = score_specs()[name]
+        if metric not in self.run.completed:
+            return None
+        if metric not in self._results:
+            self._results[metric] = self.run.metric(metric)
+        value = fn(self._results[metric], idx)
+        return None if value is None or math.isnan(value) else value
 
     def ratio(self, estimator: str, idx: Any) -> float | None:
         rule = self.rules.get(estimator)
@@ -127,10 +128,11 @@ def compare_runs(
     if not loaded:
         raise ConfigError("compare needs at least one complete run directory"
                           + (f" ({len(skipped)} incomplete skipped)" if skipped else ""))
-    ests = list(estimators or ESTIMATORS)
-    bad = [e for e in ests if e not in ESTIMATORS]
+    known = estimator_names()
+    ests = list(estimators or known)
+    bad = [e for e in ests if e not in known]
     if bad:
-        raise ConfigError(f"unknown estimators {bad}; choose from {', '.join(ESTIMATORS)}")
+        raise ConfigError(f"unknown estimators {bad}; choose from {', '.join(known)}")
     rules = {id(r): _RunRules(r) for r in loaded}
     out: dict[str, Any] = {"estimators": ests, "runs": [], "scale": [], "training": [],
                            "difficulty": [], "skipped": skipped}
@@ -226,14 +228,18 @@ def _difficulty_rows(loaded: list[Run], rules: dict[int, _RunRules], ests: list[
                 "rho": trend["rho"], "rho_ci": trend["ci"],
                 "undefined_fraction": trend["undefined_fraction"],
             })
-        if all("skip_effects" in r.completed for r in members):
-            # Csordás et al.'s own difficulty measure: the centre of mass of the future effects
-            fns = [lambda idx, rr=rules[id(r)]: rr.depth_score(idx) for r in members]
+        from .registry import score_specs
+
+        for score, (metric, _) in score_specs().items():
+            # scalar scores such as Csordás et al.'s depth score get the same trend test
+            if not all(metric in r.completed for r in members):
+                continue
+            fns = [lambda idx, rr=rules[id(r)], score=score: rr.score(score, idx) for r in members]
             trend = spearman_bootstrap(levels, fns, [rules[id(r)].n_prompts() for r in members],
                                        n_boot=n_boot, seed=seed, level=level)
-            scores = [(r.results.get("depth", {}).get("depth_score") or {}) for r in members]
+            scores = [(r.results.get("depth", {}).get(score) or {}) for r in members]
             rows.append({
-                "model": model, "task": task, "estimator": "depth_score", "levels": levels,
+                "model": model, "task": task, "estimator": score, "levels": levels,
                 "runs": [str(r.path) for r in members],
                 "ratios": [s.get("value") for s in scores], "cis": [s.get("ci") for s in scores],
                 "rho": trend["rho"], "rho_ci": trend["ci"],

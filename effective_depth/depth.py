@@ -29,10 +29,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from .errors import ConfigError
+from .registry import default_thresholds, estimator_specs
+from .stats import (
+    REFERENCE_NOTE,
+    RULE_SETS,
+    Rule,
+    bootstrap_indices,
+    ed_cos,
+    ed_kl,
+    ed_overlap,
+    ed_prune,
+    ed_skip,
+    ed_task,
+    percentile_ci,
+)
 
 __all__ = [
     "Estimate",
@@ -48,119 +60,13 @@ __all__ = [
     "percentile_ci",
     "spearman",
     "spearman_bootstrap",
-    "DEFAULT_THRESHOLDS",
+    "estimator_rules",
+    "estimate_all",
+    "reliability_warnings",
+    "depth_score_estimate",
+    "default_thresholds",
     "RULE_SETS",
 ]
-
-#: the published thresholds, and this toolkit's defaults for its own estimators
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "ed_kl": 0.5,
-    "ed_overlap": 0.3,
-    "ed_skip": 0.1,
-    "ed_task": 0.01,
-    "ed_prune": 0.01,
-}
-
-#: ``toolkit``: the rules above over every lens tap 0..L-1; ``reference``: as the seed notebook of
-#: Hu et al. 2025 — ``ed_kl``/``ed_overlap`` search taps 0..L-2 only and return -1 (ratio 0) when
-#: no tap meets the rule
-RULE_SETS = ("toolkit", "reference")
-
-REFERENCE_NOTE = ("reference rules (seed notebook): only lens taps 0..L-2 are searched; none met "
-                  "the rule, so the block is -1 and the ratio 0, as the notebook reports")
-
-#: a rule's answer: the block index, or None and the reason it is undefined
-Rule = tuple[int | None, str | None]
-
-
-def _as_curve(name: str, curve: Any) -> Tensor:
-    t = torch.as_tensor(curve, dtype=torch.float64).flatten()
-    if t.numel() == 0:
-        raise ConfigError(f"{name}: the curve is empty")
-    bad = torch.isnan(t).nonzero().flatten().tolist()
-    if bad:
-        raise ConfigError(f"{name}: the curve has NaN at layers {bad}; cannot estimate a depth")
-    return t
-
-
-def ed_cos(cos_attn: Any, cos_mlp: Any, cos_block: Any) -> Rule:
-    """The last ``l`` with ``c[l] < 0 ≤ c[l+1]``, ``c`` the mean of the three cosine curves."""
-    a, m, b = (_as_curve("ed_cos", x) for x in (cos_attn, cos_mlp, cos_block))
-    if not a.shape == m.shape == b.shape:
-        raise ConfigError("ed_cos: the three cosine curves differ in length")
-    c = (a + m + b) / 3
-    hits = [layer for layer in range(len(c) - 1) if c[layer] < 0 <= c[layer + 1]]
-    if not hits:
-        if bool((c >= 0).all()):
-            return None, "the mean cosine is never negative: no block erases the residual stream"
-        return None, "the mean cosine never crosses from negative to non-negative"
-    return hits[-1], None
-
-
-def ed_kl(kl: Any, tau: float = 0.5) -> Rule:
-    """The first ``l`` with ``kl[l] < τ · max(kl)``."""
-    _check_tau("ed_kl", tau)
-    k = _as_curve("ed_kl", kl)
-    top = float(k.max())
-    if top <= 0:
-        return None, "the KL is 0 at every layer: the lens equals the output from the embedding on"
-    hits = (k < tau * top).nonzero().flatten()
-    if len(hits) == 0:
-        return None, f"the KL never falls below {tau} x its maximum"
-    return int(hits[0]), None
-
-
-def ed_overlap(overlap: Any, tau: float = 0.3) -> Rule:
-    """The first ``l`` with ``overlap[l] > τ``."""
-    _check_tau("ed_overlap", tau)
-    o = _as_curve("ed_overlap", overlap)
-    hits = (o > tau).nonzero().flatten()
-    if len(hits) == 0:
-        return None, f"the top-k overlap never exceeds {tau}"
-    return int(hits[0]), None
-
-
-def ed_skip(output_effect: Any, tau: float = 0.1) -> Rule:
-    """The last block whose output effect exceeds ``τ`` times the largest one."""
-    _check_tau("ed_skip", tau)
-    e = _as_curve("ed_skip", output_effect)
-    top = float(e.max())
-    if top <= 0:
-        return None, "skipping any block leaves the output unchanged"
-    hits = (e > tau * top).nonzero().flatten()
-    return int(hits[-1]), None
-
-
-def ed_task(accuracy_by_exit: Any, full_accuracy: float, eps: float = 0.01) -> Rule:
-    """``accuracy_by_exit[n]`` is the accuracy after the first ``n`` blocks (n = 0..L); the
-    answer is the smallest ``n`` within ``eps`` of the full model, as block index ``n − 1``
-    (at least 0)."""
-    acc = _as_curve("ed_task", accuracy_by_exit)
-    if full_accuracy <= 0:
-        return None, "the full model solves none of the examples"
-    hits = (acc >= full_accuracy - eps - 1e-12).nonzero().flatten()
-    if len(hits) == 0:  # cannot happen when acc[-1] is the full model; kept for hand-built curves
-        return None, f"no exit depth reaches the full accuracy within {eps}"
-    return max(int(hits[0]) - 1, 0), None
-
-
-def ed_prune(accuracy_by_pruned: Any, full_accuracy: float, eps: float = 0.01) -> Rule:
-    """``accuracy_by_pruned[k]`` is the accuracy with the first ``k`` blocks of the pruning order
-    skipped together (k = 0..L); the answer is ``L − k* − 1`` for the largest admissible ``k*``."""
-    acc = _as_curve("ed_prune", accuracy_by_pruned)
-    L = len(acc) - 1
-    if full_accuracy <= 0:
-        return None, "the full model solves none of the examples"
-    ok = (acc >= full_accuracy - eps - 1e-12).nonzero().flatten()
-    k = int(ok.max()) if len(ok) else 0
-    if k >= L:
-        return None, "every block can be skipped without losing accuracy"
-    return L - k - 1, None
-
-
-def _check_tau(name: str, tau: float) -> None:
-    if not (0 < tau < 1) or math.isnan(tau):
-        raise ConfigError(f"{name}: threshold must be in (0, 1), got {tau}")
 
 
 @dataclass
@@ -206,26 +112,6 @@ class Estimate:
             if kw.get(key) is not None:
                 kw[key] = tuple(kw[key])
         return cls(**kw)
-
-
-def bootstrap_indices(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """``[n_boot, n]`` prompt indices drawn with replacement from a private generator."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, n, size=(n_boot, n))
-
-
-def percentile_ci(
-    values: Sequence[Any], level: float = 0.95, discrete: bool = False
-) -> tuple[float, float] | None:
-    """Percentile interval of ``values`` (None and NaN ignored). ``discrete`` keeps the bounds
-    on observed values (block indices), instead of interpolating between them."""
-    vals = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if len(vals) == 0:
-        return None
-    alpha = (1 - level) / 2
-    method = "inverted_cdf" if discrete else "linear"
-    return (float(np.quantile(vals, alpha, method=method)),
-            float(np.quantile(vals, 1 - alpha, method=method)))
 
 
 def bootstrap_estimate(
@@ -322,65 +208,15 @@ def spearman_bootstrap(
 
 
 #: which measurement each estimator needs
-ESTIMATOR_INPUTS: dict[str, str] = {
-    "ed_cos": "contributions",
-    "ed_kl": "logit_lens",
-    "ed_overlap": "logit_lens",
-    "ed_skip": "skip_effects",
-    "ed_task": "behaviour",
-    "ed_prune": "behaviour",
-}
-
-
-def _first_hit_reference(curve: Tensor, tau: float, kind: str) -> Rule:
-    c = _as_curve(kind, curve)
-    searched = c[:-1]
-    if kind == "ed_kl":
-        hits = (searched < tau * float(c.max())).nonzero().flatten()
-    else:
-        hits = (searched > tau).nonzero().flatten()
-    return (int(hits[0]), None) if len(hits) else (-1, None)
-
-
-def _rules(metrics: Mapping[str, Any], thresholds: Mapping[str, float],
-           rules_set: str = "toolkit") -> dict[str, Callable[[Any], Rule]]:
-    if rules_set not in RULE_SETS:
-        raise ConfigError(f"rules must be one of {', '.join(RULE_SETS)}, got {rules_set!r}")
-    kl_rule: Callable[[Any, float], Rule] = ed_kl
-    overlap_rule: Callable[[Any, float], Rule] = ed_overlap
-    if rules_set == "reference":
-        def kl_rule(curve: Any, tau: float) -> Rule:
-            return _first_hit_reference(curve, tau, "ed_kl")
-
-        def overlap_rule(curve: Any, tau: float) -> Rule:
-            return _first_hit_reference(curve, tau, "ed_overlap")
-    rules: dict[str, Callable[[Any], Rule]] = {}
-    c = metrics.get("contributions")
-    if c is not None:
-        rules["ed_cos"] = lambda idx: ed_cos(c.curve("cos_attn", idx), c.curve("cos_mlp", idx),
-                                             c.curve("cos_block", idx))
-    lens = metrics.get("logit_lens")
-    if lens is not None:
-        rules["ed_kl"] = lambda idx: kl_rule(lens.kl_of(idx)[: lens.meta["n_layers"]],
-                                             thresholds["ed_kl"])
-        rules["ed_overlap"] = lambda idx: overlap_rule(lens.overlap_of(idx)[: lens.meta["n_layers"]],
-                                                       thresholds["ed_overlap"])
-    skips = metrics.get("skip_effects")
-    if skips is not None:
-        def _skip(idx: Any) -> Rule:
-            effect = skips.output_effect_of(idx)
-            if bool(torch.isnan(effect).any()):
-                return None, "no prompt in the sample has a cut position"
-            return ed_skip(effect, thresholds["ed_skip"])
-
-        rules["ed_skip"] = _skip
-    beh = metrics.get("behaviour")
-    if beh is not None:
-        rules["ed_task"] = lambda idx: ed_task(beh.accuracy_by_exit(idx), beh.accuracy(idx),
-                                               thresholds["ed_task"])
-        rules["ed_prune"] = lambda idx: ed_prune(beh.accuracy_by_prune(idx), beh.accuracy(idx),
-                                                 thresholds["ed_prune"])
-    return rules
+def estimator_rules(metrics: Mapping[str, Any], thresholds: Mapping[str, float] | None = None,
+                    rules: str = "toolkit") -> dict[str, Callable[[Sequence[int] | None], Rule]]:
+    """The rule of every registered estimator whose measurement is in ``metrics`` (name ->
+    result object), as a function of a prompt sample (indices, or None for all prompts)."""
+    if rules not in RULE_SETS:
+        raise ConfigError(f"rules must be one of {', '.join(RULE_SETS)}, got {rules!r}")
+    th = {**default_thresholds(), **(thresholds or {})}
+    return {name: spec.rule(metrics[spec.metric], th.get(name), rules)
+            for name, spec in estimator_specs().items() if spec.metric in metrics}
 
 
 def estimate_all(
@@ -398,12 +234,13 @@ def estimate_all(
     2025 does (see :data:`RULE_SETS`); such an estimate says so in its ``params`` and, when it
     is -1, in its ``notes``.
     """
-    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    th = {**default_thresholds(), **(thresholds or {})}
+    specs = estimator_specs()
     out: dict[str, Estimate] = {}
-    for name, rule in _rules(metrics, th, rules).items():
-        source = metrics[ESTIMATOR_INPUTS[name]]
+    for name, rule in estimator_rules(metrics, th, rules).items():
+        source = metrics[specs[name].metric]
         L = int(source.meta["n_layers"])
-        params = {"threshold": th[name]} if name in th else {}
+        params: dict[str, Any] = {"threshold": th[name]} if name in th else {}
         if rules == "reference" and name in ("ed_kl", "ed_overlap"):
             params["rules"] = "reference"
         est = bootstrap_estimate(name, rule, source.n_prompts, L, n_boot=n_boot, seed=seed,
@@ -414,16 +251,12 @@ def estimate_all(
     return out
 
 
-def depth_score_estimate(skips: Any, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+def depth_score_estimate(skips: Any, *, n_boot: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> dict[str, Any]:
     """Csordás's depth score (centre of mass of future effects) with a bootstrap CI."""
-    from .metrics.skip_effects import depth_score
+    from .metrics.skip_effects import depth_score_estimate as estimate
 
-    point = depth_score(skips.layer_effect)
-    values = [depth_score(skips.layer_effect_of(idx.tolist()))
-              for idx in bootstrap_indices(skips.n_prompts, n_boot, seed)] if n_boot else []
-    ci = percentile_ci(values, level)
-    return {"value": None if math.isnan(point) else point, "ci": None if ci is None else list(ci),
-            "n_boot": n_boot, "n_layers": skips.n_layers}
+    return estimate(skips, n_boot=n_boot, seed=seed, level=level)
 
 
 #: fewer prompts than this make a bootstrap CI a statement about a handful of examples
@@ -440,12 +273,13 @@ def reliability_warnings(
 ) -> list[dict[str, Any]]:
     """Conditions under which an estimate is decided by chance or by too few prompts.
 
-    Each warning is also added to the estimate's ``notes``. Checked: the top-k overlap threshold
-    against the overlap two unrelated top-k sets have by chance (``k / V``: a warning when ``τ <
-    2 k / V``); future skip effects where fewer than half of the prompts have a cut position;
-    fewer than :data:`MIN_PROMPTS` prompts; ``n_boot = 0`` (no interval at all).
+    Each warning is also added to the estimate's ``notes``. Each estimator's own checks (e.g.
+    ``ed_overlap``: a threshold below twice the chance overlap of unrelated top-k sets;
+    ``ed_skip``: fewer than half of the prompts with a cut position), then for every estimate:
+    fewer than :data:`MIN_PROMPTS` prompts, and ``n_boot = 0`` (no interval at all).
     """
-    th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    th = {**default_thresholds(), **(thresholds or {})}
+    specs = estimator_specs()
     out: list[dict[str, Any]] = []
 
     def warn(code: str, message: str, names: Sequence[str]) -> None:
@@ -454,26 +288,15 @@ def reliability_warnings(
         for n in names:
             estimates[n].notes.append(message)
 
-    lens = metrics.get("logit_lens")
-    if lens is not None and d_vocab and "ed_overlap" in estimates:
-        k = int(lens.meta.get("k", 5))
-        chance = k / d_vocab
-        if th["ed_overlap"] < 2 * chance:
-            warn("overlap_at_chance",
-                 f"ed_overlap: threshold {th['ed_overlap']} is below twice the chance overlap of "
-                 f"unrelated top-{k} sets ({k}/{d_vocab} = {chance:.3f}); use a smaller lens_k",
-                 ["ed_overlap"])
-    skips = metrics.get("skip_effects")
-    if skips is not None and skips.meta.get("mode") == "future":
-        with_cut = sum(1 for c in skips.cuts if c)
-        if with_cut < skips.n_prompts / 2:
-            warn("few_cuts",
-                 f"future skip effects: only {with_cut} of {skips.n_prompts} prompts are long "
-                 "enough for a cut position; ed_skip and the depth score rest on those",
-                 ["ed_skip"])
     for name in estimates:
-        source = metrics.get(ESTIMATOR_INPUTS.get(name, ""))
-        n = getattr(source, "n_prompts", None)
+        spec = specs.get(name)
+        if spec is None or spec.checks is None or spec.metric not in metrics:
+            continue
+        for code, message in spec.checks(metrics[spec.metric], th.get(name), d_vocab):
+            warn(code, message, [name])
+    for name in estimates:
+        spec = specs.get(name)
+        n = getattr(metrics.get(spec.metric) if spec else None, "n_prompts", None)
         if n is not None and n < MIN_PROMPTS:
             warn("few_prompts", f"{name}: estimated from {n} prompts (fewer than {MIN_PROMPTS}); "
                  "its CI describes those prompts, not the task", [name])

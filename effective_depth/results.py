@@ -149,31 +149,19 @@ class RunDir:
 
 
 def metric_types() -> dict[str, Any]:
-    """Result class of every measurement, by name."""
-    from .metrics.behaviour import Behaviour
-    from .metrics.contributions import Contributions
-    from .metrics.erasure import Erasure
-    from .metrics.integrated_gradients import IntegratedGradients
-    from .metrics.logit_lens import LogitLens
-    from .metrics.skip_effects import SkipEffects
+    """Result class of every registered measurement, by name."""
+    from .registry import metric_specs
 
-    return {t.name: t for t in (Contributions, LogitLens, SkipEffects, Behaviour, Erasure,
-                                IntegratedGradients)}
-
+    return {spec.name: spec.result_type for spec in metric_specs()}
 
 
 def metric_from_store(name: str, tensors: dict[str, Any], entry: dict[str, Any]) -> Any:
     """Rebuild a metric result object from its tensors and its results.json entry."""
     types = metric_types()
     if name not in types:
-        raise ResultsError(f"unknown metric {name!r} in results")
-    cls = types[name]
-    meta, curves = entry.get("meta", {}), entry.get("curves", {})
-    if name == "skip_effects":
-        return cls.from_tensors(tensors, meta, entry.get("cuts", []))
-    if name in ("erasure", "integrated_gradients"):
-        return cls.from_tensors(tensors, meta, curves.get("str_tokens", []))
-    return cls.from_tensors(tensors, meta)
+        raise ResultsError(f"{name!r} in the results is not a registered measurement "
+                           f"(registered: {', '.join(types)})")
+    return types[name].from_entry(tensors, entry)
 
 
 @dataclass

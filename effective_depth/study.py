@@ -34,15 +34,17 @@ from .results import (
     metric_from_store,
 )
 
-__all__ = ["StudyConfig", "METRICS", "run_study", "resolve_task", "default_out_dir", "StudyResult"]
+__all__ = ["StudyConfig", "run_study", "resolve_task", "default_out_dir", "StudyResult"]
 
 log = logging.getLogger(__name__)
 
-#: measurement names in the order a study runs them
-METRICS = ("contributions", "logit_lens", "skip_effects", "behaviour", "erasure",
-           "integrated_gradients")
-#: measurements that read the examples' answers
-NEEDS_ANSWERS = ("behaviour", "erasure", "integrated_gradients")
+
+def __getattr__(name: str) -> Any:
+    if name == "METRICS":  # every registered measurement, in study order (read at access time)
+        from .registry import metric_names
+
+        return metric_names()
+    raise AttributeError(name)
 
 
 def _freeze(params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -58,13 +60,14 @@ def _split(metrics: str | Sequence[str]) -> list[str]:
 class StudyConfig:
     """Everything a study depends on; saved as ``config.json`` beside the results.
 
-    ``task=None`` takes the task the zoo model was trained on (from its card).
+    ``task=None`` takes the task the zoo model was trained on (from its card); ``metrics=()``
+    every registered measurement (``effective_depth.registry``).
     """
 
     model: str = "zoo/add-4l"
     task: str | None = None
     task_params: dict[str, Any] = field(default_factory=dict)
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] = ()
     n_examples: int = 20
     seed: int = 0
     thresholds: dict[str, float | int] = field(default_factory=dict)
@@ -96,14 +99,14 @@ class StudyConfig:
         check_field_types(self, "study option")
         object.__setattr__(self, "task_params", _freeze(self.task_params))
         object.__setattr__(self, "thresholds", _freeze(self.thresholds))
-        metrics = tuple(self.metrics)
+        from .registry import default_thresholds, get_metric, metric_names
+        from .stats import RULE_SETS
+
+        names = metric_names()
+        metrics = tuple(self.metrics) or names
         for m in metrics:
-            if m not in METRICS:
-                raise ConfigError(f"unknown metric {m!r}{close_matches(m, METRICS)} Metrics: {', '.join(METRICS)}")
-        if not metrics:
-            raise ConfigError(f"choose at least one metric: {', '.join(METRICS)}")
-        object.__setattr__(self, "metrics", tuple(m for m in METRICS if m in metrics))
-        from .depth import RULE_SETS
+            get_metric(m)  # an unknown name is an error with the closest names
+        object.__setattr__(self, "metrics", tuple(m for m in names if m in metrics))
 
         def positive(name: str) -> tuple[bool, str]:
             value = getattr(self, name)
@@ -131,12 +134,11 @@ class StudyConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        from .depth import DEFAULT_THRESHOLDS
-
+        known = default_thresholds()
         for k, v in self.thresholds.items():
-            if k not in DEFAULT_THRESHOLDS:
-                raise ConfigError(f"unknown threshold {k!r}{close_matches(k, DEFAULT_THRESHOLDS)} "
-                                  f"Thresholds: {', '.join(DEFAULT_THRESHOLDS)}")
+            if k not in known:
+                raise ConfigError(f"unknown threshold {k!r}{close_matches(k, known)} "
+                                  f"Thresholds: {', '.join(known)}")
             if not 0 < float(v) < 1:
                 raise ConfigError(f"threshold {k} must be in (0, 1), got {v}")
 
@@ -317,8 +319,10 @@ def _answers_state(examples: Sequence[Any], config: StudyConfig) -> tuple[str, .
             f"{len(missing)} of {len(examples)} examples have no answer (lines/items {lines}"
             f"{' ...' if len(missing) > 10 else ''}); give every example an answer, or none"
         )
-    needing = tuple(m for m in config.metrics if m in NEEDS_ANSWERS)
-    if needing and config.metrics != METRICS:
+    from .registry import get_metric, metric_names
+
+    needing = tuple(m for m in config.metrics if get_metric(m).needs_answers)
+    if needing and config.metrics != metric_names():
         raise ConfigError(
             f"{', '.join(needing)} need answers, and the examples have none (a .txt prompts file "
             "has prompts only); use a .jsonl file with \"answer\" fields, or other --metrics"
@@ -350,17 +354,8 @@ def _reference_examples(task: Any, config: StudyConfig, examples: Sequence[Any],
         info = {"source": "analysed", "n": len(used),
                 "description": f"analysed examples 1..{len(used)}"}
     log.warning(message)
-    warnings.append({"code": "erasure_reference", "metric": "erasure", "message": message})
+    warnings.append({"code": "erasure_reference", "message": message})
     return used, info
-
-
-def _resolve_lens_k(config: StudyConfig, d_vocab: int) -> int:
-    """``lens_k``, or the default that fits the vocabulary: min(5, max(1, V // 50))."""
-    if config.lens_k is not None:
-        if config.lens_k > d_vocab:
-            raise ConfigError(f"lens_k={config.lens_k} exceeds the model's vocabulary ({d_vocab})")
-        return config.lens_k
-    return min(5, max(1, d_vocab // 50))
 
 
 def run_study(
@@ -379,10 +374,10 @@ def run_study(
     be usable; the directory is locked while the run writes. ``after_metric`` is called with
     each metric's name once it is saved (used by tests to simulate a crash).
     """
-    from .depth import depth_score_estimate, estimate_all, reliability_warnings
+    from .depth import estimate_all, reliability_warnings
     from .engine.batch import encode_batch
-    from .metrics.skip_effects import draw_cuts
     from .models.loading import load_model, resolve_spec
+    from .registry import StudyContext, get_metric, metric_names
     from .tasks import get_task
 
     # every mistake the user can make is caught before anything is written
@@ -401,7 +396,7 @@ def run_study(
         log.warning(message)
         warnings.append({"code": "few_examples", "message": message})
     skipped = _answers_state(examples, config)
-    metrics = tuple(m for m in config.metrics if m not in skipped)
+    specs = [get_metric(m) for m in config.metrics if m not in skipped]
     if skipped:
         message = (f"skipped {', '.join(skipped)}: they need answers and the examples have none")
         log.warning(message)
@@ -414,20 +409,19 @@ def run_study(
     device = next(model.parameters()).device
     batch = encode_batch(model.tokenizer, examples, device=device)
     _check_context(model, batch, config)
-    reference_examples, reference_info = ([], None)
+    reference, reference_examples, reference_info = None, [], None
     reference_ids: list[list[int]] = []
-    if "erasure" in metrics:
+    if any(spec.needs_reference for spec in specs):
         reference_examples, reference_info = _reference_examples(task, config, examples, warnings)
         reference = encode_batch(model.tokenizer, reference_examples, device=device)
         _check_context(model, reference, config, what="reference example")
         reference_ids = [reference.token_ids(b) for b in range(reference.size)]
+    # per-example inputs the measurements draw up front (cut positions): recorded in inputs.json
+    drawn: dict[str, list[Any]] = {}
+    for spec in specs:
+        if spec.inputs is not None:
+            drawn.update(spec.inputs(batch, config))
     L = int(model.cfg.n_layers)
-    lens_k = _resolve_lens_k(config, int(model.cfg.d_vocab))
-    cuts = [draw_cuts(int(n), config.n_cuts, f"{config.seed}:{b}", config.cut_start,
-                      config.cut_stride, config.cut_margin, config.skip_front)
-            for b, n in enumerate(batch.lengths.tolist())]
-    if config.skip_mode == "current":
-        cuts = [[] for _ in cuts]
     fingerprint = {
         "model": model_fingerprint(getattr(model, "effective_depth_source", {})),
         "inputs": inputs_fingerprint([batch.token_ids(b) for b in range(batch.size)],
@@ -439,7 +433,8 @@ def run_study(
         results = _prepare_dir(rd, config, fingerprint, force, warnings)
         rd.write_json(INPUTS, {
             "examples": [{**ex.to_dict(), "tokens": batch.token_ids(b),
-                          "str_tokens": batch.str_tokens[b], "cuts": cuts[b]}
+                          "str_tokens": batch.str_tokens[b],
+                          **{key: values[b] for key, values in drawn.items()}}
                          for b, ex in enumerate(examples)],
             "reference": None if reference_info is None else {
                 **reference_info, "examples": [ex.to_dict() for ex in reference_examples]},
@@ -453,15 +448,16 @@ def run_study(
                       "source": getattr(model, "effective_depth_source", {})},
             "task": {"name": task_name, "params": task.values, "difficulty": task.difficulty,
                      "n_examples": len(examples)},
-            "settings": {"lens_k": lens_k, "rules": config.rules, "skipped_metrics": list(skipped)},
+            "settings": {"rules": config.rules, "skipped_metrics": list(skipped)},
         })
         results.setdefault("metrics", {})
         results.setdefault("timing", {})
         done: dict[str, Any] = {}
         stored = rd.load_tensors()
         reused, computed = [], []
-        settings = _Settings(lens_k, cuts, reference_examples, reference_info)
-        for name in metrics:
+        order = metric_names()
+        for spec in specs:
+            name = spec.name
             if name in results["completed"]:
                 prefix = f"metrics.{name}."
                 tensors = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
@@ -469,16 +465,15 @@ def run_study(
                 reused.append(name)
                 continue
             log.info("running %s", name)
+            ctx = StudyContext(model, batch, config, drawn, reference, reference_info, dict(done),
+                               progress)
             start = time.perf_counter()
-            result = _run_metric(name, model, batch, config, settings, done, progress)
+            result = spec.run(ctx)
             elapsed = time.perf_counter() - start
-            entry = {"meta": result.meta, "curves": result.curves()}
-            if name == "skip_effects":
-                entry["cuts"] = result.cuts
             rd.update_tensors(f"metrics.{name}", result.tensors())
-            results["metrics"][name] = entry
+            results["metrics"][name] = result.entry()
             results["timing"][name] = round(elapsed, 3)
-            results["completed"] = [m for m in METRICS if m in results["completed"] or m == name]
+            results["completed"] = [m for m in order if m in results["completed"] or m == name]
             rd.write_json(RESULTS, results)
             done[name] = result
             computed.append(name)
@@ -488,14 +483,15 @@ def run_study(
                                  seed=config.seed, level=config.ci_level, rules=config.rules)
         warnings += reliability_warnings(done, estimates, thresholds=config.thresholds,
                                          n_boot=config.n_boot, d_vocab=int(model.cfg.d_vocab))
-        depth = {k: v.to_dict() for k, v in estimates.items()}
-        if "skip_effects" in done:
-            depth["depth_score"] = depth_score_estimate(done["skip_effects"], n_boot=config.n_boot,
-                                                        seed=config.seed, level=config.ci_level)
-        results["depth"] = depth
+        results["depth"] = {k: v.to_dict() for k, v in estimates.items()}
+        for spec in specs:
+            if spec.summaries is not None and spec.name in done:
+                for key, value in spec.summaries(done[spec.name], config).items():
+                    if isinstance(value, dict) and isinstance(results.get(key), dict):
+                        results[key].update(value)
+                    else:
+                        results[key] = value
         results["warnings"] = _dedupe(warnings)
-        if "behaviour" in done:
-            results["accuracy"] = done["behaviour"].accuracy()
         results["status"] = "complete"
         rd.write_json(RESULTS, results)
         if dashboard:
@@ -522,64 +518,6 @@ def _check_context(model: Any, batch: Any, config: StudyConfig, what: str = "exa
             f"{what} {b + 1} is {n} tokens long (prompt + answer), but {config.model} reads at most "
             f"{n_ctx}; {len(too_long)} {what}(s) are too long: shorten or drop them"
         )
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """What a study derived from its config, the model and the task before measuring."""
-
-    lens_k: int
-    cuts: list[list[int]]
-    reference_examples: list[Any]
-    reference_info: dict[str, Any] | None
-
-
-def _run_metric(name: str, model: Any, batch: Any, config: StudyConfig, settings: _Settings,
-                done: dict[str, Any], progress: bool) -> Any:
-    from . import metrics as M
-    from .engine.batch import encode_batch
-
-    common = {"progress": progress}
-    cuts = settings.cuts
-    if name == "contributions":
-        return M.contributions(model, batch, skip_front=config.skip_front,
-                               include_front=config.include_front, batch_size=config.batch_size, **common)
-    if name == "logit_lens":
-        return M.logit_lens(model, batch, k=settings.lens_k, skip_front=config.skip_front,
-                            include_front=config.include_front, batch_size=config.batch_size, **common)
-    if name == "skip_effects":
-        if config.skip_mode == "future" and not any(cuts):
-            raise ConfigError(
-                f"no example is long enough for future skip effects (the longest has "
-                f"{int(batch.lengths.max())} tokens; a cut needs skip_front < t < T - cut_margin); "
-                "set skip_mode='current' or smaller cut_start / cut_stride / cut_margin"
-            )
-        return M.skip_effects(model, batch, mode=config.skip_mode, component=config.skip_component,
-                              n_cuts=config.n_cuts, seed=config.seed, skip_front=config.skip_front,
-                              aggregate=config.aggregate,
-                              cuts=cuts if config.skip_mode == "future" else None,
-                              batch_size=config.batch_size, **common)
-    if name == "behaviour":
-        if "skip_effects" in done and done["skip_effects"].meta.get("component") == "block":
-            effect = done["skip_effects"].output_effect_of(aggregate="mean")
-        else:
-            effect = M.skip_effects(model, batch, mode="current", aggregate="mean",
-                                    skip_front=0).output_effect
-        import torch
-
-        effect = torch.nan_to_num(effect, nan=0.0)
-        return M.behaviour(model, batch, order=M.prune_order(effect), **common)
-    if name in ("erasure", "integrated_gradients"):
-        sub = batch.select(list(range(min(config.map_examples, batch.size))))
-        if name == "integrated_gradients":
-            return M.integrated_gradients(model, sub, n_steps=config.ig_steps, **common)
-        reference = encode_batch(model.tokenizer, settings.reference_examples,
-                                 device=batch.tokens.device)
-        result = M.residual_erasure(model, sub, reference=reference, skip_front=config.skip_front,
-                                    **common)
-        result.meta["reference"] = settings.reference_info
-        return result
-    raise ConfigError(f"unknown metric {name!r}")
 
 
 def _write_dashboard(path: Path) -> None:

@@ -92,6 +92,15 @@ class MetricResult:
     def tensors(self) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def entry(self) -> dict[str, Any]:
+        """This result's ``results.json`` entry (``meta``, ``curves``; subclasses add keys)."""
+        return {"meta": self.meta, "curves": self.curves()}
+
+    @classmethod
+    def from_entry(cls, tensors: dict[str, Tensor], entry: dict[str, Any]) -> MetricResult:
+        """The result rebuilt from its tensors and its ``results.json`` entry."""
+        return cls.from_tensors(tensors, entry.get("meta", {}))  # type: ignore[attr-defined]
+
     def figure(self, **kwargs: Any) -> Any:
         from ..viz import figure_for
 
@@ -122,6 +131,11 @@ class TokenMaps(MetricResult):
 
     def tensors(self) -> dict[str, Tensor]:
         return {f"map.{i}": m for i, m in enumerate(self.maps)}
+
+    @classmethod
+    def from_entry(cls, tensors: dict[str, Tensor], entry: dict[str, Any]) -> MetricResult:
+        str_tokens = entry.get("curves", {}).get("str_tokens", [])
+        return cls.from_tensors(tensors, entry.get("meta", {}), str_tokens)  # type: ignore[attr-defined]
 
     @staticmethod
     def maps_from(tensors: dict[str, Tensor], str_tokens: list[list[str]]) -> list[Tensor]:

@@ -28,6 +28,8 @@ from ..engine.batch import Batch
 from ..engine.interventions import compile_plan, skip_block
 from ..engine.sweep import Row, sweep
 from ..errors import ConfigError
+from ..registry import EstimatorSpec, MetricSpec, register_metric
+from ..stats import ed_prune, ed_task
 from .base import MetricResult, prompt_chunks
 
 __all__ = ["Behaviour", "behaviour", "prune_order"]
@@ -134,3 +136,37 @@ def behaviour(
     meta = {"n_prompts": batch.size, "n_layers": L, "prune_order": order,
             "method": "teacher-forced exact match (equals greedy decoding)"}
     return Behaviour(exit_ok, prune_ok, order, meta=meta)
+
+
+def _run(ctx: Any) -> Behaviour:
+    skips = ctx.done.get("skip_effects")
+    if skips is not None and skips.meta.get("component") == "block":
+        effect = skips.output_effect_of(aggregate="mean")
+    else:  # the pruning order needs whole-block output effects: current effects, all positions
+        from .skip_effects import skip_effects
+
+        effect = skip_effects(ctx.model, ctx.batch, mode="current", aggregate="mean",
+                              skip_front=0).output_effect
+    effect = torch.nan_to_num(effect, nan=0.0)
+    return behaviour(ctx.model, ctx.batch, order=prune_order(effect), progress=ctx.progress)
+
+
+register_metric(MetricSpec(
+    name=Behaviour.name,
+    result_type=Behaviour,
+    order=40,
+    description="exact-match accuracy after every early exit and every pruning prefix",
+    run=_run,
+    needs_answers=True,
+    estimators=(
+        EstimatorSpec("ed_task", Behaviour.name,
+                      lambda r, eps, rules: lambda idx: ed_task(r.accuracy_by_exit(idx),
+                                                                r.accuracy(idx), eps),
+                      0.01, "early exit: the fewest blocks that keep the accuracy within eps"),
+        EstimatorSpec("ed_prune", Behaviour.name,
+                      lambda r, eps, rules: lambda idx: ed_prune(r.accuracy_by_prune(idx),
+                                                                 r.accuracy(idx), eps),
+                      0.01, "the fewest blocks left when the most skippable ones are pruned"),
+    ),
+    summaries=lambda result, config: {"accuracy": result.accuracy()},
+))

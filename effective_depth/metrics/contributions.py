@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 
 from ..engine.adapter import get_adapter
 from ..engine.batch import Batch, measured_mask
+from ..registry import EstimatorSpec, MetricSpec, register_metric
+from ..stats import ed_cos
 from .base import EPS, MetricResult, check_skip_front, prompt_chunks, token_mean
 
 __all__ = ["Contributions", "contributions", "CONTRIBUTION_CURVES"]
@@ -168,3 +170,22 @@ def contributions(
         "parallel_blocks": adapter.parallel,
     }
     return Contributions(meta=meta, sums=sums, counts=counts, angular_sums=angular)
+
+
+def _ed_cos(result: Contributions, tau: float | None, rules: str) -> Any:
+    return lambda idx: ed_cos(result.curve("cos_attn", idx), result.curve("cos_mlp", idx),
+                              result.curve("cos_block", idx))
+
+
+register_metric(MetricSpec(
+    name=Contributions.name,
+    result_type=Contributions,
+    order=10,
+    description="relative norms and cosines of every block's writes to the residual stream",
+    run=lambda ctx: contributions(ctx.model, ctx.batch, skip_front=ctx.config.skip_front,
+                                  include_front=ctx.config.include_front,
+                                  batch_size=ctx.config.batch_size, progress=ctx.progress),
+    estimators=(EstimatorSpec("ed_cos", Contributions.name, _ed_cos,
+                              description="the last block where the mean cosine turns "
+                                          "non-negative"),),
+))

@@ -27,6 +27,7 @@ from ..engine.batch import Batch
 from ..engine.interventions import ReplaceResidual, compile_plan
 from ..engine.sweep import Row, sweep
 from ..errors import ConfigError
+from ..registry import MetricSpec, register_metric
 from .base import TokenMaps, check_skip_front, lens_prob_distance, prompt_chunks
 
 __all__ = ["Erasure", "residual_erasure", "mean_residuals"]
@@ -166,3 +167,22 @@ def _erasure_chunk(
     sweep(adapter, clean, rows, on_final=on_final, suffix=suffix, memory_budget=memory_budget,
           final_from=first_pred, progress=bar)
     return list(enumerate(maps))
+
+
+def _run(ctx: Any) -> Erasure:
+    sub = ctx.batch.select(list(range(min(ctx.config.map_examples, ctx.batch.size))))
+    result = residual_erasure(ctx.model, sub, reference=ctx.reference,
+                              skip_front=ctx.config.skip_front, progress=ctx.progress)
+    result.meta["reference"] = None if ctx.reference_info is None else dict(ctx.reference_info)
+    return result
+
+
+register_metric(MetricSpec(
+    name=Erasure.name,
+    result_type=Erasure,
+    order=50,
+    description="residual erasure maps of the first map_examples examples",
+    run=_run,
+    needs_answers=True,
+    needs_reference=True,
+))

@@ -28,6 +28,7 @@ from ..engine.batch import Batch
 from ..engine.interventions import Plan
 from ..engine.sweep import Row, sweep
 from ..errors import ConfigError
+from ..registry import MetricSpec, register_metric
 from .base import TokenMaps
 
 __all__ = ["IntegratedGradients", "integrated_gradients"]
@@ -131,3 +132,18 @@ def _one_example(adapter: Any, sub: Batch, n_steps: int, memory_budget: int | No
         p = adapter.lens_log_probs(clean.resid[-1, 0, pred])
         target = float(p.gather(-1, answer_ids[:, None]).exp().sum())
     return (acc / n_steps).cpu(), target
+
+
+def _run(ctx: Any) -> IntegratedGradients:
+    sub = ctx.batch.select(list(range(min(ctx.config.map_examples, ctx.batch.size))))
+    return integrated_gradients(ctx.model, sub, n_steps=ctx.config.ig_steps, progress=ctx.progress)
+
+
+register_metric(MetricSpec(
+    name=IntegratedGradients.name,
+    result_type=IntegratedGradients,
+    order=60,
+    description="integrated-gradient maps of the answer probability over every block output",
+    run=_run,
+    needs_answers=True,
+))

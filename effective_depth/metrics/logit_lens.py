@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from ..engine.adapter import get_adapter
 from ..engine.batch import Batch, measured_mask
 from ..errors import ConfigError
+from ..registry import EstimatorSpec, MetricSpec, register_metric
+from ..stats import ed_kl, ed_overlap, first_hit_reference
 from .base import MetricResult, check_skip_front, prompt_chunks, token_mean
 
 __all__ = ["LogitLens", "logit_lens"]
@@ -123,3 +125,67 @@ def logit_lens(
     meta = {"n_prompts": batch.size, "n_layers": L, "k": k, "skip_front": skip_front,
             "include_front": include_front, "include_final": include_final}
     return LogitLens(kl_sums, overlap_sums, counts, meta=meta)
+
+
+def default_lens_k(d_vocab: int) -> int:
+    """The top-k of the overlap when none is given: ``min(5, max(1, V // 50))`` — the papers' 5 for
+    real vocabularies, and small enough that unrelated top-k sets overlap by at most 2% (k / V)
+    otherwise (1 for a 24-token vocabulary, where top-5 would sit at chance)."""
+    return min(5, max(1, d_vocab // 50))
+
+
+def _run(ctx: Any) -> LogitLens:
+    d_vocab = int(get_adapter(ctx.model).d_vocab)
+    k = ctx.config.lens_k
+    if k is None:
+        k = default_lens_k(d_vocab)
+    elif k > d_vocab:
+        raise ConfigError(f"lens_k={k} exceeds the model's vocabulary ({d_vocab})")
+    return logit_lens(ctx.model, ctx.batch, k=k, skip_front=ctx.config.skip_front,
+                      include_front=ctx.config.include_front, batch_size=ctx.config.batch_size,
+                      progress=ctx.progress)
+
+
+def _lens_rule(kind: str, curve_of: str) -> Any:
+    toolkit = {"ed_kl": ed_kl, "ed_overlap": ed_overlap}[kind]
+
+    def rule(result: LogitLens, tau: float | None, rules: str) -> Any:
+        L = result.meta["n_layers"]
+
+        def apply(idx: Any) -> Any:
+            curve = getattr(result, curve_of)(idx)[:L]  # the block inputs h_0..h_{L-1}
+            if rules == "reference":
+                return first_hit_reference(curve, tau, kind)
+            return toolkit(curve, tau)
+
+        return apply
+
+    return rule
+
+
+def _overlap_at_chance(result: LogitLens, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
+    if not d_vocab or tau is None:
+        return []
+    k = int(result.meta.get("k", 5))
+    chance = k / d_vocab
+    if tau >= 2 * chance:
+        return []
+    return [("overlap_at_chance",
+             f"ed_overlap: threshold {tau} is below twice the chance overlap of unrelated top-{k} "
+             f"sets ({k}/{d_vocab} = {chance:.3f}); use a smaller lens_k")]
+
+
+register_metric(MetricSpec(
+    name=LogitLens.name,
+    result_type=LogitLens,
+    order=20,
+    description="the logit lens: KL to the output and top-k overlap at every block input",
+    run=_run,
+    estimators=(
+        EstimatorSpec("ed_kl", LogitLens.name, _lens_rule("ed_kl", "kl_of"), 0.5,
+                      "the first block input whose lens KL falls below tau x its maximum"),
+        EstimatorSpec("ed_overlap", LogitLens.name, _lens_rule("ed_overlap", "overlap_of"), 0.3,
+                      "the first block input whose top-k overlap exceeds tau",
+                      checks=_overlap_at_chance),
+    ),
+))

@@ -40,6 +40,8 @@ from ..engine.batch import Batch, measured_mask
 from ..engine.interventions import LocalSkip, PatchContribution, compile_plan
 from ..engine.sweep import Row, sweep
 from ..errors import ConfigError
+from ..registry import EstimatorSpec, MetricSpec, register_metric
+from ..stats import bootstrap_indices, ed_skip, percentile_ci
 from .base import EPS, MetricResult, check_skip_front, lens_prob_distance, prompt_chunks
 
 __all__ = ["SkipEffects", "skip_effects", "draw_cuts", "cut_rule", "depth_score", "SKIP_COMPONENTS"]
@@ -199,6 +201,13 @@ class SkipEffects(MetricResult):
             "output_sum": self.output_sum,
             "counts": self.counts,
         }
+
+    def entry(self) -> dict[str, Any]:
+        return {**super().entry(), "cuts": self.cuts}
+
+    @classmethod
+    def from_entry(cls, tensors: dict[str, Tensor], entry: dict[str, Any]) -> SkipEffects:
+        return cls.from_tensors(tensors, entry.get("meta", {}), entry.get("cuts", []))
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any], cuts: list[list[int]]) -> SkipEffects:
@@ -364,3 +373,73 @@ def _accumulate(out: dict[str, Tensor], kind: str, targets: list[tuple], values:
     for i, target in enumerate(targets):
         mx[target] = torch.maximum(mx[target], row_max[i])
         sm[target] += row_sum[i]
+
+
+def depth_score_estimate(skips: SkipEffects, *, n_boot: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> dict[str, Any]:
+    """Csordás's depth score (centre of mass of future effects) with a bootstrap CI."""
+    point = depth_score(skips.layer_effect)
+    values = [depth_score(skips.layer_effect_of(idx.tolist()))
+              for idx in bootstrap_indices(skips.n_prompts, n_boot, seed)] if n_boot else []
+    ci = percentile_ci(values, level)
+    return {"value": None if point != point else point, "ci": None if ci is None else list(ci),
+            "n_boot": n_boot, "n_layers": skips.n_layers}
+
+
+def _study_cuts(batch: Batch, config: Any) -> dict[str, list[Any]]:
+    if config.skip_mode == "current":
+        return {"cuts": [[] for _ in range(batch.size)]}
+    return {"cuts": [draw_cuts(int(n), config.n_cuts, f"{config.seed}:{b}", config.cut_start,
+                               config.cut_stride, config.cut_margin, config.skip_front)
+                     for b, n in enumerate(batch.lengths.tolist())]}
+
+
+def _run(ctx: Any) -> SkipEffects:
+    config, cuts = ctx.config, ctx.inputs["cuts"]
+    if config.skip_mode == "future" and not any(cuts):
+        raise ConfigError(
+            f"no example is long enough for future skip effects (the longest has "
+            f"{int(ctx.batch.lengths.max())} tokens; a cut needs skip_front < t < T - cut_margin); "
+            "set skip_mode='current' or smaller cut_start / cut_stride / cut_margin"
+        )
+    return skip_effects(ctx.model, ctx.batch, mode=config.skip_mode,
+                        component=config.skip_component, n_cuts=config.n_cuts, seed=config.seed,
+                        skip_front=config.skip_front, aggregate=config.aggregate,
+                        cuts=cuts if config.skip_mode == "future" else None,
+                        batch_size=config.batch_size, progress=ctx.progress)
+
+
+def _ed_skip(result: SkipEffects, tau: float | None, rules: str) -> Any:
+    def apply(idx: Any) -> Any:
+        effect = result.output_effect_of(idx)
+        if bool(torch.isnan(effect).any()):
+            return None, "no prompt in the sample has a cut position"
+        return ed_skip(effect, tau)
+
+    return apply
+
+
+def _few_cuts(result: SkipEffects, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
+    if result.meta.get("mode") != "future":
+        return []
+    with_cut = sum(1 for c in result.cuts if c)
+    if with_cut >= result.n_prompts / 2:
+        return []
+    return [("few_cuts", f"future skip effects: only {with_cut} of {result.n_prompts} prompts are "
+             "long enough for a cut position; ed_skip and the depth score rest on those")]
+
+
+register_metric(MetricSpec(
+    name=SkipEffects.name,
+    result_type=SkipEffects,
+    order=30,
+    description="layer-skip effects on later blocks and on the output (future or current)",
+    run=_run,
+    inputs=_study_cuts,
+    estimators=(EstimatorSpec("ed_skip", SkipEffects.name, _ed_skip, 0.1,
+                              "the last block whose skip changes the output by more than tau "
+                              "x the largest output effect", checks=_few_cuts),),
+    summaries=lambda result, config: {"depth": {"depth_score": depth_score_estimate(
+        result, n_boot=config.n_boot, seed=config.seed, level=config.ci_level)}},
+    scores={"depth_score": lambda result, idx: depth_score(result.layer_effect_of(idx))},
+))

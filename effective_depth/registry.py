@@ -1,0 +1,177 @@
+"""The measurement registry: one :class:`MetricSpec` per measurement, declared in its own module.
+
+A measurement says, in one place, everything the rest of the toolkit needs: its name and result
+type, how a study runs it, what it adds to ``inputs.json``, which effective-depth estimators read
+it (with their default thresholds and reliability checks), and the summaries it adds to
+``results.json``. ``study``, ``results``, ``depth``, ``compare`` and the CLI read this registry
+and name no measurement themselves. Adding a measurement is one module that calls
+:func:`register_metric` (and, for a figure, one function in ``effective_depth.viz``); see
+``docs/extending.md``.
+
+This module imports nothing heavy: the built-in measurements register themselves when
+``effective_depth.metrics`` is imported, which :func:`metric_specs` does on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError, close_matches
+
+__all__ = [
+    "MetricSpec",
+    "EstimatorSpec",
+    "StudyContext",
+    "register_metric",
+    "unregister_metric",
+    "registered",
+    "metric_specs",
+    "metric_names",
+    "get_metric",
+    "estimator_specs",
+    "default_thresholds",
+    "score_specs",
+]
+
+#: a rule's answer: the block index, or None and the reason it is undefined
+Rule = tuple[int | None, str | None]
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What a study hands a measurement's ``run``: the loaded model, the encoded examples, the
+    study's config, the per-example inputs the measurement asked for (``inputs``), the erasure-
+    style reference prompts when the spec asked for them, and the results finished so far."""
+
+    model: Any
+    batch: Any
+    config: Any
+    inputs: Mapping[str, list[Any]] = field(default_factory=dict)
+    reference: Any = None
+    reference_info: Mapping[str, Any] | None = None
+    done: Mapping[str, Any] = field(default_factory=dict)
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """An effective-depth estimator read from one measurement's result.
+
+    ``rule(result, threshold, rules)`` returns a function of a prompt sample (a list of prompt
+    indices, or None for all prompts) that gives a :data:`Rule`. ``checks(result, threshold,
+    d_vocab)`` returns the warnings (strings) under which the estimate is decided by chance.
+    """
+
+    name: str
+    metric: str
+    rule: Callable[[Any, float | None, str], Callable[[Sequence[int] | None], Rule]]
+    threshold: float | None = None
+    description: str = ""
+    checks: Callable[[Any, float | None, int | None], list[tuple[str, str]]] | None = None
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """Everything the toolkit needs to know of one measurement.
+
+    - ``run(ctx)``: the measurement on a :class:`StudyContext`, returning a result object with
+      ``meta``, ``curves()``, ``tensors()``, ``entry()`` and a ``from_entry`` classmethod.
+    - ``order``: where it runs in a study (lower first; a measurement may read the results of
+      earlier ones from ``ctx.done``).
+    - ``needs_answers``: it reads the examples' answers (skipped, with a warning, when a study's
+      examples have none).
+    - ``needs_reference``: it needs further examples of the task (``ctx.reference``).
+    - ``inputs(batch, config)``: per-example inputs to draw before measuring and record in
+      ``inputs.json`` (e.g. cut positions), handed back as ``ctx.inputs``.
+    - ``summaries(result, config)``: top-level additions to ``results.json`` (e.g. the depth
+      score under ``depth``, the accuracy).
+    - ``scores``: scalar scores of a prompt sample, ``fn(result, idx) -> float`` (stored under
+      ``depth.<name>`` by ``summaries``), which ``compare`` gives the same difficulty trend test
+      as the estimators.
+    """
+
+    name: str
+    result_type: type
+    run: Callable[[StudyContext], Any]
+    order: int = 100
+    description: str = ""
+    needs_answers: bool = False
+    needs_reference: bool = False
+    estimators: tuple[EstimatorSpec, ...] = ()
+    inputs: Callable[[Any, Any], Mapping[str, list[Any]]] | None = None
+    summaries: Callable[[Any, Any], Mapping[str, Any]] | None = None
+    scores: Mapping[str, Callable[[Any, Sequence[int] | None], float | None]] = field(
+        default_factory=dict)
+
+
+_REGISTRY: dict[str, MetricSpec] = {}
+
+
+def register_metric(spec: MetricSpec) -> MetricSpec:
+    """Add a measurement; a name (or an estimator name) registered twice is an error."""
+    if spec.name in _REGISTRY:
+        raise ConfigError(f"a measurement named {spec.name!r} is already registered")
+    taken = {e.name for s in _REGISTRY.values() for e in s.estimators}
+    for est in spec.estimators:
+        if est.metric != spec.name:
+            raise ConfigError(f"estimator {est.name} reads {est.metric!r}, not {spec.name!r}")
+        if est.name in taken:
+            raise ConfigError(f"an estimator named {est.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_metric(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+@contextlib.contextmanager
+def registered(spec: MetricSpec) -> Iterator[MetricSpec]:
+    """``register_metric`` for the duration of a ``with`` block (tests, notebooks)."""
+    register_metric(spec)
+    try:
+        yield spec
+    finally:
+        unregister_metric(spec.name)
+
+
+def _load_builtin() -> None:
+    from . import metrics  # noqa: F401 - the built-in measurements register on import
+
+
+def metric_specs() -> list[MetricSpec]:
+    """Every registered measurement, in study order."""
+    _load_builtin()
+    return sorted(_REGISTRY.values(), key=lambda s: (s.order, s.name))
+
+
+def metric_names() -> tuple[str, ...]:
+    return tuple(s.name for s in metric_specs())
+
+
+def get_metric(name: str) -> MetricSpec:
+    _load_builtin()
+    spec = _REGISTRY.get(name)
+    if spec is None:
+        names = metric_names()
+        raise ConfigError(f"unknown metric {name!r}{close_matches(name, names)} "
+                          f"Metrics: {', '.join(names)}")
+    return spec
+
+
+def estimator_specs() -> dict[str, EstimatorSpec]:
+    """Every registered estimator by name, in study order of their measurements."""
+    return {e.name: e for s in metric_specs() for e in s.estimators}
+
+
+def score_specs() -> dict[str, tuple[str, Callable[[Any, Sequence[int] | None], float | None]]]:
+    """Every registered scalar score: name -> (measurement, function of result and sample)."""
+    return {name: (s.name, fn) for s in metric_specs() for name, fn in s.scores.items()}
+
+
+def default_thresholds() -> dict[str, float]:
+    """The default threshold of every estimator that has one."""
+    return {n: e.threshold for n, e in estimator_specs().items() if e.threshold is not None}
