@@ -43,3 +43,26 @@ def test_docs_are_self_contained_and_name_real_tasks():
     for code in ("overlap_at_chance", "few_cuts", "few_prompts", "no_bootstrap",
                  "erasure_reference", "no_answers", "inputs_changed"):
         assert code in methods and code in (DOCS / "failure_modes.md").read_text()
+
+
+def test_extending_guide_registers_and_runs_its_measurement(tmp_path, monkeypatch, capsys):
+    from effective_depth.registry import metric_names, unregister_metric
+
+    monkeypatch.chdir(tmp_path)
+    blocks = _blocks("extending.md")
+    assert len(blocks) == 2
+    namespace: dict = {}
+    try:
+        for code in blocks:
+            # dont_inherit: the guide runs as a user's script would, without this file's
+            # ``from __future__ import annotations``
+            exec(compile(code, "extending.md", "exec", dont_inherit=True), namespace)  # noqa: S102
+        assert "norm_growth" in metric_names()
+        stored = namespace["result"].results
+        growth = stored["metrics"]["norm_growth"]["curves"]["growth"]
+        assert len(growth) == 2 and all(g > 0 for g in growth)
+        layer = stored["depth"]["ed_growth"]["layer"]
+        expected = max((i for i, g in enumerate(growth) if g > 1.05), default=None)
+        assert layer == expected
+    finally:
+        unregister_metric("norm_growth")
