@@ -244,8 +244,7 @@ def test_default_run_fits_the_default_model(tmp_path):
     res = _run(tmp_path / "run", metrics=("logit_lens", "skip_effects"), n_examples=8)
     inputs = json.loads((tmp_path / "run" / "inputs.json").read_text())
     assert all(len(e["cuts"]) == 4 for e in inputs["examples"])  # every prompt has its 4 cuts
-    assert res.results["settings"]["lens_k"] == 1  # V = 24: top-5 would sit at chance
-    assert res.results["metrics"]["logit_lens"]["meta"]["k"] == 1
+    assert res.results["metrics"]["logit_lens"]["meta"]["k"] == 1  # V = 24: top-5 is at chance
     assert not [w for w in res.results["warnings"] if w["code"] in ("overlap_at_chance", "few_cuts")]
     # a shorter task on the same model still has cuts
     two = _run(tmp_path / "two", metrics=("skip_effects",), task="addition",
@@ -268,35 +267,31 @@ def test_chance_level_and_missing_intervals_are_warned(tmp_path):
 
 
 def test_few_cuts_warning_counts_prompts_without_a_cut():
-    class Skips:
-        meta = {"mode": "future", "n_layers": 2}
-        cuts = [[3], [], [], []]
-        n_prompts = 4
+    from effective_depth.metrics.skip_effects import SkipEffects
 
-    est = {"ed_skip": Estimate("ed_skip", 2, 1)}
-    warnings = reliability_warnings({"skip_effects": Skips()}, est, n_boot=10)
+    P, L = 4, 2
+    skips = SkipEffects(torch.zeros(P, L, L), torch.zeros(P, L, L), torch.rand(P, L),
+                        torch.rand(P, L), torch.ones(P, L), [[3], [], [], []],
+                        meta={"mode": "future", "n_layers": L, "n_prompts": P})
+    est = {"ed_skip": Estimate("ed_skip", L, 1)}
+    warnings = reliability_warnings({"skip_effects": skips}, est, n_boot=10)
     assert [w["code"] for w in warnings] == ["few_cuts", "few_prompts"]
     assert "only 1 of 4 prompts" in est["ed_skip"].notes[0]
 
 
 # --- 8. the reference notebook's rules ----------------------------------------------------------
 
-class _Lens:
-    def __init__(self, kl, overlap):
-        self.kl, self.ov = torch.tensor([kl]), torch.tensor([overlap])
-        self.meta = {"n_layers": len(kl), "k": 1}
-        self.n_prompts = 1
+def _lens(kl, overlap):
+    from effective_depth.metrics.logit_lens import LogitLens
 
-    def kl_of(self, idx):
-        return self.kl.mean(0)
-
-    def overlap_of(self, idx):
-        return self.ov.mean(0)
+    # one prompt, one token: the sums are the curves; the last tap is h_L (not searched)
+    return LogitLens(torch.tensor([kl + [0.0]]), torch.tensor([overlap + [1.0]]), torch.ones(1),
+                     meta={"n_layers": len(kl), "k": 1, "n_prompts": 1})
 
 
 def test_reference_rules_reproduce_the_notebook():
-    # only the last tap (layer 3 of 4) meets both rules
-    lens = _Lens([4.0, 3.0, 2.5, 1.0], [0.0, 0.1, 0.2, 0.9])
+    # only the last block input (tap 3 of 0..3) meets both rules
+    lens = _lens([4.0, 3.0, 2.5, 1.0], [0.0, 0.1, 0.2, 0.9])
     toolkit = estimate_all({"logit_lens": lens}, n_boot=0)
     reference = estimate_all({"logit_lens": lens}, n_boot=0, rules="reference")
     assert toolkit["ed_kl"].layer == 3 and toolkit["ed_kl"].ratio == 1.0
@@ -306,7 +301,7 @@ def test_reference_rules_reproduce_the_notebook():
         assert "as the notebook reports" in reference[name].notes[0]
         assert reference[name].params["rules"] == "reference"
     # an earlier crossing: both rule sets agree
-    early = _Lens([4.0, 1.0, 0.5, 0.2], [0.0, 0.5, 0.8, 0.9])
+    early = _lens([4.0, 1.0, 0.5, 0.2], [0.0, 0.5, 0.8, 0.9])
     a = estimate_all({"logit_lens": early}, n_boot=0)
     b = estimate_all({"logit_lens": early}, n_boot=0, rules="reference")
     assert (a["ed_kl"].layer, a["ed_overlap"].layer) == (b["ed_kl"].layer, b["ed_overlap"].layer) == (1, 1)
