@@ -64,7 +64,7 @@ def _resumed_logits(model, specs, tokens):
         plan = compile_plan(specs, adapter, clean, row)
         final = {}
 
-        def on_final(keys, h, offset, final=final):
+        def on_final(chunk, h, final=final):
             final["h"] = h
 
         sweep(adapter, clean, [Row("r", row, plan)], on_final=on_final)
@@ -138,7 +138,7 @@ def test_user_hooks_fire_and_ours_are_removed_after_an_exception(models, batch):
         clean = adapter.clean(batch.tokens)
         rows = [Row(s, 0, compile_plan([skip_attn(s)], adapter, clean, 0)) for s in range(3)]
 
-        def boom(keys, h, offset):
+        def boom(chunk, h):
             raise RuntimeError("metric failed")
 
         before = len(calls)
@@ -181,17 +181,17 @@ def test_suffix_runs_equal_full_runs(models, batch):
             for b in [0] for layer in range(4) for t in (2, 5, 7)]
     got = {}
 
-    def keep(keys, h, offset):
-        for k, x in zip(keys, h):
-            got[(k, offset)] = x[-1].clone()
+    def keep(chunk, h):
+        for k, x in zip(chunk.keys, h):
+            got[(k, chunk.start)] = x[-1].clone()
 
     sweep(adapter, clean_kv, rows, on_final=keep, suffix=True)
     assert any(off > 0 for _, off in got)
     full = {}
 
-    def keep_full(keys, h, offset):
-        assert offset == 0
-        for k, x in zip(keys, h):
+    def keep_full(chunk, h):
+        assert chunk.positions.tolist() == list(range(batch.width))
+        for k, x in zip(chunk.keys, h):
             full[k] = x[-1].clone()
 
     sweep(adapter, clean, rows, on_final=keep_full, suffix=False)
