@@ -292,3 +292,20 @@ def test_where_replaces_only_the_masked_positions():
     assert torch.equal(out[0, 1:], old[0, 1:]) and torch.equal(out[1, :2], old[1, :2])
     with pytest.raises(ConfigError, match="does not match"):
         where(torch.ones(3, 3, dtype=torch.bool), torch.zeros(4), old)
+
+
+def test_bridge_hooks_and_resumed_plans_equal_hooked_transformer(tiny_checkpoints, models, batch):
+    """The same patches, spelled as the bridge's hooks by the adapter, in a forward pass and in
+    the bridge's resumed fallback (a full forward with the residual overwritten)."""
+    bridge = load_model(tiny_checkpoints["qwen2"], device="cpu", backend="bridge")
+    hooked = models["qwen2"]
+    cases = [[skip_block(1)], [skip_mlp(0, slice(2, None)), skip_block(2)],
+             [skip_mlp(2), local_skip(0)], [ScaleMLP(1, 2.0, [3, 4])]]
+    for specs in cases:
+        with torch.no_grad():
+            with intervene(hooked, *specs):
+                want = hooked(batch.tokens, padding_side="right")
+            with intervene(bridge, *specs):
+                got = bridge(batch.tokens)
+        assert (want - got).abs().max() <= 1e-4, specs
+        assert (want - _resumed_logits(bridge, specs, batch.tokens)).abs().max() <= 1e-4, specs

@@ -1,4 +1,4 @@
-"""The engine: backend adapter, interventions and the sweep. The only package that knows hook
+"""The engine: backend adapter, interventions and the sweep. Only its adapter knows hook
 names; metrics ask it for residuals, resumed runs and lens distributions."""
 
 from .adapter import Adapter, Clean, get_adapter
