@@ -288,6 +288,8 @@ def _apply(group: list[tuple[Patch, Target]], seen: dict[str, Tensor],
            reads: dict[tuple[str, int], dict[str, Tensor]], offset: int) -> HookFn:
     def hook(x: Tensor, hook: Any) -> Tensor:
         width = offset + x.shape[1]
+        if any(target is not None for _, target in group):
+            x = x.clone()  # rows are written in place below; never into the caller's tensor
         for p, target in group:
             if target is not None and target >= x.shape[0]:
                 continue  # the row joins at a later block
@@ -302,7 +304,6 @@ def _apply(group: list[tuple[Patch, Target]], seen: dict[str, Tensor],
             if target is None:
                 x = where(mask, new, x)
             else:
-                x = x.clone()
                 x[target] = where(mask, new, x[target])
         return x
 
