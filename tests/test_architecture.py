@@ -97,3 +97,27 @@ def test_only_the_adapter_spells_hook_names():
     # the scan sees f-string pieces too: the adapter itself is caught
     adapter = _strings(ast.parse((PACKAGE / "engine" / "adapter.py").read_text()))
     assert any("hook_resid_post" in text for _, text in adapter)
+
+
+def test_the_public_api_is_one_list_and_every_name_resolves():
+    import effective_depth as ed
+    from effective_depth import engine, metrics
+
+    assert sorted(dir(ed)) == sorted(ed.__all__) and len(set(ed.__all__)) == len(ed.__all__)
+    for name in ed.__all__:
+        assert getattr(ed, name) is not None, name
+    # every intervention, the helper for custom ones, and every result type
+    for name in ("skip_block", "skip_attn", "skip_mlp", "local_skip", "replace_residual", "ablate",
+                 "intervene", "where", "Patch", "Intervention", "compile_plan", "sweep"):
+        assert getattr(ed, name) is getattr(engine, name), name
+    for name in ("Contributions", "LogitLens", "SkipEffects", "Behaviour", "Erasure",
+                 "IntegratedGradients"):
+        assert issubclass(getattr(ed, name), ed.MetricResult) and getattr(ed, name) is getattr(metrics, name)
+
+
+def test_importing_the_package_is_lazy():
+    code = "import json, sys, effective_depth; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent)
+    loaded = json.loads(out.stdout)
+    assert "torch" not in loaded and "effective_depth.engine" not in loaded
