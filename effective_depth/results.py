@@ -90,7 +90,7 @@ def _clean_nans(obj: Any) -> Any:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """A hash of the parts of a config that determine the results (not device or backend)."""
+    """A hash of the config without ``device``, ``out`` and ``progress`` (the backend is in it)."""
     relevant = {k: v for k, v in config.items() if k not in ("device", "out", "progress")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -67,10 +67,14 @@ def contributions(model, tokens, mask):
     return {k: torch.tensor(v) for k, v in res.items()}
 
 
-def skip_effect_one(model, tokens, skip_layer, skip_from, skip_to, measure_from, length):
+def skip_effect_one(model, tokens, skip_layer, skip_from, skip_to, measure_from, length,
+                    component="block"):
     """One full forward with block ``skip_layer`` skipped at [skip_from, skip_to); returns
     (relative change of every block's contribution at positions [measure_from, length),
-    max over positions -> [L]; max output change -> float)."""
+    max over positions -> [L]; max output change -> float).
+
+    ``component``: "block" (h_{s+1} := h_s), "mlp" (m_s := 0), or "local" (only the final
+    residual loses d_s; every block runs on its clean input, so no contribution changes)."""
     L = model.cfg.n_layers
     clean = run_resid(model, tokens)
     seen = {}
@@ -83,14 +87,29 @@ def skip_effect_one(model, tokens, skip_layer, skip_from, skip_to, measure_from,
         x[:, skip_from:skip_to] = seen["in"][:, skip_from:skip_to]
         return x
 
-    hooks = [(f"blocks.{skip_layer}.hook_resid_pre", grab), (f"blocks.{skip_layer}.hook_resid_post", merge)]
-    new = run_resid(model, tokens, hooks)
+    def zero(x, hook):
+        x = x.clone()
+        x[:, skip_from:skip_to] = 0.0
+        return x
+
+    if component == "local":
+        d = clean[skip_layer + 1] - clean[skip_layer]
+        final = clean[L].clone()
+        final[:, skip_from:skip_to] -= d[:, skip_from:skip_to]
+        new = clean[:L] + [final]
+    elif component == "mlp":
+        new = run_resid(model, tokens, [(f"blocks.{skip_layer}.hook_mlp_out", zero)])
+    else:
+        hooks = [(f"blocks.{skip_layer}.hook_resid_pre", grab), (f"blocks.{skip_layer}.hook_resid_post", merge)]
+        new = run_resid(model, tokens, hooks)
     sl = slice(measure_from, length)
     effects = []
     for i in range(L):
         d_ref = (clean[i + 1] - clean[i])[0, sl].float()
         d_new = (new[i + 1] - new[i])[0, sl].float()
         rel = (d_new - d_ref).norm(dim=-1) / d_ref.norm(dim=-1).clamp(min=EPS)
+        if component == "local":
+            rel = torch.zeros_like(rel)  # every block ran on its clean input
         effects.append(rel.max().item() if i > skip_layer else 0.0)
     with torch.no_grad():
         p_ref = probs_from_final(model, clean[-1])[0, sl]
@@ -98,14 +117,14 @@ def skip_effect_one(model, tokens, skip_layer, skip_from, skip_to, measure_from,
     return torch.tensor(effects), (p_new - p_ref).norm(dim=-1).max().item()
 
 
-def future_effects(model, tokens, length, cuts, skip_front=1):
+def future_effects(model, tokens, length, cuts, skip_front=1, component="block"):
     """max over cuts of skip_effect_one; layer effects [L, L] and output effects [L]."""
     L = model.cfg.n_layers
     layer = torch.zeros(L, L)
     out = torch.zeros(L)
     for t in cuts:
         for s in range(L):
-            eff, o = skip_effect_one(model, tokens, s, skip_front, t, t, length)
+            eff, o = skip_effect_one(model, tokens, s, skip_front, t, t, length, component)
             layer[s] = torch.maximum(layer[s], eff)
             out[s] = max(out[s].item(), o)
     return layer, out

@@ -152,3 +152,34 @@ def test_spearman_bootstrap_undefined_for_constant_ratios():
     fns = [lambda idx: 0.5, lambda idx: 0.5, lambda idx: 0.5 if idx is None else 0.6]
     out = spearman_bootstrap([1, 2, 3], fns, [4, 4, 4], n_boot=20)
     assert out["rho"] is None and out["ci"] is None
+
+
+def test_depth_score_estimate_on_a_hand_built_matrix():
+    """Prompts of two kinds: skipping block 0 matters to later blocks (centre of mass 0), or
+    skipping block 2 does (centre 2). With token-weighted means and one count per skipped block,
+    the mean effect per skipped block is [n_A, 0, n_B] / n, so the score is 2 n_B / n."""
+    import numpy as np
+
+    from effective_depth.depth import bootstrap_indices, depth_score_estimate
+    from effective_depth.metrics import SkipEffects
+
+    L, kinds = 4, [0, 0, 1, 0, 0, 1, 0, 0]  # 1 = kind B
+    P = len(kinds)
+    layer = torch.zeros(P, L, L)
+    for p, kind in enumerate(kinds):
+        if kind:
+            layer[p, 2, 3] = 1.0
+        else:
+            layer[p, 0, 1:] = 1.0
+    skips = SkipEffects(layer, layer.clone(), torch.zeros(P, L), torch.zeros(P, L),
+                        torch.ones(P, L), [[8]] * P,
+                        meta={"n_prompts": P, "n_layers": L, "aggregate": "mean"})
+    est = depth_score_estimate(skips, n_boot=400, seed=3)
+    assert est["value"] == pytest.approx(2 * 2 / 8)  # 2 of 8 prompts are kind B
+    # the interval, recomputed from the same resamples by the closed form 2 * (share of B)
+    b = np.asarray(kinds)
+    shares = [2 * b[idx].mean() for idx in bootstrap_indices(P, 400, 3)]
+    lo, hi = np.quantile(shares, [0.025, 0.975])
+    assert est["ci"] == pytest.approx([lo, hi])
+    assert est["ci"][0] <= est["value"] <= est["ci"][1] and est["ci"][0] < est["ci"][1]
+    assert est["n_layers"] == L and est["n_boot"] == 400

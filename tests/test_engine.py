@@ -4,12 +4,16 @@ hooks clean up; padding is exact."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 from effective_depth import load_model
 from effective_depth.engine import (
+    Intervention,
+    Patch,
     Row,
     compile_plan,
     encode_batch,
@@ -21,8 +25,10 @@ from effective_depth.engine import (
     skip_block,
     skip_mlp,
     sweep,
+    where,
 )
 from effective_depth.engine.interventions import ablate
+from effective_depth.errors import ConfigError
 from effective_depth.tasks import Example
 
 TOL = 1e-5
@@ -64,7 +70,7 @@ def _resumed_logits(model, specs, tokens):
         plan = compile_plan(specs, adapter, clean, row)
         final = {}
 
-        def on_final(keys, h, offset, final=final):
+        def on_final(chunk, h, final=final):
             final["h"] = h
 
         sweep(adapter, clean, [Row("r", row, plan)], on_final=on_final)
@@ -138,7 +144,7 @@ def test_user_hooks_fire_and_ours_are_removed_after_an_exception(models, batch):
         clean = adapter.clean(batch.tokens)
         rows = [Row(s, 0, compile_plan([skip_attn(s)], adapter, clean, 0)) for s in range(3)]
 
-        def boom(keys, h, offset):
+        def boom(chunk, h):
             raise RuntimeError("metric failed")
 
         before = len(calls)
@@ -181,19 +187,125 @@ def test_suffix_runs_equal_full_runs(models, batch):
             for b in [0] for layer in range(4) for t in (2, 5, 7)]
     got = {}
 
-    def keep(keys, h, offset):
-        for k, x in zip(keys, h):
-            got[(k, offset)] = x[-1].clone()
+    def keep(chunk, h):
+        for k, x in zip(chunk.keys, h):
+            got[(k, chunk.start)] = x[-1].clone()
 
     sweep(adapter, clean_kv, rows, on_final=keep, suffix=True)
     assert any(off > 0 for _, off in got)
     full = {}
 
-    def keep_full(keys, h, offset):
-        assert offset == 0
-        for k, x in zip(keys, h):
+    def keep_full(chunk, h):
+        assert chunk.positions.tolist() == list(range(batch.width))
+        for k, x in zip(chunk.keys, h):
             full[k] = x[-1].clone()
 
     sweep(adapter, clean, rows, on_final=keep_full, suffix=False)
     for (k, _off), v in got.items():
         assert (v - full[k]).abs().max() <= TOL
+
+
+@dataclass(frozen=True)
+class ScaleMLP(Intervention):
+    """A user's intervention, written once as a patch (the hook-scripting guide's example)."""
+
+    layer: int
+    factor: float
+    positions: object = None
+
+    def patches(self):
+        return [Patch("mlp", self.layer, self.positions, fn=lambda m: m * self.factor)]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_a_custom_intervention_written_once_works_both_ways(models, batch, arch):
+    model = models[arch]
+    adapter = get_adapter(model)
+    tokens = batch.tokens
+    with torch.no_grad():
+        clean_logits = model(tokens, padding_side="right")
+        # an independent hook: the MLP output of block 1 scaled by hand at positions 2..
+        def by_hand(x, hook):
+            x = x.clone()
+            x[:, 2:] *= 0.25
+            return x
+
+        want = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_mlp_out", by_hand)],
+                                    padding_side="right")
+    spec = ScaleMLP(1, 0.25, slice(2, None))
+    with torch.no_grad(), intervene(model, spec):
+        hooked = model(tokens, padding_side="right")
+    assert (hooked - want).abs().max() <= TOL
+    assert (hooked - clean_logits).abs().max() > 1e-3
+    clean = adapter.clean(tokens, components=True)
+    assert compile_plan([spec], adapter, clean, 0).start == 2  # resumed after block 1
+    for specs in ([spec], [spec, skip_block(2, slice(3, None))], [skip_attn(0, [4]), spec]):
+        with torch.no_grad(), intervene(model, *specs):
+            hooked = model(tokens, padding_side="right")
+        assert (hooked - _resumed_logits(model, specs, tokens)).abs().max() <= TOL, specs
+
+
+def test_patches_fold_into_the_resumed_residual(models, batch):
+    model = models["qwen2"]
+    adapter = get_adapter(model)
+    clean = adapter.clean(batch.tokens, components=True)
+    L = adapter.n_layers
+    # a block skip resumes at s + 1 from h_s exactly (no in-run patch left)
+    plan = compile_plan([skip_block(1, slice(2, None))], adapter, clean, 0)
+    assert plan.start == 2 and plan.patches == () and plan.first_pos == 2
+    assert torch.equal(plan.resid[2:], clean.resid[1, 0, 2:])
+    assert torch.equal(plan.resid[:2], clean.resid[2, 0, :2])
+    # a sequential attention skip must run inside block s; a local skip starts at h_L
+    assert compile_plan([skip_attn(1)], adapter, clean, 0).start == 1
+    local = compile_plan([local_skip(0, [3])], adapter, clean, 0)
+    assert local.start == L and local.patches == ()
+    assert torch.equal(local.resid[3], clean.resid[L, 0, 3] - (clean.resid[1, 0, 3] - clean.resid[0, 0, 3]))
+    # plans are values: the sweep never writes into them
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.start = 0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_local_skip_combined_with_later_patches(models, batch, arch):
+    model = models[arch]
+    adapter = get_adapter(model)
+    positions = torch.zeros(batch.width, dtype=torch.bool)
+    positions[2:6] = True
+    specs = [skip_mlp(2, positions), local_skip(0, positions)]  # d_0 is read before anything changes
+    with torch.no_grad(), intervene(model, *specs):
+        hooked = model(batch.tokens, padding_side="right")
+    assert (hooked - _resumed_logits(model, specs, batch.tokens)).abs().max() <= TOL
+    # d_1 would have to come from a run that already skipped block 0: hooks only, and the
+    # resumed form says so instead of using the clean d_1
+    clean = adapter.clean(batch.tokens, components=True)
+    with pytest.raises(ConfigError, match="reads block 1"):
+        compile_plan([skip_block(0), local_skip(1)], adapter, clean, 0)
+    with pytest.raises(ConfigError, match="block 7 outside 0..2"):
+        compile_plan([skip_block(7)], adapter, clean, 0)
+
+
+def test_where_replaces_only_the_masked_positions():
+    old = torch.arange(24.0).reshape(2, 3, 4)
+    mask = torch.tensor([[True, False, False], [False, False, True]])
+    out = where(mask, torch.zeros(4), old)
+    assert out[0, 0].tolist() == [0.0] * 4 and out[1, 2].tolist() == [0.0] * 4
+    assert torch.equal(out[0, 1:], old[0, 1:]) and torch.equal(out[1, :2], old[1, :2])
+    with pytest.raises(ConfigError, match="does not match"):
+        where(torch.ones(3, 3, dtype=torch.bool), torch.zeros(4), old)
+
+
+def test_bridge_hooks_and_resumed_plans_equal_hooked_transformer(tiny_checkpoints, models, batch):
+    """The same patches, spelled as the bridge's hooks by the adapter, in a forward pass and in
+    the bridge's resumed fallback (a full forward with the residual overwritten)."""
+    bridge = load_model(tiny_checkpoints["qwen2"], device="cpu", backend="bridge")
+    hooked = models["qwen2"]
+    cases = [[skip_block(1)], [skip_mlp(0, slice(2, None)), skip_block(2)],
+             [skip_mlp(2), local_skip(0)], [ScaleMLP(1, 2.0, [3, 4])]]
+    for specs in cases:
+        with torch.no_grad():
+            with intervene(hooked, *specs):
+                want = hooked(batch.tokens, padding_side="right")
+            with intervene(bridge, *specs):
+                got = bridge(batch.tokens)
+        assert (want - got).abs().max() <= 1e-4, specs
+        assert (want - _resumed_logits(bridge, specs, batch.tokens)).abs().max() <= 1e-4, specs

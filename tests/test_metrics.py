@@ -200,3 +200,86 @@ def test_bridge_backend_gives_the_same_measurements(tiny_checkpoints, models, ba
     assert (ea.maps[0][:, 1:] - eb.maps[0][:, 1:]).abs().max() <= tol
     ia, ib = integrated_gradients(hooked, sub, n_steps=8), integrated_gradients(bridge, sub, n_steps=8)
     assert (ia.maps[0] - ib.maps[0]).abs().max() <= tol
+
+
+@pytest.mark.parametrize("component", ["mlp", "local"])
+def test_mlp_and_local_skip_effects_match_reference(models, batch, component):
+    model = models["qwen2"]
+    L = model.cfg.n_layers
+    future = skip_effects(model, batch, mode="future", component=component, seed=7)
+    want_layer, want_out = torch.zeros(L, L), torch.zeros(L)
+    for b in range(batch.size):
+        if future.cuts[b]:
+            layer, out = reference.future_effects(model, _one(batch, b), int(batch.lengths[b]),
+                                                  future.cuts[b], component=component)
+            want_layer, want_out = torch.maximum(want_layer, layer), torch.maximum(want_out, out)
+    assert (future.layer_effect - want_layer).abs().max() <= TOL
+    assert (future.output_effect - want_out).abs().max() <= TOL
+    # known values: a local skip before t changes only the output before t, so its future effect
+    # is exactly 0; the last MLP's output at earlier positions reaches no later computation
+    if component == "local":
+        assert future.output_effect.abs().max() == 0
+    else:
+        assert future.output_effect[:-1].min() > 0 and future.output_effect[-1] == 0
+    current = skip_effects(model, batch, mode="current", component=component)
+    for b in range(batch.size):
+        n = int(batch.lengths[b])
+        for s in range(L):
+            layer, out = reference.skip_effect_one(model, _one(batch, b), s, 1, n, 0, n, component)
+            assert (current.layer_max[b, s] - layer).abs().max() <= TOL, (b, s)
+            assert abs(current.output_max[b, s].item() - out) <= TOL, (b, s)
+    if component == "local":
+        assert current.layer_effect.abs().max() == 0  # later blocks keep their clean inputs
+    else:
+        assert current.layer_effect.max() > 0
+
+
+def _greedy(forward, prompt, n):
+    """Greedy decoding of ``n`` tokens after ``prompt`` (1-D ids); ``forward`` maps [1, pos]
+    token ids to [1, pos, vocab] logits."""
+    seq = prompt.clone()
+    for _ in range(n):
+        nxt = forward(seq[None])[0, -1].argmax()
+        seq = torch.cat([seq, nxt[None]])
+    return seq[len(prompt):]
+
+
+def test_behaviour_equals_greedy_decoding_under_intervene():
+    """The input of ed_task / ed_prune is teacher-forced exact match; it must equal real greedy
+    decoding, with the pruned blocks skipped by hooks and the early exits read by the lens."""
+    from effective_depth.engine import intervene, skip_block
+    from effective_depth.metrics import behaviour
+
+    model = load_model("zoo/add-4l", device="cpu")  # trained: it solves some, not all
+    examples = get_task("addition", digits=3, split="test", seed=5).examples(6)
+    batch = encode_batch(model.tokenizer, examples)
+    L = model.cfg.n_layers
+    order = [2, 0, 3, 1]
+    got = behaviour(model, batch, order=order)
+
+    def lens_forward(n):
+        def forward(tokens):
+            if n == L:
+                return model(tokens)
+            name = f"blocks.{n}.hook_resid_pre"
+            _, cache = model.run_with_cache(tokens, names_filter=name)
+            return model.unembed(model.ln_final(cache[name]))
+
+        return forward
+
+    exit_ok = torch.zeros(batch.size, L + 1, dtype=torch.bool)
+    prune_ok = torch.zeros(batch.size, L + 1, dtype=torch.bool)
+    with torch.no_grad():
+        for b in range(batch.size):
+            start, n = int(batch.answer_start[b]), int(batch.lengths[b])
+            prompt, answer = batch.tokens[b, :start], batch.tokens[b, start:n]
+            for depth in range(L + 1):
+                exit_ok[b, depth] = torch.equal(_greedy(lens_forward(depth), prompt, len(answer)), answer)
+            for k in range(L + 1):
+                with intervene(model, *[skip_block(s) for s in order[:k]]):
+                    prune_ok[b, k] = torch.equal(_greedy(model, prompt, len(answer)), answer)
+    assert torch.equal(got.correct_by_exit, exit_ok)
+    assert torch.equal(got.correct_by_prune, prune_ok)
+    # not a vacuous agreement: some examples are solved by the full model, and pruning all
+    # blocks solves none
+    assert exit_ok[:, L].any() and not prune_ok[:, L].any()

@@ -81,8 +81,8 @@ def test_a_measurement_registered_here_runs_in_a_study(tmp_path):
         norms = []
         for ex in inputs:  # one prompt at a time, no padding
             _, cache = model.run_with_cache(torch.tensor([ex["tokens"]]))
-            norms.append(torch.stack([cache[f"blocks.{l}.hook_resid_pre"][0, -1].norm()
-                                      for l in range(2)]))
+            norms.append(torch.stack([cache[f"blocks.{b}.hook_resid_pre"][0, -1].norm()
+                                      for b in range(2)]))
         expected = torch.stack(norms).mean(0)
         stored = json.loads((tmp_path / "run" / "results.json").read_text())
         torch.testing.assert_close(torch.tensor(stored["metrics"]["toy_norm"]["curves"]["norm"]),

@@ -40,9 +40,17 @@ def test_run_directory_holds_the_documented_files(tmp_path, tiny_model):
     assert len(results["metrics"]["logit_lens"]["curves"]["kl"]) == L
     assert len(results["metrics"]["logit_lens"]["curves"]["overlap"]) == L
     assert len(results["metrics"]["skip_effects"]["curves"]["output_effect"]) == L
+    # the stored estimates are those of the stored per-prompt data (recomputed from the loaded
+    # measurements with the run's bootstrap settings), with ratio = (layer + 1) / L
+    from effective_depth.depth import estimate_all
+
+    loaded = load_run(path)
+    again = estimate_all({m: loaded.metric(m) for m in loaded.completed}, n_boot=40, seed=0)
     for name in ("ed_cos", "ed_kl", "ed_overlap", "ed_skip", "ed_task", "ed_prune"):
         est = results["depth"][name]
-        assert "layer" in est and ("reason" in est if est["layer"] is None else "ci" in est)
+        want = again[name].to_dict()
+        assert (est["layer"], est.get("ci"), est.get("reason")) == (want["layer"], want["ci"], want["reason"])
+        assert est["ratio"] == (None if est["layer"] is None else (est["layer"] + 1) / L)
     inputs = json.loads((path / "inputs.json").read_text())
     ex = inputs["examples"][0]
     assert ex["tokens"][0] == 1 and len(ex["tokens"]) == len(ex["str_tokens"])
@@ -51,7 +59,17 @@ def test_run_directory_holds_the_documented_files(tmp_path, tiny_model):
     assert run.metric("skip_effects").layer_effect.shape == (L, L)
     torch.testing.assert_close(run.metric("skip_effects").layer_effect,
                                run.tensors["metrics.skip_effects.layer_effect"])
-    assert "pickle" not in (path / "tensors.safetensors").read_bytes()[:200].decode(errors="ignore")
+    # safetensors: an 8-byte little-endian header length, a JSON header describing every tensor,
+    # then raw data; no file of the run is a pickle (b"\x80") or a torch.save zip (b"PK")
+    raw = (path / "tensors.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    assert set(header) - {"__metadata__"} == set(run.tensors)
+    assert all(set(v) == {"dtype", "shape", "data_offsets"} for k, v in header.items() if k != "__metadata__")
+    assert max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__") == len(raw) - 8 - n
+    for f in path.iterdir():
+        if f.is_file():
+            assert f.read_bytes()[:2] not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"PK"), f.name
 
 
 def test_killed_run_resumes_and_equals_an_uninterrupted_run(tmp_path, tiny_model):

@@ -89,6 +89,12 @@ def gradients() -> IntegratedGradients:
                                meta={"n_layers": L, "n_prompts": 2, "n_steps": 8})
 
 
+# Expected values are computed here from the fixtures' raw fields (sums, counts, maxima), not
+# through the result accessors the figures themselves call.
+def _token_mean(sums: torch.Tensor, counts: torch.Tensor) -> list[float]:
+    return (sums.sum(0) / counts.sum()).tolist()
+
+
 def _titled_axes(fig: go.Figure) -> None:
     """Every axis that a trace uses has a title (a shared axis: its partner has it)."""
     used = set()
@@ -115,7 +121,8 @@ def test_relative_contributions_show_the_curves(contributions):
     assert [t.name for t in fig.data] == ["rel_attn", "rel_mlp", "rel_block"]
     for trace in fig.data:
         assert list(trace.x) == list(range(L))
-        assert list(trace.y) == contributions.curve(trace.name).tolist()
+        want = _token_mean(contributions.sums[trace.name], contributions.counts)
+        assert list(trace.y) == pytest.approx(want, rel=1e-6)
     _titled_axes(fig)
 
 
@@ -123,10 +130,12 @@ def test_cosines_mark_ed_cos(contributions):
     est = Estimate("ed_cos", L, 2, ci=(0.5, 1.0))
     fig = figure_for(contributions, kind="cosines", estimates={"ed_cos": est})
     by_name = {t.name: t for t in fig.data}
-    for key in ("cos_attn", "cos_mlp", "cos_block", "cos_resid"):
-        assert list(by_name[key].y) == contributions.curve(key).tolist()
-    mean = (contributions.cos_attn + contributions.cos_mlp + contributions.cos_block) / 3
-    assert list(by_name["mean (ed_cos)"].y) == pytest.approx(mean.tolist())
+    want = {key: torch.tensor(_token_mean(contributions.sums[key], contributions.counts))
+            for key in ("cos_attn", "cos_mlp", "cos_block", "cos_resid")}
+    for key, curve in want.items():
+        assert list(by_name[key].y) == pytest.approx(curve.tolist(), rel=1e-6)
+    mean = (want["cos_attn"] + want["cos_mlp"] + want["cos_block"]) / 3
+    assert list(by_name["mean (ed_cos)"].y) == pytest.approx(mean.tolist(), rel=1e-6)
     assert (2.0, "x") in _vlines(fig)
     assert any("ed_cos = 2" in (a.text or "") for a in fig.layout.annotations)
     _titled_axes(fig)
@@ -135,7 +144,9 @@ def test_cosines_mark_ed_cos(contributions):
 def test_angular_distance_heatmap(contributions):
     fig = figure_for(contributions, kind="angular")
     assert fig.data[0].type == "heatmap"
-    assert [list(r) for r in fig.data[0].z] == contributions.angular_distance.tolist()
+    want = (contributions.angular_sums.sum(0) / contributions.counts.sum()).tolist()
+    for row, exp in zip(fig.data[0].z, want):
+        assert list(row) == pytest.approx(exp, rel=1e-6)
     _titled_axes(fig)
 
 
@@ -146,13 +157,15 @@ def test_logit_lens_curves_and_estimates(lens):
     }
     fig = figure_for(lens, estimates=estimates)
     kl, overlap = fig.data[0], fig.data[1]
-    assert list(kl.y) == lens.kl.tolist() and list(overlap.y) == lens.overlap.tolist()
+    want_kl = _token_mean(lens.kl_sums, lens.counts)
+    assert list(kl.y) == pytest.approx(want_kl, rel=1e-6)
+    assert list(overlap.y) == pytest.approx(_token_mean(lens.overlap_sums, lens.counts), rel=1e-6)
     assert list(kl.x) == list(range(L))
     assert (kl.yaxis, overlap.yaxis) == ("y", "y2")
     lines = _vlines(fig)
     assert (1.0, "x") in lines and (3.0, "x2") in lines  # each estimate on its own curve
     hlines = {round(s.y0, 6) for s in fig.layout.shapes if s.y0 == s.y1}
-    assert round(0.5 * float(lens.kl.max()), 6) in hlines and 0.3 in hlines
+    assert round(0.5 * max(want_kl), 6) in hlines and 0.3 in hlines
     _titled_axes(fig)
 
 
@@ -167,7 +180,8 @@ def test_layer_effect_heatmap_is_the_matrix(skips):
     fig = figure_for(skips)
     hm = fig.data[0]
     assert hm.type == "heatmap"
-    assert [list(r) for r in hm.z] == skips.layer_effect.tolist()
+    # aggregate "max" over prompts that have a measured position (all of them here)
+    assert [list(r) for r in hm.z] == skips.layer_max.amax(0).tolist()
     assert (hm.zmin, hm.zmax) == (0, 1)
     assert list(hm.x) == list(range(L)) and list(hm.y) == list(range(L))
     assert fig.layout.xaxis.title.text == "affected block i"
@@ -187,7 +201,7 @@ def test_output_effect_bars_and_ed_skip(skips):
     est = Estimate("ed_skip", L, 2, ci=(0.75, 0.75), params={"threshold": 0.1})
     fig = figure_for(skips, kind="output_effect", estimates={"ed_skip": est})
     assert fig.data[0].type == "bar"
-    assert list(fig.data[0].y) == skips.output_effect.tolist()
+    assert list(fig.data[0].y) == skips.output_max.amax(0).tolist()
     assert (2.0, "x") in _vlines(fig)
     _titled_axes(fig)
 
@@ -196,8 +210,9 @@ def test_behaviour_accuracy_curves(behaviour):
     estimates = {"ed_task": Estimate("ed_task", L, 1), "ed_prune": Estimate("ed_prune", L, 2)}
     fig = figure_for(behaviour, estimates=estimates)
     exit_, prune = fig.data
-    assert list(exit_.y) == behaviour.accuracy_by_exit().tolist()
-    assert list(prune.y) == behaviour.accuracy_by_prune().tolist()
+    # column means of the fixture's tables, by hand
+    assert list(exit_.y) == pytest.approx([0, 1 / 3, 2 / 3, 1, 1])
+    assert list(prune.y) == pytest.approx([1, 2 / 3, 1 / 3, 0, 0])
     assert list(exit_.x) == list(range(L + 1))
     assert list(prune.customdata)[:2] == ["none", "3"]  # the prune order: block 3 first
     # ed_task = block 1 -> 2 blocks run; ed_prune = block 2 -> L - 2 - 1 = 1 block skipped
@@ -260,15 +275,32 @@ def test_ed_summary_ratios_cis_and_reasons():
 # --- the registry -----------------------------------------------------------------------------
 
 
+# the default figure of each result type, and what its first trace is
+DEFAULTS = {
+    Contributions: ("relative", "rel_attn"),
+    LogitLens: ("lens", None),
+    SkipEffects: ("layer_effect", None),
+    Behaviour: ("behaviour", None),
+    Erasure: ("map", None),
+    IntegratedGradients: ("map", None),
+}
+
+
 def test_figure_for_dispatches_every_result_type(contributions, lens, skips, behaviour, erasure, gradients):
     results = [contributions, lens, skips, behaviour, erasure, gradients]
-    assert {type(r) for r in results} <= set(FIGURES)
+    assert set(FIGURES) == set(DEFAULTS)
     for result in results:
-        for kind in figure_specs(result):
-            fig = figure_for(result, kind=kind)
+        kind, first_trace = DEFAULTS[type(result)]
+        assert list(figure_specs(result))[0] == kind
+        default = figure_for(result)
+        assert default.to_plotly_json() == figure_for(result, kind=kind).to_plotly_json()
+        if first_trace is not None:
+            assert default.data[0].name == first_trace
+        for other in figure_specs(result):
+            fig = figure_for(result, kind=other)
             assert isinstance(fig, go.Figure) and fig.data
-        default = result.figure()  # MetricResult.figure() goes through the registry
-        assert default.to_plotly_json() == figure_for(result).to_plotly_json()
+    # the layer-effect heatmap is the default of SkipEffects, the output bars are not
+    assert figure_for(skips).data[0].type == "heatmap"
 
 
 def test_figure_for_errors(lens):

@@ -1,4 +1,4 @@
-"""The engine: backend adapter, interventions and the sweep. The only package that knows hook
+"""The engine: backend adapter, interventions and the sweep. Only its adapter knows hook
 names; metrics ask it for residuals, resumed runs and lens distributions."""
 
 from .adapter import Adapter, Clean, get_adapter
@@ -6,6 +6,7 @@ from .batch import Batch, encode_batch, measured_mask
 from .interventions import (
     Intervention,
     LocalSkip,
+    Patch,
     PatchContribution,
     Plan,
     ReplaceResidual,
@@ -18,15 +19,18 @@ from .interventions import (
     skip_attn,
     skip_block,
     skip_mlp,
+    where,
 )
-from .sweep import Row, sweep
+from .sweep import Chunk, Row, sweep
 
 __all__ = [
     "Adapter",
     "Batch",
+    "Chunk",
     "Clean",
     "Intervention",
     "LocalSkip",
+    "Patch",
     "PatchContribution",
     "Plan",
     "ReplaceResidual",
@@ -44,4 +48,5 @@ __all__ = [
     "skip_block",
     "skip_mlp",
     "sweep",
+    "where",
 ]

@@ -84,6 +84,21 @@ class Adapter:
     def mlp_hook(self, layer: int) -> str:
         return f"blocks.{layer}.hook_mlp_out"
 
+    def block_io_hooks(self, layer: int) -> tuple[str, str]:
+        """The hooks on block ``layer``'s input ``h_l`` and output ``h_{l+1}`` (inside the block,
+        so a change there is a change of that block's contribution)."""
+        return f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_resid_post"
+
+    def point_hook(self, kind: str, index: int) -> str:
+        """The hook of a patch point: "resid" boundary, or block ``index``'s "attn" / "mlp"."""
+        if kind == "resid":
+            return self.resid_hook(index)
+        if kind == "attn":
+            return self.attn_hook(index)
+        if kind == "mlp":
+            return self.mlp_hook(index)
+        raise ValueError(f"no single hook for a {kind!r} point")
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -209,54 +224,6 @@ class Adapter:
             keys, values = prefix_kv
             entry = TransformerLensKeyValueCacheEntry(keys, values, frozen=True)
         return block(x, past_kv_cache_entry=entry)
-
-    def run_blocks(
-        self,
-        x: Float[Tensor, "rows pos d_model"],
-        start: int,
-        stop: int | None = None,
-        *,
-        tokens: Int[Tensor, "rows pos"] | None = None,
-        prefix_kv: Sequence[tuple[Tensor, Tensor]] | None = None,
-    ) -> Float[Tensor, "rows pos d_model"]:
-        """``h_stop`` computed from ``h_start = x`` (default stop: L, the final residual).
-
-        The bridge backend needs ``tokens`` (one row per row of ``x``) for its full-forward fallback.
-        """
-        stop = self.n_layers if stop is None else stop
-        if self.can_resume:
-            for layer in range(start, stop):
-                x = self.block(layer, x, None if prefix_kv is None else prefix_kv[layer])
-            return x
-        if tokens is None:
-            raise ValueError("the bridge backend needs the tokens to resume from a residual")
-        return self.bridge_resume(tokens, {start: x}, stop)
-
-    def bridge_resume(
-        self,
-        tokens: Int[Tensor, "rows pos"],
-        replace: dict[int, Tensor],
-        stop: int,
-        extra_hooks: Sequence[tuple[str, HookFn]] = (),
-    ) -> Tensor:
-        """Full forward in which ``h_b := replace[b]`` for each boundary ``b``; returns ``h_stop``."""
-        out: dict[str, Tensor] = {}
-
-        def setter(value: Tensor) -> HookFn:
-            def hook(x: Tensor, hook: Any) -> Tensor:
-                return value.to(x.dtype).to(x.device)
-
-            return hook
-
-        def keep(x: Tensor, hook: Any) -> None:
-            out["x"] = x
-
-        hooks = [(self.resid_hook(b), setter(v)) for b, v in sorted(replace.items())]
-        hooks += list(extra_hooks)
-        hooks.append((self.resid_hook(stop), keep))
-        with self.hooks(hooks):
-            self.model(self.to_device(tokens), return_type=None)
-        return out["x"]
 
     # ------------------------------------------------------------------ lens / output
     def final_norm(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:

@@ -1,14 +1,20 @@
-"""Interventions: skip, ablate, patch — as self-cleaning hooks *and* as resumable plans.
+"""Interventions: skip, ablate, patch — described once, used as hooks *and* as resumed plans.
 
-Every intervention has two equivalent forms, and the tests check that they agree:
+An intervention is written once, as a list of :class:`Patch` es: "at this point of the forward
+pass (a residual boundary, or block ``l``'s attention, MLP or whole contribution), at these
+positions, the activation becomes ``value`` (or ``fn(activation)``)". Both ways of running it are
+derived from that one description, generically, and the tests check that they agree:
 
 * **hooks** (``spec.hooks(model)``, or ``with intervene(model, spec, ...):``): TransformerLens
-  hook functions for a normal forward pass. The context manager removes exactly the hooks it added,
-  in ``finally``, so it composes with ``model.hooks(...)``, ``run_with_hooks`` and hooks the user
-  added themselves (TransformerLens ``HookedRootModule.hooks`` semantics).
-* **plan** (``compile_plan([spec, ...], clean, row)``): where a run can *resume*. A skip of block
-  ``s`` changes nothing below ``s``, so the sweep engine starts at the first changed residual,
-  built from the clean cache, and applies later changes as in-run patches.
+  hook functions for a normal forward pass (:func:`patch_hooks`). The context manager removes
+  exactly the hooks it added, in ``finally``, so it composes with ``model.hooks(...)``,
+  ``run_with_hooks`` and hooks the user added themselves (``HookedRootModule.hooks`` semantics).
+* **plan** (``compile_plan([spec, ...], adapter, clean, row)``): where a run can *resume*. A skip
+  of block ``s`` changes nothing below ``s``, so the sweep starts at the first changed residual,
+  built from the clean cache by folding the first patches into it, and applies the rest as in-run
+  patches (the same :func:`patch_hooks`).
+
+A new intervention implements only ``patches()`` (see ``docs/hook_scripting.md``).
 
 Positions: ``None`` (every position), an ``int``, a ``slice``, a list of ints, or a boolean mask of
 shape ``[pos]`` or ``[batch, pos]``. Values broadcast: a ``[d_model]`` vector (a mean), or
@@ -32,8 +38,8 @@ mode, value)``            mean vector or resampled activations
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -57,12 +63,19 @@ __all__ = [
     "ablate",
     "intervene",
     "compile_plan",
+    "patch_hooks",
     "position_mask",
+    "where",
     "COMPONENTS",
+    "POINTS",
 ]
 
 Component = Literal["block", "attn", "mlp"]
 COMPONENTS = ("block", "attn", "mlp")
+#: the points a patch can change, in forward order within a block: the residual entering block
+#: ``l`` ("resid", boundaries 0..L), then its attention output, its MLP output, and its whole
+#: contribution ``d_l = h_{l+1} - h_l`` ("block")
+POINTS = ("resid", "attn", "mlp", "block")
 Positions = Any  # None | int | slice | Sequence[int] | Tensor (documented above)
 
 
@@ -88,9 +101,12 @@ def position_mask(positions: Positions, width: int, device: torch.device | str =
     return mask
 
 
-def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
-    """``old`` with ``new`` at ``mask``; ``old`` is ``[pos, d]`` or ``[batch, pos, d]``, ``mask``
-    is ``[pos]`` or ``[batch, pos]``."""
+def where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """``old`` with ``new`` at the positions of ``mask``.
+
+    ``old`` is ``[pos, d]`` or ``[batch, pos, d]``; ``mask`` is ``[pos]`` or ``[batch, pos]``;
+    ``new`` broadcasts against ``old`` (a ``[d]`` vector, or a tensor of ``old``'s shape).
+    """
     m = mask.to(old.device)
     if m.dim() == 1:
         m = m[:, None] if old.dim() == 2 else m[None, :, None]
@@ -105,24 +121,93 @@ def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(m, new.to(old.dtype).to(old.device), old)
 
 
-def _value(value: Tensor | None, like: Tensor) -> Tensor:
-    if value is None:
-        return torch.zeros((), dtype=like.dtype, device=like.device)
-    return value.to(like.dtype).to(like.device)
-
-
 @dataclass(frozen=True)
 class Patch:
-    """An in-run change: at ``kind`` ("resid" boundary, or "block"/"attn"/"mlp" of a layer),
-    positions ``mask`` get ``value`` (resid/attn/mlp) or ``input + value`` (block)."""
+    """One change at one point of the forward pass: the single description of an intervention.
+
+    ``kind``/``index``: "resid" with a boundary 0..L (``h_index``), or "attn" / "mlp" / "block"
+    with a block 0..L-1 (its attention output, MLP output, or whole contribution ``d_l``; a block
+    skip sets ``d_l := 0``, i.e. ``h_{l+1} := h_l``). At ``positions`` the activation becomes:
+
+    * ``fn(x)`` if ``fn`` is given (``fn(x, r)`` when ``read`` names another point, whose
+      activation ``r`` in the same run is passed along); ``fn`` must act on each position on its
+      own, since a resumed run may call it on a suffix of the positions;
+    * else ``value`` (``None``: zero), a ``[d_model]`` vector or a ``[pos, d_model]`` /
+      ``[batch, pos, d_model]`` tensor.
+
+    ``read_value`` is filled in by :func:`compile_plan` when the read point is unchanged by the
+    plan (it is then taken from the clean cache).
+    """
 
     kind: str
     index: int
-    mask: Tensor
+    positions: Positions = None
     value: Tensor | None = None
+    fn: Callable[..., Tensor] | None = None
+    read: tuple[str, int] | None = None
+    read_value: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in POINTS:
+            raise ConfigError(f"patch kind must be one of {POINTS}, got {self.kind!r}")
+        if self.read is not None and self.read[0] not in POINTS:
+            raise ConfigError(f"a patch reads one of {POINTS}, got {self.read[0]!r}")
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Where the point sits in the forward pass (boundary ``l`` comes before block ``l``)."""
+        return _order(self.kind, self.index)
+
+    def at(self, adapter: Adapter) -> Patch:
+        """This patch with its indices checked against the model, negative ones counted from the
+        end as in Python (boundary ``-1`` is the final residual ``h_L``, block ``-1`` the last)."""
+
+        def resolve(kind: str, index: int) -> int:
+            top = adapter.n_layers if kind == "resid" else adapter.n_layers - 1
+            i = index + top + 1 if index < 0 else index
+            if not 0 <= i <= top:
+                what = "boundary" if kind == "resid" else "block"
+                raise ConfigError(f"{what} {index} outside 0..{top} ({kind} patch)")
+            return i
+
+        read = None if self.read is None else (self.read[0], resolve(*self.read))
+        index = resolve(self.kind, self.index)
+        if index == self.index and read == self.read:
+            return self
+        return replace(self, index=index, read=read)
+
+    def new(self, x: Tensor, offset: int = 0, read: Tensor | None = None) -> Tensor:
+        """The replacement of activation ``x`` (positions ``offset..`` of the sequence)."""
+        if self.fn is not None:
+            if self.read is None:
+                return self.fn(x)
+            r = read if read is not None else _from(self.read_value, offset)
+            if r is None:
+                raise ConfigError(f"the patch at {self.kind} {self.index} reads {self.read} but "
+                                  "was given no value for it")
+            return self.fn(x, r.to(x.device, x.dtype))
+        value = _from(self.value, offset)
+        if value is None:
+            return torch.zeros((), dtype=x.dtype, device=x.device).expand_as(x)
+        return value.to(x.dtype).to(x.device).expand_as(x)
+
+    def mask(self, width: int, device: Any = "cpu", offset: int = 0) -> Tensor:
+        """Positions ``offset..width-1`` of the patch's mask (``[pos]`` or ``[batch, pos]``)."""
+        return position_mask(self.positions, width, device)[..., offset:]
 
 
-@dataclass
+def _order(kind: str, index: int) -> tuple[int, int]:
+    return index, POINTS.index(kind)
+
+
+def _from(value: Tensor | None, offset: int) -> Tensor | None:
+    # values with a position axis ([pos, d] or [batch, pos, d]) lose the positions before offset
+    if value is None or offset == 0 or value.dim() < 2:
+        return value
+    return value[..., offset:, :]
+
+
+@dataclass(frozen=True)
 class Plan:
     """How to run an intervention from the clean cache: resume at boundary ``start`` from
     ``resid`` (``[pos, d_model]``), applying ``patches`` on the way. Positions before
@@ -130,55 +215,185 @@ class Plan:
 
     start: int
     resid: Tensor
-    patches: list[Patch] = field(default_factory=list)
+    patches: tuple[Patch, ...] = ()
     first_pos: int = 0
-    #: set by a ``grad=True`` sweep: the leaf tensor the run started from (its ``.grad`` is the
-    #: gradient w.r.t. ``h'_start``)
-    resid_leaf: Tensor | None = None
 
 
 class Intervention:
-    """Base class. Subclasses implement ``hooks`` and ``plan``."""
+    """Base class: a subclass implements :meth:`patches`; its hooks and its resumed plan are
+    derived from them (:meth:`hooks`, :func:`compile_plan`)."""
 
     positions: Positions = None
 
-    def mask(self, width: int, device: Any = "cpu") -> Tensor:
-        return position_mask(self.positions, width, device)
+    def patches(self) -> Sequence[Patch]:
+        raise NotImplementedError(f"{type(self).__name__} must implement patches()")
 
     def hooks(self, model: Any) -> list[tuple[str, HookFn]]:
-        raise NotImplementedError
-
-    def start(self, adapter: Adapter) -> int:
-        """The earliest residual boundary this intervention changes when used as a plan."""
-        raise NotImplementedError
-
-    def resid_form(self, adapter: Adapter, clean: Clean, row: int, mask: Tensor) -> Tensor:
-        """``h'_start`` for prompt ``row`` built from the clean cache."""
-        raise NotImplementedError
-
-    def patches(self, adapter: Adapter, mask: Tensor) -> list[Patch]:
-        """The same change applied inside a run that started earlier (needed only when this
-        intervention is combined with others in one plan)."""
-        raise ConfigError(
-            f"{type(self).__name__} cannot be combined with other interventions in one plan; "
-            "run it on its own, or implement `patches`"
-        )
-
-    def plan_patches(self, adapter: Adapter, mask: Tensor, row: int) -> list[Patch]:
-        """In-run patches a single-intervention plan still needs after resuming (usually none)."""
-        return []
+        """TransformerLens ``(name, hook)`` pairs applying this intervention to a forward pass."""
+        adapter = get_adapter(model)
+        return patch_hooks(adapter, [(p.at(adapter), None) for p in self.patches()])
 
 
-def _row(mask: Tensor, row: int) -> Tensor:
-    return mask[row] if mask.dim() == 2 else mask
+# ---------------------------------------------------------------------------- the hook form
+Target = int | None  # a row of the running batch, or None: the whole batch
 
 
-def _row_value(value: Tensor | None, row: int) -> Tensor | None:
+def patch_hooks(
+    adapter: Adapter, items: Sequence[tuple[Patch, Target]], offset: int = 0
+) -> list[tuple[str, HookFn]]:
+    """Hooks applying each ``(patch, target)``: to row ``target`` of the running batch (rows not
+    yet in the batch are left alone), or with ``None`` to every row. The activations cover the
+    positions ``offset..`` of the sequence. Patches at one point act in the order given; points
+    act in forward order. Only the adapter spells the hook names."""
+    by_point: dict[tuple[str, int], list[tuple[Patch, Target]]] = {}
+    for p, target in items:
+        by_point.setdefault((p.kind, p.index), []).append((p, target))
+    hooks: list[tuple[str, HookFn]] = []
+    for (kind, index), group in sorted(by_point.items(), key=lambda kv: _order(*kv[0])):
+        reads: dict[tuple[str, int], dict[str, Tensor]] = {}
+        for p, _ in group:
+            if p.read is not None and p.read_value is None and p.read not in reads:
+                reads[p.read] = {}
+                hooks += _grab(adapter, p.read, reads[p.read])
+        seen: dict[str, Tensor] = {}
+        if kind == "block":
+            name_in, name = adapter.block_io_hooks(index)
+            hooks.append((name_in, _keep(seen, "in")))
+        else:
+            name = adapter.point_hook(kind, index)
+        hooks.append((name, _apply(group, seen, reads, offset)))
+    return hooks
+
+
+def _keep(store: dict[str, Tensor], key: str) -> HookFn:
+    def hook(x: Tensor, hook: Any) -> None:
+        store[key] = x
+
+    return hook
+
+
+def _grab(adapter: Adapter, point: tuple[str, int], store: dict[str, Tensor]) -> list[tuple[str, HookFn]]:
+    kind, index = point
+    if kind != "block":
+        return [(adapter.point_hook(kind, index), _keep(store, "x"))]
+    name_in, name_out = adapter.block_io_hooks(index)
+
+    def out(x: Tensor, hook: Any) -> None:
+        store["x"] = x - store["in"]
+
+    return [(name_in, _keep(store, "in")), (name_out, out)]
+
+
+def _apply(group: list[tuple[Patch, Target]], seen: dict[str, Tensor],
+           reads: dict[tuple[str, int], dict[str, Tensor]], offset: int) -> HookFn:
+    def hook(x: Tensor, hook: Any) -> Tensor:
+        width = offset + x.shape[1]
+        if any(target is not None for _, target in group):
+            x = x.clone()  # rows are written in place below; never into the caller's tensor
+        for p, target in group:
+            if target is not None and target >= x.shape[0]:
+                continue  # the row joins at a later block
+            sel = slice(None) if target is None else target
+            base = seen["in"][sel] if p.kind == "block" else None
+            cur = x[sel] if base is None else x[sel] - base
+            read = reads[p.read]["x"][sel] if p.read in reads else None
+            new = p.new(cur, offset, read)
+            if base is not None:
+                new = base + new
+            mask = p.mask(width, x.device, offset)
+            if target is None:
+                x = where(mask, new, x)
+            else:
+                x[target] = where(mask, new, x[target])
+        return x
+
+    return hook
+
+
+# ---------------------------------------------------------------------------- the resumed form
+def _clean_point(adapter: Adapter, clean: Clean, kind: str, index: int, row: int) -> Tensor:
+    if kind == "resid":
+        return clean.resid[index, row]
+    if kind == "block":
+        return clean.block_out(index)[row]
+    source = clean.attn if kind == "attn" else clean.mlp
+    if source is None:
+        raise ConfigError(f"this plan needs the clean {kind} outputs: run adapter.clean(tokens, "
+                          "components=True)")
+    return source[index, row]
+
+
+def _entry(adapter: Adapter, p: Patch) -> int | None:
+    """The boundary whose residual can hold this patch's effect, or None when it must act
+    inside the run (a sequential block's MLP reads its attention output)."""
+    if p.kind == "resid":
+        return p.index
+    if p.kind == "attn" and not adapter.parallel:
+        return None
+    return p.index + 1
+
+
+def _for_row(p: Patch, row: int, width: int, device: Any) -> Patch:
+    mask = p.mask(width, device)
+    value = p.value
     if value is not None and value.dim() == 3:
-        return value[row]
-    return value
+        value = value[row]
+    return replace(p, positions=mask[row] if mask.dim() == 2 else mask, value=value)
 
 
+def compile_plan(
+    specs: Sequence[Intervention], adapter: Adapter, clean: Clean, row: int
+) -> Plan:
+    """The resume plan of ``specs`` applied together to prompt ``row`` of ``clean``.
+
+    Derived from the specs' patches alone: the run resumes at the first boundary the earliest
+    patch changes, with that patch (and any other acting at the same boundary) folded into the
+    residual built from the clean cache; the remaining patches act inside the run, so each sees
+    the stream the earlier ones already changed.
+    """
+    width = int(clean.resid.shape[2])
+    device = clean.resid.device
+    patches = [_for_row(p.at(adapter), row, width, device) for spec in specs for p in spec.patches()]
+    if not patches:
+        return Plan(adapter.n_layers, clean.resid[-1, row], (), first_pos=width)
+    changed = torch.zeros(width, dtype=torch.bool, device=device)
+    for p in patches:
+        changed |= p.positions
+    nz = changed.nonzero()
+    first_pos = int(nz[0]) if len(nz) else width
+    patches.sort(key=lambda p: p.order)  # stable: one point keeps the order given
+    first = patches[0].order
+    for i, p in enumerate(patches):
+        if p.read is None:
+            continue
+        if _order(*p.read) >= first:
+            raise ConfigError(
+                f"the patch at {p.kind} {p.index} reads {p.read[0]} {p.read[1]}, which this plan "
+                "changes first; a resumed run cannot provide it (apply these interventions with "
+                "intervene(...) instead)"
+            )
+        patches[i] = replace(p, read_value=_clean_point(adapter, clean, *p.read, row))
+    entry = _entry(adapter, patches[0])
+    start = patches[0].index if entry is None else entry
+    resid = clean.resid[start, row]
+    in_run: list[Patch] = []
+    for p in patches:
+        if in_run or _entry(adapter, p) != start:
+            in_run.append(p)
+            continue
+        mask = p.positions
+        if p.kind == "resid":
+            resid = where(mask, p.new(resid), resid)
+        elif p.kind == "block":
+            before = clean.resid[p.index, row]
+            resid = where(mask, before + p.new(resid - before), resid)
+        else:  # an output nothing else in its block reads: h' = h - c + c'
+            c = _clean_point(adapter, clean, p.kind, p.index, row)
+            resid = where(mask, resid - c + p.new(c), resid)
+    return Plan(start, resid, tuple(in_run), first_pos)
+
+
+# ---------------------------------------------------------------------------- the catalogue
 @dataclass(frozen=True)
 class PatchContribution(Intervention):
     """Replace the contribution of block ``layer``'s ``component`` by ``value`` (None: zero).
@@ -195,63 +410,12 @@ class PatchContribution(Intervention):
         if self.component not in COMPONENTS:
             raise ConfigError(f"component must be one of {COMPONENTS}, got {self.component!r}")
 
-    def _check(self, adapter: Adapter) -> None:
-        if not 0 <= self.layer < adapter.n_layers:
-            raise ConfigError(f"block {self.layer} outside 0..{adapter.n_layers - 1}")
+    def patches(self) -> list[Patch]:
+        return [Patch(self.component, self.layer, self.positions, self.value)]
 
-    def hooks(self, model: Any) -> list[tuple[str, HookFn]]:
-        adapter = get_adapter(model)
-        self._check(adapter)
-        s = self.layer
-        if self.component == "attn":
-            return [(adapter.attn_hook(s), self._replace_hook())]
-        if self.component == "mlp":
-            return [(adapter.mlp_hook(s), self._replace_hook())]
-        seen: dict[str, Tensor] = {}
 
-        def grab(x: Tensor, hook: Any) -> None:
-            seen["in"] = x
-
-        def put(x: Tensor, hook: Any) -> Tensor:
-            mask = self.mask(x.shape[1], x.device)
-            return _where(mask, seen["in"] + _value(self.value, x), x)
-
-        return [(adapter.resid_hook(s), grab), (f"blocks.{s}.hook_resid_post", put)]
-
-    def _replace_hook(self) -> HookFn:
-        def hook(x: Tensor, hook: Any) -> Tensor:
-            return _where(self.mask(x.shape[1], x.device), _value(self.value, x).expand_as(x), x)
-
-        return hook
-
-    def start(self, adapter: Adapter) -> int:
-        self._check(adapter)
-        if self.component == "attn" and not adapter.parallel:
-            return self.layer  # the MLP of the same block reads the changed attention output
-        return self.layer + 1
-
-    def resid_form(self, adapter: Adapter, clean: Clean, row: int, mask: Tensor) -> Tensor:
-        s, value = self.layer, _row_value(self.value, row)
-        if self.component == "attn" and not adapter.parallel:
-            return clean.resid[s, row]
-        after = clean.resid[s + 1, row]
-        if self.component == "block":
-            removed = clean.resid[s + 1, row] - clean.resid[s, row]
-        else:
-            source = clean.attn if self.component == "attn" else clean.mlp
-            if source is None:
-                raise ValueError("the clean pass was run without components")
-            removed = source[s, row]
-        return _where(mask, after - removed + _value(value, after), after)
-
-    def patches(self, adapter: Adapter, mask: Tensor) -> list[Patch]:
-        return [Patch(self.component, self.layer, mask, self.value)]
-
-    def plan_patches(self, adapter: Adapter, mask: Tensor, row: int) -> list[Patch]:
-        # the resid form of a sequential attention skip still needs the patch inside block s
-        if self.component == "attn" and not adapter.parallel:
-            return [Patch("attn", self.layer, mask, _row_value(self.value, row))]
-        return []
+def _minus(h: Tensor, d: Tensor) -> Tensor:
+    return h - d
 
 
 @dataclass(frozen=True)
@@ -262,35 +426,8 @@ class LocalSkip(Intervention):
     layer: int
     positions: Positions = None
 
-    def hooks(self, model: Any) -> list[tuple[str, HookFn]]:
-        adapter = get_adapter(model)
-        s, L = self.layer, adapter.n_layers
-        seen: dict[str, Tensor] = {}
-
-        def grab_in(x: Tensor, hook: Any) -> None:
-            seen["in"] = x
-
-        def grab_out(x: Tensor, hook: Any) -> None:
-            seen["d"] = x - seen["in"]
-
-        def subtract(x: Tensor, hook: Any) -> Tensor:
-            return _where(self.mask(x.shape[1], x.device), x - seen["d"], x)
-
-        return [
-            (adapter.resid_hook(s), grab_in),
-            (f"blocks.{s}.hook_resid_post", grab_out),
-            (adapter.resid_hook(L), subtract),
-        ]
-
-    def start(self, adapter: Adapter) -> int:
-        return adapter.n_layers
-
-    def resid_form(self, adapter: Adapter, clean: Clean, row: int, mask: Tensor) -> Tensor:
-        final = clean.resid[-1, row]
-        return _where(mask, final - clean.block_out(self.layer)[row], final)
-
-    def patches(self, adapter: Adapter, mask: Tensor) -> list[Patch]:
-        raise ConfigError("local_skip cannot be combined with other interventions in one run")
+    def patches(self) -> list[Patch]:
+        return [Patch("resid", -1, self.positions, fn=_minus, read=("block", self.layer))]
 
 
 @dataclass(frozen=True)
@@ -301,25 +438,8 @@ class ReplaceResidual(Intervention):
     value: Tensor
     positions: Positions = None
 
-    def hooks(self, model: Any) -> list[tuple[str, HookFn]]:
-        adapter = get_adapter(model)
-
-        def hook(x: Tensor, hook: Any) -> Tensor:
-            return _where(self.mask(x.shape[1], x.device), _value(self.value, x).expand_as(x), x)
-
-        return [(adapter.resid_hook(self.boundary), hook)]
-
-    def start(self, adapter: Adapter) -> int:
-        if not 0 <= self.boundary <= adapter.n_layers:
-            raise ConfigError(f"boundary {self.boundary} outside 0..{adapter.n_layers}")
-        return self.boundary
-
-    def resid_form(self, adapter: Adapter, clean: Clean, row: int, mask: Tensor) -> Tensor:
-        h = clean.resid[self.boundary, row]
-        return _where(mask, _value(_row_value(self.value, row), h).expand_as(h), h)
-
-    def patches(self, adapter: Adapter, mask: Tensor) -> list[Patch]:
-        return [Patch("resid", self.boundary, mask, self.value)]
+    def patches(self) -> list[Patch]:
+        return [Patch("resid", self.boundary, self.positions, self.value)]
 
 
 def skip_block(layer: int, positions: Positions = None) -> PatchContribution:
@@ -338,10 +458,12 @@ def skip_mlp(layer: int, positions: Positions = None) -> PatchContribution:
 
 
 def local_skip(layer: int, positions: Positions = None) -> LocalSkip:
+    """Remove only block ``layer``'s direct path to the output at ``positions``."""
     return LocalSkip(layer, positions)
 
 
 def replace_residual(boundary: int, value: Tensor, positions: Positions = None) -> ReplaceResidual:
+    """Overwrite the residual entering block ``boundary`` (``L``: the final residual)."""
     return ReplaceResidual(boundary, value, positions)
 
 
@@ -378,39 +500,6 @@ def intervene(model: Any, *specs: Intervention) -> Iterator[Any]:
     ...     logits = model(tokens)
     """
     adapter = get_adapter(model)
-    hooks: list[tuple[str, HookFn]] = []
-    for spec in specs:
-        hooks += spec.hooks(model)
-    with adapter.hooks(hooks):
+    patches = [p.at(adapter) for spec in specs for p in spec.patches()]
+    with adapter.hooks(patch_hooks(adapter, [(p, None) for p in patches])):
         yield model
-
-
-def compile_plan(
-    specs: Sequence[Intervention], adapter: Adapter, clean: Clean, row: int
-) -> Plan:
-    """The resume plan of ``specs`` applied together to prompt ``row`` of ``clean``.
-
-    One intervention resumes at its own first changed residual, built from the clean cache. Several
-    together resume at the earliest block any of them touches, from the clean residual there, and
-    are all applied as in-run patches (so each sees the stream the others already changed).
-    """
-    width = int(clean.resid.shape[2])
-    device = clean.resid.device
-    if not specs:
-        return Plan(adapter.n_layers, clean.resid[-1, row], [], first_pos=width)
-    masks = [_row(s.mask(width, device), row) for s in specs]
-    changed = torch.zeros(width, dtype=torch.bool, device=device)
-    for m in masks:
-        changed |= m
-    nz = changed.nonzero()
-    first = int(nz[0]) if len(nz) else width
-    if len(specs) == 1:
-        spec, mask = specs[0], masks[0]
-        patches = spec.plan_patches(adapter, mask, row)
-        return Plan(spec.start(adapter), spec.resid_form(adapter, clean, row, mask), patches, first)
-    patches: list[Patch] = []
-    for spec, mask in zip(specs, masks):
-        for p in spec.patches(adapter, mask):
-            patches.append(Patch(p.kind, p.index, p.mask, _row_value(p.value, row)))
-    start = min(p.index for p in patches)
-    return Plan(start, clean.resid[start, row], patches, first)

@@ -10,13 +10,17 @@ A *row* is one intervention plan applied to one prompt. The engine
    joins the running batch at the block where its plan starts (its residual built from the clean
    cache), so blocks below a row's intervention never run for it, and rows that resume at
    different depths still share every matrix multiply above;
-4. calls the metric's callbacks: ``on_block(layer, keys, x_in, x_out, offset)`` after every block
-   with the rows that ran it, and ``on_final(keys, h_L, offset)`` with the final residuals.
+4. calls the metric's callbacks: ``on_block(layer, chunk, x_in, x_out)`` after every block
+   with the rows that ran it, and ``on_final(chunk, h_L)`` with the final residuals. The
+   :class:`Chunk` says which plan and prompt each row is and which absolute positions the columns
+   are (a suffix run covers only the later ones), and holds the gradient leaves of a
+   ``grad=True`` sweep; plans are never changed.
 
 With the bridge backend (no direct block calls) each resume boundary becomes one full forward
 with the residual overwritten at that boundary; the callbacks receive the same values.
 
-Every metric in :mod:`effective_depth.metrics` is a thin use of :func:`sweep`.
+The measurements that intervene (skip effects, erasure, integrated gradients, behaviour) run on
+:func:`sweep`; contributions and the logit lens need only the clean pass.
 """
 
 from __future__ import annotations
@@ -31,14 +35,11 @@ import torch
 from torch import Tensor
 
 from .adapter import Adapter, Clean, HookFn
-from .interventions import Patch, Plan, _where
+from .interventions import Plan, patch_hooks
 
-__all__ = ["Row", "sweep", "default_memory_budget", "rows_per_chunk"]
+__all__ = ["Chunk", "Row", "sweep", "default_memory_budget", "rows_per_chunk"]
 
 log = logging.getLogger(__name__)
-
-OnBlock = Callable[[int, list[Hashable], Tensor, Tensor, int], None]
-OnFinal = Callable[[list[Hashable], Tensor, int], None]
 
 
 @dataclass
@@ -49,6 +50,51 @@ class Row:
     key: Hashable
     prompt: int
     plan: Plan
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The rows of the residuals a callback receives: row ``i`` is plan ``keys[i]`` on prompt
+    ``prompts[i]`` of the clean batch, and column ``j`` is the absolute position
+    ``positions[j]`` of the sequence (a run may cover only a suffix). In a ``grad=True`` sweep,
+    ``leaves[i]`` is row ``i``'s starting residual (over the same positions), a leaf that
+    requires grad."""
+
+    keys: list[Hashable]
+    prompts: Tensor
+    positions: Tensor
+    leaves: tuple[Tensor, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def start(self) -> int:
+        """The first absolute position the residuals cover."""
+        return int(self.positions[0]) if len(self.positions) else 0
+
+    def columns(self, positions: Tensor) -> Tensor:
+        """The columns of absolute ``positions`` (each must be one the chunk covers)."""
+        positions = torch.as_tensor(positions)
+        if len(positions) and int(positions.min()) < self.start:
+            raise IndexError(f"positions before {self.start} are not in this chunk")
+        return positions - self.start
+
+    def take(self, clean: Tensor, rows: Tensor | None = None) -> Tensor:
+        """``clean[prompt, position]`` for the chunk's rows (or ``rows`` of them) and columns:
+        the clean-pass counterpart of what the callback received (``clean`` is ``[batch, pos,
+        ...]``)."""
+        prompts = self.prompts if rows is None else self.prompts[rows.to(self.prompts.device)]
+        prompts = prompts.to(clean.device)
+        return clean[prompts[:, None], self.positions.to(clean.device)[None, :]]
+
+    def head(self, n: int) -> Chunk:
+        """The first ``n`` rows."""
+        return Chunk(self.keys[:n], self.prompts[:n], self.positions, self.leaves[:n])
+
+
+OnBlock = Callable[[int, Chunk, Tensor, Tensor], None]
+OnFinal = Callable[[Chunk, Tensor], None]
 
 
 def default_memory_budget(device: torch.device) -> int:
@@ -72,64 +118,6 @@ def rows_per_chunk(adapter: Adapter, positions: int, prefix: int, budget: int, g
     return max(1, budget // max(1, per_row))
 
 
-def _patch_hooks(
-    adapter: Adapter, patches: list[tuple[int, Patch]], offset: int
-) -> list[tuple[str, HookFn]]:
-    """Hooks applying each ``(row, patch)`` to its row of the running batch."""
-    by_point: dict[tuple[str, int], list[tuple[int, Patch]]] = defaultdict(list)
-    for row, p in patches:
-        by_point[(p.kind, p.index)].append((row, p))
-    hooks: list[tuple[str, HookFn]] = []
-    for (kind, index), items in by_point.items():
-        if kind == "block":
-            hooks += _block_patch_hooks(adapter, index, items, offset)
-            continue
-        name = {"attn": adapter.attn_hook, "mlp": adapter.mlp_hook, "resid": adapter.resid_hook}[kind](index)
-        hooks.append((name, _replace_rows(items, offset)))
-    return hooks
-
-
-def _slice_value(value: Tensor | None, offset: int, like: Tensor) -> Tensor:
-    if value is None:
-        return torch.zeros((), dtype=like.dtype, device=like.device)
-    if value.dim() >= 2:
-        return value[offset:].to(like.dtype).to(like.device)
-    return value.to(like.dtype).to(like.device)
-
-
-def _replace_rows(items: list[tuple[int, Patch]], offset: int) -> HookFn:
-    def hook(x: Tensor, hook: Any) -> Tensor:
-        x = x.clone()
-        for row, p in items:
-            if row >= x.shape[0]:
-                continue  # the row joins at a later block
-            new = _slice_value(p.value, offset, x).expand_as(x[row])
-            x[row] = _where(p.mask[offset:], new, x[row])
-        return x
-
-    return hook
-
-
-def _block_patch_hooks(
-    adapter: Adapter, layer: int, items: list[tuple[int, Patch]], offset: int
-) -> list[tuple[str, HookFn]]:
-    seen: dict[str, Tensor] = {}
-
-    def grab(x: Tensor, hook: Any) -> None:
-        seen["in"] = x
-
-    def put(x: Tensor, hook: Any) -> Tensor:
-        x = x.clone()
-        for row, p in items:
-            if row >= x.shape[0]:
-                continue
-            new = seen["in"][row] + _slice_value(p.value, offset, x)
-            x[row] = _where(p.mask[offset:], new, x[row])
-        return x
-
-    return [(adapter.resid_hook(layer), grab), (f"blocks.{layer}.hook_resid_post", put)]
-
-
 def sweep(
     adapter: Adapter,
     clean: Clean,
@@ -148,11 +136,11 @@ def sweep(
 
     ``final_from``: ``on_final`` only reads positions ``>= final_from``, so (HookedTransformer,
     no ``on_block``) the last block runs only on those positions; the earlier positions' keys and
-    values are computed from the rows' own residual. ``on_final`` then receives that offset.
+    values are computed from the rows' own residual. ``on_final``'s chunk then starts there.
 
-    ``grad=True`` makes each row's starting residual a leaf that requires grad (kept as
-    ``row.plan.resid_leaf``); ``on_final`` then receives a graph it can differentiate with respect
-    to those leaves. ``progress`` is an optional ``tqdm`` bar updated per row.
+    ``grad=True`` makes each row's starting residual a leaf that requires grad (``chunk.leaves``);
+    ``on_final`` then receives a graph it can differentiate with respect to those leaves.
+    ``progress`` is an optional ``tqdm`` bar updated per row.
     """
     if not rows:
         return
@@ -183,10 +171,7 @@ def sweep(
 
 def _start_resid(row: Row, offset: int, grad: bool) -> Tensor:
     x = row.plan.resid[offset:]
-    if grad:
-        x = x.detach().clone().requires_grad_(True)
-        row.plan.resid_leaf = x
-    return x
+    return x.detach().clone().requires_grad_(True) if grad else x
 
 
 def _staircase(
@@ -200,22 +185,24 @@ def _staircase(
     grad: bool,
     final_from: int | None = None,
 ) -> None:
-    L = adapter.n_layers
-    patches = [(i, p) for i, r in enumerate(chunk) for p in r.plan.patches]
-    if final_from is not None and (final_from <= offset or any(
-            p.index == L - 1 or (p.kind == "resid" and p.index == L) for _, p in patches)):
+    L, width = adapter.n_layers, int(clean.tokens.shape[1])
+    patches = [(p, i) for i, r in enumerate(chunk) for p in r.plan.patches]
+    if final_from is not None and (final_from <= offset or any(p.index >= L - 1 for p, _ in patches)):
         final_from = None  # nothing to save, or a patch inside the last block needs every position
     starts = [r.plan.start for r in chunk]
-    keys = [r.key for r in chunk]
-    prompts = torch.tensor([r.prompt for r in chunk], device=clean.resid.device)
+    device = clean.resid.device
+    prompts = torch.tensor([r.prompt for r in chunk], device=device)
+    starting = [_start_resid(r, offset, grad) for r in chunk]
+    info = Chunk([r.key for r in chunk], prompts, torch.arange(offset, width, device=device),
+                 tuple(starting) if grad else ())
     x: Tensor | None = None
     n_active = 0
     ctx = torch.enable_grad() if grad else torch.no_grad()
-    with ctx, adapter.hooks(_patch_hooks(adapter, patches, offset)):
+    with ctx, adapter.hooks(patch_hooks(adapter, patches, offset)):
         for layer in range(min(starts), L):
             joining = [i for i in range(n_active, len(chunk)) if starts[i] == layer]
             if joining:
-                new = torch.stack([_start_resid(chunk[i], offset, grad) for i in joining])
+                new = torch.stack([starting[i] for i in joining])
                 x = new if x is None else torch.cat([x, new.to(x.device)], dim=0)
                 n_active += len(joining)
             assert x is not None
@@ -233,34 +220,22 @@ def _staircase(
                     k_new = torch.cat([prefix_kv[0].to(k_new.device, k_new.dtype), k_new], dim=1)
                     v_new = torch.cat([prefix_kv[1].to(v_new.device, v_new.dtype), v_new], dim=1)
                 x = adapter.block(layer, x[:, cut:], (k_new, v_new))
-                offset = final_from
+                info = Chunk(info.keys, prompts, torch.arange(final_from, width, device=device),
+                             info.leaves)
                 break
             x_out = adapter.block(layer, x, prefix_kv)
             if on_block is not None:
-                on_block(layer, keys[:n_active], x, x_out, offset)
+                on_block(layer, info.head(n_active), x, x_out)
             x = x_out
-        # rows that start at the final residual (local skips, erasure at boundary L) join here
+        # rows that start at the final residual (local skips, erasure at boundary L) join here;
+        # their plans hold no patches (everything at boundary L is folded into the residual)
         late = list(range(n_active, len(chunk)))
         if late:
-            new = torch.stack([_start_resid(chunk[i], offset, grad) for i in late])
-            new = _apply_final_resid_patches(adapter, new, [(j, p) for j, p in patches if j in late],
-                                             n_active, offset)
+            new = torch.stack([starting[i] for i in late])
             x = new if x is None else torch.cat([x, new.to(x.device)], dim=0)
         assert x is not None
         if on_final is not None:
-            on_final(keys, x, offset)
-
-
-def _apply_final_resid_patches(adapter: Adapter, x: Tensor, patches: list[tuple[int, Patch]],
-                               first_row: int, offset: int) -> Tensor:
-    # hooks on the final residual only fire when the last block runs; apply them by hand here
-    L = adapter.n_layers
-    for row, p in patches:
-        if p.kind == "resid" and p.index == L:
-            i = row - first_row
-            x = x.clone()
-            x[i] = _where(p.mask[offset:], _slice_value(p.value, offset, x).expand_as(x[i]), x[i])
-    return x
+            on_final(info, x)
 
 
 def _bridge_chunk(
@@ -272,22 +247,22 @@ def _bridge_chunk(
     grad: bool,
 ) -> None:
     """Fallback without direct block calls: one full forward per resume boundary."""
-    L = adapter.n_layers
+    L, width = adapter.n_layers, int(clean.tokens.shape[1])
+    device = clean.resid.device
     by_start: dict[int, list[int]] = defaultdict(list)
     for i, r in enumerate(chunk):
         by_start[r.plan.start].append(i)
     ctx = torch.enable_grad() if grad else torch.no_grad()
     for start, idx in sorted(by_start.items()):
         sub = [chunk[i] for i in idx]
-        keys = [r.key for r in sub]
-        tokens = clean.tokens[[r.prompt for r in sub]]
-        x0 = torch.stack([_start_resid(r, 0, grad) for r in sub])
-        patches = [(j, p) for j, r in enumerate(sub) for p in r.plan.patches]
+        starting = [_start_resid(r, 0, grad) for r in sub]
+        info = Chunk([r.key for r in sub], torch.tensor([r.prompt for r in sub], device=device),
+                     torch.arange(width, device=device), tuple(starting) if grad else ())
+        x0 = torch.stack(starting)
         if start == L:
-            x = _apply_final_resid_patches(adapter, x0, patches, 0, 0)
             if on_final is not None:
                 with ctx:
-                    on_final(keys, x, 0)
+                    on_final(info, x0)
             continue
         taps: dict[int, Tensor] = {}
 
@@ -301,12 +276,12 @@ def _bridge_chunk(
             return x0.to(act.dtype).to(act.device)
 
         hooks = [(adapter.resid_hook(start), setter)]
-        hooks += _patch_hooks(adapter, patches, 0)
+        hooks += patch_hooks(adapter, [(p, j) for j, r in enumerate(sub) for p in r.plan.patches])
         hooks += [(adapter.resid_hook(b), tap(b)) for b in range(start, L + 1)]
         with ctx, adapter.hooks(hooks):
-            adapter.model(adapter.to_device(tokens), return_type=None)
+            adapter.model(adapter.to_device(clean.tokens[info.prompts]), return_type=None)
             if on_block is not None:
                 for layer in range(start, L):
-                    on_block(layer, keys, taps[layer], taps[layer + 1], 0)
+                    on_block(layer, info, taps[layer], taps[layer + 1])
             if on_final is not None:
-                on_final(keys, taps[L], 0)
+                on_final(info, taps[L])

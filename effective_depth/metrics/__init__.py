@@ -1,4 +1,6 @@
-"""The five measurements of METHODS.md §1–5, one module each, all built on the sweep engine.
+"""The five measurements of METHODS.md §1–5 (and the behaviour behind ``ed_task``/``ed_prune``),
+one module each. Contributions and the logit lens read one clean pass; skip effects, erasure,
+integrated gradients and behaviour run their interventions through the sweep engine.
 
 Each function takes a model (or an engine ``Adapter``) and a tokenized ``Batch`` and returns a
 typed result object (tensors + metadata): no plotting, no files.

@@ -79,8 +79,9 @@ class MetricResult:
     """Base of the typed results: tensors + metadata, no plotting code, no files.
 
     ``curves()`` are the small per-layer arrays that go to ``results.json``; ``tensors()`` the
-    larger matrices and maps for ``tensors.safetensors``. ``figure()`` hands the result to
-    :mod:`effective_depth.viz` (imported lazily: metrics never import plotly).
+    larger matrices and maps for ``tensors.safetensors``. Figures live in
+    :mod:`effective_depth.viz` (``figure_for(result)`` dispatches on the result's type): metrics
+    never import viz or plotly.
     """
 
     name: ClassVar[str] = "metric"
@@ -100,11 +101,6 @@ class MetricResult:
     def from_entry(cls, tensors: dict[str, Tensor], entry: dict[str, Any]) -> MetricResult:
         """The result rebuilt from its tensors and its ``results.json`` entry."""
         return cls.from_tensors(tensors, entry.get("meta", {}))  # type: ignore[attr-defined]
-
-    def figure(self, **kwargs: Any) -> Any:
-        from ..viz import figure_for
-
-        return figure_for(self, **kwargs)
 
     @property
     def n_prompts(self) -> int:

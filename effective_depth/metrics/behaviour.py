@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..engine.adapter import get_adapter
 from ..engine.batch import Batch
 from ..engine.interventions import compile_plan, skip_block
-from ..engine.sweep import Row, sweep
+from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import ed_prune, ed_task
@@ -120,12 +120,12 @@ def behaviour(
                 specs = [skip_block(s) for s in order[:k]]
                 plan_rows.append(Row((j, k), j, compile_plan(specs, adapter, clean, j)))
 
-        def on_final(keys: list, h: Tensor, offset: int, rows: list[int] = rows,
+        def on_final(chunk: Chunk, h: Tensor, rows: list[int] = rows,
                      preds: list[Tensor] = preds, sub: Batch = sub) -> None:
-            for r, (j, k) in enumerate(keys):
+            for r, (j, k) in enumerate(chunk.keys):
                 pred = preds[j]
                 answer = sub.tokens[j, pred + 1].to(h.device)
-                guess = adapter.lens_logits(h[r, pred - offset]).argmax(-1)
+                guess = adapter.lens_logits(h[r, chunk.columns(pred)]).argmax(-1)
                 prune_ok[rows[j], k] = bool((guess == answer).all())
 
         sweep(adapter, clean, plan_rows, on_final=on_final, memory_budget=memory_budget,

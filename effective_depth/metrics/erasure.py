@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..engine.adapter import Adapter, get_adapter
 from ..engine.batch import Batch
 from ..engine.interventions import ReplaceResidual, compile_plan
-from ..engine.sweep import Row, sweep
+from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
 from ..registry import MetricSpec, register_metric
 from .base import TokenMaps, check_skip_front, lens_prob_distance, prompt_chunks
@@ -142,11 +142,11 @@ def _erasure_chunk(
                 spec = ReplaceResidual(boundary, mu[boundary], positions=[t])
                 rows.append(Row((j, boundary, t), j, compile_plan([spec], adapter, clean, j)))
 
-    def on_final(keys: list, h_final: Tensor, offset: int) -> None:
+    def on_final(chunk: Chunk, h_final: Tensor) -> None:
         sel_row, sel_prompt, sel_pos = [], [], []
-        for r, (j, _boundary, t) in enumerate(keys):
+        for r, (j, _boundary, t) in enumerate(chunk.keys):
             pred = predicting[j]
-            pred = pred[pred >= max(t, offset)]  # earlier positions are unchanged
+            pred = pred[pred >= max(t, chunk.start)]  # earlier positions are unchanged
             sel_row += [r] * len(pred)
             sel_prompt += [j] * len(pred)
             sel_pos += pred.tolist()
@@ -156,11 +156,11 @@ def _erasure_chunk(
         p_idx = torch.tensor(sel_prompt, device=device)
         t_idx = torch.tensor(sel_pos, device=device)
         ref = clean.resid[-1][p_idx, t_idx].to(h_final.device)
-        dist = lens_prob_distance(adapter, h_final[r_idx, (t_idx - offset).to(h_final.device)], ref)
-        best = torch.zeros(len(keys), device=dist.device).scatter_reduce(
+        dist = lens_prob_distance(adapter, h_final[r_idx, chunk.columns(t_idx).to(h_final.device)], ref)
+        best = torch.zeros(len(chunk), device=dist.device).scatter_reduce(
             0, r_idx, dist, reduce="amax", include_self=True
         ).cpu()
-        for r, (j, boundary, t) in enumerate(keys):
+        for r, (j, boundary, t) in enumerate(chunk.keys):
             maps[j][boundary, t] = float(best[r])
 
     first_pred = min((int(p.min()) for p in predicting.values() if len(p)), default=None)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..engine.adapter import get_adapter
 from ..engine.batch import Batch
 from ..engine.interventions import Plan
-from ..engine.sweep import Row, sweep
+from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
 from ..registry import MetricSpec, register_metric
 from .base import TokenMaps
@@ -112,18 +112,16 @@ def _one_example(adapter: Any, sub: Batch, n_steps: int, memory_budget: int | No
             alpha = k / n_steps
             start = (base + alpha * (x - base)).to(clean.resid.dtype)
             rows.append(Row((layer, k), 0, Plan(layer + 1, start, first_pos=0)))
-    by_key = {r.key: r for r in rows}
 
-    def on_final(keys: list, h_final: Tensor, offset: int) -> None:
-        log_probs = adapter.lens_log_probs(h_final[:, pred - offset])  # [rows, answer, V]
-        picked = log_probs.gather(-1, answer_ids[None, :, None].expand(len(keys), -1, 1))
+    def on_final(chunk: Chunk, h_final: Tensor) -> None:
+        log_probs = adapter.lens_log_probs(h_final[:, chunk.columns(pred)])  # [rows, answer, V]
+        picked = log_probs.gather(-1, answer_ids[None, :, None].expand(len(chunk), -1, 1))
         target = picked.squeeze(-1).exp().sum()
-        leaves = [by_key[k].plan.resid_leaf for k in keys]
-        grads = torch.autograd.grad(target, leaves)
-        for key, g in zip(keys, grads):
+        grads = torch.autograd.grad(target, chunk.leaves)
+        for key, g in zip(chunk.keys, grads):
             layer = key[0]
             acc[layer] += (g.float() * diffs[layer]).sum(-1)
-        bar.update(len(keys))
+        bar.update(len(chunk))
 
     with adapter.grad_enabled_inputs():
         sweep(adapter, clean, rows, on_final=on_final, grad=True, suffix=False,

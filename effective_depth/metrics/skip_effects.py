@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ..engine.adapter import Adapter, get_adapter
 from ..engine.batch import Batch, measured_mask
 from ..engine.interventions import LocalSkip, PatchContribution, compile_plan
-from ..engine.sweep import Row, sweep
+from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import bootstrap_indices, ed_skip, percentile_ci
@@ -337,27 +337,25 @@ def _skip_chunk(
                 plan = compile_plan([_spec(component, s, skipped)], adapter, clean, j)
                 sweep_rows.append(Row(key, j, plan))
 
-    def on_block(layer: int, keys: list, x_in: Tensor, x_out: Tensor, offset: int) -> None:
-        active = [(r, k) for r, k in enumerate(keys) if k[2] < layer]
+    def on_block(layer: int, chunk: Chunk, x_in: Tensor, x_out: Tensor) -> None:
+        active = [(r, k) for r, k in enumerate(chunk.keys) if k[2] < layer]
         if not active:
             return
         idx = torch.tensor([r for r, _ in active], device=x_in.device)
-        prompts = torch.tensor([k[0] for _, k in active], device=device)
         d_new = (x_out[idx] - x_in[idx]).float()
-        d_ref = clean.block_out(layer)[prompts, offset:].float().to(d_new.device)
+        d_ref = chunk.take(clean.block_out(layer), idx).float().to(d_new.device)
         rel = (d_new - d_ref).norm(dim=-1) / d_ref.norm(dim=-1).clamp(min=EPS)
-        mask = torch.stack([measure[k][offset:] for _, k in active]).to(rel.device)
+        mask = torch.stack([measure[k][chunk.positions] for _, k in active]).to(rel.device)
         _accumulate(out, "layer", [(rows[k[0]], k[2], layer) for _, k in active], rel, mask)
 
-    def on_final(keys: list, h_final: Tensor, offset: int) -> None:
-        mask = torch.stack([measure[k][offset:] for k in keys]).to(h_final.device)
-        prompts = torch.tensor([k[0] for k in keys], device=device)
-        ref = clean.resid[-1][prompts, offset:].to(h_final.device)
+    def on_final(chunk: Chunk, h_final: Tensor) -> None:
+        mask = torch.stack([measure[k][chunk.positions] for k in chunk.keys]).to(h_final.device)
+        ref = chunk.take(clean.resid[-1]).to(h_final.device)
         sel = mask.nonzero(as_tuple=True)
         dist = torch.zeros(mask.shape, device=h_final.device)
         dist[sel] = lens_prob_distance(adapter, h_final[sel], ref[sel]).to(dist.device)
-        _accumulate(out, "output", [(rows[k[0]], k[2]) for k in keys], dist, mask)
-        for (j, _c, s), m in zip(keys, mask):
+        _accumulate(out, "output", [(rows[k[0]], k[2]) for k in chunk.keys], dist, mask)
+        for (j, _c, s), m in zip(chunk.keys, mask):
             out["counts"][rows[j], s] += float(m.sum())
 
     sweep(adapter, clean, sweep_rows, on_block=on_block, on_final=on_final,

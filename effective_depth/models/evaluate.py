@@ -2,8 +2,9 @@
 
 For every example the model reads the prompt and greedily generates as many tokens as the
 reference answer has; the example counts as correct when every generated token equals the answer's
-token. This is the accuracy used by the zoo's model cards and by the behavioural effective-depth
-estimators (``ed_task``, ``ed_prune``), which call it with a modified forward function.
+token. This is the accuracy of the zoo's model cards. The behavioural effective-depth estimators
+(``ed_task``, ``ed_prune``) do not call it: ``metrics/behaviour.py`` computes the same exact match
+teacher-forced, one pass per variant (the tests check that the two agree).
 
 Works with a TransformerLens model, a ``TransformerBridge`` or a Hugging Face causal LM, or any
 ``forward(tokens) -> logits`` callable.

@@ -8,7 +8,8 @@ its dict}``) and mark the estimated block with a dashed line, and the threshold 
 carries one.
 
 The figures are found through a registry keyed by the result's type, so that
-``result.figure()`` and the dashboard need no list of cases::
+``figure_for(result)`` and the dashboard need no list of cases (results never import this
+module; the dependency points from viz to metrics)::
 
     from effective_depth.viz import figure_for
     fig = figure_for(lens, estimates=run.estimates())       # the default figure of a LogitLens
