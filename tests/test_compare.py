@@ -30,7 +30,7 @@ def _run(model: str, curves: dict[str, list[float]], kinds: list[str], prompts: 
     results = {
         "model": {"name": model, "n_layers": L},
         "task": {"name": "addition", "params": {}, "n_examples": P},
-        "completed": ["logit_lens"],
+        "completed": ["logit_lens"], "status": "complete",
         "metrics": {"logit_lens": {"meta": {"n_prompts": P, "n_layers": L, "k": 5}, "curves": {}}},
         "depth": {"ed_overlap": {"name": "ed_overlap", "layer": layer, "ratio": (layer + 1) / L}},
     }
