@@ -61,6 +61,7 @@ class StudyConfig:
     cut_margin: int = 4
     map_examples: int = 3
     ig_steps: int = 256
+    ig_rule: str = "riemann_left"
     n_reference: int = 10
     n_boot: int = 1000
     ci_level: float = 0.95
@@ -102,6 +103,9 @@ class StudyConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        from .metrics.quadrature import check_rule
+
+        check_rule(self.ig_rule, self.ig_steps)
         from .depth import DEFAULT_THRESHOLDS
 
         for k, v in self.thresholds.items():
@@ -338,7 +342,8 @@ def _run_metric(name: str, model: Any, batch: Any, config: StudyConfig, cuts: li
     if name in ("erasure", "integrated_gradients"):
         sub = batch.select(list(range(min(config.map_examples, batch.size))))
         if name == "integrated_gradients":
-            return M.integrated_gradients(model, sub, n_steps=config.ig_steps, **common)
+            return M.integrated_gradients(model, sub, n_steps=config.ig_steps,
+                                          rule=config.ig_rule, **common)
         ref_examples = task.examples(config.n_examples + config.n_reference)[config.n_examples:]
         if len(ref_examples) < config.n_reference:
             ref_examples = list(examples[: config.n_reference])
