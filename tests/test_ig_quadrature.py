@@ -108,3 +108,16 @@ def test_linear_target_is_integrated_exactly_by_any_rule(tiny_checkpoints, sub, 
         got = integrated_gradients(model, sub, n_steps=steps, rule=rule).maps[0]
         for layer in range(model.cfg.n_layers):
             assert torch.allclose(got[layer], want, rtol=1e-5, atol=1e-8), (rule, steps, layer)
+
+
+def test_study_config_validates_and_hashes_the_rule():
+    from effective_depth.errors import ConfigError
+    from effective_depth.results import config_hash
+
+    with pytest.raises(ConfigError, match="unknown ig_rule 'simpson'"):
+        StudyConfig(ig_rule="simpson")
+    with pytest.raises(ConfigError, match="ig_steps"):
+        StudyConfig(ig_rule="trapezoid", ig_steps=1)
+    a, b = StudyConfig(), StudyConfig(ig_rule="gauss_legendre", ig_steps=256)
+    assert config_hash(a.to_dict()) != config_hash(b.to_dict())
+    assert StudyConfig.from_dict(b.to_dict()) == b
