@@ -9,7 +9,9 @@ the reference research scripts work: one full ``run_with_hooks`` forward per (cu
 for the skip sweep, per (boundary, position) for residual erasure, and per block of 16 steps for
 integrated gradients (the interpolations injected at block ``l`` by a hook, the model's weights
 left requiring grad as a freshly loaded model has them; a second naive IG with frozen weights is
-reported too, so the two sources of the speed-up can be told apart). Peak memory is the high-water
+reported too, so the two sources of the speed-up can be told apart). ``igrad_equal_accuracy``
+compares IG at equal accuracy: the fewest Gauss-Legendre nodes at least as close to a very fine
+reference as left-Riemann-256, against the naive left-Riemann-256 scheme with frozen weights. Peak memory is the high-water
 mark of CPU tensor allocations during the call, from the PyTorch profiler's memory events.
 
 The logit-lens check uses a second model with a 150k vocabulary and reports the peak memory of
@@ -125,6 +127,38 @@ def bench_igrad(model, batch, n_steps, repeat):
             "peak_bytes_engine": p_ours, "steps": n_steps}
 
 
+def bench_igrad_equal_accuracy(model, batch, ladder=(4, 8, 16, 32, 64), ref_steps=128, naive_steps=256):
+    """Integrated gradients at equal accuracy: the fewest Gauss-Legendre nodes whose map is at least
+    as close to a Gauss-Legendre-``ref_steps`` reference as left-Riemann-``naive_steps`` is, timed
+    against the naive left-Riemann scheme (frozen weights: the stricter baseline) and against the
+    engine's own left-Riemann run."""
+    one = Batch(batch.tokens[:1], batch.lengths[:1], batch.answer_start[:1], batch.str_tokens[:1])
+
+    def ig(rule, n):
+        return metrics.integrated_gradients(model, one, n_steps=n, rule=rule)
+
+    ref = ig("gauss_legendre", ref_steps).maps[0]
+    ref_check = (ig("gauss_legendre", ref_steps // 2).maps[0] - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    naive, t_naive = timed(lambda: naive_integrated_gradients(model, one, naive_steps, weight_grads=False))
+    riemann, t_riemann = timed(lambda: ig("riemann_left", naive_steps))
+    err_naive = (naive - ref).abs().max().item()
+    err_riemann = (riemann.maps[0] - ref).abs().max().item()
+    for n in ladder:
+        gauss, t_gauss = timed(lambda n=n: ig("gauss_legendre", n))
+        err = (gauss.maps[0] - ref).abs().max().item()
+        if err <= min(err_naive, err_riemann):
+            break
+    else:
+        raise RuntimeError(f"no Gauss-Legendre rule in {ladder} reaches left-Riemann-{naive_steps}")
+    return {"speedup": t_naive / t_gauss, "speedup_vs_engine_riemann": t_riemann / t_gauss,
+            "rule": "gauss_legendre", "steps": n, "naive_steps": naive_steps,
+            "max_abs_err": err, "max_abs_err_naive": err_naive, "max_abs_err_engine_riemann": err_riemann,
+            "max_abs_attribution": scale, "reference": f"gauss_legendre-{ref_steps}",
+            "reference_self_diff": ref_check, "naive_frozen_s": t_naive, "engine_riemann_s": t_riemann,
+            "engine_s": t_gauss, "V": int(model.cfg.d_vocab)}
+
+
 def bench_logit_lens(length: int, vocab: int):
     model = build_model(n_layers=4, d_model=64, vocab=vocab, d_mlp=256, heads=4, kv_heads=4, seed=2)
     batch = make_batch(vocab, 1, length, 4, seed=3)
@@ -154,6 +188,8 @@ def main(argv=None) -> dict:
         dict(n_prompts=4, length=96, ig_steps=256, lens_T=256, repeat=2)
     model = build_model(n_layers=12, d_model=256, vocab=4096, d_mlp=1024, heads=4, kv_heads=4)
     batch = make_batch(4096, size["n_prompts"], size["length"], 4)
+    gpt2_vocab = build_model(n_layers=12, d_model=256, vocab=50257, d_mlp=1024, heads=4, kv_heads=4)
+    gpt2_batch = make_batch(50257, 1, size["length"], 4)
     metrics.contributions(model, batch)  # warm-up
     report = {
         "config": {"model": "12 blocks, d_model 256, d_mlp 1024 (gated), 4 heads, vocab 4096",
@@ -164,9 +200,9 @@ def main(argv=None) -> dict:
         "igrad": bench_igrad(model, batch, size["ig_steps"], size["repeat"]),
         # the same with GPT-2's vocabulary (50,257), as a real small model of this width has
         # (TinyStories-8M): the naive scheme's full-vocabulary softmax then weighs more
-        "igrad_gpt2_vocab": bench_igrad(
-            build_model(n_layers=12, d_model=256, vocab=50257, d_mlp=1024, heads=4, kv_heads=4),
-            make_batch(50257, 1, size["length"], 4), size["ig_steps"], 1),
+        "igrad_gpt2_vocab": bench_igrad(gpt2_vocab, gpt2_batch, size["ig_steps"], 1),
+        "igrad_equal_accuracy": {"V4096": bench_igrad_equal_accuracy(model, batch),
+                                 "V50257": bench_igrad_equal_accuracy(gpt2_vocab, gpt2_batch)},
         "logit_lens": bench_logit_lens(size["lens_T"], 150_000),
     }
     print_report(report)
@@ -187,6 +223,13 @@ def print_report(report: dict) -> None:
         print(f"{label:22s} speed-up {r['speedup']:6.2f}x{extra}  (naive {r['naive_s']:.2f} s, "
               f"engine {r['engine_s']:.2f} s)  max |diff| {r['max_abs_diff']:.2e}  "
               f"peak {r['peak_bytes_engine'] * mib:.1f} MiB")
+    for key, r in report["igrad_equal_accuracy"].items():
+        print(f"IG equal accuracy {key:7s} {r['rule']}-{r['steps']} vs left Riemann-{r['naive_steps']}: "
+              f"speed-up {r['speedup']:.1f}x vs naive (frozen weights), "
+              f"{r['speedup_vs_engine_riemann']:.1f}x vs the engine's Riemann  (naive {r['naive_frozen_s']:.2f} s, "
+              f"engine Riemann {r['engine_riemann_s']:.2f} s, engine {r['engine_s']:.2f} s)  max |err| vs "
+              f"{r['reference']}: {r['max_abs_err']:.2e} vs Riemann {r['max_abs_err_naive']:.2e} "
+              f"(max |A| {r['max_abs_attribution']:.1e})")
     lens = report["logit_lens"]
     print(f"{'logit lens (V=150k)':22s} peak {lens['peak_bytes'] * mib:.1f} MiB vs bound 4*T*V floats "
           f"{lens['bound_bytes'] * mib:.1f} MiB (naive L*T*V: {lens['naive_peak_bytes'] * mib:.1f} MiB)")

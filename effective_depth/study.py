@@ -84,6 +84,7 @@ class StudyConfig:
     cut_margin: int | None = None
     map_examples: int = 3
     ig_steps: int = 256
+    ig_rule: str = "riemann_left"
     n_reference: int = 10
     n_boot: int = 1000
     ci_level: float = 0.95
@@ -134,6 +135,9 @@ class StudyConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        from .metrics.quadrature import check_rule
+
+        check_rule(self.ig_rule, self.ig_steps)
         known = default_thresholds()
         for k, v in self.thresholds.items():
             if k not in known:

@@ -2,10 +2,12 @@
 
 Which (layer, token) residuals does the answer depend on? For each block ``l`` take its output
 ``x = h_{l+1}`` and the baseline ``x̄`` = the mean of ``x`` over this prompt's positions (per
-feature). The target is the sum of the teacher-forced probabilities of the answer tokens. With
-``N`` steps ``α_k = k / N`` (k = 0..N−1, the left Riemann sum of the reference implementation),
+feature). The target is the sum of the teacher-forced probabilities of the answer tokens. The
+path integral is computed by a quadrature rule with nodes ``α_k`` and weights ``w_k`` on [0, 1]
+(:mod:`.quadrature`; ``riemann_left`` with ``α_k = k/N``, ``w_k = 1/N`` is the reference
+implementation's scheme, reproduced bit for bit),
 
-    attribution[l, t] = Σ_features (x − x̄)[t] · mean_k ∂target/∂x[t] |_{x̄ + α_k (x − x̄)}
+    attribution[l, t] = Σ_features (x − x̄)[t] · Σ_k w_k ∂target/∂x[t] |_{x̄ + α_k (x − x̄)}
 
 The interpolations are created *at* block ``l``: every row of the sweep starts from the cached
 residual ``h_{l+1}`` and runs only blocks ``l+1..L−1``, so the blocks below run once (in the clean
@@ -30,8 +32,14 @@ from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
 from ..registry import MetricSpec, register_metric
 from .base import TokenMaps
+from .quadrature import quadrature
 
-__all__ = ["IntegratedGradients", "integrated_gradients"]
+__all__ = ["IntegratedGradients", "integrated_gradients", "DEFAULT_RULE", "DEFAULT_STEPS"]
+
+#: the default rule and node count: no cheaper rule reaches left-Riemann-256's accuracy on the
+#: trained zoo models (measured: docs/methods.md, benchmarks/ig_accuracy.py)
+DEFAULT_RULE = "riemann_left"
+DEFAULT_STEPS = 256
 
 
 @dataclass
@@ -67,32 +75,33 @@ def integrated_gradients(
     model: Any,
     batch: Batch,
     *,
-    n_steps: int = 256,
+    n_steps: int = DEFAULT_STEPS,
+    rule: str = DEFAULT_RULE,
     memory_budget: int | None = None,
     max_rows: int | None = None,
     progress: bool = False,
 ) -> IntegratedGradients:
-    """Integrated-gradient attribution of the answer probability to every (block output, token)."""
-    if n_steps < 1:
-        raise ConfigError(f"n_steps must be >= 1, got {n_steps}")
+    """Integrated-gradient attribution of the answer probability to every (block output, token),
+    the path integral taken by ``rule`` with ``n_steps`` nodes (gradient evaluations)."""
     batch.require_answers("integrated gradients")
+    alphas, weights = quadrature(rule, n_steps)
     adapter = get_adapter(model)
     L = adapter.n_layers
     maps, targets = [], []
     bar = tqdm(total=batch.size * L * n_steps, desc="integrated gradients", disable=not progress)
     for b in range(batch.size):
         sub = batch.select([b])
-        m, target = _one_example(adapter, sub, n_steps, memory_budget, max_rows, bar)
+        m, target = _one_example(adapter, sub, alphas, weights, memory_budget, max_rows, bar)
         maps.append(m)
         targets.append(target)
     bar.close()
-    meta = {"n_prompts": batch.size, "n_layers": L, "n_steps": n_steps,
-            "alphas": "k/N, k=0..N-1", "baseline": "mean over positions"}
+    meta = {"n_prompts": batch.size, "n_layers": L, "n_steps": n_steps, "rule": rule,
+            "baseline": "mean over positions"}
     return IntegratedGradients(maps, [list(s) for s in batch.str_tokens], torch.tensor(targets), meta=meta)
 
 
-def _one_example(adapter: Any, sub: Batch, n_steps: int, memory_budget: int | None,
-                 max_rows: int | None, bar: Any) -> tuple[Tensor, float]:
+def _one_example(adapter: Any, sub: Batch, alphas: tuple[float, ...], weights: tuple[float, ...],
+                 memory_budget: int | None, max_rows: int | None, bar: Any) -> tuple[Tensor, float]:
     L = adapter.n_layers
     n = int(sub.lengths[0])
     clean = adapter.clean(sub.tokens[:, :n])
@@ -108,10 +117,11 @@ def _one_example(adapter: Any, sub: Batch, n_steps: int, memory_budget: int | No
         x = clean.resid[layer + 1, 0].float()
         base = x.mean(0, keepdim=True)
         diffs[layer] = x - base
-        for k in range(n_steps):
-            alpha = k / n_steps
+        for k, alpha in enumerate(alphas):
             start = (base + alpha * (x - base)).to(clean.resid.dtype)
             rows.append(Row((layer, k), 0, Plan(layer + 1, start, first_pos=0)))
+    # equal weights: sum, then divide by the count (the reference implementation's arithmetic)
+    uniform = len(set(weights)) == 1
 
     def on_final(chunk: Chunk, h_final: Tensor) -> None:
         log_probs = adapter.lens_log_probs(h_final[:, chunk.columns(pred)])  # [rows, answer, V]
@@ -120,7 +130,8 @@ def _one_example(adapter: Any, sub: Batch, n_steps: int, memory_budget: int | No
         grads = torch.autograd.grad(target, chunk.leaves)
         for key, g in zip(chunk.keys, grads):
             layer = key[0]
-            acc[layer] += (g.float() * diffs[layer]).sum(-1)
+            term = (g.float() * diffs[layer]).sum(-1)
+            acc[layer] += term if uniform else weights[key[1]] * term
         bar.update(len(chunk))
 
     with adapter.grad_enabled_inputs():
@@ -129,12 +140,13 @@ def _one_example(adapter: Any, sub: Batch, n_steps: int, memory_budget: int | No
     with torch.no_grad():
         p = adapter.lens_log_probs(clean.resid[-1, 0, pred])
         target = float(p.gather(-1, answer_ids[:, None]).exp().sum())
-    return (acc / n_steps).cpu(), target
+    return (acc / len(alphas) if uniform else acc).cpu(), target
 
 
 def _run(ctx: Any) -> IntegratedGradients:
     sub = ctx.batch.select(list(range(min(ctx.config.map_examples, ctx.batch.size))))
-    return integrated_gradients(ctx.model, sub, n_steps=ctx.config.ig_steps, progress=ctx.progress)
+    return integrated_gradients(ctx.model, sub, n_steps=ctx.config.ig_steps,
+                                rule=ctx.config.ig_rule, progress=ctx.progress)
 
 
 register_metric(MetricSpec(

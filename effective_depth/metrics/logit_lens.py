@@ -97,31 +97,33 @@ def logit_lens(
         raise ConfigError(f"k must be in 1..{adapter.d_vocab}, got {k}")
     L = adapter.n_layers
     taps = L + 1 if include_final else L
-    kl_sums = torch.zeros(batch.size, taps)
-    overlap_sums = torch.zeros(batch.size, taps)
+    # sums stay on the model's device until the end: no host sync inside the loops
+    kl_sums = torch.zeros(taps, batch.size, device=adapter.device)
+    overlap_sums = torch.zeros(taps, batch.size, device=adapter.device)
     counts = torch.zeros(batch.size)
-    chunks = list(prompt_chunks(batch, batch_size))
     bar = tqdm(total=batch.size, desc="logit lens", disable=not progress)
-    for rows, sub in chunks:
+    for rows, sub in prompt_chunks(batch, batch_size):
         clean = adapter.clean(sub.tokens)
         mask = measured_mask(sub.lengths, sub.width, skip_front, include_front)
-        for j, row in enumerate(rows):
-            positions = mask[j].nonzero().squeeze(-1).to(clean.resid.device)
-            counts[row] = len(positions)
-            for start in range(0, len(positions), chunk):
-                pos = positions[start : start + chunk]
-                log_p = adapter.lens_log_probs(clean.resid[-1, j, pos])  # [c, V]
-                top_p = log_p.topk(k, dim=-1).indices
-                for layer in range(taps):
-                    log_q = adapter.lens_log_probs(clean.resid[layer, j, pos])
-                    kl = (log_q.exp() * (log_q - log_p)).sum(-1)
-                    kl_sums[row, layer] += float(kl.sum())
-                    top_q = log_q.topk(k, dim=-1).indices
-                    del log_q
-                    hits = (top_q[:, :, None] == top_p[:, None, :]).any(-1).sum(-1)
-                    overlap_sums[row, layer] += float(hits.sum()) / k
-            bar.update(1)
+        counts[rows] = mask.sum(1).float()
+        # every measured (prompt, position) of the chunk, processed `chunk` at a time
+        j_all, pos_all = (t.to(clean.resid.device) for t in mask.nonzero(as_tuple=True))
+        row_all = torch.as_tensor(rows, device=clean.resid.device)[j_all]
+        for start in range(0, len(j_all), chunk):
+            j, pos, row = j_all[start : start + chunk], pos_all[start : start + chunk], row_all[start : start + chunk]
+            log_p = adapter.lens_log_probs(clean.resid[-1, j, pos])  # [c, V]
+            top_p = log_p.topk(k, dim=-1).indices
+            for layer in range(taps):
+                log_q = adapter.lens_log_probs(clean.resid[layer, j, pos])
+                kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+                kl_sums[layer].index_add_(0, row, kl.to(kl_sums.dtype))
+                top_q = log_q.topk(k, dim=-1).indices
+                del log_q
+                hits = (top_q[:, :, None] == top_p[:, None, :]).any(-1).sum(-1)
+                overlap_sums[layer].index_add_(0, row, hits.to(overlap_sums.dtype) / k)
+        bar.update(len(rows))
     bar.close()
+    kl_sums, overlap_sums = kl_sums.T.contiguous().cpu(), overlap_sums.T.contiguous().cpu()
     meta = {"n_prompts": batch.size, "n_layers": L, "k": k, "skip_front": skip_front,
             "include_front": include_front, "include_final": include_final}
     return LogitLens(kl_sums, overlap_sums, counts, meta=meta)

@@ -1,0 +1,236 @@
+"""Accuracy of the integrated-gradient quadrature rules against a very fine reference.
+
+    python benchmarks/ig_accuracy.py [--quick] [--json FILE]
+
+Two measurements, each per (model, example, layer):
+
+* **maps** — the attribution map of each rule and node count against a reference map from a very
+  fine rule (``trapezoid``-1024 for the trained zoo models, whose integrands have narrow peaks;
+  ``gauss_legendre``-128 for the random model, checked against half as many nodes):
+  ``max_abs`` = the largest ``|A − A_ref|`` over (example, layer, token); ``rel`` = the largest over
+  examples of ``max |A − A_ref| / max |A_ref|``; ``gap`` = the largest completeness gap
+  ``|Σ_t A[l, t] − (F(x_l) − F(x̄_l))|``, where ``F`` is the target (summed answer probability) and
+  ``F(x̄_l)`` comes from one independent forward from the baseline residual (``start_at_layer``).
+* **completeness** — the same rules applied to the scalar integrand ``dF/dα`` along each path,
+  whose exact integral is ``F(x_l) − F(x̄_l)``: the error of each rule needs no reference, so it
+  is cheap enough for ``zoo/add-12l`` (the default study's model). It is the error of a map's row
+  sum.
+
+The default rule is the cheapest (fewest nodes) whose error is no larger than left-Riemann-256's
+on every model measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from effective_depth import metrics  # noqa: E402
+from effective_depth.engine import Batch  # noqa: E402
+from effective_depth.engine.adapter import get_adapter  # noqa: E402
+
+GRID = {"riemann_left": (16, 64, 256), "trapezoid": (16, 64, 128, 256),
+        "gauss_legendre": (8, 16, 32, 64, 128, 256)}
+SCALAR_GRID = {"riemann_left": (64, 256, 1024), "trapezoid": (16, 32, 64, 128, 256),
+               "gauss_legendre": (8, 16, 32, 64, 128, 256)}
+
+
+@torch.no_grad()
+def baseline_targets(model, batch: Batch) -> torch.Tensor:
+    """``F(x̄_l)`` per (example, layer): the target with block ``l``'s output replaced by its
+    mean over positions, by one forward of the upper blocks (``start_at_layer``)."""
+    adapter = get_adapter(model)
+    L = adapter.n_layers
+    out = torch.zeros(batch.size, L)
+    for b in range(batch.size):
+        n = int(batch.lengths[b])
+        tokens = batch.tokens[b : b + 1, :n]
+        clean = adapter.clean(tokens)
+        pred = torch.tensor(batch.answer_predicting_positions(b))
+        answer = tokens[0, pred + 1]
+        for layer in range(L):
+            x = clean.resid[layer + 1, 0]
+            base = x.float().mean(0, keepdim=True).expand_as(x).to(x.dtype)[None]
+            logits = model(base, start_at_layer=layer + 1) if layer + 1 < L else \
+                model.unembed(model.ln_final(base))
+            probs = torch.softmax(logits[0, pred].float(), -1)
+            out[b, layer] = probs.gather(-1, answer[:, None].to(probs.device)).sum().cpu()
+    return out
+
+
+def errors(result, reference, f0: torch.Tensor) -> dict:
+    """max_abs / rel error of ``result``'s maps against ``reference``'s, and the completeness gap."""
+    max_abs = rel = gap = 0.0
+    for b, (a, r) in enumerate(zip(result.maps, reference.maps)):
+        d = (a - r).abs().max().item()
+        max_abs = max(max_abs, d)
+        rel = max(rel, d / max(r.abs().max().item(), 1e-30))
+        delta = float(result.targets[b]) - f0[b]
+        gap = max(gap, (a.sum(-1) - delta).abs().max().item())
+    return {"max_abs": max_abs, "rel": rel, "gap": gap}
+
+
+def measure(model, batch: Batch, ref_rule: str, ref_steps: int, grid: dict = GRID) -> dict:
+    """The error table of one model: ``{rule: {n: errors}}``, the reference's own error (against
+    half as many nodes) and the reference's completeness gap; each run's seconds."""
+    ref, t_ref = _timed(lambda: metrics.integrated_gradients(model, batch, n_steps=ref_steps, rule=ref_rule))
+    half = metrics.integrated_gradients(model, batch, n_steps=ref_steps // 2, rule=ref_rule)
+    f0 = baseline_targets(model, batch)
+    table: dict = {}
+    for rule, steps in grid.items():
+        for n in steps:
+            res, t = _timed(lambda n=n, rule=rule: metrics.integrated_gradients(
+                model, batch, n_steps=n, rule=rule))
+            table.setdefault(rule, {})[n] = {**errors(res, ref, f0), "seconds": t}
+    return {"reference": {"rule": ref_rule, "steps": ref_steps, "seconds": t_ref,
+                          "self_error": errors(half, ref, f0), "gap": errors(ref, ref, f0)["gap"]},
+            "table": table}
+
+
+def completeness(model, batch: Batch, grid: dict = SCALAR_GRID) -> dict:
+    """``{rule: {n: {"max_abs", "rel"}}}``: the error of each rule on ``∫₀¹ dF/dα dα`` against
+    the exact ``F(x_l) − F(x̄_l)``, largest over (example, layer); ``rel`` divides by
+    ``max |F(x_l) − F(x̄_l)|`` of the example. Also the per-(example, layer) errors."""
+    from effective_depth.metrics.quadrature import quadrature
+
+    adapter = get_adapter(model)
+    L = adapter.n_layers
+    f0 = baseline_targets(model, batch)
+    per: dict = {}
+    for b in range(batch.size):
+        n = int(batch.lengths[b])
+        tokens = batch.tokens[b : b + 1, :n]
+        clean = adapter.clean(tokens)
+        pred = torch.tensor(batch.answer_predicting_positions(b))
+        answer = tokens[0, pred + 1]
+        with torch.no_grad():
+            f1 = adapter.lens_probs(clean.resid[-1, 0, pred]).gather(-1, answer[:, None]).sum().item()
+        scale = (f1 - f0[b]).abs().max().item()
+        for layer in range(L):
+            x = clean.resid[layer + 1, 0].float()
+            base = x.mean(0, keepdim=True)
+            exact = f1 - f0[b, layer].item()
+            for rule, steps in grid.items():
+                for m in steps:
+                    alphas, weights = quadrature(rule, m)
+                    total = 0.0
+                    for i in range(0, m, 128):
+                        a = torch.tensor(alphas[i : i + 128]).requires_grad_(True)
+                        h = (base + a[:, None, None] * (x - base)).to(clean.resid.dtype)
+                        logits = model(h, start_at_layer=layer + 1) if layer + 1 < L else \
+                            model.unembed(model.ln_final(h))
+                        probs = torch.softmax(logits[:, pred].float(), -1)
+                        target = probs.gather(-1, answer[None, :, None].expand(len(a), -1, 1)).sum()
+                        (g,) = torch.autograd.grad(target, a)
+                        total += float((g.double() * torch.tensor(weights[i : i + 128])).sum())
+                    err = abs(total - exact)
+                    per.setdefault(rule, {}).setdefault(m, []).append((err, err / max(scale, 1e-30)))
+    return {rule: {m: {"max_abs": max(e for e, _ in v), "rel": max(r for _, r in v),
+                       "per_map": [e for e, _ in v]} for m, v in d.items()} for rule, d in per.items()}
+
+
+def cheapest(tables: list[dict], target=("riemann_left", 256)) -> tuple[str, int]:
+    """The (rule, n) of fewest nodes whose max_abs and rel are <= the target's on every table
+    (each ``{rule: {n: {"max_abs", "rel"}}}``); among equally cheap ones, the most accurate (the
+    smallest worst ratio of its error to the target's)."""
+    rule0, n0 = target
+    ok = []
+    for rule, steps in tables[0].items():
+        for n in steps:
+            if not all(n in t.get(rule, {}) for t in tables):
+                continue
+            ratios = [t[rule][n][k] / max(t[rule0][n0][k], 1e-300) for t in tables for k in ("max_abs", "rel")]
+            if max(ratios) <= 1:
+                ok.append((n, max(ratios), rule))
+    n, _, rule = min(ok)
+    return rule, n
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def zoo_batch(name: str, n: int):
+    from effective_depth.engine.batch import encode_batch
+    from effective_depth.models.loading import load_model
+    from effective_depth.study import StudyConfig, resolve_task
+    from effective_depth.tasks import get_task
+
+    model = load_model(name, device="cpu")
+    task_name, params = resolve_task(StudyConfig(model=name))
+    examples = get_task(task_name, **params).examples(20)[:n]
+    return model, encode_batch(model.tokenizer, examples, device="cpu")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer rules and a coarser reference (trapezoid-512) for the zoo maps")
+    parser.add_argument("--models", default="random-12l-V4096,zoo/add-4l,zoo/add-12l",
+                        help="comma-separated: random-12l-V4096, zoo/add-4l, zoo/add-12l")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    from benchmarks.run import build_model, make_batch
+
+    names = args.models.split(",")
+    grid, scalar_grid, zoo_ref = GRID, SCALAR_GRID, ("trapezoid", 1024)
+    if args.quick:
+        grid = {"riemann_left": (64, 256), "trapezoid": (64, 128, 256), "gauss_legendre": (32, 64, 128, 256)}
+        scalar_grid = {"riemann_left": (64, 256, 1024), "trapezoid": (64, 128, 256),
+                       "gauss_legendre": (32, 64, 128, 256)}
+        zoo_ref = ("trapezoid", 512)
+    report: dict = {"maps": {}, "completeness": {}}
+    for name in names:
+        if name.startswith("random"):
+            case, ref, maps = (build_model(12, 256, 4096, 1024, 4, 4), make_batch(4096, 1, 40, 4)), \
+                ("gauss_legendre", 128), True
+        else:
+            case, ref, maps = zoo_batch(name, 3), zoo_ref, name != "zoo/add-12l"  # add-12l: too slow
+        if maps:
+            report["maps"][name] = measure(*case, *ref, grid=grid)
+            print_table(name, report["maps"][name])
+        if not name.startswith("random"):
+            report["completeness"][name] = completeness(*case, grid=scalar_grid)
+            print_completeness(name, report["completeness"][name])
+    tables = [r["table"] for r in report["maps"].values()] + list(report["completeness"].values())
+    rule, n = cheapest(tables)
+    report["default"] = {"rule": rule, "steps": n}
+    print(f"\ncheapest rule at least as accurate as riemann_left-256 on every model: {rule}-{n}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def print_completeness(name: str, r: dict) -> None:
+    print(f"\n{name}: error of the completeness integral F(x) - F(baseline), max over (example, layer)")
+    print(f"{'rule':16s} {'n':>5s} {'max abs':>9s} {'rel':>9s}")
+    for rule, steps in r.items():
+        for n, e in steps.items():
+            print(f"{rule:16s} {n:5d} {e['max_abs']:9.2e} {e['rel']:9.2e}")
+
+
+def print_table(name: str, r: dict) -> None:
+    ref = r["reference"]
+    print(f"\n{name}: reference {ref['rule']}-{ref['steps']} ({ref['seconds']:.1f} s); its self-error "
+          f"(vs half the nodes) {ref['self_error']['max_abs']:.1e}, completeness gap {ref['gap']:.1e}")
+    print(f"{'rule':16s} {'n':>5s} {'max abs':>9s} {'rel':>9s} {'gap':>9s} {'s':>7s}")
+    for rule, steps in r["table"].items():
+        for n, e in steps.items():
+            print(f"{rule:16s} {n:5d} {e['max_abs']:9.2e} {e['rel']:9.2e} {e['gap']:9.2e} {e['seconds']:7.2f}")
+
+
+if __name__ == "__main__":
+    main()

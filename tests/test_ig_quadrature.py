@@ -1,0 +1,123 @@
+"""Integrated gradients by quadrature on a tiny model: every rule reaches the same integral, the
+default is at least as accurate as left-Riemann-256, completeness holds within the quadrature
+error, and a target linear in the layer's output is integrated exactly by any rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from effective_depth import load_model
+from effective_depth.engine import encode_batch
+from effective_depth.engine.adapter import Adapter, get_adapter
+from effective_depth.metrics import integrated_gradients
+from effective_depth.metrics.integrated_gradients import DEFAULT_RULE, DEFAULT_STEPS
+from effective_depth.study import StudyConfig
+from effective_depth.tasks import Example
+
+REF = ("gauss_legendre", 64)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoints):
+    return load_model(tiny_checkpoints["qwen2"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sub(model):
+    return encode_batch(model.tokenizer, [Example("12+34+5=", "51")])
+
+
+@pytest.fixture(scope="module")
+def reference(model, sub):
+    return integrated_gradients(model, sub, n_steps=REF[1], rule=REF[0])
+
+
+def max_err(result, reference) -> float:
+    return (result.maps[0] - reference.maps[0]).abs().max().item()
+
+
+def test_every_rule_converges_to_the_same_integral(model, sub, reference):
+    scale = reference.maps[0].abs().max().item()
+    assert scale > 0
+    ladders = {"riemann_left": (16, 64, 256), "trapezoid": (4, 16, 64), "gauss_legendre": (2, 4, 8)}
+    for rule, steps in ladders.items():
+        errs = [max_err(integrated_gradients(model, sub, n_steps=n, rule=rule), reference) for n in steps]
+        assert errs[0] > errs[1] > errs[2], (rule, errs)
+        assert errs[-1] < 0.02 * scale, (rule, errs)
+    # the reference itself: Gauss-Legendre with half the nodes agrees to float32 precision
+    half = integrated_gradients(model, sub, n_steps=REF[1] // 2, rule=REF[0])
+    assert max_err(half, reference) < 1e-5 * scale
+
+
+def test_default_is_at_least_as_accurate_as_left_riemann_256(model, sub, reference):
+    default = integrated_gradients(model, sub)
+    assert default.meta["rule"] == DEFAULT_RULE and default.meta["n_steps"] == DEFAULT_STEPS
+    riemann = integrated_gradients(model, sub, n_steps=256, rule="riemann_left")
+    assert max_err(default, reference) <= max_err(riemann, reference)
+    # on this smooth integrand (a random model) 16 Gauss-Legendre nodes already beat it
+    gauss = integrated_gradients(model, sub, n_steps=16, rule="gauss_legendre")
+    assert max_err(gauss, reference) <= max_err(riemann, reference) / 10
+    # the study's defaults are the metric's
+    assert (StudyConfig().ig_rule, StudyConfig().ig_steps) == (DEFAULT_RULE, DEFAULT_STEPS)
+
+
+@torch.no_grad()
+def _baseline_target(model, sub, layer: int) -> float:
+    """F(x̄): the answer probability with block ``layer``'s output replaced by its mean over
+    positions, from one plain forward of the upper blocks (independent of the sweep engine)."""
+    n = int(sub.lengths[0])
+    tokens = sub.tokens[:, :n]
+    _, cache = model.run_with_cache(tokens)
+    x = cache[f"blocks.{layer}.hook_resid_post"]
+    base = x.mean(1, keepdim=True).expand_as(x)
+    logits = model(base, start_at_layer=layer + 1)
+    pred = torch.tensor(sub.answer_predicting_positions(0))
+    probs = torch.softmax(logits[0, pred].float(), -1)
+    return probs.gather(-1, tokens[0, pred + 1, None]).sum().item()
+
+
+def test_completeness_within_the_quadrature_error(model, sub, reference):
+    default = integrated_gradients(model, sub)
+    quad_err = max_err(default, reference) * sub.lengths[0].item()  # bound on the error of a row sum
+    for layer in range(model.cfg.n_layers):
+        delta = reference.targets[0].item() - _baseline_target(model, sub, layer)
+        assert abs(delta) > 1e-4  # the test means something
+        assert reference.maps[0][layer].sum().item() == pytest.approx(delta, abs=2e-6)
+        assert abs(default.maps[0][layer].sum().item() - delta) <= quad_err + 2e-6
+
+
+def test_linear_target_is_integrated_exactly_by_any_rule(tiny_checkpoints, sub, monkeypatch):
+    model = load_model(tiny_checkpoints["qwen2"], device="cpu")
+    with torch.no_grad():  # every block adds zero: each block's output is the embedding
+        for block in model.blocks:
+            for w in (block.attn.W_O, block.attn.b_O, block.mlp.W_out, block.mlp.b_out):
+                w.zero_()
+    gen = torch.Generator().manual_seed(0)
+    W = 1e-2 * torch.randn(model.cfg.d_model, model.cfg.d_vocab, generator=gen)
+    # a "probability" linear in the final residual: target = Σ_p (0.5 + h_p · W[:, answer_p])
+    monkeypatch.setattr(Adapter, "lens_log_probs", lambda self, h: torch.log(0.5 + h.float() @ W))
+    n = int(sub.lengths[0])
+    pred = torch.tensor(sub.answer_predicting_positions(0))
+    h0 = get_adapter(model).clean(sub.tokens[:, :n]).resid[0, 0].float()
+    want = torch.zeros(n)
+    want[pred] = ((h0 - h0.mean(0))[pred] * W[:, sub.tokens[0, pred + 1]].T).sum(-1)
+    assert want.abs().max() > 1e-4
+    for rule, steps in (("riemann_left", 1), ("riemann_left", 7), ("trapezoid", 2),
+                        ("trapezoid", 5), ("gauss_legendre", 1), ("gauss_legendre", 3)):
+        got = integrated_gradients(model, sub, n_steps=steps, rule=rule).maps[0]
+        for layer in range(model.cfg.n_layers):
+            assert torch.allclose(got[layer], want, rtol=1e-5, atol=1e-8), (rule, steps, layer)
+
+
+def test_study_config_validates_and_hashes_the_rule():
+    from effective_depth.errors import ConfigError
+    from effective_depth.results import config_hash
+
+    with pytest.raises(ConfigError, match="unknown ig_rule 'simpson'"):
+        StudyConfig(ig_rule="simpson")
+    with pytest.raises(ConfigError, match="ig_steps"):
+        StudyConfig(ig_rule="trapezoid", ig_steps=1)
+    a, b = StudyConfig(), StudyConfig(ig_rule="gauss_legendre", ig_steps=256)
+    assert config_hash(a.to_dict()) != config_hash(b.to_dict())
+    assert StudyConfig.from_dict(b.to_dict()) == b
