@@ -190,6 +190,9 @@ def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
               "see docs/cli.md for the list).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="A JSON/YAML file of study options; command-line options override it.")
+@click.option("--allow-lossy-tokenization", "allow_lossy", is_flag=True, default=None,
+              help="Analyse prompts whose tokens do not decode back to their text (characters the "
+              "tokenizer drops or changes) with a warning stored in results.json, not an error.")
 @click.option("--force", is_flag=True, help="Discard an existing run directory and start again.")
 @click.option("--no-dashboard", is_flag=True, help="Do not write dashboard.html.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -198,7 +201,7 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
             skip_mode: str | None, skip_component: str | None, aggregate: str | None,
             n_boot: int | None, device: str | None, dtype: str | None, backend: str | None,
             settings: tuple[str, ...], config_file: str | None, force: bool, no_dashboard: bool,
-            quiet: bool) -> None:
+            quiet: bool, allow_lossy: bool | None = None) -> None:
     """Run a study: every chosen measurement on one model and task, then the effective-depth
     estimates with bootstrap CIs. Results go to a run directory (resumable: rerun the same
     command after an interruption and finished measurements are reused)."""
@@ -210,6 +213,7 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
         "model": model, "task": task, "n_examples": n_examples, "seed": seed,
         "skip_mode": skip_mode, "skip_component": skip_component, "aggregate": aggregate,
         "n_boot": n_boot, "device": device, "dtype": dtype, "backend": backend,
+        "allow_lossy_tokenization": allow_lossy,
     }
     if params:
         options["task_params"] = _pairs(params, "--param")

@@ -69,6 +69,7 @@ class StudyConfig:
     backend: str = "hooked"
     process_weights: bool = False
     batch_size: int = 8
+    allow_lossy_tokenization: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_params", _freeze(self.task_params))
@@ -98,6 +99,8 @@ class StudyConfig:
             (0 < self.ci_level < 1, f"ci_level must be in (0, 1), got {self.ci_level}"),
             (self.backend in ("hooked", "bridge"), f"backend must be hooked or bridge, got {self.backend!r}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (isinstance(self.allow_lossy_tokenization, bool),
+             f"allow_lossy_tokenization must be true or false, got {self.allow_lossy_tokenization!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -238,7 +241,8 @@ def run_study(
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model!r} has no tokenizer; studies need one")
     device = next(model.parameters()).device
-    batch = encode_batch(model.tokenizer, examples, device=device)
+    batch = encode_batch(model.tokenizer, examples, device=device,
+                         allow_lossy=config.allow_lossy_tokenization)
     L = int(model.cfg.n_layers)
     cuts = [draw_cuts(int(n), config.n_cuts, f"{config.seed}:{b}", config.cut_start,
                       config.cut_stride, config.cut_margin) for b, n in enumerate(batch.lengths.tolist())]
@@ -259,6 +263,8 @@ def run_study(
     })
     results.setdefault("metrics", {})
     results.setdefault("timing", {})
+    if batch.warnings:
+        results["warnings"] = sorted({*results.get("warnings", []), *batch.warnings})
     done: dict[str, Any] = {}
     stored = rd.load_tensors()
     reused, computed = [], []
@@ -342,7 +348,8 @@ def _run_metric(name: str, model: Any, batch: Any, config: StudyConfig, cuts: li
         ref_examples = task.examples(config.n_examples + config.n_reference)[config.n_examples:]
         if len(ref_examples) < config.n_reference:
             ref_examples = list(examples[: config.n_reference])
-        reference = encode_batch(model.tokenizer, ref_examples, device=batch.tokens.device)
+        reference = encode_batch(model.tokenizer, ref_examples, device=batch.tokens.device,
+                                 allow_lossy=config.allow_lossy_tokenization)
         return M.residual_erasure(model, sub, reference=reference, skip_front=config.skip_front, **common)
     raise ConfigError(f"unknown metric {name!r}")
 
