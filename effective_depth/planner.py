@@ -8,13 +8,12 @@ counts follow the engine (``engine/sweep.py``) and the metrics:
 
 * a *block-token* is one block applied to one position of one row; a clean pass of a prompt of
   ``T`` tokens is ``L·T`` of them;
-* skip effects: for every prompt, cut and block ``s``, the blocks ``s+1..L-1`` run on the
-  positions from ``skip_front`` on (the batch's padded width);
+* skip effects: for every prompt, cut and block ``s``, the blocks ``s+1..L-1`` run on every
+  position of the batch's padded width;
 * behaviour: early exit reads the clean pass; pruning the first ``k`` blocks of the order
   resumes at the lowest of them (``L·(L+1)/2`` rows' worth of blocks at most per prompt);
 * residual erasure: for every position ``t`` up to the last answer-predicting one and every
-  boundary ``l``, the blocks ``l..L-1`` run on the positions from ``t`` on (the last block only on
-  the answer-predicting ones);
+  boundary ``l``, the blocks ``l..L-1`` run on the positions from ``t`` on;
 * integrated gradients: ``n_steps`` rows per block ``l`` run blocks ``l+1..L-1`` on every position,
   forward and backward (a backward costs two forwards).
 
@@ -135,7 +134,7 @@ def count_work(cfg: Any, lengths: list[int], answer_starts: list[int], cuts: lis
                 for b in c:
                     cut_list = cuts[b] if config.skip_mode == "future" else [None]
                     for t in cut_list:
-                        m.block_tokens += L * (L - 1) // 2 * (w - sf)
+                        m.block_tokens += L * (L - 1) // 2 * w  # no suffix runs here
                         m.lens_rows += L * 2 * (lengths[b] - (t or 0))
         elif name == "behaviour":
             m.block_tokens = sum(L * max(lengths[b] for b in c) * len(c) for c in chunks(16, every))
@@ -152,26 +151,20 @@ def count_work(cfg: Any, lengths: list[int], answer_starts: list[int], cuts: lis
             m.block_tokens = clean(idx) + clean(ref)
             for c in chunks(config.batch_size, idx):
                 w = max(lengths[b] for b in c)
-                first = min(answer_starts[b] - 1 for b in c)
                 for b in c:
                     last = lengths[b] - 2
                     for t in range(sf, last + 1):
                         for bd in range(L + 1):
-                            blocks = L - bd
-                            if blocks == 0:
-                                continue
-                            if t < first:  # the last block only runs the answer positions
-                                m.block_tokens += (blocks - 1) * (w - t) + (w - first)
-                            else:
-                                m.block_tokens += blocks * (w - t)
+                            # rows erased at the final residual share their chunk, so the last
+                            # block runs every position from t (no truncation)
+                            m.block_tokens += (L - bd) * (w - t)
                             m.lens_rows += 2 * (lengths[b] - 1 - max(t, answer_starts[b] - 1))
         elif name == "integrated_gradients":
             idx = every[: config.map_examples]
             for b in idx:
-                T, first = lengths[b], answer_starts[b] - 1
+                T = lengths[b]
                 m.block_tokens += L * T
-                for layer in range(L - 1):
-                    m.grad_block_tokens += config.ig_steps * ((L - 2 - layer) * T + (T - first))
+                m.grad_block_tokens += config.ig_steps * L * (L - 1) // 2 * T
                 m.lens_rows += 3 * config.ig_steps * L * answers[b]
         out[name] = m
     return out
