@@ -110,6 +110,7 @@ def short_example(ex: Any) -> Any:
 
 
 def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = "float32",
+        device: str = "cpu",
         prompts: int = 4, skip_prompts: int = 1, cuts: int = 1, ig_steps: int = 4,
         budget_mib: int = 256, light: bool = False, threads: int | None = None) -> dict[str, Any]:
     from benchmarks.paper_shapes import build_all
@@ -128,7 +129,8 @@ def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = 
     sampler = PeakRSS()
     base_rss = rss_bytes()
     t0 = time.perf_counter()
-    model = load_model(str(paths[shape]), device="cpu", dtype=dtype)
+    cuda = device.startswith("cuda")
+    model = load_model(str(paths[shape]), device=device, dtype=dtype)
     load_s = time.perf_counter() - t0
     gc.collect()
     loaded_rss = rss_bytes()
@@ -136,15 +138,17 @@ def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = 
     L, V = int(cfg.n_layers), int(cfg.d_vocab)
     task = get_task("gsm8k", data_files=str(paths["data"] / "gsm8k_test.jsonl"))
     examples = task.examples(prompts)
-    batch = encode_batch(model.tokenizer, examples)
+    batch = encode_batch(model.tokenizer, examples, device=device)
     lengths = batch.lengths.tolist()
     skip_batch = batch.select(list(range(min(skip_prompts, batch.size))))
-    short = encode_batch(model.tokenizer, [short_example(examples[0])])
+    short = encode_batch(model.tokenizer, [short_example(examples[0])], device=device)
     budget = budget_mib * MiB
     counter = WorkCounter(model)
     calib = calibrate(model, batch.tokens[:1, : lengths[0]], repeats=1)
     results: dict[str, Any] = {
-        "shape": shape, "path": str(paths[shape]), "dtype": dtype, "device": "cpu",
+        "shape": shape, "path": str(paths[shape]), "dtype": dtype, "device": device,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "gpu_weights_mib": round(torch.cuda.memory_allocated() / MiB) if cuda else None,
         "threads": torch.get_num_threads(), "n_layers": L, "d_model": int(cfg.d_model),
         "d_vocab": V, "n_params": int(sum(p.numel() for p in model.parameters())),
         "load_seconds": round(load_s, 2), "rss_before_load_mib": round(base_rss / MiB),
@@ -163,8 +167,13 @@ def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = 
         counter.reset()
         sampler.reset()
         start_rss = rss_bytes()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
         result = fn()
+        if cuda:
+            torch.cuda.synchronize()
         wall = time.perf_counter() - t
         peak = sampler.peak
         config = StudyConfig(metrics=(name,), **study)
@@ -181,6 +190,7 @@ def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = 
             "budget_held": peak - start_rss <= budget + plan.measurements[0].peak_bytes,
             "full_lens_bytes_mib": round(L * T * V * 4 * b.size / MiB),
             "n_prompts": b.size, "tokens": b.lengths.tolist(),
+            "gpu_peak_mib": round(torch.cuda.max_memory_allocated() / MiB) if cuda else None,
         }
         results["measurements"][name] = entry
         done[name] = result
@@ -230,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shape", default="qwen2.5-0.5b")
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--skip-prompts", type=int, default=1)
     parser.add_argument("--cuts", type=int, default=1)
@@ -240,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    results = run(args.shape, cache=args.cache, dtype=args.dtype, prompts=args.prompts,
+    results = run(args.shape, cache=args.cache, dtype=args.dtype, device=args.device, prompts=args.prompts,
                   skip_prompts=args.skip_prompts, cuts=args.cuts, ig_steps=args.ig_steps,
                   budget_mib=args.budget_mib, light=args.light, threads=args.threads)
     if args.json:
