@@ -101,18 +101,19 @@ class WorkCounter:
 
 
 def short_example(ex: Any) -> Any:
-    """A short GSM8K-style example from a long one: first sentence of the question, final answer."""
+    """A short GSM8K-style example from a long one: first sentence of the question, final answer
+    (about 16 tokens: erasure and IG are quadratic, and a shared CPU is slow)."""
     from effective_depth.tasks import Example
 
     question = ex.prompt.removeprefix("Question: ").split(".")[0] + "."
-    return Example(f"Question: {question}\nAnswer: ", f"The final answer is {ex.meta['final']}",
-                   dict(ex.meta))
+    return Example(f"Question: {question}\nAnswer: ", str(ex.meta["final"]), dict(ex.meta))
 
 
 def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = "float32",
         device: str = "cpu",
         prompts: int = 4, skip_prompts: int = 1, cuts: int = 1, ig_steps: int = 4,
-        budget_mib: int = 256, light: bool = False, threads: int | None = None) -> dict[str, Any]:
+        budget_mib: int = 256, light: bool = False, short_only: bool = False,
+        threads: int | None = None, json_path: Path | None = None) -> dict[str, Any]:
     from benchmarks.paper_shapes import build_all
     from effective_depth import metrics as M
     from effective_depth.depth import estimate_all
@@ -142,6 +143,9 @@ def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = 
     lengths = batch.lengths.tolist()
     skip_batch = batch.select(list(range(min(skip_prompts, batch.size))))
     short = encode_batch(model.tokenizer, [short_example(examples[0])], device=device)
+    if short_only:  # the larger shapes on a CPU: every measurement on the short example
+        batch = skip_batch = short
+        lengths = short.lengths.tolist()
     budget = budget_mib * MiB
     counter = WorkCounter(model)
     calib = calibrate(model, batch.tokens[:1, : lengths[0]], repeats=1)
@@ -157,7 +161,7 @@ def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = 
         "bos_prepended": model.tokenizer.bos_token_id is not None,
         "memory_budget_mib": budget_mib, "calibration": calib,
         "settings": {"prompts": prompts, "skip_prompts": skip_prompts, "cuts": cuts,
-                     "ig_steps": ig_steps, "erasure_ig_example": "short"},
+                     "ig_steps": ig_steps, "erasure_ig_example": "short", "short_only": short_only},
         "measurements": {},
     }
     done: dict[str, Any] = {}
@@ -195,6 +199,8 @@ def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = 
         results["measurements"][name] = entry
         done[name] = result
         log.info("%s: %s", name, entry)
+        if json_path is not None:  # partial results survive an interrupted run
+            json_path.write_text(json.dumps(results, indent=1, default=str))
 
     budget_kw = {"memory_budget": budget}
     skip_cuts = [draw_cuts(int(n), cuts, f"0:{i}", 8, 8, 4) for i, n in enumerate(skip_batch.lengths.tolist())]
@@ -247,13 +253,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ig-steps", type=int, default=4)
     parser.add_argument("--budget-mib", type=int, default=256)
     parser.add_argument("--light", action="store_true")
+    parser.add_argument("--short-only", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     results = run(args.shape, cache=args.cache, dtype=args.dtype, device=args.device, prompts=args.prompts,
                   skip_prompts=args.skip_prompts, cuts=args.cuts, ig_steps=args.ig_steps,
-                  budget_mib=args.budget_mib, light=args.light, threads=args.threads)
+                  budget_mib=args.budget_mib, light=args.light, short_only=args.short_only,
+                  threads=args.threads, json_path=args.json)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     print(table(results))  # noqa: T201 - a benchmark script's report
