@@ -15,7 +15,8 @@ counts follow the engine (``engine/sweep.py``) and the metrics:
 * residual erasure: for every position ``t`` up to the last answer-predicting one and every
   boundary ``l``, the blocks ``l..L-1`` run on the positions from ``t`` on;
 * integrated gradients: ``n_steps`` rows per block ``l`` run blocks ``l+1..L-1`` on every position,
-  forward and backward (a backward costs two forwards).
+  forward and backward (a backward costs two forwards) — an upper bound: where the engine runs the
+  last block only on the answer-predicting positions the count is a few percent lower.
 
 FLOPs per block-token are ``2 × (block parameters) + 4 × d_head × heads × context`` (matrix
 multiplies plus attention scores and values over the causal context); a lens row is
