@@ -223,6 +223,9 @@ def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
               "see docs/cli.md for the list).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="A JSON/YAML file of study options; command-line options override it.")
+@click.option("--allow-lossy-tokenization", "allow_lossy", is_flag=True, default=None,
+              help="Analyse prompts whose tokens do not decode back to their text (characters the "
+              "tokenizer drops or changes) with a warning stored in results.json, not an error.")
 @click.option("--force", is_flag=True, help="Discard an existing run directory and start again.")
 @click.option("--no-dashboard", is_flag=True, help="Do not write dashboard.html.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -231,7 +234,7 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
             skip_mode: str | None, skip_component: str | None, aggregate: str | None,
             n_boot: int | None, device: str | None, dtype: str | None, backend: str | None,
             settings: tuple[str, ...], config_file: str | None, force: bool, no_dashboard: bool,
-            quiet: bool) -> None:
+            quiet: bool, allow_lossy: bool | None = None) -> None:
     """Run a study: every chosen measurement on one model and task, then the effective-depth
     estimates with bootstrap CIs. Results go to a run directory (resumable: rerun the same
     command after an interruption and finished measurements are reused)."""
@@ -243,6 +246,7 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
         "model": model, "task": task, "n_examples": n_examples, "seed": seed,
         "skip_mode": skip_mode, "skip_component": skip_component, "aggregate": aggregate,
         "n_boot": n_boot, "device": device, "dtype": dtype, "backend": backend,
+        "allow_lossy_tokenization": allow_lossy,
     }
     if params:
         options["task_params"] = _pairs(params, "--param")
@@ -259,6 +263,61 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
     result = run_study(config, out, force=force, progress=not quiet, dashboard=not no_dashboard)
     elapsed = time.perf_counter() - start
     _print_summary(result.results, result.path, elapsed, result.reused)
+
+
+def plan_cmd(**options: Any) -> None:
+    """Project what a study costs before running it: per measurement and in total the
+    block-forwards, FLOPs, peak activation memory, and the time on this device from a short
+    calibration pass (the model is loaded; nothing is written). Same options as `run`."""
+    from rich.table import Table
+
+    from .planner import plan_study
+
+    for key, what in (("params", "--param"), ("thresholds", "--threshold"), ("settings", "--set")):
+        options[key] = _pairs(options[key], what) if options[key] else {}
+    metrics = _split_metrics(options.pop("metrics")) or None
+    extra = options.pop("settings")
+    if "metrics" in extra and isinstance(extra["metrics"], str):
+        extra["metrics"] = _split_metrics((extra["metrics"],))
+    values = {"task_params": options.pop("params") or None, "thresholds": options.pop("thresholds") or None,
+              "metrics": metrics, "allow_lossy_tokenization": options.pop("allow_lossy"), **options}
+    for unused in ("out", "force", "no_dashboard", "quiet", "config_file"):
+        values.pop(unused, None)
+    config = _study_config(options.get("config_file"), {**extra, **{k: v for k, v in values.items()
+                                                                      if v is not None}})
+    plan = plan_study(config)
+    table = Table(title=f"Plan: {plan.model} ({plan.n_layers} blocks, d_model {plan.d_model}, vocab "
+                        f"{plan.d_vocab:,}) on {plan.n_prompts} prompts of {plan.mean_tokens:.0f} tokens "
+                        f"({plan.device}, {plan.dtype})")
+    for col in ("measurement", "block-tokens", "backward block-tokens", "lens rows", "TFLOP",
+                "peak activations", "projected time"):
+        table.add_column(col)
+    for m in [*plan.measurements, plan.total]:
+        table.add_row(m.name, f"{m.block_tokens:,}", f"{m.grad_block_tokens:,}", f"{m.lens_rows:,}",
+                      f"{m.flops / 1e12:,.2f}", f"{m.peak_bytes / 2**30:.2f} GiB", _duration(m.seconds))
+    console = _console()
+    console.print(table)
+    console.print(f"weights: {plan.weights_bytes / 2**30:.2f} GiB; calibration: "
+                  f"{plan.calibration.get('s_per_block_token', 0) * 1e6:.2f} us per block-token, "
+                  f"{plan.calibration.get('s_per_lens_row', 0) * 1e6:.1f} us per lens row")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _register_plan_command() -> None:
+    """`plan` takes exactly `run`'s options (minus those about writing results)."""
+    skip = {"force", "no_dashboard", "quiet", "out"}
+    params = [p for p in run_cmd.params if p.name not in skip]
+    main.add_command(click.Command("plan", callback=plan_cmd, params=params, help=plan_cmd.__doc__), "plan")
+
+
+_register_plan_command()
 
 
 def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: list[str]) -> None:

@@ -93,6 +93,7 @@ class StudyConfig:
     backend: str = "hooked"
     process_weights: bool = False
     batch_size: int = 8
+    allow_lossy_tokenization: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.metrics, (list, str)):
@@ -411,13 +412,18 @@ def run_study(
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model!r} has no tokenizer; studies need one")
     device = next(model.parameters()).device
-    batch = encode_batch(model.tokenizer, examples, device=device)
+    batch = encode_batch(model.tokenizer, examples, device=device,
+                         allow_lossy=config.allow_lossy_tokenization)
+    for message in batch.warnings:
+        log.warning(message)
+        warnings.append({"code": "lossy_tokenization", "message": message})
     _check_context(model, batch, config)
     reference, reference_examples, reference_info = None, [], None
     reference_ids: list[list[int]] = []
     if any(spec.needs_reference for spec in specs):
         reference_examples, reference_info = _reference_examples(task, config, examples, warnings)
-        reference = encode_batch(model.tokenizer, reference_examples, device=device)
+        reference = encode_batch(model.tokenizer, reference_examples, device=device,
+                                 allow_lossy=config.allow_lossy_tokenization)
         _check_context(model, reference, config, what="reference example")
         reference_ids = [reference.token_ids(b) for b in range(reference.size)]
     # per-example inputs the measurements draw up front (cut positions): recorded in inputs.json

@@ -3,10 +3,18 @@
 Right padding is what makes batching exact for causal models: a pad token appended after a
 prompt cannot influence any earlier position, so no attention mask is needed and every real
 position computes exactly what it computes alone. Padding positions are simply never measured.
+
+Every example must survive tokenization: the ids, decoded, must give back ``prompt + answer``.
+A tokenizer that drops or replaces characters it cannot represent (unknown characters,
+normalisation) would otherwise analyse a different text than the user's, silently; that is a
+:class:`~effective_depth.errors.TaskError` naming the characters, or, with
+``allow_lossy=True``, a warning kept in :attr:`Batch.warnings` (and in a study's results.json).
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +24,12 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from ..errors import ConfigError, TaskError
-from ..models.evaluate import encode_example
+from ..models.evaluate import decode_ids, encode_example
 from ..tasks.base import Example
 
-__all__ = ["Batch", "encode_batch", "measured_mask"]
+__all__ = ["Batch", "encode_batch", "measured_mask", "lossy_tokenization"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +41,8 @@ class Batch:
     answer_start: Int[Tensor, " batch"]
     str_tokens: list[list[str]]
     examples: list[Example] = field(default_factory=list)
+    #: lossy tokenizations accepted with ``allow_lossy=True`` (one message per example)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -69,17 +81,28 @@ class Batch:
         return list(range(int(self.answer_start[b]) - 1, int(self.lengths[b]) - 1))
 
 
-def _check_unknown(tokenizer: Any, ids: list[int], text: str) -> None:
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is None or unk not in ids or "<unk>" in text:
-        return
-    for i, ch in enumerate(text):
-        if tokenizer(ch, add_special_tokens=False)["input_ids"] == [unk]:
-            raise TaskError(
-                f"character {ch!r} at position {i} of {text!r} is unknown to the model's "
-                "tokenizer (it would be read as <unk>); zoo models only read arithmetic strings"
-            )
-    raise TaskError(f"{text!r} contains tokens unknown to the model's tokenizer")
+def lossy_tokenization(tokenizer: Any, ids: Sequence[int], text: str) -> str | None:
+    """None when ``ids`` decode back to ``text``; otherwise what was lost, for an error message.
+
+    The first sentence names the first lost character and its position, e.g. ``character 'a'
+    at position 0 of 'a+1=2' is unknown to the model's tokenizer or changed by it``.
+    """
+    decoded = decode_ids(tokenizer, ids)
+    if decoded == text:
+        return None
+    ops = difflib.SequenceMatcher(None, text, decoded, autojunk=False).get_opcodes()
+    lost = [(i, text[i]) for tag, i1, i2, _, _ in ops if tag in ("delete", "replace")
+            for i in range(i1, i2)]
+    chars = sorted({ch for _, ch in lost})
+    if lost:
+        i, ch = lost[0]
+        head = (f"character {ch!r} at position {i} of {text!r} is unknown to the model's "
+                "tokenizer or changed by it")
+        if len(chars) > 1:
+            head += f" (lost characters: {''.join(chars)!r})"
+    else:
+        head = f"tokenizing {text!r} adds text"
+    return f"{head}: the model would read {decoded!r}"
 
 
 def encode_batch(
@@ -89,14 +112,28 @@ def encode_batch(
     prepend_bos: bool = True,
     device: str | torch.device = "cpu",
     pad_id: int | None = None,
+    allow_lossy: bool = False,
 ) -> Batch:
-    """Tokenize ``prompt + answer`` of every example and right-pad to a common width."""
+    """Tokenize ``prompt + answer`` of every example and right-pad to a common width.
+
+    The tokens and the prompt/answer boundary follow :func:`~effective_depth.models.evaluate.
+    encode_example`. A text whose tokens do not decode back to it raises :class:`TaskError`
+    unless ``allow_lossy`` (then the message is logged and kept in ``Batch.warnings``).
+    """
     if not examples:
         raise TaskError("no examples to analyse (the task produced an empty list)")
-    rows, starts = [], []
+    rows, starts, warnings = [], [], []
     for ex in examples:
+        text = ex.prompt + ex.answer
+        problem = lossy_tokenization(
+            tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"], text)
+        if problem is not None:
+            if not allow_lossy:
+                raise TaskError(f"{problem}. Remove or replace those characters, or accept the "
+                                "loss with allow_lossy_tokenization (CLI: --allow-lossy-tokenization)")
+            log.warning("lossy tokenization accepted: %s", problem)
+            warnings.append(f"lossy tokenization: {problem}")
         ids, n_prompt = encode_example(tokenizer, ex, prepend_bos=prepend_bos)
-        _check_unknown(tokenizer, ids, ex.prompt + ex.answer)
         rows.append(ids)
         starts.append(n_prompt)
     pad = pad_id if pad_id is not None else (getattr(tokenizer, "pad_token_id", None) or 0)
@@ -112,6 +149,7 @@ def encode_batch(
         torch.tensor(starts),
         str_tokens,
         list(examples),
+        warnings,
     )
 
 

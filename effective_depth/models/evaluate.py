@@ -18,30 +18,67 @@ from typing import Any
 
 import torch
 
+from ..errors import TaskError
 from ..tasks.base import Example
 
-__all__ = ["encode_example", "exact_match", "accuracy_by_difficulty", "forward_fn"]
+__all__ = ["encode_example", "prompt_token_count", "decode_ids", "exact_match", "accuracy_by_difficulty", "forward_fn"]
 
 
 def _bos_id(tokenizer: Any) -> int | None:
     return getattr(tokenizer, "bos_token_id", None)
 
 
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def decode_ids(tokenizer: Any, ids: Sequence[int]) -> str:
+    """The text of ``ids`` exactly as the tokenizer spells it (no space clean-up)."""
+    return tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
+
+
+def prompt_token_count(tokenizer: Any, full_ids: Sequence[int], prompt: str) -> int:
+    """How many leading tokens of ``full_ids`` (the tokenization of ``prompt + answer``) belong to
+    the prompt: the longest run of leading tokens whose text is a prefix of the prompt's text.
+
+    A token that straddles the prompt/answer boundary (``" 72"`` after a prompt ending in a
+    space, ``"=-"`` after one ending in ``=``) is therefore an answer token.
+    """
+    prompt_ids = _ids(tokenizer, prompt)
+    target = decode_ids(tokenizer, prompt_ids)  # the prompt as the tokenizer reads it
+    if list(full_ids[: len(prompt_ids)]) == prompt_ids:
+        return len(prompt_ids)  # no merge across the boundary: the usual case
+    k = 0
+    while k < min(len(full_ids), len(prompt_ids)) and full_ids[k] == prompt_ids[k]:
+        k += 1
+    while k > 0 and not target.startswith(decode_ids(tokenizer, full_ids[:k])):
+        k -= 1
+    while k < len(full_ids) and target.startswith(decode_ids(tokenizer, full_ids[: k + 1])):
+        k += 1
+    return k
+
+
 def encode_example(tokenizer: Any, example: Example, prepend_bos: bool = True) -> tuple[list[int], int]:
     """Token ids of ``prompt + answer`` and how many of them belong to the prompt.
 
-    The answer tokens are the last ``len(ids) - n_prompt`` tokens. When the tokenizer merges
-    across the prompt/answer boundary, prompt and answer are tokenized separately and
-    concatenated, so the answer span is always well defined.
+    The rule (``docs/methods.md``, "Tokens"): the model reads the tokenizer's own tokenization of
+    the whole text ``prompt + answer`` — exactly the ids a Hugging Face model reads for it — with
+    the tokenizer's BOS token in front when it has one (and ``prepend_bos``). The prompt is the
+    longest run of leading tokens whose text is a prefix of the prompt
+    (:func:`prompt_token_count`); the answer tokens are the rest, so a token merged across the
+    boundary belongs to the answer, and the answer may be several tokens.
     """
-    prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(example.prompt + example.answer, add_special_tokens=False)["input_ids"]
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        full_ids = prompt_ids + tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+    full_ids = _ids(tokenizer, example.prompt + example.answer)
+    n_prompt = prompt_token_count(tokenizer, full_ids, example.prompt)
     bos = _bos_id(tokenizer) if prepend_bos else None
     if bos is not None:
-        return [bos, *full_ids], len(prompt_ids) + 1
-    return list(full_ids), len(prompt_ids)
+        return [bos, *full_ids], n_prompt + 1
+    if n_prompt == 0:
+        raise TaskError(
+            f"prompt {example.prompt!r} has no token of its own (its text merges into the "
+            f"answer's first token and the tokenizer adds no BOS): no position predicts the answer"
+        )
+    return full_ids, n_prompt
 
 
 def forward_fn(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -17,6 +17,14 @@ config converter decides the architecture from the *path string* when it contain
 neutral name whose files are links to the real ones, and a config.json with small compatibility
 fixes (GPT-2 configs saved by recent ``transformers`` lack ``n_ctx``).
 
+Tokens: the loaded model reads exactly the tokens the checkpoint's own tokenizer produces. A
+tokenizer that defines a BOS token (Llama, DeepSeek-R1-Distill, GPT-2's ``<|endoftext|>``, the
+zoo's ``<bos>``) gets it prepended; one that has none (Qwen2.5) gets nothing prepended —
+TransformerLens's habit of substituting the EOS token for a missing BOS is undone here, so a Qwen
+prompt never gains a leading ``<|endoftext|>`` that the Hugging Face model never sees. A
+tokenizer saved as a plain ``PreTrainedTokenizerFast`` is loaded as that class, not re-wrapped as
+the architecture's default tokenizer class (which for Qwen2 replaces the saved pre-tokenizer).
+
 By default no weight processing is applied, so ``blocks.{l}.hook_resid_pre`` equals the Hugging
 Face hidden state ``l`` — every metric in this toolkit reads the residual stream, and centering
 the writing weights or folding value biases would change it. Processing is opt-in
@@ -232,6 +240,7 @@ def load_model(
             assert resolved.path is not None
             model = _load_local_hooked(Path(resolved.path), device, torch_dtype, processing,
                                        n_devices, trust_remote_code)
+    _keep_own_bos(model, resolved.path or resolved.name, trust_remote_code)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -315,16 +324,69 @@ def staged_checkpoint(path: Path) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+#: tokenizer classes that mean "the tokenizer.json pipeline as saved" (transformers 4 and 5 names)
+_PLAIN_FAST = ("PreTrainedTokenizerFast", "TokenizersBackend")
+
+
 def _load_tokenizer(path: Path, trust_remote_code: bool) -> Any:
-    from transformers import AutoTokenizer
+    """The checkpoint's own tokenizer, offline.
+
+    ``AutoTokenizer`` picks the class from the model type when the saved class is the generic
+    fast tokenizer, and a ``Qwen2Tokenizer`` then rebuilds the pipeline with its own
+    pre-tokenizer (dropping characters the saved one kept) and an ``<|endoftext|>`` unknown
+    token; a generic tokenizer is therefore loaded as the generic class.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     try:
+        saved = json.loads((path / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, json.JSONDecodeError):
+        saved = None
+    try:
+        if saved in _PLAIN_FAST and (path / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
         return AutoTokenizer.from_pretrained(
             str(path), local_files_only=True, trust_remote_code=trust_remote_code
         )
     except Exception as exc:  # a checkpoint without tokenizer files is still analysable from ids
         log.warning("no usable tokenizer in %s (%s); the model takes token ids only", path, exc)
         return None
+
+
+def _own_bos_token(source: str, trust_remote_code: bool) -> tuple[bool, str | None]:
+    """``(known, bos_token)`` of the tokenizer at ``source`` as saved, before TransformerLens
+    touched it; ``known`` is False when it cannot be read again."""
+    path = Path(source)
+    if path.is_dir():
+        fresh = _load_tokenizer(path, trust_remote_code)
+        return (fresh is not None), getattr(fresh, "bos_token", None)
+    from transformers import AutoTokenizer
+
+    try:
+        fresh = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - no second copy: leave the tokenizer as loaded
+        return False, None
+    return True, fresh.bos_token
+
+
+def _keep_own_bos(model: Any, source: str, trust_remote_code: bool) -> None:
+    """Undo TransformerLens's EOS-for-BOS substitution on tokenizers that have no BOS.
+
+    TransformerLens sets ``tokenizer.bos_token = eos_token`` when a tokenizer has none, so every
+    prompt would gain a leading ``<|endoftext|>``; the checkpoint's own model never reads one.
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None or tokenizer.bos_token is None:
+        return
+    own = getattr(model, "_effective_depth_own_bos", None)
+    known = own is not None
+    if not known:
+        known, bos = _own_bos_token(source, trust_remote_code)
+        own = (bos,)
+    if known and own[0] is None:
+        tokenizer.bos_token = None
+        if hasattr(model.cfg, "default_prepend_bos"):
+            model.cfg.default_prepend_bos = False
 
 
 def _load_hf_model(path: Path, dtype: torch.dtype, trust_remote_code: bool,
@@ -410,7 +472,14 @@ def _load_local_hooked(
             ) from exc
     cfg.model_name = path.name
     cfg.tokenizer_name = str(path) if tokenizer is not None else None
+    own_bos = getattr(tokenizer, "bos_token", None)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    if tokenizer is not None:
+        # TransformerLens may reload the tokenizer through AutoTokenizer (another class):
+        # keep the checkpoint's own, and remember its BOS before TransformerLens changed it
+        model.tokenizer = tokenizer
+        model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
+        model._effective_depth_own_bos = (own_bos,)
     model.load_and_process_state_dict(state_dict, **processing)
     model.move_model_modules_to_device()
     del hf_model

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One prepared GPU check of the paper-scale path (issue 11), sized for < 10 minutes on one GPU.
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]
+#
+# 1. builds the real-shaped 1.5B checkpoints offline (CPU, a few minutes the first time; cached in
+#    ~/.cache/effective_depth/paper_shapes or $EFFECTIVE_DEPTH_PAPER_SHAPES);
+# 2. loads Qwen2.5-1.5B's shape on CUDA in bfloat16 and measures every measurement of the paper
+#    protocol (GSM8K-schema prompts of 150-400 tokens): wall time, block-forwards, peak GPU memory,
+#    the planner's projection and its error (JSON in OUT_DIR);
+# 3. prints the planner's projection of the full paper_scale.yaml cell (50 prompts, IG 256 steps);
+# 4. runs a full study (`effective-depth run`) on the R1-Distill shape (it has a BOS) with reduced
+#    counts, and the engine benchmark.
+#
+# Written in a session without a GPU: NOT RUN on a GPU yet. Every step ran on CPU with smaller
+# settings (docs/paper_protocol.md).
+set -euo pipefail
+OUT=${1:-gpu_check_out}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+CACHE=${EFFECTIVE_DEPTH_PAPER_SHAPES:-$HOME/.cache/effective_depth/paper_shapes}
+python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+start=$(date +%s)
+
+python -m benchmarks.paper_shapes --shapes qwen2.5-1.5b,r1-distill-qwen-1.5b
+python -m benchmarks.paper_scale --shape qwen2.5-1.5b --device cuda --dtype bfloat16 \
+    --prompts 16 --skip-prompts 8 --cuts 4 --ig-steps 64 --budget-mib 8192 \
+    --json "$OUT/paper_scale_qwen2.5-1.5b_cuda.json" | tee "$OUT/paper_scale.txt"
+
+effective-depth plan --model "$CACHE/qwen2.5-1.5b" --task gsm8k \
+    --param data_files="$CACHE/data/gsm8k_test.jsonl" -n 50 --set map_examples=2 \
+    --device cuda --dtype bfloat16 | tee "$OUT/plan_paper_scale_cell.txt"
+
+effective-depth run --model "$CACHE/r1-distill-qwen-1.5b" --task gsm8k \
+    --param data_files="$CACHE/data/gsm8k_test.jsonl" -n 8 --set map_examples=1 \
+    --set ig_steps=32 --set n_boot=200 --device cuda --dtype bfloat16 \
+    --out "$OUT/run_r1-distill-1.5b" --force --quiet | tee "$OUT/run.txt"
+
+python -m benchmarks.run --quick --json "$OUT/engine_benchmark.json" | tee "$OUT/engine.txt"
+echo "gpu_check: $(( $(date +%s) - start )) s; results in $OUT"

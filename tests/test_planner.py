@@ -1,0 +1,67 @@
+"""The cost planner counts the work the engine really does (block-token forwards counted by hooks
+on every block), and the `plan` command prints it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import effective_depth as ed
+from benchmarks.paper_scale import WorkCounter
+from effective_depth import metrics as M
+from effective_depth.engine import encode_batch
+from effective_depth.metrics.skip_effects import draw_cuts
+from effective_depth.planner import count_work
+from effective_depth.study import StudyConfig
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = ed.load_model("zoo/add-4l", device="cpu")
+    batch = encode_batch(model.tokenizer, ed.get_task("addition", digits=4).examples(5))
+    return model, batch
+
+
+def test_planned_block_tokens_equal_the_engine_count(setup):
+    model, batch = setup
+    lengths, starts = batch.lengths.tolist(), batch.answer_start.tolist()
+    cuts = [draw_cuts(int(n), 2, f"0:{b}", 4, 4, 2) for b, n in enumerate(lengths)]
+    sub = batch.select([0, 1])
+    runs = {
+        "contributions": (batch, {}, lambda: M.contributions(model, batch)),
+        "logit_lens": (batch, {}, lambda: M.logit_lens(model, batch)),
+        "skip_effects": (batch, {"n_cuts": 2}, lambda: M.skip_effects(model, batch, cuts=cuts)),
+        "erasure": (sub, {"map_examples": 2, "n_reference": 2},
+                    lambda: M.residual_erasure(model, sub, reference=sub)),
+        "integrated_gradients": (sub, {"map_examples": 2, "ig_steps": 3},
+                                 lambda: M.integrated_gradients(model, sub, n_steps=3)),
+        "behaviour": (batch, {}, lambda: M.behaviour(model, batch, order=[3, 2, 1, 0])),
+    }
+    counter = WorkCounter(model)
+    try:
+        for name, (b, options, fn) in runs.items():
+            counter.reset()
+            fn()
+            config = StudyConfig(metrics=(name,), **options)
+            planned = count_work(model.cfg, b.lengths.tolist(), b.answer_start.tolist(),
+                                 cuts if name == "skip_effects" else [], config)[name]
+            total = planned.block_tokens + planned.grad_block_tokens
+            if name == "behaviour":  # an upper bound: the pruning order is unknown before
+                assert counter.block_tokens <= total, name
+            else:
+                assert counter.block_tokens == total, (name, counter.block_tokens, total)
+    finally:
+        counter.close()
+    assert lengths and starts
+
+
+def test_plan_command_prints_every_measurement():
+    from effective_depth.cli import main
+
+    result = CliRunner().invoke(main, ["plan", "--model", "zoo/add-4l", "-n", "4", "--set", "ig_steps=4"])
+    assert result.exit_code == 0, result.output
+    for name in ("contributions", "logit_lens", "skip_effects", "behaviour", "erasure",
+                 "integrated_gradients", "total", "projected time"):
+        assert name in result.output
+    assert torch.get_num_threads() >= 1
