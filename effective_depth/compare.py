@@ -1,4 +1,4 @@
-"""Comparisons across runs: the paper's three questions (METHODS.md §7).
+"""Comparisons across runs: the paper's three questions (docs/methods.md §7).
 
 * **Scale** — effective depth and ratio per model, per task: does the ratio stay constant as
   models grow?

@@ -1,4 +1,4 @@
-"""Effective-depth estimators, bootstrap confidence intervals and trend tests (METHODS.md §6–7).
+"""Effective-depth estimators, bootstrap confidence intervals and trend tests (docs/methods.md §6–7).
 
 An estimator turns a per-layer curve into a block index ``e`` (0-based) and the ratio
 ``(e + 1) / L`` — or into *undefined*, with the reason (never a crash, never a silent ``-1``):

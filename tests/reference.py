@@ -1,4 +1,4 @@
-"""Slow, obviously-correct reference implementations of METHODS.md §1–5.
+"""Slow, obviously-correct reference implementations of docs/methods.md §1–5.
 
 Written independently of ``effective_depth.engine``: plain ``run_with_cache`` / ``run_with_hooks``
 calls on a ``HookedTransformer``, one full forward per variant, exactly the way the reference
@@ -38,7 +38,7 @@ def run_resid(model, tokens, fwd_hooks=()):
 
 
 def contributions(model, tokens, mask):
-    """Token-weighted means of METHODS.md §1 over the True positions of ``mask`` [batch, pos]."""
+    """Token-weighted means of docs/methods.md §1 over the True positions of ``mask`` [batch, pos]."""
     L = model.cfg.n_layers
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, padding_side="right")

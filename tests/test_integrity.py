@@ -229,7 +229,7 @@ def test_results_json_holding_a_list_is_a_results_error(tmp_path):
 @pytest.mark.parametrize("length,expected", [
     (13, (3, 2, 1)),    # the zoo's prompts: evenly spread cuts
     (9, (2, 1, 1)),
-    (37, (8, 8, 4)),    # long enough for METHODS' rule with 4 cuts
+    (37, (8, 8, 4)),    # long enough for the papers' rule with 4 cuts
     (300, (8, 8, 4)),
 ])
 def test_cut_rule_fits_the_prompt_and_keeps_methods_for_long_prompts(length, expected):

@@ -179,6 +179,7 @@ def test_lossy_tokenization_in_a_study_and_the_cli(tmp_path):
     ok = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--allow-lossy-tokenization"])
     assert ok.exit_code == 0, ok.output
     results = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert any("lossy tokenization" in w and "hello 12+34=46" in w for w in results["warnings"])
+    assert any(w["code"] == "lossy_tokenization" and "hello 12+34=46" in w["message"]
+               for w in results["warnings"])
     config = json.loads((tmp_path / "b" / "config.json").read_text())["config"]
     assert config["allow_lossy_tokenization"] is True

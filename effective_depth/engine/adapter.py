@@ -11,7 +11,7 @@ s..L-1 from this residual", or "the logit lens of this residual". Two backends:
   forward with the residual at the resume boundary overwritten by a hook; the numbers are the same,
   only slower.
 
-Notation follows ``METHODS.md``: boundary ``l`` (0..L) is the residual ``h_l`` entering block
+Notation follows ``docs/methods.md``: boundary ``l`` (0..L) is the residual ``h_l`` entering block
 ``l``; ``h_L`` is the output of the last block, before the final norm.
 """
 

@@ -1,4 +1,4 @@
-"""The five measurements of METHODS.md §1–5 (and the behaviour behind ``ed_task``/``ed_prune``),
+"""The five measurements of docs/methods.md §1–5 (and the behaviour behind ``ed_task``/``ed_prune``),
 one module each. Contributions and the logit lens read one clean pass; skip effects, erasure,
 integrated gradients and behaviour run their interventions through the sweep engine.
 

@@ -28,7 +28,7 @@ __all__ = [
     "TokenMaps",
 ]
 
-#: denominators of relative norms and cosines are clamped here (METHODS.md §1)
+#: denominators of relative norms and cosines are clamped here (docs/methods.md §1)
 EPS = 1e-6
 
 

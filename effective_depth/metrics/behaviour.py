@@ -1,4 +1,4 @@
-"""Behavioural measurements for the ``ed_task`` and ``ed_prune`` estimators (METHODS.md §6).
+"""Behavioural measurements for the ``ed_task`` and ``ed_prune`` estimators (docs/methods.md §6).
 
 Exact match by greedy decoding equals *teacher-forced* exact match: greedy decoding reproduces the
 answer if and only if, fed the correct prefix, the model's argmax is the next answer token at
@@ -6,7 +6,7 @@ every answer position. So one forward pass per variant tells whether an example 
 
 * **early exit**: for ``n = 0..L``, is the example solved when the answer is read from the logit
   lens after the first ``n`` blocks (the model truncated there)? ``n = L`` is the full model.
-* **pruning**: with the blocks sorted by increasing output effect (METHODS.md §2), is the example
+* **pruning**: with the blocks sorted by increasing output effect (docs/methods.md §2), is the example
   solved when the first ``k`` blocks of that order are skipped together (``k = 0..L``)?
 
 Per-example results are kept so the estimators can be bootstrapped over prompts.

@@ -1,4 +1,4 @@
-"""Residual contributions (METHODS.md §1; Csordás et al. 2025, "relative contribution").
+"""Residual contributions (docs/methods.md §1; Csordás et al. 2025, "relative contribution").
 
 How much does each block write into the residual stream, relative to what is already there, and
 does it add to the stream (cosine > 0) or erase it (cosine < 0)? Per block ``l``:

@@ -1,4 +1,4 @@
-"""Residual erasure (METHODS.md §4; Csordás et al. 2025, "token skip").
+"""Residual erasure (docs/methods.md §4; Csordás et al. 2025, "token skip").
 
 Where, in depth and in position, is the information the answer needs? For every residual
 boundary ``l`` (0..L) and position ``t``, overwrite ``h_l[t]`` with the mean residual ``μ_l``

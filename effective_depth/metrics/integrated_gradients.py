@@ -1,4 +1,4 @@
-"""Integrated gradients over the residual stream (METHODS.md §5; Csordás et al. 2025).
+"""Integrated gradients over the residual stream (docs/methods.md §5; Csordás et al. 2025).
 
 Which (layer, token) residuals does the answer depend on? For each block ``l`` take its output
 ``x = h_{l+1}`` and the baseline ``x̄`` = the mean of ``x`` over this prompt's positions (per

@@ -1,4 +1,4 @@
-"""The logit lens (METHODS.md §3; nostalgebraist 2020, used by both reference papers).
+"""The logit lens (docs/methods.md §3; nostalgebraist 2020, used by both reference papers).
 
 Decode the residual stream *entering* every block with the model's own final norm and unembedding,
 ``lens(h) = softmax(unembed(ln_final(h)))`` — the norm's scale recomputed from ``h`` itself — and

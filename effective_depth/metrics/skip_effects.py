@@ -1,4 +1,4 @@
-"""Layer-skip effects (METHODS.md §2; Csordás et al. 2025, "effect on future computation").
+"""Layer-skip effects (docs/methods.md §2; Csordás et al. 2025, "effect on future computation").
 
 Skip block ``s`` (or only its attention, or only its MLP, or only its direct path to the output)
 at positions ``P`` and measure what changes downstream:
@@ -49,7 +49,7 @@ __all__ = ["SkipEffects", "skip_effects", "draw_cuts", "cut_rule", "depth_score"
 SKIP_COMPONENTS = ("block", "attn", "mlp", "local")
 
 
-#: METHODS' cut rule: ``range(8, T - 4, 8)`` (start, stride, margin)
+#: the reference scripts' cut rule: ``range(8, T - 4, 8)`` (start, stride, margin)
 METHODS_CUTS = (8, 8, 4)
 
 
@@ -63,8 +63,8 @@ def cut_rule(
 ) -> tuple[int, int, int]:
     """``(start, stride, margin)`` of the cut range of a prompt of ``length`` tokens.
 
-    Any value given is used as given (the others default to METHODS' 8, 8, 4). With none given
-    (the default), the rule fits the prompt: METHODS' ``range(8, T − 4, 8)`` whenever it holds at
+    Any value given is used as given (the others default to the papers' 8, 8, 4). With none given
+    (the default), the rule fits the prompt: the papers' ``range(8, T − 4, 8)`` whenever it holds at
     least ``n_cuts`` positions (prompts of ``T ≥ 8·n_cuts + 5`` tokens), otherwise ``n_cuts``
     evenly spread cuts: ``margin = min(4, max(1, T // 8))``, ``start = min(8, max(skip_front + 1,
     T // 4))``, ``stride = max(1, (T − margin − start) // n_cuts)``.

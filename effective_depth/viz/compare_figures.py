@@ -1,4 +1,4 @@
-"""Figures of the paper's three questions (METHODS.md §7), drawn from a comparison object.
+"""Figures of the paper's three questions (docs/methods.md §7), drawn from a comparison object.
 
 The comparison is the plain-data dict of :func:`effective_depth.compare.compare_runs`::
 

@@ -1,4 +1,4 @@
-"""One plotly figure per measurement (METHODS.md §1–6), returned, never shown or written.
+"""One plotly figure per measurement (docs/methods.md §1–6), returned, never shown or written.
 
 Every figure plots the result's own numbers unchanged (curves as ``tensor.tolist()``, NaN as a
 blank cell), labels both axes, and puts the units and the definition in the hover text. Figures
