@@ -297,6 +297,9 @@ def plan_cmd(**options: Any) -> None:
                       f"{m.flops / 1e12:,.2f}", f"{m.peak_bytes / 2**30:.2f} GiB", _duration(m.seconds))
     console = _console()
     console.print(table)
+    for m in plan.measurements:
+        if m.note:
+            console.print(f"{m.name}: {m.note}", highlight=False)
     console.print(f"weights: {plan.weights_bytes / 2**30:.2f} GiB; calibration: "
                   f"{plan.calibration.get('s_per_block_token', 0) * 1e6:.2f} us per block-token, "
                   f"{plan.calibration.get('s_per_lens_row', 0) * 1e6:.1f} us per lens row")

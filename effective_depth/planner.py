@@ -167,6 +167,8 @@ def count_work(cfg: Any, lengths: list[int], answer_starts: list[int], cuts: lis
                 m.block_tokens += L * T
                 m.grad_block_tokens += config.ig_steps * L * (L - 1) // 2 * T
                 m.lens_rows += 3 * config.ig_steps * L * answers[b]
+        else:  # a measurement registered by the user: say so rather than project zero
+            m.note = "not modelled: the planner has no cost model for this measurement"
         out[name] = m
     return out
 
