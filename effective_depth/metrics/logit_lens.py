@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -123,7 +124,8 @@ def logit_lens(
                 overlap_sums[layer].index_add_(0, row, hits.to(overlap_sums.dtype) / k)
         bar.update(len(rows))
     bar.close()
-    kl_sums, overlap_sums = kl_sums.T.contiguous().cpu(), overlap_sums.T.contiguous().cpu()
+    kl_sums, overlap_sums = (rearrange(t, "layer prompt -> prompt layer").contiguous().cpu()
+                             for t in (kl_sums, overlap_sums))
     meta = {"n_prompts": batch.size, "n_layers": L, "k": k, "skip_front": skip_front,
             "include_front": include_front, "include_final": include_final}
     return LogitLens(kl_sums, overlap_sums, counts, meta=meta)
