@@ -47,6 +47,13 @@ SCALAR_GRID = {"riemann_left": (64, 256, 1024), "trapezoid": (16, 32, 64, 128, 2
 
 
 @torch.no_grad()
+def _example(adapter, batch: Batch, b: int):
+    """Example ``b`` alone (no padding): its clean pass, answer-predicting positions and answer ids."""
+    tokens = batch.tokens[b : b + 1, : int(batch.lengths[b])]
+    pred = torch.tensor(batch.answer_predicting_positions(b))
+    return adapter.clean(tokens), pred, tokens[0, pred + 1]
+
+
 def baseline_targets(model, batch: Batch) -> torch.Tensor:
     """``F(x̄_l)`` per (example, layer): the target with block ``l``'s output replaced by its
     mean over positions, by one forward of the upper blocks (``start_at_layer``)."""
@@ -54,11 +61,7 @@ def baseline_targets(model, batch: Batch) -> torch.Tensor:
     L = adapter.n_layers
     out = torch.zeros(batch.size, L)
     for b in range(batch.size):
-        n = int(batch.lengths[b])
-        tokens = batch.tokens[b : b + 1, :n]
-        clean = adapter.clean(tokens)
-        pred = torch.tensor(batch.answer_predicting_positions(b))
-        answer = tokens[0, pred + 1]
+        clean, pred, answer = _example(adapter, batch, b)
         for layer in range(L):
             x = clean.resid[layer + 1, 0]
             base = x.float().mean(0, keepdim=True).expand_as(x).to(x.dtype)[None]
@@ -109,11 +112,7 @@ def completeness(model, batch: Batch, grid: dict = SCALAR_GRID) -> dict:
     f0 = baseline_targets(model, batch)
     per: dict = {}
     for b in range(batch.size):
-        n = int(batch.lengths[b])
-        tokens = batch.tokens[b : b + 1, :n]
-        clean = adapter.clean(tokens)
-        pred = torch.tensor(batch.answer_predicting_positions(b))
-        answer = tokens[0, pred + 1]
+        clean, pred, answer = _example(adapter, batch, b)
         with torch.no_grad():
             f1 = adapter.lens_probs(clean.resid[-1, 0, pred]).gather(-1, answer[:, None]).sum().item()
         scale = (f1 - f0[b]).abs().max().item()

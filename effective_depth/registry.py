@@ -55,6 +55,10 @@ class StudyContext:
     done: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = False
 
+    def map_batch(self) -> Any:
+        """The first ``config.map_examples`` examples: the ones that get a per-token map."""
+        return self.batch.select(list(range(min(self.config.map_examples, self.batch.size))))
+
 
 @dataclass(frozen=True)
 class EstimatorSpec:

@@ -421,3 +421,9 @@ def test_config_records_the_installed_transformer_lens_version(tmp_path):
     path = _run(tmp_path / "run", metrics=("logit_lens",)).path
     env = json.loads((path / "config.json").read_text())["environment"]
     assert env["transformer_lens"] == version("transformer-lens")
+
+
+def test_no_possible_cut_is_an_error_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match="no example is long enough for future skip effects"):
+        _run(tmp_path / "run", metrics=("skip_effects",), cut_start=60)
+    assert not (tmp_path / "run").exists()

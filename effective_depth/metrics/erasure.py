@@ -170,7 +170,7 @@ def _erasure_chunk(
 
 
 def _run(ctx: Any) -> Erasure:
-    sub = ctx.batch.select(list(range(min(ctx.config.map_examples, ctx.batch.size))))
+    sub = ctx.map_batch()
     result = residual_erasure(ctx.model, sub, reference=ctx.reference,
                               skip_front=ctx.config.skip_front, progress=ctx.progress)
     result.meta["reference"] = None if ctx.reference_info is None else dict(ctx.reference_info)

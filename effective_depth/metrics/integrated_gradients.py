@@ -144,7 +144,7 @@ def _one_example(adapter: Any, sub: Batch, alphas: tuple[float, ...], weights: t
 
 
 def _run(ctx: Any) -> IntegratedGradients:
-    sub = ctx.batch.select(list(range(min(ctx.config.map_examples, ctx.batch.size))))
+    sub = ctx.map_batch()
     return integrated_gradients(ctx.model, sub, n_steps=ctx.config.ig_steps,
                                 rule=ctx.config.ig_rule, progress=ctx.progress)
 

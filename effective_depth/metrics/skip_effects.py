@@ -272,12 +272,7 @@ def skip_effects(
             bad = [t for t in c if not skip_front < t < n]
             if bad:
                 raise ConfigError(f"cut positions {bad} of prompt {b} outside {skip_front + 1}..{n - 1}")
-        if not any(cuts):
-            raise ConfigError(
-                "no prompt is long enough for future effects (see cut_rule: a cut needs "
-                f"skip_front < t < T, with skip_front={skip_front}); use mode='current', longer "
-                "prompts, or smaller cut_start/cut_stride"
-            )
+        _require_a_cut(cuts, batch, skip_front)
     else:
         cuts = [[] for _ in range(P)]
 
@@ -384,22 +379,28 @@ def depth_score_estimate(skips: SkipEffects, *, n_boot: int = 1000, seed: int = 
             "n_boot": n_boot, "n_layers": skips.n_layers}
 
 
+def _require_a_cut(cuts: Sequence[Sequence[int]], batch: Batch, skip_front: int) -> None:
+    if not any(cuts):
+        raise ConfigError(
+            f"no example is long enough for future skip effects (the longest has "
+            f"{int(batch.lengths.max())} tokens; a cut needs skip_front < t < T - cut_margin, "
+            f"skip_front={skip_front}); use mode='current' (skip_mode), longer prompts, or "
+            "smaller cut_start / cut_stride / cut_margin"
+        )
+
+
 def _study_cuts(batch: Batch, config: Any) -> dict[str, list[Any]]:
     if config.skip_mode == "current":
         return {"cuts": [[] for _ in range(batch.size)]}
-    return {"cuts": [draw_cuts(int(n), config.n_cuts, f"{config.seed}:{b}", config.cut_start,
-                               config.cut_stride, config.cut_margin, config.skip_front)
-                     for b, n in enumerate(batch.lengths.tolist())]}
+    cuts = [draw_cuts(int(n), config.n_cuts, f"{config.seed}:{b}", config.cut_start,
+                      config.cut_stride, config.cut_margin, config.skip_front)
+            for b, n in enumerate(batch.lengths.tolist())]
+    _require_a_cut(cuts, batch, config.skip_front)  # before the study writes anything
+    return {"cuts": cuts}
 
 
 def _run(ctx: Any) -> SkipEffects:
     config, cuts = ctx.config, ctx.inputs["cuts"]
-    if config.skip_mode == "future" and not any(cuts):
-        raise ConfigError(
-            f"no example is long enough for future skip effects (the longest has "
-            f"{int(ctx.batch.lengths.max())} tokens; a cut needs skip_front < t < T - cut_margin); "
-            "set skip_mode='current' or smaller cut_start / cut_stride / cut_margin"
-        )
     return skip_effects(ctx.model, ctx.batch, mode=config.skip_mode,
                         component=config.skip_component, n_cuts=config.n_cuts, seed=config.seed,
                         skip_front=config.skip_front, aggregate=config.aggregate,
