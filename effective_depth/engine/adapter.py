@@ -233,7 +233,15 @@ class Adapter:
         return x if ln is None else ln(x)
 
     def unembed(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
-        logits = self.model.unembed(x)
+        u = self.model.unembed
+        if not self.is_bridge and isinstance(getattr(u, "W_U", None), Tensor):
+            # TransformerLens 3.9's Unembed.forward multiplies by ``W_U.T.contiguous()``: a copy
+            # of the whole unembedding (544 MiB for Qwen2.5-0.5B in float32) on every call, kept
+            # alive for the backward pass under autograd. The same product, with its hook points,
+            # on the transposed view costs nothing extra.
+            logits = u.hook_out(torch.nn.functional.linear(u.hook_in(x), u.W_U.T, u.b_U))
+        else:
+            logits = u(x)
         cap = getattr(self.cfg, "output_logits_soft_cap", -1.0) or -1.0
         if cap > 0:
             logits = cap * torch.tanh(logits / cap)
