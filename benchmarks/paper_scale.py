@@ -27,6 +27,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -39,29 +40,63 @@ log = logging.getLogger(__name__)
 MiB = 1 << 20
 
 
-def rss_bytes() -> int:
+def _status_kib(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     return 0
 
 
+def rss_bytes() -> int:
+    return _status_kib("VmRSS") * 1024
+
+
 class PeakRSS:
-    """Samples this process's RSS every ``interval`` seconds in a thread; ``peak`` since reset."""
+    """This process's peak RSS since :meth:`reset`.
+
+    Read from the kernel's high-water mark (``VmHWM``), which ``reset`` sets back to the current
+    RSS through ``/proc/self/clear_refs`` (Linux >= 4.0): exact, and no allocation spike between
+    samples is missed. Where that file cannot be written, a thread samples ``VmRSS`` every
+    ``interval`` seconds instead (under a lock, so a sample taken before a reset never lands
+    after it)."""
 
     def __init__(self, interval: float = 0.02) -> None:
-        self.peak = rss_bytes()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
-        self._thread.start()
+        self._sampled = 0
+        self.exact = self._clear_hwm()
+        if not self.exact:
+            self._sampled = rss_bytes()
+            threading.Thread(target=self._run, args=(interval,), daemon=True).start()
+
+    @staticmethod
+    def _clear_hwm() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            return True
+        except OSError:
+            return False
 
     def _run(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            self.peak = max(self.peak, rss_bytes())
+            with self._lock:
+                self._sampled = max(self._sampled, rss_bytes())
+
+    @property
+    def peak(self) -> int:
+        if self.exact:
+            return _status_kib("VmHWM") * 1024
+        with self._lock:
+            return max(self._sampled, rss_bytes())
 
     def reset(self) -> None:
-        self.peak = rss_bytes()
+        if self.exact:
+            self._clear_hwm()
+        else:
+            with self._lock:
+                self._sampled = rss_bytes()
 
     def stop(self) -> None:
         self._stop.set()
@@ -174,18 +209,22 @@ def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = 
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         result = fn()
         if cuda:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t
+        cpu = time.process_time() - cpu
         peak = sampler.peak
         config = StudyConfig(metrics=(name,), **study)
         plan = plan_from(model, config, b.lengths.tolist(), b.answer_start.tolist(), cut_lists, calib)
         projected = plan.measurements[0]
         T = max(b.lengths.tolist())
         entry = {
-            "wall_seconds": round(wall, 2), "block_tokens": counter.block_tokens,
+            "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+            # the machine's 1-minute load average at the end: wall time on a shared CPU is an
+            # upper bound when it exceeds the threads used
+            "load_average": round(os.getloadavg()[0], 2), "block_tokens": counter.block_tokens,
             "sweep_chunks": counter.chunks, "planned_block_tokens": projected.block_tokens
             + projected.grad_block_tokens, "planned_seconds": round(projected.seconds, 2),
             "planned_flops": projected.flops,
