@@ -95,6 +95,9 @@ class MetricSpec:
     - ``scores``: scalar scores of a prompt sample, ``fn(result, idx) -> float`` (stored under
       ``depth.<name>`` by ``summaries``), which ``compare`` gives the same difficulty trend test
       as the estimators.
+    - ``cost(workload)``: its cost model, a :class:`effective_depth.costs.MeasurementCost` of the
+      block-tokens, backward block-tokens and lens rows it will compute (``effective-depth
+      plan``); without one the planner reports the measurement as not modelled.
     """
 
     name: str
@@ -109,6 +112,7 @@ class MetricSpec:
     summaries: Callable[[Any, Any], Mapping[str, Any]] | None = None
     scores: Mapping[str, Callable[[Any, Sequence[int] | None], float | None]] = field(
         default_factory=dict)
+    cost: Callable[[Any], Any] | None = None
 
 
 _REGISTRY: dict[str, MetricSpec] = {}

@@ -23,6 +23,7 @@ from jaxtyping import Bool
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..costs import MeasurementCost, Workload
 from ..engine.adapter import get_adapter
 from ..engine.batch import Batch
 from ..engine.interventions import compile_plan, skip_block
@@ -151,8 +152,23 @@ def _run(ctx: Any) -> Behaviour:
     return behaviour(ctx.model, ctx.batch, order=prune_order(effect), progress=ctx.progress)
 
 
+def _cost(w: Workload) -> MeasurementCost:
+    """Early exit reads a clean pass (batches of 16); pruning the first ``k`` blocks of the order
+    resumes at the lowest of them, so at most ``L(L+1)/2`` blocks per prompt — an upper bound,
+    as the order is known only after skip effects."""
+    L = w.L
+    m = MeasurementCost("behaviour", block_tokens=w.clean(w.every, batch_size=16), sweeps=True,
+                        note="pruning rows bounded above (the order is known only after skip effects)")
+    for c in w.chunks(16, w.every):
+        for b in c:
+            m.block_tokens += L * (L + 1) // 2 * w.width(c)
+            m.lens_rows += (2 * L + 1) * w.answer_tokens(b)
+    return m
+
+
 register_metric(MetricSpec(
     name=Behaviour.name,
+    cost=_cost,
     result_type=Behaviour,
     order=40,
     description="exact-match accuracy after every early exit and every pruning prefix",

@@ -27,6 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..costs import MeasurementCost, Workload
 from ..engine.adapter import get_adapter
 from ..engine.batch import Batch, measured_mask
 from ..registry import EstimatorSpec, MetricSpec, register_metric
@@ -177,8 +178,17 @@ def _ed_cos(result: Contributions, tau: float | None, rules: str) -> Any:
                               result.curve("cos_block", idx))
 
 
+def _cost(w: Workload) -> MeasurementCost:
+    """One clean pass over every prompt, keeping each block's attention and MLP outputs."""
+    s = w.shape
+    width = max(w.lengths) * min(w.config.batch_size, len(w.lengths))
+    return MeasurementCost("contributions", block_tokens=w.clean(w.every),
+                           extra_bytes=2 * s.n_layers * width * s.d_model * s.itemsize)
+
+
 register_metric(MetricSpec(
     name=Contributions.name,
+    cost=_cost,
     result_type=Contributions,
     order=10,
     description="relative norms and cosines of every block's writes to the residual stream",

@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..costs import MeasurementCost, Workload
 from ..engine.adapter import Adapter, get_adapter
 from ..engine.batch import Batch
 from ..engine.interventions import ReplaceResidual, compile_plan
@@ -177,8 +178,28 @@ def _run(ctx: Any) -> Erasure:
     return result
 
 
+def _cost(w: Workload) -> MeasurementCost:
+    """Clean passes of the mapped and the reference prompts; then for every position ``t`` up to
+    the last answer-predicting one and every boundary ``l``, blocks ``l..L-1`` on the positions
+    from ``t`` on (rows erased at the final residual share their chunk, so the last block runs
+    every position from ``t``), and two lens rows per answer-predicting position after ``t``."""
+    L, sf = w.L, w.config.skip_front
+    idx = w.first(w.config.map_examples)
+    ref = w.first(min(w.config.n_reference, len(w.lengths)))
+    m = MeasurementCost("erasure", block_tokens=w.clean(idx) + w.clean(ref), sweeps=True)
+    for c in w.chunks(w.config.batch_size, idx):
+        width = w.width(c)
+        for b in c:
+            n, start = int(w.lengths[b]), int(w.answer_starts[b])
+            for t in range(sf, n - 1):
+                m.block_tokens += sum(L - bd for bd in range(L + 1)) * (width - t)
+                m.lens_rows += (L + 1) * 2 * (n - 1 - max(t, start - 1))
+    return m
+
+
 register_metric(MetricSpec(
     name=Erasure.name,
+    cost=_cost,
     result_type=Erasure,
     order=50,
     description="residual erasure maps of the first map_examples examples",

@@ -25,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..costs import MeasurementCost, Workload
 from ..engine.adapter import get_adapter
 from ..engine.batch import Batch
 from ..engine.interventions import Plan
@@ -149,8 +150,23 @@ def _run(ctx: Any) -> IntegratedGradients:
                                 rule=ctx.config.ig_rule, progress=ctx.progress)
 
 
+def _cost(w: Workload) -> MeasurementCost:
+    """A clean pass per mapped prompt; ``n_steps`` rows per block ``l`` run blocks ``l+1..L-1`` on
+    every position forward and backward (an upper bound: where the engine runs the last block
+    only on the answer-predicting positions the count is a few percent lower)."""
+    L, steps = w.L, w.config.ig_steps
+    m = MeasurementCost("integrated_gradients", sweeps=True)
+    for b in w.first(w.config.map_examples):
+        T = int(w.lengths[b])
+        m.block_tokens += L * T
+        m.grad_block_tokens += steps * L * (L - 1) // 2 * T
+        m.lens_rows += 3 * steps * L * w.answer_tokens(b)
+    return m
+
+
 register_metric(MetricSpec(
     name=IntegratedGradients.name,
+    cost=_cost,
     result_type=IntegratedGradients,
     order=60,
     description="integrated-gradient maps of the answer probability over every block output",

@@ -23,6 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..costs import MeasurementCost, Workload
 from ..engine.adapter import get_adapter
 from ..engine.batch import Batch, measured_mask
 from ..errors import ConfigError
@@ -179,8 +180,15 @@ def _overlap_at_chance(result: LogitLens, tau: float | None, d_vocab: int | None
              f"sets ({k}/{d_vocab} = {chance:.3f}); use a smaller lens_k")]
 
 
+def _cost(w: Workload) -> MeasurementCost:
+    """One clean pass; every boundary ``0..L`` of every measured position projected."""
+    return MeasurementCost("logit_lens", block_tokens=w.clean(w.every),
+                           lens_rows=sum((w.L + 1) * w.measured_tokens(b) for b in w.every))
+
+
 register_metric(MetricSpec(
     name=LogitLens.name,
+    cost=_cost,
     result_type=LogitLens,
     order=20,
     description="the logit lens: KL to the output and top-k overlap at every block input",

@@ -35,6 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..costs import MeasurementCost, Workload
 from ..engine.adapter import Adapter, get_adapter
 from ..engine.batch import Batch, measured_mask
 from ..engine.interventions import LocalSkip, PatchContribution, compile_plan
@@ -428,8 +429,24 @@ def _few_cuts(result: SkipEffects, tau: float | None, d_vocab: int | None) -> li
              "long enough for a cut position; ed_skip and the depth score rest on those")]
 
 
+def _cost(w: Workload) -> MeasurementCost:
+    """A clean pass; then for every prompt, cut (or once, in "all" mode) and skipped block ``s``
+    the blocks ``s+1..L-1`` on the batch's padded width, and two lens rows per block and position
+    from the cut on (with and without the skip)."""
+    L = w.L
+    m = MeasurementCost("skip_effects", block_tokens=w.clean(w.every), sweeps=True)
+    for c in w.chunks(w.config.batch_size, w.every):
+        width = w.width(c)
+        for b in c:
+            for t in (w.cuts[b] if w.config.skip_mode == "future" else [None]):
+                m.block_tokens += L * (L - 1) // 2 * width
+                m.lens_rows += L * 2 * (int(w.lengths[b]) - (t or 0))
+    return m
+
+
 register_metric(MetricSpec(
     name=SkipEffects.name,
+    cost=_cost,
     result_type=SkipEffects,
     order=30,
     description="layer-skip effects on later blocks and on the output (future or current)",
