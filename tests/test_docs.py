@@ -64,5 +64,15 @@ def test_extending_guide_registers_and_runs_its_measurement(tmp_path, monkeypatc
         layer = stored["depth"]["ed_growth"]["layer"]
         expected = max((i for i, g in enumerate(growth) if g > 1.05), default=None)
         assert layer == expected
+        # its cost model reaches the planner: one clean pass, 2 blocks x (5 + 7) tokens
+        from types import SimpleNamespace
+
+        from effective_depth.planner import count_work
+        from effective_depth.study import StudyConfig
+
+        cfg = SimpleNamespace(n_layers=2, d_model=8, n_heads=2, d_head=4, d_vocab=10, d_mlp=32)
+        planned = count_work(cfg, [5, 7], [3, 4], [[], []],
+                             StudyConfig(metrics=("norm_growth",), batch_size=1))
+        assert planned["norm_growth"].block_tokens == 24 and not planned["norm_growth"].note
     finally:
         unregister_metric("norm_growth")

@@ -65,3 +65,16 @@ def test_plan_command_prints_every_measurement():
                  "integrated_gradients", "total", "projected time"):
         assert name in result.output
     assert torch.get_num_threads() >= 1
+
+
+def test_a_measurement_without_a_cost_model_is_not_projected_as_free():
+    from types import SimpleNamespace
+
+    from effective_depth.registry import MetricSpec, registered
+
+    spec = MetricSpec(name="uncosted", result_type=object, run=lambda ctx: None)
+    cfg = SimpleNamespace(n_layers=2, d_model=8, n_heads=2, d_head=4, d_vocab=10, d_mlp=32)
+    with registered(spec):
+        work = count_work(cfg, [5], [3], [[]], StudyConfig(metrics=("uncosted", "logit_lens")))
+    assert "not modelled" in work["uncosted"].note and work["uncosted"].block_tokens == 0
+    assert work["logit_lens"].block_tokens == 2 * 5 and work["logit_lens"].lens_rows == 3 * 5  # every position (include_front)
