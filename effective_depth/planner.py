@@ -82,37 +82,50 @@ def count_work(cfg: Any, lengths: list[int], answer_starts: list[int], cuts: lis
     return out
 
 
-def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: int = 2) -> dict[str, float]:
-    """Seconds per block-token (a clean forward of ``tokens``) and per lens row, on the model's
-    own device and dtype; the best of ``repeats`` after one warm-up."""
+def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: int = 2,
+              wide_tokens: int = 1024, max_rows: int = 64) -> dict[str, float]:
+    """Seconds per block-token and per lens row, on the model's own device and dtype; the best
+    of ``repeats`` after one warm-up.
+
+    The block-token time is the *marginal* cost: the difference between a clean forward of the
+    prompt repeated over ``k`` rows (about ``wide_tokens`` tokens) and of the prompt alone,
+    divided by the extra block-tokens. The sweeps run chunks of many rows, so on a small model a
+    single prompt's pass measures per-call overhead, not what the work counts multiply. When one
+    pass already takes over a second, overhead is negligible and the single pass is used."""
     from .engine.adapter import get_adapter
 
     adapter = get_adapter(model)
     L = adapter.n_layers
+    tokens = tokens[:1]
+    T = int(tokens.shape[1])
 
-    def sync() -> None:
-        if adapter.device.type == "cuda":
-            torch.cuda.synchronize(adapter.device)
+    def best(fn: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            if adapter.device.type == "cuda":
+                torch.cuda.synchronize(adapter.device)
+            t0 = time.perf_counter()
+            fn()
+            if adapter.device.type == "cuda":
+                torch.cuda.synchronize(adapter.device)
+            times.append(time.perf_counter() - t0)
+        return min(times)
 
-    best_fwd = best_lens = float("inf")
-    x = None
-    for i in range(repeats + 1):
-        sync()
-        t0 = time.perf_counter()
-        clean = adapter.clean(tokens)
-        sync()
-        t1 = time.perf_counter()
-        x = clean.resid[L // 2].reshape(-1, adapter.d_model)[:lens_rows]
-        with torch.no_grad():
-            adapter.lens_probs(x)
-        sync()
-        t2 = time.perf_counter()
-        if i:
-            best_fwd = min(best_fwd, t1 - t0)
-            best_lens = min(best_lens, t2 - t1)
-    assert x is not None
-    return {"s_per_block_token": best_fwd / (L * tokens.numel()),
-            "s_per_lens_row": best_lens / x.shape[0], "calibration_tokens": int(tokens.numel())}
+    adapter.clean(tokens)  # warm-up
+    one = best(lambda: adapter.clean(tokens))
+    per_token = one / (L * T)
+    k = min(max_rows, max(1, wide_tokens // T))
+    if one < 1.0 and k > 1:
+        wide = best(lambda: adapter.clean(tokens.expand(k, -1)))
+        marginal = (wide - one) / ((k - 1) * L * T)
+        per_token = marginal if marginal > 0 else wide / (k * L * T)
+    x = adapter.clean(tokens).resid[L // 2].reshape(-1, adapter.d_model)
+    x = x.repeat(-(-lens_rows // x.shape[0]), 1)[:lens_rows]
+    with torch.no_grad():
+        adapter.lens_probs(x)
+        lens = best(lambda: adapter.lens_probs(x))
+    return {"s_per_block_token": per_token, "s_per_lens_row": lens / x.shape[0],
+            "calibration_tokens": T, "calibration_rows": k if one < 1.0 else 1}
 
 
 def plan_study(config: Any, calibration: bool = True) -> Plan:

@@ -44,3 +44,43 @@ def test_lens_keeps_the_unembed_hook_points():
                         ("unembed.hook_out", lambda t, hook: t * 0)]):
         out = adapter.lens_logits(torch.randn(3, 32))
     assert seen == ["in"] and torch.count_nonzero(out) == 0
+
+
+def test_early_exit_top_tokens_are_taken_a_chunk_of_rows_at_a_time():
+    from effective_depth.metrics.base import lens_argmax
+
+    model = _wide_vocab_model()
+    adapter = get_adapter(model)
+    h = torch.randn(3, 8, 32)  # [boundary, answer position, d_model]
+    row_bytes = model.cfg.d_vocab * 4
+    with torch.no_grad():
+        expected = adapter.lens_logits(h).argmax(-1)
+        got = lens_argmax(adapter, h, chunk=4)
+        largest = _largest_allocation(lambda: lens_argmax(adapter, h, chunk=4))
+    assert torch.equal(got, expected) and got.shape == (3, 8)
+    assert largest < 6 * row_bytes
+
+
+def test_ig_answer_probability_holds_one_chunk_of_log_probs_through_backward():
+    from effective_depth.metrics.integrated_gradients import answer_probability
+
+    model = _wide_vocab_model()
+    adapter = get_adapter(model)
+    h = torch.randn(24, 32)
+    ids = torch.randint(0, model.cfg.d_vocab, (24,))
+    row_bytes = model.cfg.d_vocab * 4
+
+    def grad_of(chunk):
+        x = h.clone().requires_grad_(True)
+        with adapter.grad_enabled_inputs():
+            total = answer_probability(adapter, x, ids, chunk=chunk)
+            (g,) = torch.autograd.grad(total, x)
+        return total.detach(), g
+
+    expected = adapter.lens_log_probs(h).gather(-1, ids[:, None]).exp().sum()
+    total, g = grad_of(4)
+    total_all, g_all = grad_of(24)
+    torch.testing.assert_close(total, expected)
+    torch.testing.assert_close(g, g_all, rtol=1e-5, atol=1e-7)
+    assert _largest_allocation(lambda: grad_of(4)) < 6 * row_bytes
+    assert _largest_allocation(lambda: grad_of(24)) >= 24 * row_bytes  # the check can fail

@@ -74,6 +74,17 @@ def lens_prob_distance(
     return torch.cat(out)
 
 
+def lens_argmax(adapter: Adapter, h: Float[Tensor, "... d_model"], chunk: int = 256) -> Tensor:
+    """The logit lens's top token of every residual in ``h`` (any leading shape), ``chunk`` rows
+    at a time: never ``rows × vocab`` logits for more than ``chunk`` rows (early exit on a
+    151,936-token vocabulary would otherwise hold ``(L+1) × answer × vocab`` logits at once)."""
+    flat = h.reshape(-1, h.shape[-1])
+    out = [adapter.lens_logits(flat[i : i + chunk]).argmax(-1) for i in range(0, flat.shape[0], chunk)]
+    if not out:
+        return torch.zeros(h.shape[:-1], dtype=torch.long, device=h.device)
+    return torch.cat(out).reshape(h.shape[:-1])
+
+
 @dataclass
 class MetricResult:
     """Base of the typed results: tensors + metadata, no plotting code, no files.

@@ -31,7 +31,7 @@ from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import ed_prune, ed_task
-from .base import MetricResult, prompt_chunks
+from .base import MetricResult, lens_argmax, prompt_chunks
 
 __all__ = ["Behaviour", "behaviour", "prune_order"]
 
@@ -113,7 +113,7 @@ def behaviour(
         preds = [torch.tensor(sub.answer_predicting_positions(j), device=device) for j in range(sub.size)]
         for j, row in enumerate(rows):
             answer = sub.tokens[j, preds[j] + 1].to(device)
-            guess = adapter.lens_logits(clean.resid[:, j, preds[j]]).argmax(-1)  # [L+1, n_answer]
+            guess = lens_argmax(adapter, clean.resid[:, j, preds[j]])  # [L+1, n_answer]
             exit_ok[row] = (guess == answer[None]).all(-1).cpu()
         plan_rows = []
         for j in range(sub.size):
@@ -126,7 +126,7 @@ def behaviour(
             for r, (j, k) in enumerate(chunk.keys):
                 pred = preds[j]
                 answer = sub.tokens[j, pred + 1].to(h.device)
-                guess = adapter.lens_logits(h[r, chunk.columns(pred)]).argmax(-1)
+                guess = lens_argmax(adapter, h[r, chunk.columns(pred)])
                 prune_ok[rows[j], k] = bool((guess == answer).all())
 
         sweep(adapter, clean, plan_rows, on_final=on_final, memory_budget=memory_budget,

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from ..costs import MeasurementCost, Workload
@@ -101,6 +102,24 @@ def integrated_gradients(
     return IntegratedGradients(maps, [list(s) for s in batch.str_tokens], torch.tensor(targets), meta=meta)
 
 
+def answer_probability(adapter: Any, h: Tensor, ids: Tensor, chunk: int = 256) -> Tensor:
+    """``Σ_i p_lens(h_i)[ids_i]``, differentiable in ``h``, ``chunk`` rows at a time. Under
+    autograd each chunk is checkpointed (recomputed in the backward pass), so the graph never
+    holds more than one ``chunk × vocab`` block of log-probabilities."""
+
+    def part(x: Tensor, y: Tensor) -> Tensor:
+        return adapter.lens_log_probs(x).gather(-1, y[:, None]).exp().sum()
+
+    total = h.new_zeros((), dtype=torch.float32)
+    for i in range(0, h.shape[0], chunk):
+        x, y = h[i : i + chunk], ids[i : i + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            total = total + checkpoint(part, x, y, use_reentrant=False)
+        else:
+            total = total + part(x, y)
+    return total
+
+
 def _one_example(adapter: Any, sub: Batch, alphas: tuple[float, ...], weights: tuple[float, ...],
                  memory_budget: int | None, max_rows: int | None, bar: Any) -> tuple[Tensor, float]:
     L = adapter.n_layers
@@ -125,9 +144,9 @@ def _one_example(adapter: Any, sub: Batch, alphas: tuple[float, ...], weights: t
     uniform = len(set(weights)) == 1
 
     def on_final(chunk: Chunk, h_final: Tensor) -> None:
-        log_probs = adapter.lens_log_probs(h_final[:, chunk.columns(pred)])  # [rows, answer, V]
-        picked = log_probs.gather(-1, answer_ids[None, :, None].expand(len(chunk), -1, 1))
-        target = picked.squeeze(-1).exp().sum()
+        h = h_final[:, chunk.columns(pred)]  # [rows, answer, d_model]
+        ids = answer_ids[None, :].expand(len(chunk), -1)
+        target = answer_probability(adapter, h.reshape(-1, h.shape[-1]), ids.reshape(-1))
         grads = torch.autograd.grad(target, chunk.leaves)
         for key, g in zip(chunk.keys, grads):
             layer = key[0]
