@@ -330,3 +330,25 @@ def test_export_with_kaleido(tmp_path):
     (path,) = export_figures({"summary": fig}, tmp_path / "img", "svg")
     assert path == tmp_path / "img" / "summary.svg"
     assert "<svg" in path.read_text()[:500]
+
+
+def test_depth_score_is_a_share_of_the_depth_everywhere(runs, capsys):
+    """One unit in the CLI, the Run table and the scale figure: score / (L − 2), then the block."""
+    from effective_depth.cli import _print_summary
+    from effective_depth.viz.dashboard import summary_table
+
+    results = {"model": {"name": "m", "n_layers": 12}, "task": {"name": "t", "params": {}},
+               "depth": {"depth_score": {"value": 2.5, "ci": [2.0, 3.0], "n_layers": 12}}}
+    _print_summary(results, "runs/x", 1.0, [])
+    out = capsys.readouterr().out
+    assert "depth score (Csordás): 25.0% of the depth [20.0%, 30.0%] " \
+           "(block 2.500 [2.000, 3.000] of blocks 0..10)" in out
+    run = copy.copy(runs[0])
+    run.results = {**run.results, "depth": {**run.results["depth"],
+                                            "depth_score": results["depth"]["depth_score"]}}
+    table = summary_table(run)
+    assert "<td>25.0% [20.0%, 30.0%] of blocks 0..10</td>" in table
+    short = {**results, "model": {"name": "m", "n_layers": 2},
+             "depth": {"depth_score": {"value": 0.0, "ci": [0.0, 0.0], "n_layers": 2}}}
+    _print_summary(short, "runs/x", 1.0, [])  # L = 2: a single candidate block, no share
+    assert "depth score (Csordás): block 0.000 [0.000, 0.000] of blocks 0..0" in capsys.readouterr().out
