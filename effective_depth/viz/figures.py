@@ -194,11 +194,6 @@ def _blocks(n: int) -> list[int]:
     return list(range(n))
 
 
-def _line(x: Sequence[Any], y: list[Any], name: str, hover: str, **kw: Any) -> go.Scatter:
-    return go.Scatter(x=list(x), y=y, name=name, mode="lines+markers",
-                      hovertemplate=hover + "<extra>" + name + "</extra>", **kw)
-
-
 def _rgba(color: str, alpha: float) -> str:
     """``#rrggbb`` as ``rgba(r, g, b, alpha)``."""
     h = color.lstrip("#")
@@ -404,6 +399,9 @@ def _layer(estimates: Estimates | None, name: str) -> float | None:
 # --- §3 logit lens ------------------------------------------------------------------------------
 
 
+LENS_FORMULA = "lens(h_l) = softmax(unembed(ln_final(h_l))) against the output p"
+
+
 def lens_figure(result: Any, estimates: Estimates | None = None, *, d_vocab: int | None = None,
                 lens: str = "logit lens", estimators: tuple[str, str] = ("ed_kl", "ed_overlap"),
                 n_boot: int = BAND_BOOT) -> go.Figure:
@@ -436,7 +434,8 @@ def lens_figure(result: Any, estimates: Estimates | None = None, *, d_vocab: int
     _mark(fig, ov_est, _layer(estimates, ov_name), ov_name, row=2, col=1)
     fig = _finish(fig, f"{lens[:1].upper()}{lens[1:]}: distance of each layer's prediction from "
                        "the output", "", "", height=600,
-                  subtitle=f"{band_text(result.n_prompts, n_boot)}; layer 0 = embedding")
+                  subtitle=(LENS_FORMULA + "<br>" if lens == "logit lens" else "")
+                  + f"{band_text(result.n_prompts, n_boot)}; layer 0 = embedding")
     fig.update_xaxes(**_integer_ticks(n))
     fig.update_xaxes(title_text="layer l (stream entering block l; 0 = embedding)", row=2, col=1)
     fig.update_yaxes(title_text="KL divergence (nats)", row=1, col=1)
