@@ -349,9 +349,14 @@ def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: l
     console = _console()
     console.print(table)
     if score and score.get("value") is not None:
+        from .stats import depth_score_fraction
+
         ci = score.get("ci") or [float("nan")] * 2
-        console.print(f"depth score (Csordás): {score['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
-                      f"of blocks 0..{score.get('n_layers', 0) - 2}")
+        L = int(score.get("n_layers", 0))
+        share = [depth_score_fraction(v, L) for v in (score["value"], *ci)]
+        blocks = f"block {score['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] of blocks 0..{L - 2}"
+        console.print("depth score (Csordás): " + (blocks if None in share else
+                      f"{share[0]:.1%} of the depth [{share[1]:.1%}, {share[2]:.1%}] ({blocks})"))
     if results.get("accuracy") is not None:
         console.print(f"exact-match accuracy: {100 * results['accuracy']:.1f}% "
                       f"on {task.get('n_examples')} examples")

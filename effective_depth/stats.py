@@ -32,6 +32,8 @@ __all__ = [
     "first_hit_reference",
     "bootstrap_indices",
     "percentile_ci",
+    "curve_band",
+    "depth_score_fraction",
 ]
 
 #: ``toolkit``: the rules over every lens tap 0..L-1; ``reference``: as the seed notebook of Hu et
@@ -167,3 +169,38 @@ def percentile_ci(
             float(np.quantile(vals, 1 - alpha, method=method)))
 
 
+
+
+def curve_band(
+    curve_of: Any, n_prompts: int, *, n_boot: int = 200, seed: int = 0, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pointwise percentile bootstrap band of a per-layer curve over prompts.
+
+    ``curve_of(idx)`` recomputes the curve from the prompts ``idx`` (a list of indices, with
+    repeats), exactly as the estimators' CIs do; the band at each layer is the
+    ``(1 − level) / 2`` and ``(1 + level) / 2`` quantiles of ``n_boot`` resampled curves (NaN where
+    every resample is NaN). None with fewer than two prompts or ``n_boot = 0``: no spread to show.
+    """
+    if n_prompts < 2 or n_boot <= 0:
+        return None
+    samples = np.stack([
+        torch.as_tensor(curve_of(idx.tolist())).detach().double().cpu().numpy().reshape(-1)
+        for idx in bootstrap_indices(n_prompts, n_boot, seed)
+    ])
+    alpha = (1 - level) / 2
+    lo = np.full(samples.shape[1], np.nan)
+    hi = np.full(samples.shape[1], np.nan)
+    finite = ~np.isnan(samples).all(0)
+    if finite.any():
+        lo[finite] = np.nanquantile(samples[:, finite], alpha, axis=0)
+        hi[finite] = np.nanquantile(samples[:, finite], 1 - alpha, axis=0)
+    return lo, hi
+
+
+def depth_score_fraction(value: float | None, n_layers: int) -> float | None:
+    """Csordás's depth score as a fraction of the depth: the score is a centre of mass over
+    the skipped blocks ``0..L−2`` (the last block has no later block to affect), so the
+    fraction is ``score / (L − 2)``; None when undefined or ``L < 3`` (a single candidate block)."""
+    if value is None or math.isnan(value) or n_layers < 3:
+        return None
+    return float(value) / (n_layers - 2)

@@ -145,9 +145,16 @@ def test_figure_json_matches_results(runs, plain_html):
     run = runs[1]
     skips = run.metric("skip_effects")
     heat = specs["run-1-skip_effects-layer_effect"]["data"][0]
-    assert heat["z"] == skips.layer_effect.tolist()
+    # the hover holds the true values of the cells i > s (the others are not measured)
+    assert heat["customdata"] == [[v if i > s else None for i, v in enumerate(row)]
+                                  for s, row in enumerate(skips.layer_effect.tolist())]
     lens = run.metric("logit_lens")
-    assert specs["run-1-logit_lens-lens"]["data"][0]["y"] == lens.kl.tolist()
+    lens_spec = specs["run-1-logit_lens-lens"]
+    kl = next(t for t in lens_spec["data"] if t["name"] == "KL(lens ‖ output)" and t["mode"] == "lines+markers")
+    assert kl["y"] == lens.kl.tolist()
+    # the chance level of the top-k overlap, k / V, from the run's model
+    chance = lens.meta["k"] / run.results["model"]["d_vocab"]
+    assert any(sh["y0"] == sh["y1"] == chance for sh in lens_spec["layout"]["shapes"])
     assert "run-1-erasure-map-0" not in specs  # run 1 did not measure erasure
     erasure = runs[0].metric("erasure").maps[0]
     z = specs["run-0-erasure-map-0"]["data"][0]["z"]
@@ -180,7 +187,49 @@ def test_selector_and_comparison(runs, plain_html):
     # both runs use one model depth: a scale plot would have a single x value, so there is none
     assert "comparison-compare-scale" not in specs
     difficulty = specs["comparison-compare-difficulty"]["data"]
-    assert {tuple(t["x"]) for t in difficulty} == {(2, 3)}
+    assert {tuple(t["customdata"]) for t in difficulty} == {(2, 3)}  # the true levels
+    # one line per estimator, each drawn a little apart (equal ratios would hide each other)
+    assert len({t["x"][0] for t in difficulty}) == len(difficulty)
+    assert all(abs(t["x"][0] - 2) <= 0.1 + 1e-9 for t in difficulty)
+
+
+def test_both_skip_modes_side_by_side(runs):
+    from effective_depth.viz.dashboard import skip_mode_panels
+
+    current = runs[1]
+    future = copy.copy(current)
+    future.results, future.config = copy.deepcopy(current.results), copy.deepcopy(current.config)
+    future.config["config"]["skip_mode"] = "future"
+    future.results["metrics"]["skip_effects"]["meta"]["mode"] = "future"
+    assert skip_mode_panels([runs[0], current]) == []  # one mode per (model, task): no panel
+    (panel,) = skip_mode_panels([runs[0], future, current])
+    assert panel.note == ("all positions (current effects): run 3 | "
+                          "future positions only (future effects): run 2")
+    left, right = panel.figure.data
+    assert left.customdata == right.customdata  # the same tensors, measured "twice" here
+    page = build_dashboard_html([future, current])
+    assert 'id="comparison-skip-modes-0"' in page
+
+
+def test_cli_dashboard_takes_what_compare_takes(runs, tmp_path):
+    """A sweep's output directory, a shell glob's mix of files and runs, and a run named twice:
+    every run once, and a one-line note for each non-run."""
+    from effective_depth.viz.cli_dashboard import dashboard_cmd
+
+    root = runs[0].path.parent  # holds both runs, the checkpoint dir and nothing else run-like
+    out = tmp_path / "sweep.html"
+    result = CliRunner().invoke(dashboard_cmd, [str(root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2 run(s)" in result.output
+    assert "note: skipped" in result.output and "llama-tiny" in result.output
+    page = out.read_text()
+    assert page.count('<section class="run"') == 2
+    glob_mix = [str(runs[0].path / "dashboard.html"), str(runs[0].path), str(root)]
+    mixed = CliRunner().invoke(dashboard_cmd, [*glob_mix, "--out", str(out)])
+    assert mixed.exit_code == 0, mixed.output
+    assert "2 run(s)" in mixed.output  # run-d2 named twice, loaded once
+    assert "dashboard.html: a file, not a run directory" in mixed.output
+    assert "Traceback" not in mixed.output + result.output
 
 
 def test_ed_table(runs):
@@ -281,3 +330,25 @@ def test_export_with_kaleido(tmp_path):
     (path,) = export_figures({"summary": fig}, tmp_path / "img", "svg")
     assert path == tmp_path / "img" / "summary.svg"
     assert "<svg" in path.read_text()[:500]
+
+
+def test_depth_score_is_a_share_of_the_depth_everywhere(runs, capsys):
+    """One unit in the CLI, the Run table and the scale figure: score / (L − 2), then the block."""
+    from effective_depth.cli import _print_summary
+    from effective_depth.viz.dashboard import summary_table
+
+    results = {"model": {"name": "m", "n_layers": 12}, "task": {"name": "t", "params": {}},
+               "depth": {"depth_score": {"value": 2.5, "ci": [2.0, 3.0], "n_layers": 12}}}
+    _print_summary(results, "runs/x", 1.0, [])
+    out = capsys.readouterr().out
+    assert "depth score (Csordás): 25.0% of the depth [20.0%, 30.0%] " \
+           "(block 2.500 [2.000, 3.000] of blocks 0..10)" in out
+    run = copy.copy(runs[0])
+    run.results = {**run.results, "depth": {**run.results["depth"],
+                                            "depth_score": results["depth"]["depth_score"]}}
+    table = summary_table(run)
+    assert "<td>25.0% [20.0%, 30.0%] of blocks 0..10</td>" in table
+    short = {**results, "model": {"name": "m", "n_layers": 2},
+             "depth": {"depth_score": {"value": 0.0, "ci": [0.0, 0.0], "n_layers": 2}}}
+    _print_summary(short, "runs/x", 1.0, [])  # L = 2: a single candidate block, no share
+    assert "depth score (Csordás): block 0.000 [0.000, 0.000] of blocks 0..0" in capsys.readouterr().out

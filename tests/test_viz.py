@@ -21,6 +21,7 @@ from effective_depth.metrics import (
     LogitLens,
     SkipEffects,
 )
+from effective_depth.stats import bootstrap_indices
 from effective_depth.viz import figure_for
 from effective_depth.viz.compare_figures import (
     comparison_figures,
@@ -29,10 +30,13 @@ from effective_depth.viz.compare_figures import (
     training_figure,
 )
 from effective_depth.viz.figures import (
+    BAND_BOOT,
     FIGURES,
+    colour_scale,
     ed_summary_figure,
     figure_specs,
     register_figure,
+    skip_modes_figure,
 )
 
 L, P = 4, 3
@@ -112,24 +116,71 @@ def _vlines(fig: go.Figure) -> list[tuple[float, str]]:
     return [(s.x0, s.xref) for s in fig.layout.shapes if s.x0 == s.x1 and s.x0 is not None]
 
 
+def _curves(fig: go.Figure) -> dict[str, go.Scatter]:
+    """The data traces (lines with markers) by name, without bands and legend-only entries."""
+    return {t.name: t for t in fig.data if t.type == "scatter" and t.mode == "lines+markers"}
+
+
+def _band(fig: go.Figure, name: str) -> tuple[list, list]:
+    """The (lower, upper) CI band drawn for curve ``name``."""
+    upper = next(t for t in fig.data if t.name == f"{name}: CI upper")
+    lower = next(t for t in fig.data if t.legendgroup == name and t.fill == "tonexty")
+    return list(lower.y), list(upper.y)
+
+
+def _legend(fig: go.Figure) -> list[str]:
+    """The names of the legend-only entries (reference lines drawn as shapes)."""
+    return [t.name for t in fig.data if t.type == "scatter" and list(t.x) == [None]]
+
+
+def _bootstrap_band(curves: list[list[float]]) -> tuple[list, list]:
+    """Percentile band, by hand, of curves recomputed on the same resamples as the figures."""
+    import numpy as np
+
+    lo, hi = np.quantile(curves, 0.025, axis=0), np.quantile(curves, 0.975, axis=0)
+    return lo.tolist(), hi.tolist()
+
+
+def _resampled(fn, n_prompts: int) -> list[list[float]]:
+    return [fn(idx) for idx in bootstrap_indices(n_prompts, BAND_BOOT, 0)]
+
+
 # --- figures of each result --------------------------------------------------------------------
 
 
 def test_relative_contributions_show_the_curves(contributions):
     fig = figure_for(contributions)
-    assert [t.type for t in fig.data] == ["scatter"] * 3
-    assert [t.name for t in fig.data] == ["rel_attn", "rel_mlp", "rel_block"]
-    for trace in fig.data:
+    curves = _curves(fig)
+    assert list(curves) == ["rel_attn", "rel_mlp", "rel_block"]
+    assert fig.layout.yaxis.type == "log"  # block 0 dwarfs the rest on a linear axis
+    for name, trace in curves.items():
         assert list(trace.x) == list(range(L))
-        want = _token_mean(contributions.sums[trace.name], contributions.counts)
-        assert list(trace.y) == pytest.approx(want, rel=1e-6)
+        sums, counts = contributions.sums[name], contributions.counts
+        assert list(trace.y) == pytest.approx(_token_mean(sums, counts), rel=1e-6)
+        # the band: token-weighted means over prompt resamples, percentiles by hand
+        lo, hi = _bootstrap_band(_resampled(lambda i, s=sums, c=counts: _token_mean(s[i], c[i]), P))
+        band = _band(fig, name)
+        assert band[0] == pytest.approx(lo, rel=1e-6) and band[1] == pytest.approx(hi, rel=1e-6)
+        assert [c[0] for c in trace.customdata] == pytest.approx(lo, rel=1e-6)
+        assert [c[1] for c in trace.customdata] == pytest.approx(hi, rel=1e-6)
+        assert "95% CI" in trace.hovertemplate and "bootstrap" in trace.hovertemplate
+    assert "percentile bootstrap" in fig.layout.title.subtitle.text
     _titled_axes(fig)
+
+
+def test_bands_need_two_prompts(contributions):
+    one = Contributions(sums={k: v[:1] for k, v in contributions.sums.items()},
+                        counts=contributions.counts[:1],
+                        angular_sums=contributions.angular_sums[:1], meta={"n_layers": L, "n_prompts": 1})
+    fig = figure_for(one)
+    assert not [t for t in fig.data if t.fill == "tonexty"]
+    assert list(_curves(fig)) == ["rel_attn", "rel_mlp", "rel_block"]
 
 
 def test_cosines_mark_ed_cos(contributions):
     est = Estimate("ed_cos", L, 2, ci=(0.5, 1.0))
     fig = figure_for(contributions, kind="cosines", estimates={"ed_cos": est})
-    by_name = {t.name: t for t in fig.data}
+    by_name = _curves(fig)
     want = {key: torch.tensor(_token_mean(contributions.sums[key], contributions.counts))
             for key in ("cos_attn", "cos_mlp", "cos_block", "cos_resid")}
     for key, curve in want.items():
@@ -137,7 +188,8 @@ def test_cosines_mark_ed_cos(contributions):
     mean = (want["cos_attn"] + want["cos_mlp"] + want["cos_block"]) / 3
     assert list(by_name["mean (ed_cos)"].y) == pytest.approx(mean.tolist(), rel=1e-6)
     assert (2.0, "x") in _vlines(fig)
-    assert any("ed_cos = 2" in (a.text or "") for a in fig.layout.annotations)
+    assert "ed_cos = block 2 (ratio 0.75)" in _legend(fig)  # labelled in the legend, no overprint
+    assert not fig.layout.annotations
     _titled_axes(fig)
 
 
@@ -155,8 +207,8 @@ def test_logit_lens_curves_and_estimates(lens):
         "ed_kl": Estimate("ed_kl", L, 1, ci=(0.25, 0.75), params={"threshold": 0.5}).to_dict(),
         "ed_overlap": Estimate("ed_overlap", L, 3, params={"threshold": 0.3}),
     }
-    fig = figure_for(lens, estimates=estimates)
-    kl, overlap = fig.data[0], fig.data[1]
+    fig = figure_for(lens, estimates=estimates, d_vocab=40)
+    kl, overlap = _curves(fig).values()
     want_kl = _token_mean(lens.kl_sums, lens.counts)
     assert list(kl.y) == pytest.approx(want_kl, rel=1e-6)
     assert list(overlap.y) == pytest.approx(_token_mean(lens.overlap_sums, lens.counts), rel=1e-6)
@@ -166,7 +218,19 @@ def test_logit_lens_curves_and_estimates(lens):
     assert (1.0, "x") in lines and (3.0, "x2") in lines  # each estimate on its own curve
     hlines = {round(s.y0, 6) for s in fig.layout.shapes if s.y0 == s.y1}
     assert round(0.5 * max(want_kl), 6) in hlines and 0.3 in hlines
+    chance = [s for s in fig.layout.shapes if s.y0 == s.y1 == 5 / 40]  # k / V
+    assert len(chance) == 1 and chance[0].yref == "y2"
+    assert "chance overlap k/V = 5/40 = 0.125" in _legend(fig)
+    lo, hi = _bootstrap_band(_resampled(lambda i: _token_mean(lens.overlap_sums[i], lens.counts[i]), P))
+    assert _band(fig, "top-5 overlap") == (pytest.approx(lo, rel=1e-6), pytest.approx(hi, rel=1e-6))
     _titled_axes(fig)
+
+
+def test_logit_lens_chance_from_meta_and_without(lens):
+    with_meta = LogitLens(lens.kl_sums, lens.overlap_sums, lens.counts,
+                          meta={**lens.meta, "d_vocab": 10})
+    assert any(s.y0 == s.y1 == 0.5 for s in figure_for(with_meta).layout.shapes)
+    assert not any("chance" in n for n in _legend(figure_for(lens)))  # V unknown: no line
 
 
 def test_logit_lens_undefined_estimate_has_no_marker(lens):
@@ -176,16 +240,59 @@ def test_logit_lens_undefined_estimate_has_no_marker(lens):
     assert figure_for(lens).layout.shapes == ()
 
 
+def _upper(m: torch.Tensor) -> list[list]:
+    """The cells i > s of a matrix, None elsewhere (not measured)."""
+    return [[v if i > s else None for i, v in enumerate(row)] for s, row in enumerate(m.tolist())]
+
+
 def test_layer_effect_heatmap_is_the_matrix(skips):
+    import math
+
     fig = figure_for(skips)
     hm = fig.data[0]
     assert hm.type == "heatmap"
-    # aggregate "max" over prompts that have a measured position (all of them here)
-    assert [list(r) for r in hm.z] == skips.layer_max.amax(0).tolist()
-    assert (hm.zmin, hm.zmax) == (0, 1)
+    # aggregate "max" over prompts that have a measured position (all of them here); the true
+    # values are the hover's customdata, the colour is their log10 over the data's range
+    want = _upper(skips.layer_max.amax(0))
+    assert [list(r) for r in hm.customdata] == want
+    cells = [v for row in want for v in row if v is not None]
+    for row, exp in zip(hm.z, want):
+        assert [None if v is None else pytest.approx(math.log10(v)) for v in exp] == list(row)
+    assert (hm.zmin, hm.zmax) == pytest.approx((math.log10(min(cells)), math.log10(max(cells))))
+    ticks = list(hm.colorbar.ticktext)
+    assert ticks[0] == f"{min(cells):.2g}" and ticks[-1] == f"{max(cells):.2g}"
+    assert "log colour scale" in fig.layout.title.subtitle.text
     assert list(hm.x) == list(range(L)) and list(hm.y) == list(range(L))
     assert fig.layout.xaxis.title.text == "affected block i"
     assert fig.layout.yaxis.title.text == "skipped block s"
+
+
+def test_layer_effect_linear_scale_is_the_data_range_or_a_labelled_clip(skips):
+    cells = [v for row in _upper(skips.layer_max.amax(0)) for v in row if v is not None]
+    top = max(cells)
+    linear = figure_for(skips, scale="linear").data[0]
+    assert (linear.zmin, linear.zmax) == (0, pytest.approx(top))
+    assert [list(r) for r in linear.z] == _upper(skips.layer_max.amax(0))
+    clipped = figure_for(skips, scale="linear", clip=0.5)
+    hm = clipped.data[0]
+    assert hm.zmax == 0.5 and hm.colorbar.ticktext[-1] == f"≥ 0.5 (max {top:.3g})"
+    share = sum(v > 0.5 for v in cells) / len(cells)
+    assert f"{share:.0%} of cells are above it" in clipped.layout.title.subtitle.text
+    with pytest.raises(ConfigError, match="'log' or 'linear'"):
+        colour_scale([torch.ones(2, 2)], "sqrt")
+
+
+def test_skip_modes_side_by_side(skips):
+    future = SkipEffects(skips.layer_max * 0.5, skips.layer_sum, skips.output_max, skips.output_sum,
+                         torch.ones(P, L), [[2] for _ in range(P)], meta={**skips.meta, "mode": "future"})
+    fig = skip_modes_figure([future, skips])  # order given: future first
+    left, right = fig.data
+    assert [a.text for a in fig.layout.annotations][:2] == [
+        "all positions (current effects)", "future positions only (future effects)"]
+    assert [list(r) for r in left.customdata] == _upper(skips.layer_max.amax(0))
+    assert [list(r) for r in right.customdata] == _upper(future.layer_max.amax(0))
+    assert (left.zmin, left.zmax) == (right.zmin, right.zmax)  # one colour scale for both
+    assert (left.showscale, right.showscale) == (False, True)
 
 
 def test_layer_effect_nan_cells_are_blank(skips):
@@ -200,8 +307,13 @@ def test_layer_effect_nan_cells_are_blank(skips):
 def test_output_effect_bars_and_ed_skip(skips):
     est = Estimate("ed_skip", L, 2, ci=(0.75, 0.75), params={"threshold": 0.1})
     fig = figure_for(skips, kind="output_effect", estimates={"ed_skip": est})
-    assert fig.data[0].type == "bar"
-    assert list(fig.data[0].y) == skips.output_max.amax(0).tolist()
+    bar = fig.data[0]
+    assert bar.type == "bar"
+    want = skips.output_max.amax(0)
+    assert list(bar.y) == want.tolist()
+    lo, hi = _bootstrap_band(_resampled(lambda i: skips.output_max[i].amax(0).tolist(), P))
+    assert list(bar.error_y.array) == pytest.approx([h - v for h, v in zip(hi, want.tolist())])
+    assert list(bar.error_y.arrayminus) == pytest.approx([v - lo_ for lo_, v in zip(lo, want.tolist())])
     assert (2.0, "x") in _vlines(fig)
     _titled_axes(fig)
 
@@ -209,14 +321,23 @@ def test_output_effect_bars_and_ed_skip(skips):
 def test_behaviour_accuracy_curves(behaviour):
     estimates = {"ed_task": Estimate("ed_task", L, 1), "ed_prune": Estimate("ed_prune", L, 2)}
     fig = figure_for(behaviour, estimates=estimates)
-    exit_, prune = fig.data
+    exit_, prune = _curves(fig).values()
     # column means of the fixture's tables, by hand
     assert list(exit_.y) == pytest.approx([0, 1 / 3, 2 / 3, 1, 1])
     assert list(prune.y) == pytest.approx([1, 2 / 3, 1 / 3, 0, 0])
     assert list(exit_.x) == list(range(L + 1))
-    assert list(prune.customdata)[:2] == ["none", "3"]  # the prune order: block 3 first
+    assert [c[2] for c in prune.customdata][:2] == ["none", "3"]  # the prune order: block 3 first
     # ed_task = block 1 -> 2 blocks run; ed_prune = block 2 -> L - 2 - 1 = 1 block skipped
     assert (2.0, "x") in _vlines(fig) and (1.0, "x2") in _vlines(fig)
+    # a readable axis: accuracy in %, x fixed to the exits, labels in the legend, not on the plot
+    assert fig.layout.yaxis.tickformat == ".0%" and "%{y:.1%}" in exit_.hovertemplate
+    assert list(fig.layout.xaxis.range) == [-0.5, L + 0.5]
+    legend = _legend(fig)
+    assert "full model: 100.0%" in legend and "ed_task = block 1 (ratio 0.50)" in legend
+    assert legend.count("full model: 100.0%") == 1
+    lo, hi = _bootstrap_band(_resampled(
+        lambda i: behaviour.correct_by_exit[i].float().mean(0).tolist(), P))
+    assert _band(fig, "accuracy by exit depth") == (pytest.approx(lo), pytest.approx(hi))
     _titled_axes(fig)
 
 
@@ -295,7 +416,7 @@ def test_figure_for_dispatches_every_result_type(contributions, lens, skips, beh
         default = figure_for(result)
         assert default.to_plotly_json() == figure_for(result, kind=kind).to_plotly_json()
         if first_trace is not None:
-            assert default.data[0].name == first_trace
+            assert next(iter(_curves(default))) == first_trace
         for other in figure_specs(result):
             fig = figure_for(result, kind=other)
             assert isinstance(fig, go.Figure) and fig.data
@@ -322,6 +443,7 @@ COMPARISON = {
     "runs": [
         {"path": "a", "label": "a", "model": "base", "task": "addition", "n_layers": 4,
          "n_params": 1000, "difficulty": 2, "accuracy": 0.9,
+         "depth_score": {"value": 1.0, "ci": [0.5, 1.5], "n_layers": 4},
          "estimates": {"ed_kl": {"layer": 2, "ratio": 0.75, "ci": [0.5, 1.0]}}},
         {"path": "b", "label": "b", "model": "trained", "task": "addition", "n_layers": 4,
          "n_params": 1000, "difficulty": 2, "accuracy": 0.95,
@@ -354,12 +476,20 @@ def test_scale_figure():
     fig = scale_figure(COMPARISON)
     traces = {t.name: t for t in fig.data}
     kl = traces["ed_kl"]
-    assert list(kl.x) == [4, 8] and list(kl.y) == [0.5, 0.75]  # sorted by depth
+    # the true depths (in the hover), sorted; drawn slightly apart so equal lines stay visible
+    assert [c[3] for c in kl.customdata] == [4, 8] and list(kl.y) == [0.5, 0.75]
+    overlap = traces["ed_overlap"]  # the undefined row is left out
+    assert [c[3] for c in overlap.customdata] == [6] and list(overlap.y) == [1.0]
+    shift = [x - c[3] for t in (kl, overlap) for x, c in zip(t.x, t.customdata)]
+    assert shift == pytest.approx([-0.2, -0.2, 0.2])  # a fifth of the smallest gap (2 blocks)
+    assert kl.marker.symbol != overlap.marker.symbol and kl.line.dash != overlap.line.dash
     assert list(kl.error_y.array) == pytest.approx([0.25, 0.125])
     assert list(kl.error_y.arrayminus) == pytest.approx([0.25, 0.125])
-    overlap = traces["ed_overlap"]  # the undefined row is left out
-    assert list(overlap.x) == [6] and list(overlap.y) == [1.0]
     assert HOSTILE not in str(overlap.customdata)
+    # the depth score of run "a": block 1.0 of 0..2 = 50% [25%, 75%]
+    score = traces["depth score (% of depth)"]
+    assert (list(score.x), list(score.y)) == ([4], [0.5]) and score.xaxis == "x2"
+    assert list(score.error_y.array) == [0.25] and list(score.error_y.arrayminus) == [0.25]
     _titled_axes(fig)
 
 
@@ -377,7 +507,7 @@ def test_training_figure():
 def test_difficulty_figure():
     fig = difficulty_figure(COMPARISON)
     trace = fig.data[0]
-    assert list(trace.x) == [1, 2, 3] and list(trace.y) == [0.25, 0.5, None]
+    assert list(trace.x) == [1, 2, 3] and list(trace.y) == [0.25, 0.5, None]  # one line: no offset
     assert list(trace.error_y.array) == [0.25, 0.0, 0.0]  # CI [0.25, 0.5] around 0.25
     assert list(trace.error_y.arrayminus) == [0.0, 0.0, 0.0]
     assert "ρ = 0.80" in trace.name and "ρ = 0.80" in fig.layout.title.text

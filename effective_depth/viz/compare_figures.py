@@ -4,7 +4,8 @@ The comparison is the plain-data dict of :func:`effective_depth.compare.compare_
 
     {"estimators": [...], "runs": [...], "scale": [...], "training": [...], "difficulty": [...]}
 
-* **scale** — the effective-depth ratio against the number of blocks, one line per estimator;
+* **scale** — the effective-depth ratio against the number of blocks, one line per estimator,
+  and Csordás's depth score as a share of the depth;
 * **training** — the ratios of a base model and its trained twin as paired bars, and their
   difference with its bootstrap CI;
 * **difficulty** — the ratio per difficulty level, one line per (model, task, estimator), with
@@ -24,7 +25,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .figures import TEMPLATE, text
+from ..stats import depth_score_fraction
+from .figures import PALETTE, TEMPLATE, text
 
 __all__ = ["COMPARISON_FIGURES", "ComparisonFigure", "comparison_figures", "scale_figure",
            "training_figure", "difficulty_figure"]
@@ -94,31 +96,109 @@ def _varying(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str
     return [k for k in keys if len({_label(r.get(k)) for r in rows}) > 1]
 
 
+#: marker symbols and dash patterns cycled over the lines of a comparison figure, so that lines
+#: with identical values stay distinguishable (together with a small horizontal offset)
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "cross", "triangle-down")
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+
+
+def _style(i: int) -> dict[str, Any]:
+    """Colour, marker and dash of line ``i``: no two lines of a figure look alike, and a single
+    point is drawn as a large marker."""
+    color = PALETTE[i % len(PALETTE)]
+    return {"line": {"color": color, "dash": DASHES[i % len(DASHES)], "width": 2},
+            "marker": {"color": color, "symbol": SYMBOLS[i % len(SYMBOLS)], "size": 10,
+                       "line": {"width": 1, "color": "white"}}}
+
+
+def _offsets(n: int, xs: Sequence[Any]) -> list[float]:
+    """Horizontal offsets of ``n`` lines over numeric x values ``xs``: spread over a fifth of the
+    smallest gap between x values (or ±0.15 with a single x), centred on the true x."""
+    nums = sorted({float(x) for x in xs if isinstance(x, (int, float)) and not isinstance(x, bool)})
+    if n < 2 or not nums:
+        return [0.0] * max(n, 0)
+    gap = min((b - a for a, b in zip(nums, nums[1:])), default=1.5)
+    width = 0.2 * gap
+    return [width * (i / (n - 1) - 0.5) for i in range(n)]
+
+
+def _shifted(xs: Sequence[Any], offset: float) -> list[Any]:
+    return [x + offset if isinstance(x, (int, float)) and not isinstance(x, bool) else x for x in xs]
+
+
+def _depth_score_rows(comparison: Comparison) -> list[dict[str, Any]]:
+    """Per run with a depth score: the depth score as a share of the depth, with its CI."""
+    rows = []
+    for run in comparison.get("runs", []):
+        score = run.get("depth_score") or {}
+        L = int(run.get("n_layers") or score.get("n_layers") or 0)
+        value = depth_score_fraction(score.get("value"), L)
+        if value is None:
+            continue
+        ci = [depth_score_fraction(float(c), L) for c in score.get("ci") or []]
+        rows.append({"model": run.get("model"), "n_layers": L, "n_params": run.get("n_params"),
+                     "task": run.get("task"), "difficulty": run.get("difficulty"),
+                     "ratio": value, "ci": ci if len(ci) == 2 and None not in ci else None,
+                     "block": score.get("value")})
+    return rows
+
+
 def scale_figure(comparison: Comparison) -> go.Figure:
     """Scale: the effective-depth ratio against the model's number of blocks, one line per
-    estimator (and per task or difficulty where those differ), with bootstrap-CI error bars;
-    hover names the model. A flat line means the ratio stays constant across scale."""
+    estimator (and per task or difficulty where those differ), with bootstrap-CI error bars
+    (left), and Csordás's depth score as a share of the depth (right); hover names the model.
+    A flat line means the ratio stays constant across scale. Lines differ in colour, marker and
+    dash and are offset slightly along x, so identical values never hide each other (the hover
+    gives the true number of blocks)."""
     rows = [r for r in comparison.get("scale", []) if r.get("ratio") is not None]
     extra = _varying(rows, ("task", "difficulty"))
     groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["estimator"], *(_label(r.get(k)) for k in extra)), []).append(r)
-    fig = go.Figure()
-    for key, members in groups.items():
+    scores = _depth_score_rows(comparison)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32], horizontal_spacing=0.1,
+                        subplot_titles=("effective-depth ratio by estimator",
+                                        "depth score (Csordás), % of depth"))
+    all_x = [r.get("n_layers") for r in rows]
+    offsets = _offsets(len(groups), all_x)
+    for i, (key, members) in enumerate(groups.items()):
         members = sorted(members, key=lambda r: (r.get("n_layers") or 0, _label(r.get("model"))))
         ratios = [r["ratio"] for r in members]
+        xs = [r.get("n_layers") for r in members]
         fig.add_trace(go.Scatter(
-            x=[r.get("n_layers") for r in members], y=ratios, mode="lines+markers",
+            x=_shifted(xs, offsets[i]), y=ratios, mode="lines+markers",
             name=text(" · ".join(key)), error_y=_errors(ratios, [r.get("ci") for r in members]),
             customdata=[[text(_label(r.get("model"))), f"{r.get('n_params') or 0:,}",
-                         _ci_text(r.get("ci"))] for r in members],
-            hovertemplate="%{customdata[0]} (%{customdata[1]} parameters)<br>%{x} blocks<br>"
+                         _ci_text(r.get("ci")), r.get("n_layers")] for r in members],
+            hovertemplate="%{customdata[0]} (%{customdata[1]} parameters)<br>%{customdata[3]} blocks<br>"
                           "ratio %{y:.3f}, CI %{customdata[2]}<extra>%{fullData.name}</extra>",
-        ))
-    fig.update_yaxes(range=[0, 1.05])
-    fig.update_xaxes(**_integer_ticks([r.get("n_layers") for r in rows]))
-    return _finish(fig, "Scale: effective-depth ratio against model depth", "number of blocks L",
-                   "effective-depth ratio (e + 1) / L")
+            **_style(i),
+        ), row=1, col=1)
+    if scores:
+        scores = sorted(scores, key=lambda r: (r["n_layers"], _label(r.get("model"))))
+        values = [r["ratio"] for r in scores]
+        fig.add_trace(go.Scatter(
+            x=[r["n_layers"] for r in scores], y=values, mode="lines+markers",
+            name="depth score (% of depth)", error_y=_errors(values, [r["ci"] for r in scores]),
+            customdata=[[text(_label(r.get("model"))), _pct_ci(r["ci"]), f"{r['block']:.2f}",
+                         r["n_layers"] - 2] for r in scores],
+            hovertemplate="%{customdata[0]}<br>%{x} blocks<br>depth score %{y:.1%}, CI "
+                          "%{customdata[1]}<br>(block %{customdata[2]} of 0..%{customdata[3]})"
+                          "<extra>depth score</extra>",
+            **_style(len(groups)),
+        ), row=1, col=2)
+    fig = _finish(fig, "Scale: effective-depth ratio against model depth", "", "", height=500)
+    ticks = _integer_ticks([*all_x, *(r["n_layers"] for r in scores)])
+    fig.update_xaxes(title_text="number of blocks L", **ticks)
+    fig.update_yaxes(title_text="effective-depth ratio (e + 1) / L", range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text="centre of mass of future effects / (L − 2)", range=[0, 1.05],
+                     tickformat=".0%", row=1, col=2)
+    fig.update_layout(margin={"t": 90})
+    return fig
+
+
+def _pct_ci(ci: Sequence[float] | None) -> str:
+    return "no CI" if ci is None else f"[{float(ci[0]):.1%}, {float(ci[1]):.1%}]"
 
 
 def _run_ci(comparison: Comparison, model: str, row: Mapping[str, Any]) -> list[float] | None:
@@ -191,14 +271,17 @@ def difficulty_figure(comparison: Comparison) -> go.Figure:
     rows = [r for r in comparison.get("difficulty", []) if str(r.get("estimator", "")).startswith("ed_")]
     extra = _varying(rows, ("model", "task"))
     fig = go.Figure()
-    for r in rows:
+    offsets = _offsets(len(rows), [v for r in rows for v in r.get("levels", [])])
+    for i, r in enumerate(rows):
         ratios = list(r.get("ratios", []))
+        levels = list(r.get("levels", []))
         name = " · ".join([str(r.get("estimator")), *(_label(r.get(k)) for k in extra)])
         fig.add_trace(go.Scatter(
-            x=list(r.get("levels", [])), y=ratios, mode="lines+markers",
-            name=text(f"{name}: {_rho_text(r)}"),
+            x=_shifted(levels, offsets[i]), y=ratios, mode="lines+markers",
+            name=text(f"{name}: {_rho_text(r)}"), customdata=levels,
             error_y=_errors(ratios, list(r.get("cis") or [None] * len(ratios))),
-            hovertemplate="level %{x}<br>ratio %{y:.3f}<extra>" + text(name) + "</extra>",
+            hovertemplate="level %{customdata}<br>ratio %{y:.3f}<extra>" + text(name) + "</extra>",
+            **_style(i),
         ))
     title = "Difficulty: effective-depth ratio against difficulty level"
     if len(rows) == 1:

@@ -36,11 +36,12 @@ from plotly.utils import PlotlyJSONEncoder
 
 from ..errors import ConfigError, EffectiveDepthError
 from ..results import Run, atomic_write_text, load_run
+from ..stats import depth_score_fraction
 from .compare_figures import COMPARISON_FIGURES
-from .figures import ed_summary_figure, figure_specs
+from .figures import SKIP_MODES, ed_summary_figure, figure_specs, skip_modes_figure
 
-__all__ = ["Panel", "run_panels", "comparison_panels", "compute_comparison", "build_dashboard_html", "write_dashboard",
-           "load_runs"]
+__all__ = ["Panel", "run_panels", "comparison_panels", "skip_mode_panels", "compute_comparison",
+           "build_dashboard_html", "write_dashboard", "load_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def run_panels(run: Run) -> list[Panel]:
     """Every figure of one run: the effective-depth summary, then each finished measurement's
     registered figures (one per example map for erasure and integrated gradients)."""
     estimates = _estimates(run)
+    context = {"d_vocab": run.results.get("model", {}).get("d_vocab")}
     panels = []
     if estimates:
         panels.append(Panel("ed_summary", "Effective depth by estimator", ed_summary_figure(estimates)))
@@ -92,6 +94,7 @@ def run_panels(run: Run) -> list[Panel]:
         result = run.metric(name)
         for spec in figure_specs(result).values():
             kwargs = {"estimates": estimates} if spec.marks_estimates else {}
+            kwargs.update({k: context[k] for k in spec.context if context.get(k) is not None})
             examples = range(len(result.maps)) if spec.per_example else [None]
             for i in examples:
                 extra = {} if i is None else {"example": i}
@@ -105,6 +108,34 @@ def comparison_panels(comparison: Mapping[str, Any]) -> list[Panel]:
     """The comparison figures whose section has rows."""
     return [Panel(f"compare-{name}", spec.title, spec.fn(comparison))
             for name, spec in COMPARISON_FIGURES.items() if spec.shown(comparison)]
+
+
+def _skip_key(run: Run) -> tuple[str, ...]:
+    """What must agree for two runs' skip effects to differ in their mode only."""
+    res, cfg = run.results, run.config.get("config", {})
+    task = res.get("task", {})
+    return (str(res.get("model", {}).get("name")), str(task.get("name")),
+            json.dumps(task.get("params"), sort_keys=True, default=str), str(task.get("difficulty")),
+            str(cfg.get("skip_component", "block")), str(cfg.get("aggregate", "max")))
+
+
+def skip_mode_panels(runs: Sequence[Run]) -> list[Panel]:
+    """Runs of one model and task whose skip effects were measured in both modes (all positions
+    and future positions): one side-by-side figure per such pair, as the papers show them."""
+    groups: dict[tuple[str, ...], dict[str, int]] = {}
+    for i, run in enumerate(runs):
+        if "skip_effects" not in run.completed:
+            continue
+        mode = run.config.get("config", {}).get("skip_mode", "future")
+        groups.setdefault(_skip_key(run), {}).setdefault(mode, i)
+    panels = []
+    for n, by_mode in enumerate(g for g in groups.values() if set(SKIP_MODES) <= set(g)):
+        members = [by_mode[m] for m in SKIP_MODES]
+        figure = skip_modes_figure([runs[i].metric("skip_effects") for i in members])
+        note = " | ".join(f"{SKIP_MODES[m]}: run {i + 1}" for m, i in zip(SKIP_MODES, members))
+        panels.append(Panel(f"skip-modes-{n}", f"Skip effects in both modes: {runs[members[0]].label}",
+                            figure, note))
+    return panels
 
 
 def compute_comparison(runs: list[Run]) -> dict[str, Any] | None:
@@ -199,11 +230,23 @@ def summary_table(run: Run) -> str:
         ("parameters", model.get("n_params")), ("task", task.get("name")),
         ("task parameters", task.get("params")), ("difficulty", task.get("difficulty")),
         ("examples", task.get("n_examples")), ("accuracy", res.get("accuracy")),
-        ("depth score", score.get("value")), ("depth score CI", _ci(score.get("ci"))),
+        ("depth score (% of depth)", _depth_percent(score)),
+        ("depth score (block)", score.get("value")), ("depth score CI", _ci(score.get("ci"))),
         ("finished", ", ".join(run.completed)), ("status", res.get("status", "incomplete")),
         ("run directory", str(run.path)),
     ]
     return _kv_table(pairs, "summary")
+
+
+def _depth_percent(score: Mapping[str, Any]) -> str:
+    """Csordás's depth score as a share of the depth, with its CI (the unit the CLI prints)."""
+    L = int(score.get("n_layers") or 0)
+    value = depth_score_fraction(score.get("value"), L)
+    if value is None:
+        return "—"
+    ci = [depth_score_fraction(float(c), L) for c in score.get("ci") or []]
+    bounds = "" if len(ci) != 2 or None in ci else f" [{ci[0]:.1%}, {ci[1]:.1%}]"
+    return f"{value:.1%}{bounds} of blocks 0..{L - 2}"
 
 
 def config_table(run: Run) -> str:
@@ -270,6 +313,7 @@ def _run_section(index: int, run: Run, store: _FigureStore, hidden: bool) -> str
 def _comparison_section(runs: Sequence[Run], comparison: Mapping[str, Any] | None,
                         store: _FigureStore) -> str:
     panels = comparison_panels(comparison) if comparison else []
+    panels += skip_mode_panels(runs)
     figures = "".join(store.block(f"comparison-{p.key}", p) for p in panels)
     return (f'<section id="comparison"><h2>Comparison of {len(runs)} runs</h2>'
             f"{comparison_table(runs)}"

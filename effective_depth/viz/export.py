@@ -76,7 +76,13 @@ def export_runs(run_dirs: Sequence[Any], out_dir: str | os.PathLike, fmt: str = 
     """Every figure of the dashboard of ``run_dirs`` as ``fmt`` files in ``out_dir``: files
     ``run1-<figure>.<fmt>``, ``run2-…``, and ``comparison-<figure>.<fmt>`` for several runs."""
     require_kaleido()
-    from .dashboard import comparison_panels, compute_comparison, load_runs, run_panels
+    from .dashboard import (
+        comparison_panels,
+        compute_comparison,
+        load_runs,
+        run_panels,
+        skip_mode_panels,
+    )
 
     runs = load_runs(run_dirs)
     if comparison is None and len(runs) > 1:
@@ -85,6 +91,8 @@ def export_runs(run_dirs: Sequence[Any], out_dir: str | os.PathLike, fmt: str = 
     if comparison:
         figures.update({f"comparison-{p.key.removeprefix('compare-')}": p.figure
                         for p in comparison_panels(comparison)})
+    if len(runs) > 1:
+        figures.update({f"comparison-{p.key}": p.figure for p in skip_mode_panels(runs)})
     for i, run in enumerate(runs):
         figures.update({f"run{i + 1}-{p.key}": p.figure for p in run_panels(run)})
     return export_figures(figures, out_dir, fmt)

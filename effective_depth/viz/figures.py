@@ -30,6 +30,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 import torch
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 from torch import Tensor
 
@@ -41,6 +42,7 @@ from ..metrics.erasure import Erasure
 from ..metrics.integrated_gradients import IntegratedGradients
 from ..metrics.logit_lens import LogitLens
 from ..metrics.skip_effects import SkipEffects
+from ..stats import curve_band, depth_score_fraction
 
 __all__ = [
     "FIGURES",
@@ -52,17 +54,27 @@ __all__ = [
     "cosines_figure",
     "angular_distance_figure",
     "logit_lens_figure",
+    "lens_figure",
     "layer_effect_figure",
+    "skip_modes_figure",
+    "colour_scale",
     "output_effect_figure",
     "behaviour_figure",
     "erasure_figure",
     "integrated_gradients_figure",
     "ed_summary_figure",
     "TEMPLATE",
+    "BAND_BOOT",
 ]
 
 #: the plotly template of every figure (the dashboard embeds it once, not per figure)
 TEMPLATE = "plotly_white"
+
+#: bootstrap resamples of the CI bands drawn around every curve (a figure's ``n_boot=`` overrides)
+BAND_BOOT = 200
+
+#: one colour per curve of a figure, in order; bands use the same colour, translucent
+PALETTE = qualitative.Plotly
 
 #: estimates as stored in results.json or as :class:`~effective_depth.depth.Estimate` objects
 Estimates = Mapping[str, Any]
@@ -75,7 +87,9 @@ class FigureSpec:
     """A registered figure of one result type.
 
     ``per_example``: the figure shows one example's map (call with ``example=i``);
-    ``marks_estimates``: the figure accepts ``estimates=`` and marks the estimated depth.
+    ``marks_estimates``: the figure accepts ``estimates=`` and marks the estimated depth;
+    ``context``: further keyword arguments the figure takes from the run when a dashboard draws
+    it (``"d_vocab"``: the model's vocabulary size, for the chance level of the top-k overlap).
     """
 
     kind: str
@@ -83,6 +97,7 @@ class FigureSpec:
     fn: FigureFn
     per_example: bool = False
     marks_estimates: bool = False
+    context: tuple[str, ...] = ()
 
 
 #: result type -> figure kind -> spec; the first kind registered is the type's default figure
@@ -91,7 +106,7 @@ FIGURES: dict[type, dict[str, FigureSpec]] = {}
 
 def register_figure(
     result_type: type, kind: str, title: str, *, per_example: bool = False,
-    marks_estimates: bool = False,
+    marks_estimates: bool = False, context: tuple[str, ...] = (),
 ) -> Callable[[FigureFn], FigureFn]:
     """Register ``fn(result, **options) -> go.Figure`` as figure ``kind`` of ``result_type``."""
 
@@ -99,7 +114,7 @@ def register_figure(
         kinds = FIGURES.setdefault(result_type, {})
         if kind in kinds:
             raise ValueError(f"figure {kind!r} of {result_type.__name__} is already registered")
-        kinds[kind] = FigureSpec(kind, title, fn, per_example, marks_estimates)
+        kinds[kind] = FigureSpec(kind, title, fn, per_example, marks_estimates, context)
         return fn
 
     return decorate
@@ -148,29 +163,89 @@ def grid(values: Tensor) -> list[Any]:
     return clean(values.detach().cpu().tolist())
 
 
+#: subtitle lines are wrapped at this many characters (a dashboard panel is about 600 px wide)
+SUBTITLE_WIDTH = 92
+
+
 def _finish(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 420,
             subtitle: str = "") -> go.Figure:
-    fig.update_layout(template=TEMPLATE, height=height, hovermode="closest",
-                      title={"text": title, "x": 0.01, "subtitle": {"text": subtitle}},
-                      margin={"l": 70, "r": 30, "t": 80 if subtitle else 60, "b": 60},
+    lines = [w for part in subtitle.split("<br>") if part
+             for w in textwrap.wrap(part, SUBTITLE_WIDTH, break_on_hyphens=False)]
+    fig.update_layout(template=TEMPLATE, height=height + 16 * max(0, len(lines) - 1),
+                      hovermode="closest",
+                      title={"text": title, "x": 0.01, "subtitle": {"text": "<br>".join(lines)}},
+                      margin={"l": 70, "r": 30, "t": 70 + 18 * len(lines), "b": 60},
                       legend={"orientation": "h", "y": -0.2})
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title)
     return fig
 
 
-def _integer_ticks(n: int) -> dict[str, Any]:
-    """Axis settings for block / layer / position indices 0..n-1: whole numbers only."""
-    return {"tickmode": "linear", "tick0": 0, "dtick": max(1, math.ceil(n / 16))}
+def _integer_ticks(n: int, max_ticks: int = 16, reversed: bool = False) -> dict[str, Any]:
+    """Axis settings for block / layer / position indices 0..n-1: whole numbers only, at most
+    ``max_ticks`` of them, and the range fixed to the indices (half a step of margin), so that
+    lines and annotations never stretch the axis (``reversed``: 0 at the top)."""
+    span = [-0.5, n - 0.5]
+    return {"tickmode": "linear", "tick0": 0, "dtick": max(1, math.ceil(n / max_ticks)),
+            "range": span[::-1] if reversed else span, "autorange": False}
 
 
 def _blocks(n: int) -> list[int]:
     return list(range(n))
 
 
-def _line(x: Sequence[Any], y: list[Any], name: str, hover: str, **kw: Any) -> go.Scatter:
-    return go.Scatter(x=list(x), y=y, name=name, mode="lines+markers",
-                      hovertemplate=hover + "<extra>" + name + "</extra>", **kw)
+def _rgba(color: str, alpha: float) -> str:
+    """``#rrggbb`` as ``rgba(r, g, b, alpha)``."""
+    h = color.lstrip("#")
+    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _where(row: int | None, col: int | None) -> dict[str, int]:
+    return {} if row is None else {"row": row, "col": col if col is not None else 1}
+
+
+def band_text(n_prompts: int, n_boot: int = BAND_BOOT, level: float = 0.95) -> str:
+    """What the shaded bands are, for subtitles and hover labels."""
+    return (f"shaded: {level:.0%} CI, percentile bootstrap over the {n_prompts} prompts "
+            f"({n_boot} resamples)")
+
+
+def _curve(fig: go.Figure, x: Sequence[Any], curve_of: Callable[[Any], Any], n_prompts: int,
+           name: str, hover: str, color: str, *, value: str = ":.4f", n_boot: int = BAND_BOOT,
+           level: float = 0.95, row: int | None = None, col: int | None = None,
+           extra: Sequence[str] | None = None, **line: Any) -> None:
+    """A curve (``curve_of(None)``, all prompts) with its pointwise bootstrap CI band over
+    prompts (``curve_of(idx)`` on resamples, see :func:`effective_depth.stats.curve_band`) as a
+    translucent band behind it; the hover gives the value and its CI (and ``extra[i]`` as
+    ``%{customdata[2]}``)."""
+    x = list(x)
+    y = grid(torch.as_tensor(curve_of(None)).float())
+    band = curve_band(curve_of, n_prompts, n_boot=n_boot, level=level)
+    where = _where(row, col)
+    lo = hi = [None] * len(x)
+    if band is not None:
+        lo, hi = (grid(torch.as_tensor(b)) for b in band)
+        common = {"x": x, "mode": "lines", "line": {"width": 0, "color": color}, "showlegend": False,
+                  "hoverinfo": "skip", "legendgroup": name}
+        fig.add_trace(go.Scatter(y=hi, name=f"{name}: CI upper", **common), **where)
+        fig.add_trace(go.Scatter(y=lo, name=f"{name}: {level:.0%} CI", fill="tonexty",
+                                 fillcolor=_rgba(color, 0.2), **common), **where)
+        hover += (f"<br>{level:.0%} CI [%{{customdata[0]{value}}}, %{{customdata[1]{value}}}]"
+                  " (bootstrap over prompts)")
+    custom = [[a, b, *([] if extra is None else [extra[i]])] for i, (a, b) in enumerate(zip(lo, hi))]
+    fig.add_trace(go.Scatter(
+        x=x, y=y, name=name, mode="lines+markers", legendgroup=name, customdata=custom,
+        line={"color": color, **line}, marker={"color": color, "size": 6},
+        hovertemplate=hover + "<extra>" + text(name) + "</extra>"), **where)
+
+
+def _legend_line(fig: go.Figure, name: str, line: dict[str, Any], row: int | None = None,
+                 col: int | None = None) -> None:
+    """A legend entry for a reference line drawn as a shape: labels go into the legend, where
+    they cannot collide with the data or with each other."""
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, line=line,
+                             hoverinfo="skip"), **_where(row, col))
 
 
 def _estimate(estimates: Estimates | None, name: str) -> dict[str, Any] | None:
@@ -188,22 +263,32 @@ def _threshold(est: dict[str, Any] | None) -> float | None:
     return None if value is None else float(value)
 
 
+#: the dashed line of each estimator, so that two marks in one figure are told apart
+MARK_COLORS = {"ed_cos": "#444444", "ed_kl": "#7f3c8d", "ed_overlap": "#11a579",
+               "ed_skip": "#444444", "ed_task": "#3969ac", "ed_prune": "#e73f74"}
+
+
 def _mark(fig: go.Figure, est: dict[str, Any] | None, x: float | None, label: str,
-          **where: Any) -> None:
-    """A dashed vertical line at the estimated block (nothing when the estimate is undefined)."""
+          row: int | None = None, col: int | None = None) -> None:
+    """A dashed vertical line at the estimated block, named in the legend (nothing when the
+    estimate is undefined)."""
     if est is None or est.get("layer") is None or x is None:
         return
     ratio = est.get("ratio")
-    note = f"{label} = {est['layer']}" + ("" if ratio is None else f" (ratio {ratio:.2f})")
-    fig.add_vline(x=x, line_dash="dash", line_color="#444", annotation_text=note,
-                  annotation_position="top right", annotation_font_size=11, **where)
+    note = f"{label} = block {est['layer']}" + ("" if ratio is None else f" (ratio {ratio:.2f})")
+    line = {"dash": "dash", "color": MARK_COLORS.get(label, "#444444"), "width": 2}
+    fig.add_vline(x=x, line=line, **_where(row, col))
+    _legend_line(fig, note, line, row, col)
 
 
-def _hline(fig: go.Figure, y: float | None, label: str, **where: Any) -> None:
+def _hline(fig: go.Figure, y: float | None, label: str, color: str = "#999999",
+           row: int | None = None, col: int | None = None, dash: str = "dot") -> None:
+    """A horizontal reference line (threshold, full-model accuracy, chance), named in the legend."""
     if y is None:
         return
-    fig.add_hline(y=y, line_dash="dot", line_color="#999", annotation_text=label,
-                  annotation_position="bottom right", annotation_font_size=10, **where)
+    line = {"dash": dash, "color": color, "width": 1.5}
+    fig.add_hline(y=y, line=line, **_where(row, col))
+    _legend_line(fig, label, line, row, col)
 
 
 def _example(maps: Sequence[Tensor], example: int, what: str) -> Tensor:
@@ -239,54 +324,68 @@ _COS = {
 
 
 @register_figure(Contributions, "relative", "Relative contributions")
-def relative_contributions_figure(result: Contributions) -> go.Figure:
+def relative_contributions_figure(result: Contributions, n_boot: int = BAND_BOOT) -> go.Figure:
     """How much each block writes into the residual stream, relative to what is there: the
     attention, MLP and whole-block norms over the stream's norm, per block (token-weighted
-    means)."""
+    means), on a log axis (block 0 often writes tens of times the embedding's norm, later blocks
+    a tenth of the stream), each with its bootstrap CI band over prompts."""
+    blocks = _blocks(result.n_layers)
     fig = go.Figure()
-    for key, formula in _REL.items():
-        fig.add_trace(_line(_blocks(result.n_layers), result.curve(key).tolist(), key,
-                            f"block %{{x}}<br>{formula} = %{{y:.4f}}"))
+    for i, (key, formula) in enumerate(_REL.items()):
+        _curve(fig, blocks, lambda idx, key=key: result.curve(key, idx), result.n_prompts, key,
+               f"block %{{x}}<br>{formula} = %{{y:.4g}}", PALETTE[i], value=":.4g", n_boot=n_boot)
     fig.update_xaxes(**_integer_ticks(result.n_layers))
+    fig.update_yaxes(type="log", dtick=1, exponentformat="none", minor={"showgrid": True})
     return _finish(fig, "Relative contribution of each block to the residual stream", "block l",
-                   "relative contribution (norm ratio)",
-                   subtitle="token-weighted means; a_l attention, m_l MLP, d_l whole block, h_l stream")
+                   "relative contribution (norm ratio, log scale)",
+                   subtitle="token-weighted means; a_l attention, m_l MLP, d_l whole block, h_l "
+                            f"stream; {band_text(result.n_prompts, n_boot)}")
 
 
 @register_figure(Contributions, "cosines", "Cosines with the residual stream", marks_estimates=True)
-def cosines_figure(result: Contributions, estimates: Estimates | None = None) -> go.Figure:
+def cosines_figure(result: Contributions, estimates: Estimates | None = None,
+                   n_boot: int = BAND_BOOT) -> go.Figure:
     """Does a block add to the stream (cosine > 0) or erase it (cosine < 0)? The four cosines per
-    block, the mean of the first three (the curve ``ed_cos`` reads) dotted, ``ed_cos`` marked."""
+    block with bootstrap CI bands, the mean of the first three (the curve ``ed_cos`` reads)
+    dotted, ``ed_cos`` marked."""
     fig = go.Figure()
     blocks = _blocks(result.n_layers)
-    for key, formula in _COS.items():
-        fig.add_trace(_line(blocks, result.curve(key).tolist(), key,
-                            f"block %{{x}}<br>{formula} = %{{y:.4f}}"))
-    mean = (result.curve("cos_attn") + result.curve("cos_mlp") + result.curve("cos_block")) / 3
-    fig.add_trace(_line(blocks, mean.tolist(), "mean (ed_cos)",
-                        "block %{x}<br>mean of cos_attn, cos_mlp, cos_block = %{y:.4f}",
-                        line={"dash": "dot", "color": "#444"}))
+    for i, (key, formula) in enumerate(_COS.items()):
+        _curve(fig, blocks, lambda idx, key=key: result.curve(key, idx), result.n_prompts, key,
+               f"block %{{x}}<br>{formula} = %{{y:.4f}}", PALETTE[i], n_boot=n_boot)
+
+    def mean(idx: Any) -> Tensor:
+        return (result.curve("cos_attn", idx) + result.curve("cos_mlp", idx)
+                + result.curve("cos_block", idx)) / 3
+
+    _curve(fig, blocks, mean, result.n_prompts, "mean (ed_cos)",
+           "block %{x}<br>mean of cos_attn, cos_mlp, cos_block = %{y:.4f}", "#444444",
+           n_boot=n_boot, dash="dot")
     fig.add_hline(y=0, line_color="#bbb")
     _mark(fig, _estimate(estimates, "ed_cos"), _layer(estimates, "ed_cos"), "ed_cos")
     fig.update_xaxes(**_integer_ticks(result.n_layers))
     return _finish(fig, "Cosine of each block's output with the residual stream", "block l", "cosine",
                    subtitle="< 0: the block erases part of the stream; ed_cos = last crossing of the "
-                            "mean from < 0 to ≥ 0")
+                            f"mean from < 0 to ≥ 0; {band_text(result.n_prompts, n_boot)}")
 
 
 @register_figure(Contributions, "angular", "Angular distance between residual boundaries")
 def angular_distance_figure(result: Contributions) -> go.Figure:
     """The mean angular distance ``arccos(cos(h_i, h_j)) / π`` between every pair of residual
     boundaries (Gromov et al. 2024): a dark band along the diagonal means layers that change
-    little."""
+    little. The colour scale spans the data's range."""
     L = result.n_layers
+    values = result.angular_distance
+    finite = values[~torch.isnan(values)]
+    top = float(finite.max()) if len(finite) else 0.0
     fig = go.Figure(go.Heatmap(
-        z=grid(result.angular_distance), x=list(range(L + 1)), y=list(range(L + 1)),
-        colorscale="Viridis", zmin=0, colorbar={"title": {"text": "distance"}},
+        z=grid(values), x=list(range(L + 1)), y=list(range(L + 1)),
+        colorscale="Viridis", zmin=0, zmax=top if top > 0 else 1.0,
+        colorbar={"title": {"text": "distance"}},
         hovertemplate="h_%{y} vs h_%{x}<br>arccos(cos)/π = %{z:.4f}<extra></extra>",
     ))
     fig.update_xaxes(**_integer_ticks(L + 1))
-    fig.update_yaxes(autorange="reversed", **_integer_ticks(L + 1))
+    fig.update_yaxes(**_integer_ticks(L + 1, reversed=True))
     return _finish(fig, "Angular distance between residual boundaries",
                    "boundary j (0 = embedding)", "boundary i (0 = embedding)", height=460,
                    subtitle="mean arccos(cos(h_i, h_j)) / π over tokens (Gromov et al. 2024)")
@@ -300,36 +399,65 @@ def _layer(estimates: Estimates | None, name: str) -> float | None:
 # --- §3 logit lens ------------------------------------------------------------------------------
 
 
-@register_figure(LogitLens, "lens", "Logit lens", marks_estimates=True)
-def logit_lens_figure(result: LogitLens, estimates: Estimates | None = None) -> go.Figure:
-    """How close the logit lens of the stream entering each block is to the model's output: the
-    KL divergence (top) and the top-k overlap (bottom) per layer, with ``ed_kl`` and
-    ``ed_overlap`` and their thresholds marked when ``estimates`` are given."""
-    layers = list(range(result.kl.shape[0]))
-    k = result.meta.get("k", 5)
+LENS_FORMULA = "lens(h_l) = softmax(unembed(ln_final(h_l))) against the output p"
+
+
+def lens_figure(result: Any, estimates: Estimates | None = None, *, d_vocab: int | None = None,
+                lens: str = "logit lens", estimators: tuple[str, str] = ("ed_kl", "ed_overlap"),
+                n_boot: int = BAND_BOOT) -> go.Figure:
+    """The figure of any lens result with per-prompt ``kl_of(idx)`` and ``overlap_of(idx)``
+    curves (the logit lens; a tuned lens likewise): KL to the output (top) and top-k overlap
+    (bottom) per layer with bootstrap CI bands, the overlap's chance level ``k / V`` when the
+    vocabulary size ``d_vocab`` is known (from the argument or ``result.meta``), and the two
+    ``estimators`` with their thresholds marked when ``estimates`` are given."""
+    n = int(result.kl_of(None).shape[0])
+    layers = list(range(n))
+    k = int(result.meta.get("k", 5))
+    d_vocab = d_vocab or result.meta.get("d_vocab")
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
-    fig.add_trace(_line(layers, result.kl.tolist(), "KL(lens ‖ output)",
-                        "layer %{x}<br>KL = %{y:.4f} nats"), row=1, col=1)
-    fig.add_trace(_line(layers, result.overlap.tolist(), f"top-{k} overlap",
-                        f"layer %{{x}}<br>top-{k} overlap = %{{y:.3f}}"), row=2, col=1)
-    kl_est, ov_est = _estimate(estimates, "ed_kl"), _estimate(estimates, "ed_overlap")
+    _curve(fig, layers, result.kl_of, result.n_prompts, "KL(lens ‖ output)",
+           "layer %{x}<br>KL = %{y:.4f} nats", PALETTE[0], n_boot=n_boot, row=1, col=1)
+    _curve(fig, layers, result.overlap_of, result.n_prompts, f"top-{k} overlap",
+           f"layer %{{x}}<br>top-{k} overlap = %{{y:.3f}}", PALETTE[1], value=":.3f",
+           n_boot=n_boot, row=2, col=1)
+    kl_name, ov_name = estimators
+    kl_est, ov_est = _estimate(estimates, kl_name), _estimate(estimates, ov_name)
     tau_kl, tau_ov = _threshold(kl_est), _threshold(ov_est)
-    _hline(fig, None if tau_kl is None else tau_kl * float(result.kl.max()),
-           f"{tau_kl} × max KL", row=1, col=1)
-    _hline(fig, tau_ov, f"τ = {tau_ov}", row=2, col=1)
-    _mark(fig, kl_est, _layer(estimates, "ed_kl"), "ed_kl", row=1, col=1)
-    _mark(fig, ov_est, _layer(estimates, "ed_overlap"), "ed_overlap", row=2, col=1)
-    fig = _finish(fig, "Logit lens: distance of each layer's prediction from the output",
-                  "", "", height=560,
-                  subtitle="lens(h_l) = softmax(unembed(ln_final(h_l))) against the output p")
-    fig.update_xaxes(**_integer_ticks(len(layers)))
+    _hline(fig, None if tau_kl is None else tau_kl * float(result.kl_of(None).max()),
+           f"{kl_name} threshold: {tau_kl} × max KL", MARK_COLORS.get(kl_name, "#999999"), 1, 1)
+    _hline(fig, tau_ov, f"{ov_name} threshold: τ = {tau_ov}", MARK_COLORS.get(ov_name, "#999999"),
+           2, 1)
+    if d_vocab:
+        _hline(fig, k / int(d_vocab), f"chance overlap k/V = {k}/{int(d_vocab)} = {k / int(d_vocab):.3f}",
+               "#cc3311", 2, 1, dash="dashdot")
+    _mark(fig, kl_est, _layer(estimates, kl_name), kl_name, row=1, col=1)
+    _mark(fig, ov_est, _layer(estimates, ov_name), ov_name, row=2, col=1)
+    fig = _finish(fig, f"{lens[:1].upper()}{lens[1:]}: distance of each layer's prediction from "
+                       "the output", "", "", height=600,
+                  subtitle=(LENS_FORMULA + "<br>" if lens == "logit lens" else "")
+                  + f"{band_text(result.n_prompts, n_boot)}; layer 0 = embedding")
+    fig.update_xaxes(**_integer_ticks(n))
     fig.update_xaxes(title_text="layer l (stream entering block l; 0 = embedding)", row=2, col=1)
     fig.update_yaxes(title_text="KL divergence (nats)", row=1, col=1)
     fig.update_yaxes(title_text=f"top-{k} overlap", range=[-0.02, 1.02], row=2, col=1)
     return fig
 
 
+@register_figure(LogitLens, "lens", "Logit lens", marks_estimates=True, context=("d_vocab",))
+def logit_lens_figure(result: LogitLens, estimates: Estimates | None = None,
+                      d_vocab: int | None = None, n_boot: int = BAND_BOOT) -> go.Figure:
+    """How close the logit lens of the stream entering each block is to the model's output: the
+    KL divergence (top) and the top-k overlap (bottom) per layer with bootstrap CI bands, the
+    overlap's chance level ``k / V``, and ``ed_kl`` and ``ed_overlap`` and their thresholds
+    marked when ``estimates`` are given (see :func:`lens_figure`)."""
+    return lens_figure(result, estimates, d_vocab=d_vocab, n_boot=n_boot)
+
+
 # --- §2 layer-skip effects ----------------------------------------------------------------------
+
+#: what each skip mode measures, in the words of the figures
+SKIP_MODES = {"current": "all positions (current effects)",
+              "future": "future positions only (future effects)"}
 
 
 def _skip_title(result: SkipEffects) -> str:
@@ -339,78 +467,202 @@ def _skip_title(result: SkipEffects) -> str:
             f"{result.n_prompts} prompts")
 
 
-@register_figure(SkipEffects, "layer_effect", "Layer-skip effects on later blocks")
-def layer_effect_figure(result: SkipEffects) -> go.Figure:
-    """What skipping block s does to the computation of every later block i: the relative change
-    ``‖d_i' − d_i‖ / ‖d_i‖`` (``layer_effect[s, i]``) on a 0–1 colour scale (larger values
-    saturate); the lower triangle is 0 by construction."""
+def _later_blocks(effect: Tensor) -> Tensor:
+    """``layer_effect`` with the cells ``i ≤ s`` (0 by construction, not measured) blank."""
+    L = effect.shape[0]
+    later = torch.triu(torch.ones(L, L, dtype=torch.bool), diagonal=1)
+    return effect.float().masked_fill(~later, float("nan"))
+
+
+def colour_scale(values: Sequence[Tensor], scale: str = "log", clip: float | None = None,
+                 floor: float = 1e-3) -> tuple[Callable[[Tensor], Tensor], dict[str, Any], str]:
+    """An honest colour scale for non-negative maps ``values`` (NaN: blank), as
+    ``(transform, heatmap settings, note)``; the heatmap gets ``z = transform(map)`` and shows
+    the true value in its hover (``customdata``).
+
+    * ``"log"`` (default): colour by ``log10`` of the value from the data's smallest positive
+      value (at least ``floor`` × the largest, below which cells share the lowest colour) to its
+      largest; the colourbar is labelled in the data's units at every decade.
+    * ``"linear"``: ``0..max`` of the data; with ``clip`` below the maximum the scale stops at
+      ``clip``, the colourbar's top tick reads ``≥ clip (max …)`` and the note gives the share of
+      cells above it.
+    """
+    if scale not in ("log", "linear"):
+        raise ConfigError(f"colour scale must be 'log' or 'linear', got {scale!r}")
+    finite = torch.cat([v[~torch.isnan(v)].flatten().float() for v in values]) if values else torch.zeros(0)
+    top = float(finite.max()) if len(finite) else 0.0
+    if scale == "log" and top > 0:
+        positive = finite[finite > 0]
+        low = max(float(positive.min()), top * floor)
+        lo, hi = math.log10(low), math.log10(top)
+        if hi - lo < 1e-9:
+            lo -= 0.5
+        decades = list(range(math.ceil(lo), math.floor(hi) + 1))
+        tickvals = [lo, *[d for d in decades if lo + 0.15 < d < hi - 0.15], hi]
+        ticktext = [f"{10 ** t:.2g}" for t in tickvals]
+        below = float((finite < low).float().mean())
+        note = (f"log colour scale over the data's range {low:.2g}–{top:.3g}"
+                + (f" ({below:.0%} of cells, down to 0, share its lowest colour)" if below else ""))
+        return (lambda m: torch.log10(m.float().clamp(min=low)),
+                {"zmin": lo, "zmax": hi, "colorbar": {"tickvals": tickvals, "ticktext": ticktext}},
+                note)
+    identity: Callable[[Tensor], Tensor] = lambda m: m.float()  # noqa: E731
+    if clip is not None and top > clip:
+        share = float((finite > clip).float().mean())
+        ticks = [clip * i / 4 for i in range(5)]
+        labels = [f"{t:g}" for t in ticks[:-1]] + [f"≥ {clip:g} (max {top:.3g})"]
+        note = (f"colour clipped at {clip:g}: {share:.0%} of cells are above it (up to {top:.3g}); "
+                "hover for values")
+        return identity, {"zmin": 0, "zmax": clip,
+                          "colorbar": {"tickvals": ticks, "ticktext": labels}}, note
+    zmax = top if top > 0 else 1.0
+    return identity, {"zmin": 0, "zmax": zmax, "colorbar": {}}, f"colour scale 0–{zmax:.3g}, the data's range"
+
+
+def _depth_score_text(result: SkipEffects) -> str:
+    score = result.depth_score if result.meta.get("mode", "future") == "future" else float("nan")
+    frac = depth_score_fraction(score, result.n_layers)
+    if frac is None:
+        return ""
+    return f"; depth score {frac:.0%} of the depth (block {score:.2f} of 0..{result.n_layers - 2})"
+
+
+def _layer_effect_heatmap(result: SkipEffects, transform: Callable[[Tensor], Tensor],
+                          colours: dict[str, Any], **kw: Any) -> go.Heatmap:
     L = result.n_layers
-    fig = go.Figure(go.Heatmap(
-        z=grid(result.layer_effect), x=_blocks(L), y=_blocks(L), colorscale="Blues",
-        zmin=0, zmax=1, hoverongaps=False, colorbar={"title": {"text": "‖Δd_i‖/‖d_i‖"}},
-        hovertemplate="skipped block %{y}<br>affected block %{x}<br>relative change = %{z:.4f}"
-                      "<extra></extra>",
-    ))
+    values = _later_blocks(result.layer_effect)
+    colorbar = {"title": {"text": "‖Δd_i‖/‖d_i‖", "side": "right"}, **colours["colorbar"]}
+    return go.Heatmap(
+        z=grid(transform(values)), customdata=grid(values), x=_blocks(L), y=_blocks(L),
+        colorscale="Blues", zmin=colours["zmin"], zmax=colours["zmax"], hoverongaps=False,
+        colorbar=colorbar,
+        hovertemplate="skipped block %{y}<br>affected block %{x}<br>relative change = "
+                      "%{customdata:.4f}<extra></extra>", **kw,
+    )
+
+
+@register_figure(SkipEffects, "layer_effect", "Layer-skip effects on later blocks")
+def layer_effect_figure(result: SkipEffects, scale: str = "log",
+                        clip: float | None = None) -> go.Figure:
+    """What skipping block s does to the computation of every later block i: the relative change
+    ``‖d_i' − d_i‖ / ‖d_i‖`` (``layer_effect[s, i]``; blank for ``i ≤ s``, not measured), on a
+    colour scale that spans the data (``scale="log"`` by default: the values run over several
+    decades; ``"linear"``, optionally clipped at ``clip`` with the clip labelled; see
+    :func:`colour_scale`). Hover shows the true value."""
+    L = result.n_layers
+    transform, colours, note = colour_scale([_later_blocks(result.layer_effect)], scale, clip)
+    fig = go.Figure(_layer_effect_heatmap(result, transform, colours))
     fig.update_xaxes(**_integer_ticks(L))
-    fig.update_yaxes(autorange="reversed", **_integer_ticks(L))
+    fig.update_yaxes(**_integer_ticks(L, reversed=True))
     return _finish(fig, "Effect of skipping a block on later blocks", "affected block i",
-                   "skipped block s", height=460, subtitle=_skip_title(result))
+                   "skipped block s", height=480,
+                   subtitle=f"{_skip_title(result)}{_depth_score_text(result)}<br>{note}")
+
+
+def skip_modes_figure(results: Sequence[SkipEffects], scale: str = "log",
+                      clip: float | None = None) -> go.Figure:
+    """Skip effects of one model and task measured in both modes, side by side on one colour
+    scale, as Csordás et al. show them: skipping a block at all positions and measuring
+    everywhere (current effects), and skipping it before a cut and measuring after it (future
+    effects: is the block's work *used later*?)."""
+    order = sorted(results, key=lambda r: list(SKIP_MODES).index(r.meta.get("mode", "future")))
+    if not order:
+        raise ConfigError("skip_modes_figure needs at least one skip-effects result")
+    transform, colours, note = colour_scale([_later_blocks(r.layer_effect) for r in order],
+                                            scale, clip)
+    titles = [SKIP_MODES.get(r.meta.get("mode", "future"), str(r.meta.get("mode")))
+              for r in order]
+    fig = make_subplots(rows=1, cols=len(order), subplot_titles=titles, horizontal_spacing=0.08)
+    for i, r in enumerate(order, start=1):
+        fig.add_trace(_layer_effect_heatmap(r, transform, colours, showscale=i == len(order)),
+                      row=1, col=i)
+    first = order[0]
+    fig = _finish(fig, "Skip effects at all positions and at future positions", "affected block i",
+                  "", height=480, subtitle=f"{first.meta.get('component', 'block')} skipped, "
+                                           f"{first.aggregate} over positions and prompts<br>{note}")
+    for i, r in enumerate(order, start=1):
+        fig.update_xaxes(**_integer_ticks(r.n_layers, 12), row=1, col=i)
+        fig.update_yaxes(**_integer_ticks(r.n_layers, 12, reversed=True), row=1, col=i)
+    fig.update_yaxes(title_text="skipped block s", row=1, col=1)
+    fig.update_layout(margin={"t": fig.layout.margin.t + 30})  # room for the subplot titles
+    return fig
 
 
 @register_figure(SkipEffects, "output_effect", "Layer-skip effect on the output", marks_estimates=True)
-def output_effect_figure(result: SkipEffects, estimates: Estimates | None = None) -> go.Figure:
-    """How much skipping each block changes the output distribution, ``‖p′ − p‖₂``; ``ed_skip``
-    (the last block above τ × the largest effect) marked when given."""
+def output_effect_figure(result: SkipEffects, estimates: Estimates | None = None,
+                         n_boot: int = BAND_BOOT) -> go.Figure:
+    """How much skipping each block changes the output distribution, ``‖p′ − p‖₂``, with
+    bootstrap CI error bars over prompts; ``ed_skip`` (the last block above τ × the largest
+    effect) marked when given."""
     effect = result.output_effect
+    band = curve_band(result.output_effect_of, result.n_prompts, n_boot=n_boot)
+    errors: dict[str, Any] = {}
+    custom = None
+    hover = "skipped block %{x}<br>‖p′ − p‖₂ = %{y:.4f}"
+    if band is not None:
+        lo, hi = (grid(torch.as_tensor(b)) for b in band)
+        y = grid(effect)
+        plus = [None if v is None or h is None else max(0.0, h - v) for v, h in zip(y, hi)]
+        minus = [None if v is None or lo_ is None else max(0.0, v - lo_) for v, lo_ in zip(y, lo)]
+        errors = {"error_y": {"type": "data", "symmetric": False, "array": plus,
+                              "arrayminus": minus, "color": "#555"}}
+        custom = [[a, b] for a, b in zip(lo, hi)]
+        hover += "<br>95% CI [%{customdata[0]:.4f}, %{customdata[1]:.4f}] (bootstrap over prompts)"
     fig = go.Figure(go.Bar(
-        x=_blocks(result.n_layers), y=grid(effect), name="output effect",
-        hovertemplate="skipped block %{x}<br>‖p′ − p‖₂ = %{y:.4f}<extra></extra>",
+        x=_blocks(result.n_layers), y=grid(effect), name="output effect", customdata=custom,
+        marker={"color": PALETTE[0]}, hovertemplate=hover + "<extra></extra>", **errors,
     ))
     est = _estimate(estimates, "ed_skip")
     tau = _threshold(est)
     finite = effect[~torch.isnan(effect)]
     if tau is not None and len(finite):
-        _hline(fig, tau * float(finite.max()), f"{tau} × max")
+        _hline(fig, tau * float(finite.max()), f"ed_skip threshold: {tau} × max")
     _mark(fig, est, _layer(estimates, "ed_skip"), "ed_skip")
     fig.update_xaxes(**_integer_ticks(result.n_layers))
+    fig.update_yaxes(rangemode="tozero")
+    bars = "" if band is None else "; error bars: " + band_text(result.n_prompts, n_boot).removeprefix("shaded: ")
     return _finish(fig, "Effect of skipping a block on the output", "skipped block s",
-                   "output change ‖p′ − p‖₂", subtitle=_skip_title(result))
+                   "output change ‖p′ − p‖₂", subtitle=_skip_title(result) + bars)
 
 
 # --- behaviour (ed_task, ed_prune) --------------------------------------------------------------
 
 
 @register_figure(Behaviour, "behaviour", "Task accuracy by depth", marks_estimates=True)
-def behaviour_figure(result: Behaviour, estimates: Estimates | None = None) -> go.Figure:
+def behaviour_figure(result: Behaviour, estimates: Estimates | None = None,
+                     n_boot: int = BAND_BOOT) -> go.Figure:
     """Exact-match accuracy when the answer is read after the first n blocks (left, early exit)
-    and when the k blocks with the smallest output effect are skipped together (right, pruning);
-    the full model's accuracy dotted, ``ed_task`` and ``ed_prune`` marked when given."""
+    and when the k blocks with the smallest output effect are skipped together (right, pruning),
+    each with its bootstrap CI band over prompts; the full model's accuracy dotted, ``ed_task``
+    and ``ed_prune`` marked when given. Labels live in the legend, so nothing overprints."""
     L = int(result.correct_by_exit.shape[1]) - 1
-    exits, pruned = list(range(L + 1)), list(range(L + 1))
+    steps = list(range(L + 1))
     order = [int(s) for s in result.prune_order]
-    skipped = [", ".join(str(s) for s in order[:k]) or "none" for k in pruned]
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
                         subplot_titles=("early exit", "pruning (smallest output effect first)"))
-    fig.add_trace(_line(exits, result.accuracy_by_exit().tolist(), "accuracy by exit depth",
-                        "first %{x} blocks run<br>accuracy = %{y:.3f}"), row=1, col=1)
-    fig.add_trace(_line(pruned, result.accuracy_by_prune().tolist(), "accuracy by pruned blocks",
-                        "%{x} blocks skipped (%{customdata})<br>accuracy = %{y:.3f}",
-                        customdata=skipped), row=1, col=2)
+    _curve(fig, steps, result.accuracy_by_exit, result.n_prompts, "accuracy by exit depth",
+           "first %{x} blocks run<br>accuracy = %{y:.1%}", PALETTE[0], value=":.1%",
+           n_boot=n_boot, row=1, col=1)
+    skipped = [", ".join(str(s) for s in order[:k]) or "none" for k in steps]
+    _curve(fig, steps, result.accuracy_by_prune, result.n_prompts, "accuracy by pruned blocks",
+           "%{x} blocks skipped (%{customdata[2]})<br>accuracy = %{y:.1%}", PALETTE[1],
+           value=":.1%", n_boot=n_boot, row=1, col=2, extra=skipped)
     full = result.accuracy()
-    for col in (1, 2):
-        _hline(fig, full, f"full model {full:.2f}", row=1, col=col)
+    _hline(fig, full, f"full model: {full:.1%}", row=1, col=1)
+    fig.add_hline(y=full, line={"dash": "dot", "color": "#999999", "width": 1.5}, row=1, col=2)
     task, prune = _estimate(estimates, "ed_task"), _estimate(estimates, "ed_prune")
     task_x = _layer(estimates, "ed_task")
     prune_x = _layer(estimates, "ed_prune")
     _mark(fig, task, None if task_x is None else task_x + 1, "ed_task", row=1, col=1)
     _mark(fig, prune, None if prune_x is None else L - prune_x - 1, "ed_prune", row=1, col=2)
-    fig = _finish(fig, "Task accuracy by exit depth and by pruned blocks", "", "",
-                  subtitle=f"teacher-forced exact match; pruning order {order}")
-    fig.update_layout(margin={"t": 110})  # room for the subplot titles under the subtitle
-    fig.update_xaxes(**_integer_ticks(L + 1))
+    fig = _finish(fig, "Task accuracy by exit depth and by pruned blocks", "", "", height=460,
+                  subtitle=f"teacher-forced exact match; pruning order {order}<br>"
+                           f"{band_text(result.n_prompts, n_boot)}")
+    fig.update_layout(margin={"t": fig.layout.margin.t + 30})  # room for the subplot titles
+    fig.update_xaxes(**_integer_ticks(L + 1, max_ticks=8))
     fig.update_xaxes(title_text="blocks run before reading the answer (n)", row=1, col=1)
     fig.update_xaxes(title_text="blocks skipped together (k)", row=1, col=2)
-    fig.update_yaxes(title_text="exact-match accuracy", range=[-0.02, 1.05])
+    fig.update_yaxes(title_text="exact-match accuracy", range=[-0.03, 1.05], tickformat=".0%")
     return fig
 
 
