@@ -21,13 +21,13 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Bool
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..engine.adapter import get_adapter
-from ..engine.batch import Batch
+from ..engine.batch import Batch, BatchLike, as_batch
 from ..engine.interventions import compile_plan, skip_block
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
+from ..progress import tqdm
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import ed_prune, ed_task
 from .base import MetricResult, prompt_chunks
@@ -89,7 +89,7 @@ def prune_order(output_effect: Tensor) -> list[int]:
 @torch.no_grad()
 def behaviour(
     model: Any,
-    batch: Batch,
+    batch: BatchLike,
     *,
     order: Sequence[int],
     batch_size: int = 16,
@@ -97,6 +97,7 @@ def behaviour(
     progress: bool = False,
 ) -> Behaviour:
     """Per-example exact match for every early-exit depth and every pruning prefix of ``order``."""
+    batch = as_batch(model, batch, what="behaviour")
     batch.require_answers("task behaviour (exact match)")
     adapter = get_adapter(model)
     L = adapter.n_layers

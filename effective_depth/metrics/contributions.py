@@ -25,10 +25,10 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..engine.adapter import get_adapter
-from ..engine.batch import Batch, measured_mask
+from ..engine.batch import BatchLike, as_batch, measured_mask
+from ..progress import tqdm
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import ed_cos
 from .base import EPS, MetricResult, check_skip_front, prompt_chunks, token_mean
@@ -116,7 +116,7 @@ def _rel(x: Tensor, y: Tensor) -> Tensor:
 @torch.no_grad()
 def contributions(
     model: Any,
-    batch: Batch,
+    batch: BatchLike,
     *,
     skip_front: int = 1,
     include_front: bool = True,
@@ -128,6 +128,7 @@ def contributions(
     ``include_front`` (default True, as in the reference papers) measures the first
     ``skip_front`` positions too (the BOS attention sink).
     """
+    batch = as_batch(model, batch, what="contributions")
     check_skip_front(skip_front)
     adapter = get_adapter(model)
     L = adapter.n_layers

@@ -21,11 +21,11 @@ import torch
 from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..engine.adapter import get_adapter
-from ..engine.batch import Batch, measured_mask
+from ..engine.batch import BatchLike, as_batch, measured_mask
 from ..errors import ConfigError
+from ..progress import tqdm
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import ed_kl, ed_overlap, first_hit_reference
 from .base import MetricResult, check_skip_front, prompt_chunks, token_mean
@@ -78,7 +78,7 @@ class LogitLens(MetricResult):
 @torch.no_grad()
 def logit_lens(
     model: Any,
-    batch: Batch,
+    batch: BatchLike,
     *,
     k: int = 5,
     skip_front: int = 1,
@@ -92,6 +92,7 @@ def logit_lens(
 
     ``include_final`` also taps ``h_L`` (a sanity row: KL 0, overlap 1).
     """
+    batch = as_batch(model, batch, what="logit_lens")
     check_skip_front(skip_front)
     adapter = get_adapter(model)
     if not 1 <= k <= adapter.d_vocab:
