@@ -213,6 +213,21 @@ class Run:
         return {k: Estimate.from_dict(v) for k, v in self.results.get("depth", {}).items()
                 if k.startswith("ed_")}
 
+    def to_frame(self, kind: str = "estimates", **options: Any) -> Any:
+        """This run as a tidy pandas DataFrame: ``"curves"`` (one row per measurement × curve ×
+        layer, with bootstrap CI columns from the per-prompt data), ``"estimates"`` (one row per
+        estimator and score, numeric ``ci_lo`` / ``ci_hi``) or ``"comparison"`` (this run's rows
+        of the comparison tables; ``table=`` picks one). Needs pandas (the ``frames`` extra);
+        see :func:`effective_depth.frames.runs_to_frame` for the options."""
+        from .frames import run_frame
+
+        return run_frame(self, kind, **options)
+
+    def _repr_html_(self) -> str:
+        from .reprs import run_html
+
+        return run_html(self)
+
 
 def load_run(path: str | os.PathLike[str]) -> Run:
     """Load a run directory written by :func:`effective_depth.study.run_study`."""

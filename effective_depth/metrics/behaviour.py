@@ -71,6 +71,10 @@ class Behaviour(MetricResult):
             "prune_order": list(self.prune_order),
         }
 
+    def curves_of(self, idx: Any = None) -> dict[str, Tensor]:
+        return {"accuracy_by_exit": self.accuracy_by_exit(idx),
+                "accuracy_by_prune": self.accuracy_by_prune(idx)}
+
     def tensors(self) -> dict[str, Tensor]:
         return {"correct_by_exit": self.correct_by_exit, "correct_by_prune": self.correct_by_prune}
 

@@ -92,6 +92,9 @@ class Contributions(MetricResult):
         out["block_influence"] = self.curve("block_influence").tolist()
         return out
 
+    def curves_of(self, idx: Any = None) -> dict[str, Tensor]:
+        return {k: self.curve(k, idx) for k in (*CONTRIBUTION_CURVES, "block_influence")}
+
     def tensors(self) -> dict[str, Tensor]:
         out = {f"sums.{k}": v for k, v in self.sums.items()}
         out["counts"] = self.counts

@@ -67,6 +67,9 @@ class LogitLens(MetricResult):
     def curves(self) -> dict[str, Any]:
         return {"kl": self.kl.tolist(), "overlap": self.overlap.tolist()}
 
+    def curves_of(self, idx: Any = None) -> dict[str, Tensor]:
+        return {"kl": self.kl_of(idx), "overlap": self.overlap_of(idx)}
+
     def tensors(self) -> dict[str, Tensor]:
         return {"kl_sums": self.kl_sums, "overlap_sums": self.overlap_sums, "counts": self.counts}
 

@@ -190,6 +190,11 @@ class SkipEffects(MetricResult):
             "output_depth_score": _nan_to_none(self.output_depth_score),
         }
 
+    def curves_of(self, idx: Any = None) -> dict[str, Tensor]:
+        return {"output_effect": self.output_effect_of(idx),
+                "output_effect_mean": self.output_effect_of(idx, "mean"),
+                "output_effect_max": self.output_effect_of(idx, "max")}
+
     def tensors(self) -> dict[str, Tensor]:
         return {
             "layer_effect": self.layer_effect,
