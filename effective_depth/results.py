@@ -169,9 +169,9 @@ class Run:
     """A finished (or partial) run, loaded back: config, inputs, results and metric objects."""
 
     path: Path
-    config: dict[str, Any]
-    inputs: dict[str, Any]
-    results: dict[str, Any]
+    config: dict[str, Any] = field(repr=False)
+    inputs: dict[str, Any] = field(repr=False)
+    results: dict[str, Any] = field(repr=False)
     tensors: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @property

@@ -202,10 +202,21 @@ def default_out_dir(config: StudyConfig, root: str | os.PathLike[str] = "runs") 
 
 @dataclass
 class StudyResult:
+    """What :func:`run_study` returns: the run directory, its results, and which measurements
+    this call computed or reused (``load_run(result.path)`` gives the full :class:`Run`)."""
+
     path: Path
-    results: dict[str, Any]
+    results: dict[str, Any] = field(repr=False)
     computed: list[str]
     reused: list[str]
+
+    def _repr_html_(self) -> str:
+        from .reprs import run_html
+        from .results import load_run
+
+        done = ", ".join(f"{k}: {', '.join(v)}" for k, v in
+                         (("computed", self.computed), ("reused", self.reused)) if v)
+        return run_html(load_run(self.path), extra=done or "nothing to do")
 
 
 def _environment() -> dict[str, Any]:

@@ -121,6 +121,12 @@ class MetricResult:
     def n_prompts(self) -> int:
         return int(self.meta.get("n_prompts", 0))
 
+    def _repr_html_(self) -> str:
+        """A compact table in notebooks: the parameters and one row per curve."""
+        from ..reprs import result_html
+
+        return result_html(self)
+
 
 @dataclass
 class TokenMaps(MetricResult):
