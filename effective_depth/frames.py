@@ -243,7 +243,7 @@ def write_frame(frame: Any, fmt: str, out: str | os.PathLike[str] | None = None)
             import pyarrow  # noqa: F401
         except ImportError:
             raise ConfigError("parquet needs pyarrow: pip install 'effective_depth[frames]'") from None
-    from .results import atomic_write_bytes
+    from .results import atomic_write_bytes, dumps
 
     if fmt == "parquet":
         import io
@@ -254,7 +254,7 @@ def write_frame(frame: Any, fmt: str, out: str | os.PathLike[str] | None = None)
     elif fmt == "csv":
         data = frame.to_csv(index=False).encode()
     else:
-        data = (frame.to_json(orient="records", indent=1) + "\n").encode()
+        data = dumps(frame.to_dict(orient="records")).encode()  # NaN -> null
     if out is None:
         return data.decode()
     atomic_write_bytes(Path(out), data)
