@@ -140,11 +140,15 @@ def estimate_rows(run: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _is_interval(key: str) -> bool:
+    return key == "ci" or key.endswith("_ci")
+
+
 def _split_intervals(row: Mapping[str, Any]) -> dict[str, Any]:
     """``ci: [lo, hi]`` (and ``diff_ci``, ``rho_ci``, ...) as ``ci_lo`` and ``ci_hi`` numbers."""
     out: dict[str, Any] = {}
     for key, value in row.items():
-        if key == "ci" or key.endswith("_ci"):
+        if _is_interval(key):
             lo, hi = value if isinstance(value, (list, tuple)) and len(value) == 2 else (None, None)
             out[f"{key}_lo"], out[f"{key}_hi"] = _float(lo), _float(hi)
         else:
@@ -154,19 +158,22 @@ def _split_intervals(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def _per_level(row: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A difficulty row (lists over ``levels``) as one row per level: ``levels`` -> ``level``,
-    ``ratios`` -> ``ratio``, ``cis`` -> ``ci``, ``runs`` -> ``run``, every other list of the same
-    length likewise; scalars (``rho``, ``rho_ci``) repeat on every row."""
+    ``ratios`` -> ``ratio``, ``cis`` -> ``ci``, ``runs`` -> ``run``, every other plural key
+    holding a list of the same length likewise; the rest (``rho``, ``rho_ci``) repeats on every
+    row."""
     levels = row.get("levels")
     if not isinstance(levels, list):
         return [dict(row)]
-    per = {k for k, v in row.items() if isinstance(v, list) and len(v) == len(levels)}
+    # plural keys only: an interval such as rho_ci is a pair even when there are two levels
+    per = {k for k, v in row.items() if isinstance(v, list) and len(v) == len(levels)
+           and k.endswith("s") and not _is_interval(k)}
     out = []
     for i in range(len(levels)):
         item: dict[str, Any] = {}
         for key, value in row.items():
             if key in per:
                 item[key[:-1] if key.endswith("s") else key] = value[i]
-            elif not isinstance(value, list):
+            elif not isinstance(value, list) or _is_interval(key):
                 item[key] = value
         out.append(item)
     return out
@@ -225,8 +232,8 @@ def runs_to_frame(runs: Iterable[Any], kind: str, **options: Any) -> Any:
     takes ``table`` (``scale``, ``training`` or ``difficulty``), ``pairs``, ``n_boot``,
     ``seed``, ``level``, as :func:`~effective_depth.compare.compare_runs` does.
     """
-    pd = require_pandas()
     _check_kind(kind)
+    pd = require_pandas()
     rows = _rows(_load(runs), kind, options)
     return pd.DataFrame.from_records(rows)
 
