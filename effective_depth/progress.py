@@ -40,3 +40,19 @@ def tqdm_class() -> type:
 def tqdm(*args: Any, **kwargs: Any) -> Any:
     """A progress bar (same arguments as ``tqdm.tqdm``) of the class :func:`tqdm_class` picks."""
     return tqdm_class()(*args, **kwargs)
+
+
+def quiet_missing_widgets() -> None:
+    """In a Jupyter kernel without ipywidgets, import ``tqdm.autonotebook`` once with its
+    "IProgress not found" warning silenced: libraries we load (transformers, datasets) import
+    ``tqdm.auto`` and would print it, though our own bars never need the widget."""
+    if not _in_kernel() or "tqdm.autonotebook" in sys.modules \
+            or importlib.util.find_spec("ipywidgets") is not None:
+        return
+    import warnings
+
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
+        import tqdm.autonotebook  # noqa: F401

@@ -153,8 +153,10 @@ def encode_batch(
     )
 
 
-#: what a measurement function accepts as its prompts (see :func:`as_batch`)
-BatchLike = Batch | str | Sequence[str] | Sequence[Example] | Tensor
+#: what a measurement function accepts as its prompts: a Batch, a string, a list of strings or
+#: Examples, or a token-id tensor. Checked by :func:`as_batch` (whose error says what is
+#: accepted), not by the annotation, so that a runtime type checker lets that error through.
+BatchLike = Any
 
 _ACCEPTED = ("a Batch (encode_batch), a prompt string, a list of prompt strings, a list of "
              "Examples (with answers), or a token-id tensor of shape [pos] or [batch, pos]")
