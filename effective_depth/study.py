@@ -212,11 +212,11 @@ class StudyResult:
 
     def _repr_html_(self) -> str:
         from .reprs import run_html
-        from .results import load_run
+        from .results import Run
 
         done = ", ".join(f"{k}: {', '.join(v)}" for k, v in
                          (("computed", self.computed), ("reused", self.reused)) if v)
-        return run_html(load_run(self.path), extra=done or "nothing to do")
+        return run_html(Run(self.path, {}, {}, self.results), extra=done or "nothing to do")
 
 
 def _environment() -> dict[str, Any]:
