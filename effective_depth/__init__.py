@@ -68,12 +68,18 @@ _EXPORTS: dict[str, str] = {
     "run_study": "study",
     "load_run": "results",
     "Run": "results",
+    "runs_to_frame": "frames",
     "compare_runs": "compare",
     "figure_for": "viz",
     "write_dashboard": "viz",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
+
+if "IPython" in __import__("sys").modules:  # a notebook: no "IProgress not found" from tqdm.auto
+    from .progress import quiet_missing_widgets
+
+    quiet_missing_widgets()
 
 
 def __getattr__(name: str) -> Any:

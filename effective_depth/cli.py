@@ -436,18 +436,63 @@ def compare_cmd(run_dirs: tuple[str, ...], pairs: tuple[str, ...], estimators: t
     ratio per difficulty level with Spearman's rho (difficulty)."""
     from .compare import compare_runs, write_comparison
 
-    pair_list = []
-    for p in pairs:
-        if "=" not in p:
-            raise click.BadParameter(f"expected BASE=TRAINED, got {p!r}", param_hint="--pair")
-        a, b = p.split("=", 1)
-        pair_list.append((a.strip(), b.strip()))
-    comparison = compare_runs(_run_dirs(run_dirs), estimators=estimators or None, pairs=pair_list,
+    comparison = compare_runs(_run_dirs(run_dirs), estimators=estimators or None,
+                              pairs=_pair_list(pairs),
                               n_boot=n_boot, seed=seed)
     _print_comparison(comparison)
     if out:
         for path in write_comparison(comparison, out):
             _console().print(f"wrote {path}")
+
+
+@main.command("export")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--kind", "-k", type=click.Choice(["curves", "estimates", "comparison"]),
+              default="estimates", show_default=True,
+              help="curves: one row per run x measurement x curve x layer, with bootstrap CI "
+              "columns; estimates: one row per run x estimator; comparison: a table of `compare`.")
+@click.option("--table", type=click.Choice(["scale", "training", "difficulty"]), default="scale",
+              show_default=True, help="The comparison table (with --kind comparison).")
+@click.option("--format", "-f", "fmt", type=click.Choice(["csv", "parquet", "json"]),
+              default="csv", show_default=True, help="File format (json: a list of records).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Output file (default: standard output; parquet needs a file).")
+@click.option("--pair", "pairs", multiple=True, metavar="BASE=TRAINED",
+              help="Models to pair for --table training (repeatable).")
+@click.option("--n-boot", type=int, default=None,
+              help="Bootstrap resamples of the CIs (default: each run's own for curves, 1000 "
+              "for comparisons).")
+def export_cmd(run_dirs: tuple[str, ...], kind: str, table: str, fmt: str, out: str | None,
+               pairs: tuple[str, ...], n_boot: int | None) -> None:
+    """Write tidy tables of run directories (CSV, Parquet or JSON) for pandas, R or a
+    spreadsheet: numbers in numeric columns, confidence intervals as ci_lo and ci_hi. Takes what
+    `compare` takes: run directories, sweep output directories, a glob's mix."""
+    from .frames import runs_to_frame, write_frame
+
+    options: dict[str, Any] = {}
+    if kind == "comparison":
+        options = {"table": table, "pairs": _pair_list(pairs), "n_boot": 1000 if n_boot is None
+                   else n_boot}
+    elif pairs or table != "scale":
+        raise click.BadParameter("--table and --pair go with --kind comparison", param_hint="--kind")
+    elif kind == "curves" and n_boot is not None:
+        options["n_boot"] = n_boot
+    frame = runs_to_frame(_run_dirs(run_dirs), kind, **options)
+    text = write_frame(frame, fmt, out)
+    if text is not None:
+        click.echo(text, nl=False)
+    else:
+        _console(stderr=True).print(f"wrote {out} ({len(frame)} rows)", highlight=False)
+
+
+def _pair_list(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for p in pairs:
+        if "=" not in p:
+            raise click.BadParameter(f"expected BASE=TRAINED, got {p!r}", param_hint="--pair")
+        a, b = p.split("=", 1)
+        out.append((a.strip(), b.strip()))
+    return out
 
 
 def _print_comparison(comparison: dict[str, Any]) -> None:

@@ -267,7 +267,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt(v) for k, v in row.items()})
@@ -275,7 +275,10 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def write_comparison(comparison: dict[str, Any], out: str | Path) -> list[Path]:
-    """``comparison.json`` and one CSV per table in directory ``out``."""
+    """``comparison.json`` and one CSV per table in directory ``out``: tidy rows with numeric
+    ``*_lo`` / ``*_hi`` columns for every interval, the difficulty table one row per level
+    (:func:`effective_depth.frames.tidy_comparison`)."""
+    from .frames import tidy_comparison
     from .results import atomic_write_text, dumps
 
     out = Path(out)
@@ -285,7 +288,7 @@ def write_comparison(comparison: dict[str, Any], out: str | Path) -> list[Path]:
     for name, rows in comparison_tables(comparison).items():
         if rows:
             path = out / f"{name}.csv"
-            atomic_write_text(path, _csv(rows))
+            atomic_write_text(path, _csv(tidy_comparison(name, rows)))
             written.append(path)
     return written
 

@@ -93,6 +93,11 @@ class Estimate:
     def defined(self) -> bool:
         return self.layer is not None
 
+    def _repr_html_(self) -> str:
+        from .reprs import estimates_html
+
+        return estimates_html({self.name: self}, caption=None)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ratio"] = self.ratio

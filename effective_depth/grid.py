@@ -155,9 +155,9 @@ def load_grid(path: str | os.PathLike[str]) -> Grid:
     return grid_from_dict(read_config_file(path))
 
 
-def _run_cell(config_dict: dict[str, Any], out: str) -> dict[str, Any]:
+def _run_cell(config_dict: dict[str, Any], out: str, progress: bool = False) -> dict[str, Any]:
     """One cell (also the body of the Ray task: only plain data crosses the boundary)."""
-    result = run_study(StudyConfig.from_dict(config_dict), out, progress=False)
+    result = run_study(StudyConfig.from_dict(config_dict), out, progress=progress)
     return {"out": str(result.path), "computed": result.computed, "reused": result.reused,
             "depth": result.results.get("depth", {})}
 
@@ -206,19 +206,64 @@ def run_grid(
     return summaries
 
 
+class CellClock:
+    """The sweep's ETA from the cells that finished: the mean time of the cells that computed
+    something, times the cells left. Reused and failed cells finish in moments and would make
+    the ETA far too short (tqdm's own rate counts them), so they are left out of the mean."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.durations: list[float] = []
+
+    def finished(self, seconds: float, computed: bool) -> None:
+        self.done += 1
+        if computed:
+            self.durations.append(seconds)
+
+    def per_cell(self) -> float | None:
+        return sum(self.durations) / len(self.durations) if self.durations else None
+
+    def eta(self) -> float | None:
+        per = self.per_cell()
+        return None if per is None else per * (self.total - self.done)
+
+    def label(self, index: int, cell: GridCell) -> str:
+        """``cell 3/6: zoo/add-8l -> zoo_add-8l__addition-digits2 | 134 s/cell, ETA 7 min``."""
+        text = f"cell {index}/{self.total}: {cell.config.model} -> {cell.out.name}"
+        per, eta = self.per_cell(), self.eta()
+        if per is not None and eta is not None:
+            text += f" | {_seconds(per)}/cell, ETA {_seconds(eta)}"
+        return text
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
 def _run_local(grid: Grid, progress: bool,
-               on_cell: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
-    from tqdm.auto import tqdm
+               on_cell: Callable[[dict[str, Any]], None] | None,
+               on_label: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    import time
+
+    from .progress import tqdm
 
     summaries = []
-    bar = tqdm(total=len(grid.cells), desc="grid", disable=not progress, unit="cell")
-    for cell in grid.cells:
-        bar.set_postfix_str(f"{cell.config.model} -> {cell.out.name}", refresh=True)
+    clock = CellClock(len(grid.cells))
+    # the ETA is the clock's (finished cells), not tqdm's rate
+    bar = tqdm(total=len(grid.cells), desc="grid", disable=not progress, unit="cell",
+               bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} [{elapsed}]")
+    for index, cell in enumerate(grid.cells, start=1):
+        label = clock.label(index, cell)
+        bar.set_description_str(label, refresh=True)
+        if on_label is not None:
+            on_label(label)
+        start = time.perf_counter()
         try:
-            summary = _run_cell(cell.config.to_dict(), str(cell.out))
+            summary = _run_cell(cell.config.to_dict(), str(cell.out), progress)
         except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the rest
             log.debug("grid cell %s", cell.out, exc_info=True)
             summary = _failed(cell, exc)
+        clock.finished(time.perf_counter() - start, bool(summary["computed"]))
         summaries.append(summary)
         if on_cell is not None:
             on_cell(summary)
@@ -233,7 +278,7 @@ def _run_ray(grid: Grid, address: str | None, progress: bool,
         import ray
     except ImportError:
         raise ConfigError("the ray executor needs Ray: pip install 'effective_depth[ray]'") from None
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     started = False
     if not ray.is_initialized():

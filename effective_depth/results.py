@@ -169,9 +169,9 @@ class Run:
     """A finished (or partial) run, loaded back: config, inputs, results and metric objects."""
 
     path: Path
-    config: dict[str, Any]
-    inputs: dict[str, Any]
-    results: dict[str, Any]
+    config: dict[str, Any] = field(repr=False)
+    inputs: dict[str, Any] = field(repr=False)
+    results: dict[str, Any] = field(repr=False)
     tensors: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @property
@@ -212,6 +212,21 @@ class Run:
 
         return {k: Estimate.from_dict(v) for k, v in self.results.get("depth", {}).items()
                 if k.startswith("ed_")}
+
+    def to_frame(self, kind: str = "estimates", **options: Any) -> Any:
+        """This run as a tidy pandas DataFrame: ``"curves"`` (one row per measurement × curve ×
+        layer, with bootstrap CI columns from the per-prompt data), ``"estimates"`` (one row per
+        estimator and score, numeric ``ci_lo`` / ``ci_hi``) or ``"comparison"`` (this run's rows
+        of the comparison tables; ``table=`` picks one). Needs pandas (the ``frames`` extra);
+        see :func:`effective_depth.frames.runs_to_frame` for the options."""
+        from .frames import run_frame
+
+        return run_frame(self, kind, **options)
+
+    def _repr_html_(self) -> str:
+        from .reprs import run_html
+
+        return run_html(self)
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:

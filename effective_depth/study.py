@@ -202,10 +202,21 @@ def default_out_dir(config: StudyConfig, root: str | os.PathLike[str] = "runs") 
 
 @dataclass
 class StudyResult:
+    """What :func:`run_study` returns: the run directory, its results, and which measurements
+    this call computed or reused (``load_run(result.path)`` gives the full :class:`Run`)."""
+
     path: Path
-    results: dict[str, Any]
+    results: dict[str, Any] = field(repr=False)
     computed: list[str]
     reused: list[str]
+
+    def _repr_html_(self) -> str:
+        from .reprs import run_html
+        from .results import Run
+
+        done = ", ".join(f"{k}: {', '.join(v)}" for k, v in
+                         (("computed", self.computed), ("reused", self.reused)) if v)
+        return run_html(Run(self.path, {}, {}, self.results), extra=done or "nothing to do")
 
 
 def _environment() -> dict[str, Any]:
@@ -371,6 +382,7 @@ def run_study(
     progress: bool = True,
     dashboard: bool = True,
     after_metric: Callable[[str], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> StudyResult:
     """Run every measurement of ``config`` and write the run directory ``out``.
 
@@ -378,11 +390,12 @@ def run_study(
     loaded, not recomputed. Nothing is written before the model and the examples are known to
     be usable; the directory is locked while the run writes. ``after_metric`` is called with
     each metric's name once it is saved (used by tests to simulate a crash).
+
+    ``progress`` shows one overall bar ("step 3/6: skip effects", after "loading MODEL") with
+    each measurement's own bar nested below it; ``on_step`` is called with every such label.
     """
-    from .depth import estimate_all, reliability_warnings
-    from .engine.batch import encode_batch
-    from .models.loading import load_model, resolve_spec
-    from .registry import StudyContext, get_metric, metric_names
+    from .models.loading import resolve_spec
+    from .registry import get_metric
     from .tasks import get_task
 
     # every mistake the user can make is caught before anything is written
@@ -406,9 +419,30 @@ def run_study(
         message = (f"skipped {', '.join(skipped)}: they need answers and the examples have none")
         log.warning(message)
         warnings.append({"code": "no_answers", "message": message})
-    log.info("loading %s", config.model)
+    steps = StudySteps(len(specs) + 1, progress, on_step)
+    try:
+        return _run_measurements(config, out_path, force, dashboard, after_metric, steps, task,
+                                 task_name, examples, warnings, skipped, specs)
+    finally:
+        steps.close()
+
+
+def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboard: bool,
+                      after_metric: Callable[[str], None] | None, steps: StudySteps, task: Any,
+                      task_name: str, examples: Sequence[Any], warnings: list[dict[str, Any]],
+                      skipped: tuple[str, ...], specs: Sequence[Any]) -> StudyResult:
+    """The body of :func:`run_study` once the config, task and examples are known."""
+    from .depth import estimate_all, reliability_warnings
+    from .engine.batch import encode_batch
+    from .models.loading import load_model
+    from .registry import StudyContext, metric_names
+
+    progress = steps.enabled
+    steps.announce(f"loading {config.model}")
+    start = time.perf_counter()
     model = load_model(config.model, device=config.device, dtype=config.dtype,
                        backend=config.backend, process_weights=config.process_weights)
+    log.info("loaded %s in %.1f s", config.model, time.perf_counter() - start)
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model!r} has no tokenizer; studies need one")
     device = next(model.parameters()).device
@@ -469,12 +503,14 @@ def run_study(
         for spec in specs:
             name = spec.name
             if name in results["completed"]:
+                steps.step(name, " (reused)")
                 prefix = f"metrics.{name}."
                 tensors = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
                 done[name] = metric_from_store(name, tensors, results["metrics"][name])
                 reused.append(name)
+                steps.finish()
                 continue
-            log.info("running %s", name)
+            steps.step(name)
             ctx = StudyContext(model, batch, config, drawn, reference, reference_info, dict(done),
                                progress)
             start = time.perf_counter()
@@ -487,8 +523,10 @@ def run_study(
             rd.write_json(RESULTS, results)
             done[name] = result
             computed.append(name)
+            steps.finish()
             if after_metric is not None:
                 after_metric(name)
+        steps.step("estimates", f" ({config.n_boot} bootstrap resamples)")
         estimates = estimate_all(done, thresholds=config.thresholds, n_boot=config.n_boot,
                                  seed=config.seed, level=config.ci_level, rules=config.rules)
         warnings += reliability_warnings(done, estimates, thresholds=config.thresholds,
@@ -506,7 +544,40 @@ def run_study(
         rd.write_json(RESULTS, results)
         if dashboard:
             _write_dashboard(rd.path)
+        steps.finish()
     return StudyResult(rd.path, results, computed, reused)
+
+
+class StudySteps:
+    """The study's overall progress: one bar over the steps (each measurement, then the
+    estimates), labelled "step 3/7: skip effects"; the measurements' own bars nest below it.
+    Every label also goes to the log (INFO) and to ``on_step``."""
+
+    def __init__(self, total: int, progress: bool,
+                 on_step: Callable[[str], None] | None = None) -> None:
+        from .progress import tqdm
+
+        self.total, self.index, self.enabled, self.on_step = total, 0, progress, on_step
+        self.labels: list[str] = []
+        self.bar = tqdm(total=total, unit="step", disable=not progress, leave=False, desc="study",
+                        bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} [{elapsed}]")
+
+    def announce(self, label: str) -> None:
+        self.labels.append(label)
+        log.info("%s", label)
+        self.bar.set_description_str(label, refresh=True)
+        if self.on_step is not None:
+            self.on_step(label)
+
+    def step(self, name: str, note: str = "") -> None:
+        self.index += 1
+        self.announce(f"step {self.index}/{self.total}: {name.replace('_', ' ')}{note}")
+
+    def finish(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _dedupe(warnings: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from ..errors import ConfigError, TaskError
 from ..models.evaluate import decode_ids, encode_example
 from ..tasks.base import Example
 
-__all__ = ["Batch", "encode_batch", "measured_mask", "lossy_tokenization"]
+__all__ = ["Batch", "BatchLike", "as_batch", "encode_batch", "measured_mask", "lossy_tokenization"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,75 @@ def encode_batch(
         list(examples),
         warnings,
     )
+
+
+#: what a measurement function accepts as its prompts: a Batch, a string, a list of strings or
+#: Examples, or a token-id tensor. Checked by :func:`as_batch` (whose error says what is
+#: accepted), not by the annotation, so that a runtime type checker lets that error through.
+BatchLike = Any
+
+_ACCEPTED = ("a Batch (encode_batch), a prompt string, a list of prompt strings, a list of "
+             "Examples (with answers), or a token-id tensor of shape [pos] or [batch, pos]")
+
+
+def as_batch(model: Any, inputs: Any, *, what: str = "the measurement") -> Batch:
+    """``inputs`` as a :class:`Batch` for ``model``: the one coercion every measurement function
+    applies, so ``logit_lens(model, "12+34=")`` works as well as a batch.
+
+    Strings are prompts without answers (a BOS token is prepended, as :func:`encode_batch`
+    does); Examples keep their answers; a token tensor is read as given (every row its full
+    width, no answer). Anything else is a :class:`ConfigError` saying what is accepted.
+    """
+    if isinstance(inputs, Batch):
+        return inputs
+    device = _model_device(model)
+    if isinstance(inputs, Tensor):
+        return _tensor_batch(model, inputs, device, what)
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if isinstance(inputs, Sequence) and inputs and all(isinstance(x, (str, Example)) for x in inputs):
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise ConfigError(f"{what}: the model has no tokenizer, so text prompts cannot be "
+                              "encoded; pass a token-id tensor or a Batch")
+        examples = [x if isinstance(x, Example) else Example(x, "") for x in inputs]
+        return encode_batch(tokenizer, examples, device=device)
+    got = type(inputs).__name__
+    if isinstance(inputs, Sequence):
+        kinds = sorted({type(x).__name__ for x in inputs})
+        got = f"an empty {got}" if not inputs else f"a {got} of {', '.join(kinds)}"
+    raise ConfigError(f"{what} takes {_ACCEPTED}; got {got}")
+
+
+def _model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _tensor_batch(model: Any, tokens: Tensor, device: torch.device, what: str) -> Batch:
+    if tokens.dtype in (torch.bool,) or tokens.is_floating_point() or tokens.is_complex():
+        raise ConfigError(f"{what}: a token tensor must hold integer token ids, got dtype "
+                          f"{tokens.dtype}; it takes {_ACCEPTED}")
+    if tokens.dim() == 1:
+        tokens = tokens[None]
+    if tokens.dim() != 2 or tokens.shape[1] == 0 or tokens.shape[0] == 0:
+        raise ConfigError(f"{what}: a token tensor must have shape [pos] or [batch, pos] with "
+                          f"at least one token, got {tuple(tokens.shape)}")
+    d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or (d_vocab is not None and high >= int(d_vocab)):
+        raise ConfigError(f"{what}: token ids must lie in 0..{d_vocab - 1 if d_vocab else '?'}, "
+                          f"got {low}..{high}")
+    tokens = tokens.long().to(device)
+    n, width = tokens.shape
+    tokenizer = getattr(model, "tokenizer", None)
+    rows = tokens.tolist()
+    str_tokens = [[tokenizer.decode([i]) if tokenizer is not None else str(i) for i in r]
+                  for r in rows]
+    full = torch.full((n,), width, dtype=torch.long)
+    return Batch(tokens, full, full.clone(), str_tokens)
 
 
 def measured_mask(

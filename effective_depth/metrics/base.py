@@ -104,6 +104,21 @@ class MetricResult:
     def tensors(self) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def curves_of(self, idx: Sequence[int] | None = None) -> dict[str, Tensor] | None:
+        """The per-layer curves recomputed over the prompts ``idx`` (all by default), or None
+        when the result cannot: what a bootstrap over prompts resamples for the curves'
+        confidence bands (``effective_depth.frames``).
+
+        Results that keep per-prompt data override this. The default offers, for ``idx=None``
+        only, every list of numbers in :meth:`curves` (so a new measurement's curves appear in
+        tables without a band until it overrides this).
+        """
+        if idx is not None:
+            return None
+        return {k: torch.tensor(v, dtype=torch.float32) for k, v in self.curves().items()
+                if isinstance(v, list) and v and all(isinstance(x, (int, float)) and
+                                                     not isinstance(x, bool) for x in v)}
+
     def entry(self) -> dict[str, Any]:
         """This result's ``results.json`` entry (``meta``, ``curves``; subclasses add keys)."""
         return {"meta": self.meta, "curves": self.curves()}
@@ -116,6 +131,12 @@ class MetricResult:
     @property
     def n_prompts(self) -> int:
         return int(self.meta.get("n_prompts", 0))
+
+    def _repr_html_(self) -> str:
+        """A compact table in notebooks: the parameters and one row per curve."""
+        from ..reprs import result_html
+
+        return result_html(self)
 
 
 @dataclass
@@ -135,6 +156,10 @@ class TokenMaps(MetricResult):
 
     def curves(self) -> dict[str, Any]:
         return {"str_tokens": self.str_tokens}
+
+    def curves_of(self, idx: Sequence[int] | None = None) -> dict[str, Tensor] | None:
+        """Maps have no per-layer curve over prompts."""
+        return {}
 
     def tensors(self) -> dict[str, Tensor]:
         return {f"map.{i}": m for i, m in enumerate(self.maps)}

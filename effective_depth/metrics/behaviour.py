@@ -21,14 +21,14 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Bool
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..costs import MeasurementCost, Workload
 from ..engine.adapter import get_adapter
-from ..engine.batch import Batch
+from ..engine.batch import Batch, BatchLike, as_batch
 from ..engine.interventions import compile_plan, skip_block
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
+from ..progress import tqdm
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import ed_prune, ed_task
 from .base import MetricResult, lens_argmax, prompt_chunks
@@ -72,6 +72,10 @@ class Behaviour(MetricResult):
             "prune_order": list(self.prune_order),
         }
 
+    def curves_of(self, idx: Any = None) -> dict[str, Tensor]:
+        return {"accuracy_by_exit": self.accuracy_by_exit(idx),
+                "accuracy_by_prune": self.accuracy_by_prune(idx)}
+
     def tensors(self) -> dict[str, Tensor]:
         return {"correct_by_exit": self.correct_by_exit, "correct_by_prune": self.correct_by_prune}
 
@@ -90,7 +94,7 @@ def prune_order(output_effect: Tensor) -> list[int]:
 @torch.no_grad()
 def behaviour(
     model: Any,
-    batch: Batch,
+    batch: BatchLike,
     *,
     order: Sequence[int],
     batch_size: int = 16,
@@ -98,6 +102,7 @@ def behaviour(
     progress: bool = False,
 ) -> Behaviour:
     """Per-example exact match for every early-exit depth and every pruning prefix of ``order``."""
+    batch = as_batch(model, batch, what="behaviour")
     batch.require_answers("task behaviour (exact match)")
     adapter = get_adapter(model)
     L = adapter.n_layers

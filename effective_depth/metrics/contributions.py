@@ -25,11 +25,11 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..costs import MeasurementCost, Workload
 from ..engine.adapter import get_adapter
-from ..engine.batch import Batch, measured_mask
+from ..engine.batch import BatchLike, as_batch, measured_mask
+from ..progress import tqdm
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import ed_cos
 from .base import EPS, MetricResult, check_skip_front, prompt_chunks, token_mean
@@ -93,6 +93,9 @@ class Contributions(MetricResult):
         out["block_influence"] = self.curve("block_influence").tolist()
         return out
 
+    def curves_of(self, idx: Any = None) -> dict[str, Tensor]:
+        return {k: self.curve(k, idx) for k in (*CONTRIBUTION_CURVES, "block_influence")}
+
     def tensors(self) -> dict[str, Tensor]:
         out = {f"sums.{k}": v for k, v in self.sums.items()}
         out["counts"] = self.counts
@@ -117,7 +120,7 @@ def _rel(x: Tensor, y: Tensor) -> Tensor:
 @torch.no_grad()
 def contributions(
     model: Any,
-    batch: Batch,
+    batch: BatchLike,
     *,
     skip_front: int = 1,
     include_front: bool = True,
@@ -129,6 +132,7 @@ def contributions(
     ``include_front`` (default True, as in the reference papers) measures the first
     ``skip_front`` positions too (the BOS attention sink).
     """
+    batch = as_batch(model, batch, what="contributions")
     check_skip_front(skip_front)
     adapter = get_adapter(model)
     L = adapter.n_layers

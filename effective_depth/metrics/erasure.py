@@ -20,14 +20,14 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..costs import MeasurementCost, Workload
 from ..engine.adapter import Adapter, get_adapter
-from ..engine.batch import Batch
+from ..engine.batch import Batch, BatchLike, as_batch
 from ..engine.interventions import ReplaceResidual, compile_plan
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
+from ..progress import tqdm
 from ..registry import MetricSpec, register_metric
 from .base import TokenMaps, check_skip_front, lens_prob_distance, prompt_chunks
 
@@ -72,7 +72,7 @@ def mean_residuals(model: Any, reference: Batch, batch_size: int = 8) -> Float[T
 
 def residual_erasure(
     model: Any,
-    batch: Batch,
+    batch: BatchLike,
     *,
     reference: Batch | None = None,
     mean_resid: Tensor | None = None,
@@ -88,6 +88,7 @@ def residual_erasure(
     two is required. (Csordás et al.'s scripts take the mean over 10 GSM8K prompts whatever the
     task; a study uses ``n_reference`` further examples of the analysed task.)
     """
+    batch = as_batch(model, batch, what="residual_erasure")
     check_skip_front(skip_front)
     batch.require_answers("residual erasure")
     adapter = get_adapter(model)

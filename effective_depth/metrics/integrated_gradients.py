@@ -24,14 +24,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
-from tqdm.auto import tqdm
 
 from ..costs import MeasurementCost, Workload
 from ..engine.adapter import get_adapter
-from ..engine.batch import Batch
+from ..engine.batch import Batch, BatchLike, as_batch
 from ..engine.interventions import Plan
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
+from ..progress import tqdm
 from ..registry import MetricSpec, register_metric
 from .base import TokenMaps
 from .quadrature import quadrature
@@ -75,7 +75,7 @@ class IntegratedGradients(TokenMaps):
 
 def integrated_gradients(
     model: Any,
-    batch: Batch,
+    batch: BatchLike,
     *,
     n_steps: int = DEFAULT_STEPS,
     rule: str = DEFAULT_RULE,
@@ -85,6 +85,7 @@ def integrated_gradients(
 ) -> IntegratedGradients:
     """Integrated-gradient attribution of the answer probability to every (block output, token),
     the path integral taken by ``rule`` with ``n_steps`` nodes (gradient evaluations)."""
+    batch = as_batch(model, batch, what="integrated_gradients")
     batch.require_answers("integrated gradients")
     alphas, weights = quadrature(rule, n_steps)
     adapter = get_adapter(model)

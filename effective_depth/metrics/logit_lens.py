@@ -21,12 +21,12 @@ import torch
 from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..costs import MeasurementCost, Workload
 from ..engine.adapter import get_adapter
-from ..engine.batch import Batch, measured_mask
+from ..engine.batch import BatchLike, as_batch, measured_mask
 from ..errors import ConfigError
+from ..progress import tqdm
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import ed_kl, ed_overlap, first_hit_reference
 from .base import MetricResult, check_skip_front, prompt_chunks, token_mean
@@ -68,6 +68,9 @@ class LogitLens(MetricResult):
     def curves(self) -> dict[str, Any]:
         return {"kl": self.kl.tolist(), "overlap": self.overlap.tolist()}
 
+    def curves_of(self, idx: Any = None) -> dict[str, Tensor]:
+        return {"kl": self.kl_of(idx), "overlap": self.overlap_of(idx)}
+
     def tensors(self) -> dict[str, Tensor]:
         return {"kl_sums": self.kl_sums, "overlap_sums": self.overlap_sums, "counts": self.counts}
 
@@ -79,7 +82,7 @@ class LogitLens(MetricResult):
 @torch.no_grad()
 def logit_lens(
     model: Any,
-    batch: Batch,
+    batch: BatchLike,
     *,
     k: int = 5,
     skip_front: int = 1,
@@ -93,6 +96,7 @@ def logit_lens(
 
     ``include_final`` also taps ``h_L`` (a sanity row: KL 0, overlap 1).
     """
+    batch = as_batch(model, batch, what="logit_lens")
     check_skip_front(skip_front)
     adapter = get_adapter(model)
     if not 1 <= k <= adapter.d_vocab:

@@ -33,14 +33,14 @@ from typing import Any, ClassVar, Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..costs import MeasurementCost, Workload
 from ..engine.adapter import Adapter, get_adapter
-from ..engine.batch import Batch, measured_mask
+from ..engine.batch import Batch, BatchLike, as_batch, measured_mask
 from ..engine.interventions import LocalSkip, PatchContribution, compile_plan
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
+from ..progress import tqdm
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import bootstrap_indices, ed_skip, percentile_ci
 from .base import EPS, MetricResult, check_skip_front, lens_prob_distance, prompt_chunks
@@ -191,6 +191,11 @@ class SkipEffects(MetricResult):
             "output_depth_score": _nan_to_none(self.output_depth_score),
         }
 
+    def curves_of(self, idx: Any = None) -> dict[str, Tensor]:
+        return {"output_effect": self.output_effect_of(idx),
+                "output_effect_mean": self.output_effect_of(idx, "mean"),
+                "output_effect_max": self.output_effect_of(idx, "max")}
+
     def tensors(self) -> dict[str, Tensor]:
         return {
             "layer_effect": self.layer_effect,
@@ -228,7 +233,7 @@ def _spec(component: str, layer: int, positions: Tensor) -> Any:
 
 def skip_effects(
     model: Any,
-    batch: Batch,
+    batch: BatchLike,
     *,
     mode: Literal["future", "current"] = "future",
     component: Literal["block", "attn", "mlp", "local"] = "block",
@@ -250,6 +255,7 @@ def skip_effects(
     ``draw_cuts(length, n_cuts, seed=f"{seed}:{b}")``. Prompts too short to have a cut are left
     out of future effects (their counts stay 0).
     """
+    batch = as_batch(model, batch, what="skip_effects")
     check_skip_front(skip_front)
     if mode not in ("future", "current"):
         raise ConfigError(f"mode must be 'future' or 'current', got {mode!r}")

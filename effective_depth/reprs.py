@@ -1,0 +1,154 @@
+"""Notebook views: the compact HTML tables that ``_repr_html_`` shows for runs, studies,
+measurement results and estimates.
+
+Every value is escaped. This module imports nothing above ``metrics`` at import time (the
+measurements use it), and plotly only inside :func:`run_html`, through ``effective_depth.viz``,
+for the one figure a run view carries (the effective depth by estimator).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["fmt", "table", "result_html", "estimates_html", "run_html", "FIGURES"]
+
+#: whether run and study views carry the effective-depth figure (plotly.js is embedded inline
+#: in the first one of the session, so that the view renders offline)
+FIGURES = True
+_plotly_sent = False
+
+_STYLE = ("border-collapse:collapse;font-size:12px;margin:4px 0;"
+          "font-family:ui-monospace,SFMono-Regular,Menlo,monospace")
+_CELL = "padding:2px 6px;border:1px solid #ddd;text-align:right"
+_HEAD = "padding:2px 6px;border:1px solid #ddd;background:#f4f4f4;text-align:left"
+
+
+def fmt(value: Any) -> str:
+    """A cell: 4 significant digits, ``-`` for missing values, lists in brackets."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def table(header: Sequence[Any], rows: Sequence[Sequence[Any]], caption: str | None = None) -> str:
+    """An escaped HTML table; the first column is a row label."""
+    head = "".join(f'<th style="{_HEAD}">{html.escape(fmt(h))}</th>' for h in header)
+    body = "".join(
+        "<tr>" + "".join(f'<td style="{_HEAD if i == 0 else _CELL}">{html.escape(fmt(v))}</td>'
+                         for i, v in enumerate(row)) + "</tr>"
+        for row in rows)
+    cap = (f'<caption style="text-align:left;font-weight:bold">{html.escape(caption)}</caption>'
+           if caption else "")
+    return (f'<div style="overflow-x:auto"><table class="effective-depth" style="{_STYLE}">'
+            f"{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+
+
+def _meta_line(meta: Mapping[str, Any]) -> str:
+    items = [f"{k}={fmt(v)}" for k, v in meta.items()
+             if isinstance(v, (int, float, str, bool)) or v is None]
+    return f'<div style="font-size:11px;color:#555">{html.escape(", ".join(items))}</div>'
+
+
+def result_html(result: Any) -> str:
+    """A measurement result: its parameters, then one row per curve (columns: layers) or, for
+    per-token maps, one row per mapped example."""
+    name = getattr(result, "name", type(result).__name__)
+    title = f"{type(result).__name__} ({name}): {result.n_prompts} prompts"
+    parts = [_meta_line(result.meta)]
+    curves = result.curves_of(None) or {}
+    if curves:
+        width = max(len(v) for v in curves.values())
+        rows = [[curve, *[float(x) for x in values.tolist()]] for curve, values in curves.items()]
+        parts.append(table(["curve \\ layer", *range(width)], rows, title))
+    maps, tokens = getattr(result, "maps", None), getattr(result, "str_tokens", None)
+    if maps is not None and tokens is not None:
+        rows = [[f"example {i}", "x".join(map(str, m.shape)),
+                 _clip("".join(t), 60)] for i, (m, t) in enumerate(zip(maps, tokens))]
+        parts.append(table(["map", "shape (layers x tokens)", "tokens"], rows,
+                           title if not curves else None))
+    if len(parts) == 1:
+        parts.insert(0, f"<b>{html.escape(title)}</b>")
+    return "".join(parts)
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _estimate_dict(value: Any) -> dict[str, Any]:
+    return value.to_dict() if hasattr(value, "to_dict") else dict(value)
+
+
+def estimates_html(estimates: Mapping[str, Any], caption: str | None = "Effective depth") -> str:
+    """Estimates (``Estimate`` objects or their dicts) and scalar scores, one row each."""
+    rows = []
+    for name, value in estimates.items():
+        est = _estimate_dict(value)
+        if "layer" not in est:  # a scalar score (the depth score)
+            rows.append([name, "-", "-", est.get("value"), est.get("ci"), ""])
+            continue
+        notes = list(est.get("notes") or [])
+        if est.get("layer") is None:
+            notes.insert(0, f"undefined: {est.get('reason')}")
+        elif est.get("undefined_fraction"):
+            notes.insert(0, f"undefined in {est['undefined_fraction']:.0%} of resamples")
+        rows.append([name, est.get("layer"), est.get("ratio"), None, est.get("ci"),
+                     "; ".join(notes)])
+    return table(["estimator", "block", "ratio", "value", "95% CI", "note"], rows, caption)
+
+
+def _figure_html(estimates: Mapping[str, Any]) -> str:
+    global _plotly_sent
+    if not FIGURES or not any(isinstance(v, Mapping) and v.get("layer") is not None
+                              for v in estimates.values()):
+        return ""
+    try:
+        from .viz import ed_summary_figure
+
+        fig = ed_summary_figure({k: v for k, v in estimates.items() if "layer" in v})
+        out = fig.to_html(full_html=False, include_plotlyjs=not _plotly_sent,
+                          default_height=320)
+    except Exception:  # noqa: BLE001 - a view without its figure still shows the tables
+        return ""
+    _plotly_sent = True
+    return out
+
+
+def run_html(run: Any, extra: str = "") -> str:
+    """A run: what was measured on what, the estimates, the finished measurements, the figure
+    of the effective depth by estimator, and where the dashboard is."""
+    res = run.results
+    model, task = res.get("model", {}), res.get("task", {})
+    head = [["run", str(run.path)], ["model", f"{model.get('name')} ({model.get('n_layers')} blocks)"],
+            ["task", f"{task.get('name')}(" + ", ".join(
+                f"{k}={v}" for k, v in task.get("params", {}).items()) + ")"],
+            ["examples", task.get("n_examples")],
+            ["status", res.get("status") or run.incomplete_reason()]]
+    if res.get("accuracy") is not None:
+        head.append(["exact-match accuracy", f"{100 * res['accuracy']:.1f}%"])
+    timing = res.get("timing", {})
+    head.append(["measurements", ", ".join(f"{m} ({fmt(timing.get(m))} s)" for m in run.completed)
+                 or "none"])
+    if extra:
+        head.append(["this call", extra])
+    dashboard = run.path / "dashboard.html"
+    if dashboard.is_file():
+        head.append(["dashboard", str(dashboard)])
+    depth = {k: v for k, v in res.get("depth", {}).items() if isinstance(v, Mapping)}
+    parts = [table(["", ""], head, f"Run: {run.label}")]
+    if depth:
+        parts.append(estimates_html(depth))
+    for w in res.get("warnings", []):
+        parts.append(f'<div style="font-size:11px;color:#a60">warning: '
+                     f'{html.escape(str(w.get("message")))}</div>')
+    parts.append(_figure_html(depth))
+    return "".join(parts)
