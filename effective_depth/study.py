@@ -382,6 +382,7 @@ def run_study(
     from .depth import estimate_all, reliability_warnings
     from .engine.batch import encode_batch
     from .models.loading import load_model, resolve_spec
+    from .per_prompt import per_prompt_estimates
     from .registry import StudyContext, get_metric, metric_names
     from .tasks import get_task
 
@@ -494,6 +495,8 @@ def run_study(
         warnings += reliability_warnings(done, estimates, thresholds=config.thresholds,
                                          n_boot=config.n_boot, d_vocab=int(model.cfg.d_vocab))
         results["depth"] = {k: v.to_dict() for k, v in estimates.items()}
+        results["per_prompt"] = {k: v.to_dict() for k, v in per_prompt_estimates(
+            done, thresholds=config.thresholds, rules=config.rules).items()}
         for spec in specs:
             if spec.summaries is not None and spec.name in done:
                 for key, value in spec.summaries(done[spec.name], config).items():
