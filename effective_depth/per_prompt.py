@@ -1,4 +1,5 @@
-"""Per-prompt effective depth and the agreement between estimators (docs/methods.md §8–9).
+"""Per-prompt effective depth and the agreement between estimators (docs/methods.md:
+"Per-prompt effective depth", "Estimator agreement").
 
 The reference papers report one depth per (model, task): a rule applied to the *mean* curve over
 prompts. Every estimator rule here is a function of a prompt sample (it recomputes its curve from
@@ -167,7 +168,7 @@ def rank_agreement(x: Any, y: Any) -> float:
     (two points always correlate perfectly, or not at all) or when either side is constant."""
     xa, ya = np.asarray(x, float), np.asarray(y, float)
     keep = ~(np.isnan(xa) | np.isnan(ya))
-    return spearman(xa[keep], ya[keep]) if keep.sum() >= 3 else float("nan")
+    return spearman(xa[keep].tolist(), ya[keep].tolist()) if keep.sum() >= 3 else float("nan")
 
 
 def _rho_ci(x: np.ndarray, y: np.ndarray, idx: np.ndarray, level: float) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Figures of per-prompt depth and estimator agreement (docs/methods.md §8–9).
+"""Figures of per-prompt depth and estimator agreement (docs/methods.md: "Per-prompt effective
+depth", "Estimator agreement").
 
 * :func:`per_prompt_figure` — one run: every prompt's own effective-depth ratio per estimator (a
   box with every prompt as a point), the run's estimate from the mean curve as a diamond, and how
