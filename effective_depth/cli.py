@@ -465,13 +465,15 @@ def agreement_cmd(run_dirs: tuple[str, ...], estimators: tuple[str, ...], out: s
                                  param_hint="--estimator")
     rows = estimator_agreement(_run_dirs(run_dirs), estimators=estimators or None,
                                n_boot=n_boot, seed=seed)
-    _print_comparison({"agreement": rows})
+    _print_comparison({"agreement": rows}, every_run=True)
     if out:
         for path in write_agreement(rows, out):
             _console().print(f"wrote {path}")
 
 
-def _print_comparison(comparison: dict[str, Any]) -> None:
+def _print_comparison(comparison: dict[str, Any], every_run: bool = False) -> None:
+    """The comparison's tables; the agreement over each run's prompts only with ``every_run``
+    (``effective-depth agreement``): a grid has one such table per run."""
     from rich.table import Table
 
     console = _console()
@@ -504,6 +506,8 @@ def _print_comparison(comparison: dict[str, Any]) -> None:
         specs["scale"][1].insert(0, "run")
     for key, (title, cols) in specs.items():
         rows = comparison.get(key) or []
+        if key == "agreement" and not every_run:
+            rows = [r for r in rows if r.get("scope") == "models"]
         if not rows:
             continue
         table = Table(title=title)
