@@ -146,6 +146,8 @@ def compare_runs(
     bad = [e for e in ests if e not in known]
     if bad:
         raise ConfigError(f"unknown estimators {bad}; choose from {', '.join(known)}")
+    from .per_prompt import run_per_prompt
+
     rules = {id(r): _RunRules(r) for r in loaded}
     out: dict[str, Any] = {"estimators": ests, "runs": [], "scale": [], "training": [],
                            "difficulty": [], "prompt_difficulty": [], "agreement": [],
@@ -161,6 +163,7 @@ def compare_runs(
             "estimates": {e: _estimate(r, e) for e in ests},
             "depth_score": res.get("depth", {}).get("depth_score"),
             "accuracy": res.get("accuracy"),
+            "per_prompt": {e: pp.summary() for e, pp in run_per_prompt(r).items() if e in ests},
         })
         for e in ests:
             est = _estimate(r, e)

@@ -254,3 +254,32 @@ def test_agreement_over_models_of_a_grid():
     # two models only: no rank correlation is claimed
     assert not [r for r in estimator_agreement(runs[:2], estimators=["ed_kl", "ed_overlap"], n_boot=10)
                 if r["scope"] == "models"]
+
+
+def test_a_study_stores_per_prompt_depths_and_the_cli_reports_agreement(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from effective_depth.cli import main
+    from effective_depth.results import load_run
+    from effective_depth.study import StudyConfig, run_study
+
+    config = StudyConfig(model="zoo/add-4l", n_examples=8, n_boot=50, lens_k=1,
+                         metrics=("logit_lens", "behaviour"))
+    res = run_study(config, tmp_path / "run", progress=False, dashboard=False)
+    stored = res.results["per_prompt"]
+    assert set(stored) == {"ed_kl", "ed_overlap", "ed_task", "ed_prune"}
+    run = load_run(tmp_path / "run")
+    lens = run.metric("logit_lens")
+    for i in range(8):  # each prompt's block is the rule on that prompt's own curve
+        assert stored["ed_kl"]["layers"][i] == ed_kl(lens.kl_of([i]), 0.5)[0]
+    assert {k: v.layers for k, v in run_per_prompt(run).items()} == \
+        {k: v["layers"] for k, v in stored.items()}
+    out = CliRunner().invoke(main, ["agreement", str(tmp_path / "run"), "--n-boot", "20",
+                                    "--out", str(tmp_path / "agree")])
+    assert out.exit_code == 0, out.output
+    assert "ed_kl" in out.output and "prompts" in out.output
+    rows = json.loads((tmp_path / "agree" / "agreement.json").read_text())["agreement"]
+    assert len(rows) == 6 and {r["scope"] for r in rows} == {"prompts"}
+    assert (tmp_path / "agree" / "agreement.csv").read_text().startswith("scope,over,run,a,b,")
