@@ -283,3 +283,22 @@ def test_a_study_stores_per_prompt_depths_and_the_cli_reports_agreement(tmp_path
     rows = json.loads((tmp_path / "agree" / "agreement.json").read_text())["agreement"]
     assert len(rows) == 6 and {r["scope"] for r in rows} == {"prompts"}
     assert (tmp_path / "agree" / "agreement.csv").read_text().startswith("scope,over,run,a,b,")
+
+
+def test_figures_show_the_per_prompt_values_and_the_agreement_matrix():
+    from effective_depth.viz.compare_figures import COMPARISON_FIGURES
+    from effective_depth.viz.per_prompt import agreement_figure, per_prompt_figure
+
+    pp = {"ed_overlap": _pp("ed_overlap", [1, 3, None, 3]), "ed_kl": _pp("ed_kl", [0, 1, 2, 3])}
+    fig = per_prompt_figure(pp, {"ed_overlap": {"ratio": 0.5}, "ed_kl": {"layer": None}})
+    boxes = [t for t in fig.data if t.type == "box"]
+    assert list(boxes[0].y) == [0.5, 1.0, 1.0] and list(boxes[0].customdata) == [0, 1, 3]
+    assert boxes[0].x[0] == "ed_overlap (3/4)"
+    (diamond,) = [t for t in fig.data if t.type == "scatter"]
+    assert list(diamond.x) == ["ed_overlap (3/4)"] and list(diamond.y) == [0.5]
+    rows = prompt_agreement(pp, n_boot=20)
+    heat = agreement_figure(rows).data[0]
+    rho = rows[0]["rho"]
+    assert rho == pytest.approx(_pearson_of_ranks([0.5, 1.0, 1.0], [0.25, 0.5, 1.0]))
+    assert [list(r) for r in heat.z] == [[1.0, rho], [rho, 1.0]]
+    assert {"prompt_difficulty", "agreement"} <= set(COMPARISON_FIGURES)
