@@ -495,7 +495,35 @@ def _pair_list(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
     return out
 
 
-def _print_comparison(comparison: dict[str, Any]) -> None:
+@main.command("agreement")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--estimator", "estimators", multiple=True, help="Estimators to compare (default: all).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Write agreement.json and agreement.csv here.")
+@click.option("--n-boot", type=int, default=1000, help="Bootstrap resamples for the CIs.")
+@click.option("--seed", type=int, default=0)
+def agreement_cmd(run_dirs: tuple[str, ...], estimators: tuple[str, ...], out: str | None,
+                  n_boot: int, seed: int) -> None:
+    """Do the estimators agree? Spearman's rho between every pair of estimators over each run's
+    prompts (per-prompt depths) and over the models of a grid (3+ runs of one task), with CIs."""
+    from .compare import estimator_agreement, estimator_names, write_agreement
+
+    known = estimator_names()
+    bad = [e for e in estimators if e not in known]
+    if bad:
+        raise click.BadParameter(f"unknown estimators {bad}; choose from {', '.join(known)}",
+                                 param_hint="--estimator")
+    rows = estimator_agreement(_run_dirs(run_dirs), estimators=estimators or None,
+                               n_boot=n_boot, seed=seed)
+    _print_comparison({"agreement": rows}, every_run=True)
+    if out:
+        for path in write_agreement(rows, out):
+            _console().print(f"wrote {path}")
+
+
+def _print_comparison(comparison: dict[str, Any], every_run: bool = False) -> None:
+    """The comparison's tables; the agreement over each run's prompts only with ``every_run``
+    (``effective-depth agreement``): a grid has one such table per run."""
     from rich.table import Table
 
     console = _console()
@@ -516,6 +544,11 @@ def _print_comparison(comparison: dict[str, Any]) -> None:
                                                        "ratio_base", "ratio_trained", "diff", "diff_ci"]),
         "difficulty": ("Difficulty: ratio per level and Spearman's rho", ["model", "task", "estimator",
                                                                           "levels", "ratios", "rho", "rho_ci"]),
+        "prompt_difficulty": ("Difficulty per prompt: Spearman's rho of each prompt's level and "
+                              "its own depth", ["model", "task", "estimator", "levels", "n_defined",
+                                                "medians", "rho", "rho_ci"]),
+        "agreement": ("Estimator agreement: Spearman's rho between estimators",
+                      ["scope", "over", "a", "b", "n", "rho", "ci", "reason"]),
     }
     scale_models = [r.get("model") for r in comparison.get("runs", [])]
     if len(scale_models) != len(set(scale_models)):
@@ -523,6 +556,8 @@ def _print_comparison(comparison: dict[str, Any]) -> None:
         specs["scale"][1].insert(0, "run")
     for key, (title, cols) in specs.items():
         rows = comparison.get(key) or []
+        if key == "agreement" and not every_run:
+            rows = [r for r in rows if r.get("scope") == "models"]
         if not rows:
             continue
         table = Table(title=title)

@@ -6,6 +6,11 @@
   instruction tuning, or the zoo's scratchpad model), the difference of ratios with a bootstrap CI.
 * **Difficulty** — one model on several difficulty levels of one task: the ratio per level, and
   Spearman's ρ between level and ratio with a bootstrap CI (prompts resampled within each level).
+  The prompt-level form (``prompt_difficulty``): ρ between each prompt's difficulty and its own
+  per-prompt depth, pooled over the levels, with the same CI.
+* **Agreement** — whether the estimators measure one quantity: Spearman's ρ between every pair of
+  estimators over the prompts of each run, and over the models of a grid (runs of one task and
+  difficulty), with bootstrap CIs (:func:`estimator_agreement`).
 
 ``compare_runs`` returns plain data (lists and dicts) ready for JSON, CSV and the dashboard's
 comparison figures; it recomputes estimators on bootstrap resamples from each run's stored
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import math
 from collections import defaultdict
@@ -23,11 +29,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .depth import bootstrap_indices, estimator_rules, percentile_ci, spearman_bootstrap
+from .depth import (
+    bootstrap_indices,
+    estimator_rules,
+    percentile_ci,
+    prompt_spearman_bootstrap,
+    spearman_bootstrap,
+)
 from .errors import ConfigError
 from .results import Run, load_run
 
-__all__ = ["compare_runs", "comparison_tables", "write_comparison", "estimator_names"]
+__all__ = ["compare_runs", "comparison_tables", "write_comparison", "estimator_names",
+           "estimator_agreement", "write_agreement"]
 log = logging.getLogger(__name__)
 
 
@@ -133,9 +146,12 @@ def compare_runs(
     bad = [e for e in ests if e not in known]
     if bad:
         raise ConfigError(f"unknown estimators {bad}; choose from {', '.join(known)}")
+    from .per_prompt import run_per_prompt
+
     rules = {id(r): _RunRules(r) for r in loaded}
     out: dict[str, Any] = {"estimators": ests, "runs": [], "scale": [], "training": [],
-                           "difficulty": [], "skipped": skipped}
+                           "difficulty": [], "prompt_difficulty": [], "agreement": [],
+                           "skipped": skipped}
     for r in loaded:
         res = r.results
         out["runs"].append({
@@ -147,6 +163,7 @@ def compare_runs(
             "estimates": {e: _estimate(r, e) for e in ests},
             "depth_score": res.get("depth", {}).get("depth_score"),
             "accuracy": res.get("accuracy"),
+            "per_prompt": {e: pp.summary() for e, pp in run_per_prompt(r).items() if e in ests},
         })
         for e in ests:
             est = _estimate(r, e)
@@ -160,7 +177,131 @@ def compare_runs(
     for base_name, trained_name in pairs or []:
         out["training"] += _training_rows(loaded, rules, base_name, trained_name, ests, n_boot, seed, level)
     out["difficulty"] = _difficulty_rows(loaded, rules, ests, n_boot, seed, level)
+    out["prompt_difficulty"] = _prompt_difficulty_rows(loaded, ests, n_boot, seed, level)
+    out["agreement"] = estimator_agreement(loaded, estimators=ests, n_boot=n_boot, seed=seed,
+                                           level=level, rules=rules)
     return out
+
+
+def _prompt_levels(run: Run) -> list[Any]:
+    """Each prompt's difficulty: its example's own, else the run's task level."""
+    default = run.results.get("task", {}).get("difficulty")
+    examples = run.inputs.get("examples", [])
+    n = int(run.results.get("task", {}).get("n_examples", len(examples)))
+    own = [(ex.get("meta") or {}).get("difficulty") for ex in examples[:n]]
+    own += [None] * (n - len(own))
+    return [default if lv is None else lv for lv in own]
+
+
+def _prompt_difficulty_rows(loaded: list[Run], ests: list[str], n_boot: int, seed: int,
+                            level: float) -> list[dict[str, Any]]:
+    """Prompt-level difficulty test per (model, task): Spearman's ρ between each prompt's
+    difficulty and its per-prompt depth, pooled across levels; prompts resampled within levels."""
+    from .per_prompt import run_per_prompt
+
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for r in loaded:
+        groups[(_model(r), _task_key(r))].append(r)
+    rows = []
+    for (model, task), members in sorted(groups.items()):
+        per_run = [(r, _prompt_levels(r), run_per_prompt(r)) for r in members]
+        levels = sorted({lv for _, lvs, _ in per_run for lv in lvs if lv is not None})
+        if len(levels) < 2:
+            continue
+        for e in ests:
+            if not all(e in pp for _, _, pp in per_run):
+                continue
+            values: dict[Any, list[float | None]] = {lv: [] for lv in levels}
+            for _, lvs, pp in per_run:
+                for lv, ratio in zip(lvs, pp[e].ratios):
+                    if lv is not None:
+                        values[lv].append(ratio)
+            trend = prompt_spearman_bootstrap(levels, [values[lv] for lv in levels],
+                                              n_boot=n_boot, seed=seed, level=level)
+            rows.append({
+                "model": model, "task": task, "estimator": e, "levels": levels,
+                "runs": [str(r.path) for r in members],
+                "n_prompts": trend["n_prompts"], "n_defined": trend["n_defined"],
+                "medians": trend["ratios"], "rho": trend["rho"], "rho_ci": trend["ci"],
+                "undefined_fraction": trend["undefined_fraction"],
+            })
+    return rows
+
+
+def estimator_agreement(
+    runs: Sequence[Run | str | Path],
+    *,
+    estimators: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    rules: dict[int, _RunRules] | None = None,
+) -> list[dict[str, Any]]:
+    """Rank agreement between estimators, as flat rows ``{"scope", "over", "a", "b", "rho",
+    "ci", "n", "reason"}``:
+
+    * ``scope="prompts"``: per run, ρ between two estimators' per-prompt depths over its prompts
+      (both defined), CI from resampling prompts;
+    * ``scope="models"``: per group of three or more runs of one task and difficulty, ρ between two
+      estimators' ratios over the runs' models, CI from resampling prompts within every run (the
+      same resample for both estimators of a run): the uncertainty of the estimates, given these
+      models.
+    """
+    from .per_prompt import prompt_agreement, run_per_prompt
+
+    loaded = [r if isinstance(r, Run) else load_run(r) for r in runs]
+    ests = list(estimators or estimator_names())
+    rows: list[dict[str, Any]] = []
+    for r in loaded:
+        pp = {k: v for k, v in run_per_prompt(r).items() if k in ests}
+        for row in prompt_agreement(pp, n_boot=n_boot, seed=seed, level=level):
+            rows.append({"scope": "prompts", "over": r.label, "run": str(r.path), **row})
+    rules = rules or {id(r): _RunRules(r) for r in loaded}
+    groups: dict[tuple[str, Any], list[Run]] = defaultdict(list)
+    for r in loaded:
+        groups[(_task_key(r), r.results.get("task", {}).get("difficulty"))].append(r)
+    for (task, difficulty), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        if len({_model(r) for r in members}) < 3:
+            continue
+        rows += _model_agreement(members, rules, ests, task, difficulty, n_boot, seed, level)
+    return rows
+
+
+def _model_agreement(members: list[Run], rules: dict[int, _RunRules], ests: list[str], task: str,
+                     difficulty: Any, n_boot: int, seed: int, level: float) -> list[dict[str, Any]]:
+    import numpy as np
+
+    from .per_prompt import rank_agreement
+
+    members = sorted(members, key=lambda r: (r.results.get("model", {}).get("n_layers") or 0,
+                                             _model(r)))
+    point = {e: np.asarray([np.nan if _estimate(r, e).get("ratio") is None
+                            else _estimate(r, e)["ratio"] for r in members], float) for e in ests}
+    idx = [bootstrap_indices(rules[id(r)].n_prompts(), n_boot, seed + 104729 * i)
+           for i, r in enumerate(members)]
+    boot = {e: np.asarray([[np.nan if (v := rules[id(r)].ratio(e, idx[i][b].tolist())) is None
+                            else v for i, r in enumerate(members)] for b in range(n_boot)], float)
+            for e in ests}
+    over = f"{task}" + ("" if difficulty is None else f" difficulty {difficulty}") + \
+        f" ({len(members)} models)"
+    rows = []
+    for a, b in itertools.combinations(ests, 2):
+        x, y = point[a], point[b]
+        keep = ~(np.isnan(x) | np.isnan(y))
+        rho = rank_agreement(x, y)
+        row: dict[str, Any] = {"scope": "models", "over": over, "run": None, "a": a, "b": b,
+                               "rho": None, "ci": None, "n": int(keep.sum()), "reason": None,
+                               "undefined_fraction": None}
+        if math.isnan(rho):
+            row["reason"] = ("fewer than 3 models where both are defined" if keep.sum() < 3 else
+                             "one of the two is the same on every model")
+        else:
+            rhos = [rank_agreement(boot[a][k], boot[b][k]) for k in range(n_boot)]
+            ci = percentile_ci(rhos, level)
+            row.update(rho=rho, ci=None if ci is None else list(ci),
+                       undefined_fraction=float(np.mean([math.isnan(v) for v in rhos])))
+        rows.append(row)
+    return rows
 
 
 def _training_rows(loaded: list[Run], rules: dict[int, _RunRules], base_name: str, trained_name: str,
@@ -260,7 +401,8 @@ def _fmt(v: Any) -> str:
 
 def comparison_tables(comparison: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """The three tables as lists of flat rows (for CSV and the terminal)."""
-    return {k: comparison[k] for k in ("scale", "training", "difficulty")}
+    return {k: comparison.get(k, []) for k in ("scale", "training", "difficulty",
+                                               "prompt_difficulty", "agreement")}
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -272,6 +414,18 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         writer.writerow({k: _fmt(v) for k, v in row.items()})
     return buf.getvalue()
+
+
+def write_agreement(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
+    """``agreement.json`` and ``agreement.csv`` (the rows of :func:`estimator_agreement`)."""
+    from .results import atomic_write_text, dumps
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "agreement.json", out / "agreement.csv"]
+    atomic_write_text(written[0], dumps({"agreement": rows}))
+    atomic_write_text(written[1], _csv(rows))
+    return written
 
 
 def write_comparison(comparison: dict[str, Any], out: str | Path) -> list[Path]:

@@ -188,17 +188,18 @@ def spearman_bootstrap(
     level: float = 0.95,
 ) -> dict[str, Any]:
     """Spearman's ρ between difficulty ``levels`` and the ratio at each level, with a CI from
-    resampling prompts *within* every level (``ratio_fns[i](idx)`` recomputes level ``i``)."""
+    resampling prompts *within* every level (``ratio_fns[i](idx)`` recomputes level ``i``).
+
+    A ``ratio_fns[i]`` may also return a sequence — one value per prompt of the sample — each
+    paired with ``levels[i]``: the prompt-level test (:func:`prompt_spearman_bootstrap`)."""
     point = [fn(None) for fn in ratio_fns]
-    rho = spearman(levels, [np.nan if r is None else r for r in point])
+    rho = spearman(*_paired(levels, point))
     rhos = []
     rngs = [bootstrap_indices(n, n_boot, seed + 7919 * i) if n else None for i, n in enumerate(n_prompts)]
     for b in range(n_boot):
-        ratios = []
-        for i, fn in enumerate(ratio_fns):
-            r = fn(rngs[i][b].tolist()) if rngs[i] is not None else None
-            ratios.append(np.nan if r is None else r)
-        rhos.append(spearman(levels, ratios))
+        ratios = [fn(rngs[i][b].tolist()) if rngs[i] is not None else None
+                  for i, fn in enumerate(ratio_fns)]
+        rhos.append(spearman(*_paired(levels, ratios)))
     # no interval around an undefined rho (a constant ratio): resamples that happen to vary would
     # suggest a trend the data do not show
     ci = None if math.isnan(rho) else percentile_ci(rhos, level)
@@ -210,6 +211,42 @@ def spearman_bootstrap(
         "ratios": point,
         "undefined_fraction": float(np.mean([math.isnan(r) for r in rhos])) if rhos else None,
     }
+
+
+def _paired(levels: Sequence[Any], values: Sequence[Any]) -> tuple[list[Any], list[float]]:
+    """(level, value) pairs: a scalar value is one pair, a sequence one pair per element."""
+    xs: list[Any] = []
+    ys: list[float] = []
+    for lv, v in zip(levels, values):
+        vs = list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v]
+        xs += [lv] * len(vs)
+        ys += [np.nan if x is None else float(x) for x in vs]
+    return xs, ys
+
+
+def prompt_spearman_bootstrap(
+    levels: Sequence[Any],
+    values: Sequence[Sequence[float | None]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Spearman's ρ between each prompt's difficulty and its own depth, pooled over levels.
+
+    ``values[i]`` holds the per-prompt ratios of the prompts at difficulty ``levels[i]`` (None:
+    undefined for that prompt, left out). The CI resamples prompts within every level, as
+    :func:`spearman_bootstrap` does for level means. The result adds, per level, the number of
+    prompts, of defined ones, and the median ratio.
+    """
+    fns = [lambda idx, v=list(v): v if idx is None else [v[j] for j in idx] for v in values]
+    out = spearman_bootstrap(levels, fns, [len(v) for v in values], n_boot=n_boot, seed=seed,
+                             level=level)
+    defined = [[x for x in v if x is not None] for v in values]
+    out["ratios"] = [float(np.median(d)) if d else None for d in defined]
+    out["n_prompts"] = [len(v) for v in values]
+    out["n_defined"] = [len(d) for d in defined]
+    return out
 
 
 #: which measurement each estimator needs

@@ -67,6 +67,12 @@ class EstimatorSpec:
     ``rule(result, threshold, rules)`` returns a function of a prompt sample (a list of prompt
     indices, or None for all prompts) that gives a :data:`Rule`. ``checks(result, threshold,
     d_vocab)`` returns the warnings (strings) under which the estimate is decided by chance.
+
+    ``per_prompt`` says how the estimator reads *one* prompt (docs/methods.md, per-prompt depth):
+    ``True`` (the default) — its rule applied to the one-prompt sample ``[i]`` is that prompt's
+    depth, which holds whenever the rule recomputes its curve from the sample (a lens curve, an
+    output-effect curve, per-prompt correctness); ``False`` — one prompt's data carry no depth;
+    or a callable ``(result, threshold, rules) -> (i -> Rule)`` for a rule of its own.
     """
 
     name: str
@@ -75,6 +81,7 @@ class EstimatorSpec:
     threshold: float | None = None
     description: str = ""
     checks: Callable[[Any, float | None, int | None], list[tuple[str, str]]] | None = None
+    per_prompt: bool | Callable[[Any, float | None, str], Callable[[int], Rule]] = True
 
 
 @dataclass(frozen=True)

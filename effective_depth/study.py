@@ -435,6 +435,7 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
     from .depth import estimate_all, reliability_warnings
     from .engine.batch import encode_batch
     from .models.loading import load_model
+    from .per_prompt import per_prompt_estimates
     from .registry import StudyContext, metric_names
 
     progress = steps.enabled
@@ -532,6 +533,8 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
         warnings += reliability_warnings(done, estimates, thresholds=config.thresholds,
                                          n_boot=config.n_boot, d_vocab=int(model.cfg.d_vocab))
         results["depth"] = {k: v.to_dict() for k, v in estimates.items()}
+        results["per_prompt"] = {k: v.to_dict() for k, v in per_prompt_estimates(
+            done, thresholds=config.thresholds, rules=config.rules).items()}
         for spec in specs:
             if spec.summaries is not None and spec.name in done:
                 for key, value in spec.summaries(done[spec.name], config).items():

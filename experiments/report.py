@@ -64,6 +64,48 @@ def difficulty_table(comparison: dict) -> str:
     return "\n".join(rows)
 
 
+def per_prompt_table(comparison: dict) -> str:
+    """Per-prompt depths: median [quartiles] of the prompts' own ratios, defined / all, next to
+    the estimate from the mean curve."""
+    rows = ["| model | L | " + " | ".join(ESTIMATORS) + " |", "|" + " --- |" * (len(ESTIMATORS) + 2)]
+    for run in comparison["runs"]:
+        cells = []
+        for e in ESTIMATORS:
+            s = (run.get("per_prompt") or {}).get(e)
+            mean_curve = run["estimates"][e].get("ratio")
+            if not s or s.get("median") is None:
+                cells.append("undefined")
+                continue
+            cells.append(f"{s['median']:.2f} [{s['q1']:.2f}, {s['q3']:.2f}] "
+                         f"({s['n_defined']}/{s['n_prompts']}; mean curve {_num(mean_curve)})")
+        rows.append(f"| {run['model']} | {run['n_layers']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def prompt_difficulty_table(comparison: dict) -> str:
+    rows = ["| estimator | levels | median per-prompt ratio | defined | Spearman rho over prompts [95% CI] |",
+            "| --- | --- | --- | --- | --- |"]
+    for r in comparison.get("prompt_difficulty", []):
+        ci = r.get("rho_ci")
+        rho = _num(r.get("rho"), "{:+.2f}") + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+        medians = ", ".join(_num(x) for x in r["medians"])
+        defined = ", ".join(f"{d}/{n}" for d, n in zip(r["n_defined"], r["n_prompts"]))
+        rows.append(f"| {r['estimator']} | {r['levels']} | {medians} | {defined} | {rho} |")
+    return "\n".join(rows)
+
+
+def agreement_table(comparison: dict, scope: str = "models") -> str:
+    rows = ["| over | A | B | n | Spearman rho [95% CI] |", "| --- | --- | --- | --- | --- |"]
+    for r in comparison.get("agreement", []):
+        if r.get("scope") != scope:
+            continue
+        ci = r.get("ci")
+        rho = (_num(r.get("rho"), "{:+.2f}") + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+               if r.get("rho") is not None else f"undefined ({r.get('reason')})")
+        rows.append(f"| {r['over']} | {r['a']} | {r['b']} | {r['n']} | {rho} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str]) -> None:
     dirs = [Path(a) for a in argv] or [Path("runs/zoo_scale"), Path("runs/zoo_training"),
                                         Path("runs/zoo_difficulty")]
@@ -78,6 +120,12 @@ def main(argv: list[str]) -> None:
             print(f"{training_table(comparison)}\n")
         if comparison.get("difficulty"):
             print(f"{difficulty_table(comparison)}\n")
+        if any(run.get("per_prompt") for run in comparison["runs"]):
+            print(f"Per-prompt depths\n\n{per_prompt_table(comparison)}\n")
+        if comparison.get("prompt_difficulty"):
+            print(f"Difficulty per prompt\n\n{prompt_difficulty_table(comparison)}\n")
+        if any(r.get("scope") == "models" for r in comparison.get("agreement", [])):
+            print(f"Agreement over models\n\n{agreement_table(comparison)}\n")
 
 
 if __name__ == "__main__":

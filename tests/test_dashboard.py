@@ -104,12 +104,12 @@ def test_study_writes_its_dashboard(runs):
     assert html.escape(run.label) in page
     # every figure of a full run, listed by hand: the summary, three contribution figures, the
     # lens, two skip-effect figures, behaviour, and one map each for erasure and gradients
-    # (map_examples=1)
-    kinds = {"ed_summary", "contributions-relative", "contributions-cosines",
+    # (map_examples=1); the per-prompt depths, and their agreement when some pair is defined
+    kinds = {"ed_summary", "per_prompt", "contributions-relative", "contributions-cosines",
              "contributions-angular", "logit_lens-lens", "skip_effects-layer_effect",
              "skip_effects-output_effect", "behaviour-behaviour", "erasure-map-0",
              "integrated_gradients-map-0"}
-    assert set(_figure_specs(page)) == {f"run-0-{k}" for k in kinds}
+    assert set(_figure_specs(page)) - {"run-0-agreement"} == {f"run-0-{k}" for k in kinds}
 
 
 def test_self_contained_offline(multi_html):
@@ -168,8 +168,8 @@ def test_figure_json_matches_results(runs, plain_html):
 
 
 def test_every_panel_of_a_run(runs):
-    keys = [p.key for p in run_panels(runs[0])]
-    assert keys == ["ed_summary", "contributions-relative", "contributions-cosines",
+    keys = [p.key for p in run_panels(runs[0]) if p.key != "agreement"]
+    assert keys == ["ed_summary", "per_prompt", "contributions-relative", "contributions-cosines",
                     "contributions-angular", "logit_lens-lens", "skip_effects-layer_effect",
                     "skip_effects-output_effect", "behaviour-behaviour", "erasure-map-0",
                     "integrated_gradients-map-0"]

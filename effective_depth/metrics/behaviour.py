@@ -171,6 +171,27 @@ def _cost(w: Workload) -> MeasurementCost:
     return m
 
 
+def _one_prompt(rule: Any) -> Any:
+    """Per prompt, the accuracies are 0 or 1: a prompt the full model gets wrong has no depth."""
+    def per_prompt(r: Behaviour, eps: float | None, rules: str) -> Any:
+        def apply(i: int) -> Any:
+            if not bool(r.correct_full[i]):
+                return None, "the full model answers this prompt wrongly"
+            return rule(r, eps, rules)([i])
+
+        return apply
+
+    return per_prompt
+
+
+def _ed_task(r: Behaviour, eps: float | None, rules: str) -> Any:
+    return lambda idx: ed_task(r.accuracy_by_exit(idx), r.accuracy(idx), eps)
+
+
+def _ed_prune(r: Behaviour, eps: float | None, rules: str) -> Any:
+    return lambda idx: ed_prune(r.accuracy_by_prune(idx), r.accuracy(idx), eps)
+
+
 register_metric(MetricSpec(
     name=Behaviour.name,
     cost=_cost,
@@ -180,14 +201,12 @@ register_metric(MetricSpec(
     run=_run,
     needs_answers=True,
     estimators=(
-        EstimatorSpec("ed_task", Behaviour.name,
-                      lambda r, eps, rules: lambda idx: ed_task(r.accuracy_by_exit(idx),
-                                                                r.accuracy(idx), eps),
-                      0.01, "early exit: the fewest blocks that keep the accuracy within eps"),
-        EstimatorSpec("ed_prune", Behaviour.name,
-                      lambda r, eps, rules: lambda idx: ed_prune(r.accuracy_by_prune(idx),
-                                                                 r.accuracy(idx), eps),
-                      0.01, "the fewest blocks left when the most skippable ones are pruned"),
+        EstimatorSpec("ed_task", Behaviour.name, _ed_task,
+                      0.01, "early exit: the fewest blocks that keep the accuracy within eps",
+                      per_prompt=_one_prompt(_ed_task)),
+        EstimatorSpec("ed_prune", Behaviour.name, _ed_prune,
+                      0.01, "the fewest blocks left when the most skippable ones are pruned",
+                      per_prompt=_one_prompt(_ed_prune)),
     ),
     summaries=lambda result, config: {"accuracy": result.accuracy()},
 ))

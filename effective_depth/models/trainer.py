@@ -101,6 +101,24 @@ def _family(n_layers: int) -> Recipe:
     )
 
 
+def _spare(n_layers: int) -> Recipe:
+    """The 'depth to spare' family: one narrow width, 2-digit addition (far below capacity)."""
+    return Recipe(
+        name=f"spare-{n_layers}l",
+        description=f"{n_layers}-block decoder (d_model 64), 2-digit addition, direct answer "
+        "(depth-to-spare family)",
+        n_layers=n_layers,
+        digits=(2,),
+        d_model=64,
+        d_mlp=256,
+        steps=6000,
+        eval_every=100,
+        # stop on a 500-problem probe: a 200-problem one stopped add-2l at 98% on the card's 500
+        eval_examples=500,
+        lr=3e-3 if n_layers <= 4 else 2e-3,
+    )
+
+
 ZOO_RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
@@ -126,6 +144,7 @@ ZOO_RECIPES: dict[str, Recipe] = {
             steps=12000,
             lr=2e-3,
         ),
+        *(_spare(n) for n in (2, 4, 8, 12, 16)),
     ]
 }
 

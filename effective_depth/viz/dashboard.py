@@ -39,6 +39,7 @@ from ..results import Run, atomic_write_text, load_run
 from ..stats import depth_score_fraction
 from .compare_figures import COMPARISON_FIGURES
 from .figures import SKIP_MODES, ed_summary_figure, figure_specs, skip_modes_figure
+from .per_prompt import per_prompt_panels  # also registers its comparison figures
 
 __all__ = ["Panel", "run_panels", "comparison_panels", "skip_mode_panels", "compute_comparison",
            "build_dashboard_html", "write_dashboard", "load_runs"]
@@ -90,6 +91,7 @@ def run_panels(run: Run) -> list[Panel]:
     panels = []
     if estimates:
         panels.append(Panel("ed_summary", "Effective depth by estimator", ed_summary_figure(estimates)))
+        panels += [Panel(*p) for p in per_prompt_panels(run)]
     for name in run.completed:
         result = run.metric(name)
         for spec in figure_specs(result).values():

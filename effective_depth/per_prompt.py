@@ -1,0 +1,208 @@
+"""Per-prompt effective depth and the agreement between estimators (docs/methods.md:
+"Per-prompt effective depth", "Estimator agreement").
+
+The reference papers report one depth per (model, task): a rule applied to the *mean* curve over
+prompts. Every estimator rule here is a function of a prompt sample (it recomputes its curve from
+the stored per-prompt data), so the same rule applied to the one-prompt sample ``[i]`` gives prompt
+``i``'s own depth. Which estimators may be read that way is declared by their
+:class:`~effective_depth.registry.EstimatorSpec` (``per_prompt``), so a new measurement gets
+per-prompt depths without any change here.
+
+The depth of the mean curve is in general *not* the median of the per-prompt depths: a
+first-crossing rule on an average of curves answers a different question from the typical
+prompt's crossing (two prompts that settle at blocks 1 and 5 average to a curve that may cross
+anywhere between).
+
+**Agreement**: whether "effective depth" is one quantity on a model or several — Spearman's ρ
+between two estimators' per-prompt depths over the prompts of one run (prompts where both are
+defined), with a percentile bootstrap CI over prompts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .depth import bootstrap_indices, percentile_ci, spearman
+from .errors import ConfigError
+from .registry import default_thresholds, estimator_specs
+from .stats import RULE_SETS, Rule
+
+__all__ = ["PerPrompt", "per_prompt_estimates", "run_per_prompt", "prompt_agreement",
+           "rank_agreement"]
+
+
+@dataclass
+class PerPrompt:
+    """One estimator applied to every prompt on its own: ``layers[i]`` is prompt ``i``'s block
+    (0-based), or None with ``reasons[i]``."""
+
+    name: str
+    n_layers: int
+    layers: list[int | None]
+    reasons: list[str | None]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.layers) != len(self.reasons):
+            raise ValueError(f"{self.name}: {len(self.layers)} layers for {len(self.reasons)} reasons")
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.layers)
+
+    @property
+    def ratios(self) -> list[float | None]:
+        return [None if x is None else (x + 1) / self.n_layers for x in self.layers]
+
+    @property
+    def defined(self) -> list[float]:
+        """The ratios of the prompts where the estimator is defined."""
+        return [r for r in self.ratios if r is not None]
+
+    def summary(self) -> dict[str, Any]:
+        """Count, median and quartiles of the per-prompt ratios; undefined prompts by reason."""
+        d = np.asarray(self.defined, dtype=float)
+        q = (np.quantile(d, [0.25, 0.5, 0.75]).tolist() if len(d) else [None] * 3)
+        return {"n_prompts": self.n_prompts, "n_defined": int(len(d)),
+                "median": q[1], "q1": q[0], "q3": q[2],
+                "mean": float(d.mean()) if len(d) else None,
+                "min": float(d.min()) if len(d) else None,
+                "max": float(d.max()) if len(d) else None,
+                "undefined": dict(Counter(r for r in self.reasons if r is not None))}
+
+    def to_dict(self) -> dict[str, Any]:
+        undefined: dict[str, list[int]] = {}
+        for i, why in enumerate(self.reasons):
+            if why is not None:
+                undefined.setdefault(why, []).append(i)
+        return {"n_layers": self.n_layers, "layers": list(self.layers), "ratios": self.ratios,
+                "undefined": undefined, "params": dict(self.params), "summary": self.summary()}
+
+    @classmethod
+    def from_dict(cls, name: str, d: Mapping[str, Any]) -> PerPrompt:
+        layers = list(d["layers"])
+        reasons: list[str | None] = [None] * len(layers)
+        for why, idx in (d.get("undefined") or {}).items():
+            for i in idx:
+                reasons[i] = why
+        return cls(name, int(d["n_layers"]), layers, reasons, dict(d.get("params") or {}))
+
+
+def _one_prompt_rule(spec: Any, result: Any, tau: float | None, rules: str
+                     ) -> Callable[[int], Rule] | None:
+    if spec.per_prompt is False:
+        return None
+    if callable(spec.per_prompt):
+        return spec.per_prompt(result, tau, rules)
+    sample_rule = spec.rule(result, tau, rules)
+    return lambda i: sample_rule([i])
+
+
+def per_prompt_estimates(
+    metrics: Mapping[str, Any],
+    *,
+    thresholds: Mapping[str, float] | None = None,
+    rules: str = "toolkit",
+    only: Sequence[str] | None = None,
+) -> dict[str, PerPrompt]:
+    """Every registered estimator that reads one prompt (``EstimatorSpec.per_prompt``) and whose
+    measurement is in ``metrics``, applied to each prompt alone.
+
+    A prompt whose own curve cannot be read (e.g. NaN, or no cut position for ``ed_skip``) is
+    undefined with the reason; it never stops the others.
+    """
+    if rules not in RULE_SETS:
+        raise ConfigError(f"rules must be one of {', '.join(RULE_SETS)}, got {rules!r}")
+    th = {**default_thresholds(), **(thresholds or {})}
+    out: dict[str, PerPrompt] = {}
+    for name, spec in estimator_specs().items():
+        if spec.metric not in metrics or (only is not None and name not in only):
+            continue
+        result = metrics[spec.metric]
+        fn = _one_prompt_rule(spec, result, th.get(name), rules)
+        if fn is None:
+            continue
+        layers: list[int | None] = []
+        reasons: list[str | None] = []
+        for i in range(result.n_prompts):
+            try:
+                layer, why = fn(i)
+            except ConfigError as exc:  # this prompt's curve is unreadable; the others are not
+                layer, why = None, str(exc)
+            layers.append(layer)
+            reasons.append(None if layer is not None else (why or "undefined"))
+        params: dict[str, Any] = {"threshold": th[name]} if name in th else {}
+        if rules == "reference" and name in ("ed_kl", "ed_overlap"):
+            params["rules"] = "reference"
+        out[name] = PerPrompt(name, int(result.meta["n_layers"]), layers, reasons, params)
+    return out
+
+
+def run_per_prompt(run: Any) -> dict[str, PerPrompt]:
+    """The per-prompt depths of a loaded run: those stored in ``results.json`` (``per_prompt``),
+    completed by recomputation from the stored measurements for any estimator they lack (a run
+    written before per-prompt depths existed, or a newly registered estimator)."""
+    stored = {name: PerPrompt.from_dict(name, d)
+              for name, d in (run.results.get("per_prompt") or {}).items()}
+    specs = estimator_specs()
+    missing = [name for name, spec in specs.items()
+               if name not in stored and spec.metric in run.completed and spec.per_prompt is not False]
+    if missing:
+        cfg = run.config.get("config", {})
+        metrics = {m: run.metric(m) for m in {specs[n].metric for n in missing}}
+        stored.update(per_prompt_estimates(metrics, thresholds=cfg.get("thresholds") or {},
+                                           rules=cfg.get("rules", "toolkit"), only=missing))
+    order = [n for n in specs if n in stored] + [n for n in stored if n not in specs]
+    return {n: stored[n] for n in order}
+
+
+def rank_agreement(x: Any, y: Any) -> float:
+    """Spearman's ρ over the points where both are defined (not NaN); NaN with fewer than three
+    (two points always correlate perfectly, or not at all) or when either side is constant."""
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
+    keep = ~(np.isnan(xa) | np.isnan(ya))
+    return spearman(xa[keep].tolist(), ya[keep].tolist()) if keep.sum() >= 3 else float("nan")
+
+
+def _rho_ci(x: np.ndarray, y: np.ndarray, idx: np.ndarray, level: float) -> dict[str, Any]:
+    keep = ~(np.isnan(x) | np.isnan(y))
+    n = int(keep.sum())
+    rho = rank_agreement(x, y)
+    if math.isnan(rho):
+        why = ("fewer than 3 prompts where both are defined" if n < 3 else
+               "one of the two is the same on every prompt where both are defined")
+        return {"rho": None, "ci": None, "n": n, "reason": why, "undefined_fraction": None}
+    rhos = [rank_agreement(x[b], y[b]) for b in idx]
+    ci = percentile_ci(rhos, level)
+    return {"rho": rho, "ci": None if ci is None else list(ci), "n": n, "reason": None,
+            "undefined_fraction": float(np.mean([math.isnan(r) for r in rhos])) if rhos else None}
+
+
+def prompt_agreement(
+    per_prompt: Mapping[str, PerPrompt],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[dict[str, Any]]:
+    """Spearman's ρ between every pair of estimators' per-prompt depths over one run's prompts
+    (prompts where both are defined), with a bootstrap CI (the same prompt resamples for every
+    pair). A constant estimator, or fewer than 3 common prompts, gives ρ None with the reason."""
+    names = [n for n, pp in per_prompt.items() if pp.n_prompts]
+    if not names:
+        return []
+    n = per_prompt[names[0]].n_prompts
+    if any(per_prompt[k].n_prompts != n for k in names):
+        raise ConfigError("per-prompt depths of one run must cover the same prompts")
+    vals = {k: np.asarray([np.nan if r is None else r for r in per_prompt[k].ratios], float)
+            for k in names}
+    idx = bootstrap_indices(n, n_boot, seed) if n_boot > 0 else np.zeros((0, n), dtype=int)
+    return [{"a": a, "b": b, **_rho_ci(vals[a], vals[b], idx, level)}
+            for a, b in itertools.combinations(names, 2)]

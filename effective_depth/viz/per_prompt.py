@@ -1,0 +1,182 @@
+"""Figures of per-prompt depth and estimator agreement (docs/methods.md: "Per-prompt effective
+depth", "Estimator agreement").
+
+* :func:`per_prompt_figure` — one run: every prompt's own effective-depth ratio per estimator (a
+  box with every prompt as a point), the run's estimate from the mean curve as a diamond, and how
+  many prompts are defined;
+* :func:`agreement_figure` — Spearman's ρ between every pair of estimators as a heatmap (per run
+  over prompts, or per grid over models), each cell with its bootstrap CI;
+* comparison figures (registered in :data:`~effective_depth.viz.compare_figures.COMPARISON_FIGURES`):
+  the prompt-level difficulty test and the agreement over models.
+
+Figures take numbers that :mod:`effective_depth.per_prompt` and :mod:`effective_depth.compare`
+computed; :func:`per_prompt_panels` arranges one run's figures for the dashboard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+from .compare_figures import COMPARISON_FIGURES, ComparisonFigure
+from .figures import TEMPLATE, text
+
+__all__ = ["per_prompt_figure", "agreement_figure", "prompt_difficulty_figure",
+           "model_agreement_figure", "per_prompt_panels"]
+
+
+def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 440) -> go.Figure:
+    fig.update_layout(template=TEMPLATE, title={"text": title, "x": 0.01}, height=height,
+                      margin={"l": 70, "r": 30, "t": 70, "b": 60}, hovermode="closest")
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title)
+    return fig
+
+
+def _as_dict(pp: Any) -> Mapping[str, Any]:
+    return pp.to_dict() if hasattr(pp, "to_dict") else pp
+
+
+def per_prompt_figure(per_prompt: Mapping[str, Any], estimates: Mapping[str, Any] | None = None,
+                      title: str = "Per-prompt effective depth") -> go.Figure:
+    """Each prompt's own ratio ``(e + 1) / L`` per estimator (box and points; hover: the prompt
+    index), the mean-curve estimate as a diamond; the axis label says how many prompts are
+    defined. ``per_prompt``: :class:`~effective_depth.per_prompt.PerPrompt` objects or their
+    stored dicts."""
+    fig = go.Figure()
+    labels = []
+    for name, pp in per_prompt.items():
+        d = _as_dict(pp)
+        ratios = list(d.get("ratios") or [])
+        keep = [(i, r) for i, r in enumerate(ratios) if r is not None]
+        label = f"{name} ({len(keep)}/{len(ratios)})"
+        labels.append(label)
+        fig.add_trace(go.Box(
+            x=[label] * len(keep), y=[r for _, r in keep], name=text(name), boxpoints="all",
+            jitter=0.5, pointpos=0, marker={"size": 4, "opacity": 0.6}, showlegend=False,
+            customdata=[i for i, _ in keep],
+            hovertemplate="prompt %{customdata}<br>ratio %{y:.3f}<extra>" + text(name) + "</extra>",
+        ))
+    mean_x, mean_y = [], []
+    for label, name in zip(labels, per_prompt):
+        est = (estimates or {}).get(name) or {}
+        ratio = est.get("ratio") if isinstance(est, Mapping) else getattr(est, "ratio", None)
+        if ratio is not None:
+            mean_x.append(label)
+            mean_y.append(ratio)
+    if mean_x:
+        fig.add_trace(go.Scatter(
+            x=mean_x, y=mean_y, mode="markers", name="estimate from the mean curve",
+            marker={"symbol": "diamond", "size": 13, "color": "#222", "line": {"width": 1}},
+            hovertemplate="mean curve: %{y:.3f}<extra></extra>"))
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=labels)
+    fig.update_yaxes(range=[0, 1.05])
+    fig.update_layout(legend={"orientation": "h", "y": -0.2})
+    return _layout(fig, title, "estimator (defined prompts / prompts)",
+                   "per-prompt ratio (e + 1) / L")
+
+
+def _ci_text(ci: Sequence[float] | None) -> str:
+    return "" if not ci else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def agreement_figure(rows: Sequence[Mapping[str, Any]], title: str = "Estimator agreement"
+                     ) -> go.Figure:
+    """Spearman's ρ between estimators as a symmetric heatmap (−1 blue … +1 red); each cell
+    shows ρ and its CI, an undefined pair is blank with its reason on hover. ``rows``: the rows
+    of one scope and one ``over`` (see :func:`effective_depth.compare.estimator_agreement`)."""
+    names: list[str] = []
+    for r in rows:
+        for key in ("a", "b"):
+            if r[key] not in names:
+                names.append(r[key])
+    n = len(names)
+    z: list[list[float | None]] = [[1.0 if i == j else None for j in range(n)] for i in range(n)]
+    cell = [["" for _ in range(n)] for _ in range(n)]
+    hover = [["" for _ in range(n)] for _ in range(n)]
+    for r in rows:
+        i, j = names.index(r["a"]), names.index(r["b"])
+        rho = r.get("rho")
+        for a, b in ((i, j), (j, i)):
+            z[a][b] = rho
+            cell[a][b] = "" if rho is None else f"{rho:.2f}<br>{_ci_text(r.get('ci'))}"
+            hover[a][b] = (f"ρ = {rho:.3f} {_ci_text(r.get('ci'))}, n = {r.get('n')}" if rho is not None
+                           else text(r.get("reason") or "undefined"))
+    for i in range(n):
+        cell[i][i], hover[i][i] = "1", "the same estimator"
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[text(x) for x in names], y=[text(x) for x in names], zmin=-1, zmax=1,
+        colorscale="RdBu", reversescale=True, text=cell, texttemplate="%{text}",
+        customdata=hover, hovertemplate="%{y} vs %{x}<br>%{customdata}<extra></extra>",
+        colorbar={"title": {"text": "ρ"}}))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title, "", "", height=max(360, 70 * n + 140))
+
+
+def prompt_difficulty_figure(comparison: Mapping[str, Any]) -> go.Figure:
+    """The prompt-level difficulty test: the median per-prompt ratio at each level, one line per
+    (model, estimator), with Spearman's ρ over prompts (pooled across levels) and its CI in the
+    legend."""
+    fig = go.Figure()
+    rows = comparison.get("prompt_difficulty", [])
+    several = len({r.get("model") for r in rows}) > 1
+    for r in rows:
+        rho = r.get("rho")
+        rho_text = "ρ undefined" if rho is None else f"ρ = {rho:.2f} {_ci_text(r.get('rho_ci'))}"
+        name = str(r.get("estimator")) + (f" · {r.get('model')}" if several else "")
+        fig.add_trace(go.Scatter(
+            x=list(r.get("levels", [])), y=list(r.get("medians", [])), mode="lines+markers",
+            name=text(f"{name}: {rho_text}"),
+            customdata=[f"{d}/{p}" for d, p in zip(r.get("n_defined", []), r.get("n_prompts", []))],
+            hovertemplate="level %{x}<br>median %{y:.3f}<br>defined %{customdata}<extra>"
+                          + text(name) + "</extra>"))
+    fig.update_yaxes(range=[0, 1.05])
+    fig.update_layout(legend={"orientation": "h", "y": -0.22})
+    return _layout(fig, "Difficulty per prompt: median per-prompt ratio by level",
+                   "difficulty level", "median per-prompt ratio (e + 1) / L", height=460)
+
+
+def _model_rows(comparison: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [r for r in comparison.get("agreement", []) if r.get("scope") == "models"]
+
+
+def model_agreement_figure(comparison: Mapping[str, Any]) -> go.Figure:
+    """Agreement over models: the heatmap of the first group of runs (one task and difficulty)
+    that has three or more models; the others are in the table."""
+    rows = _model_rows(comparison)
+    over = rows[0]["over"] if rows else ""
+    return agreement_figure([r for r in rows if r["over"] == over],
+                            f"Estimator agreement over models: {text(over)}")
+
+
+COMPARISON_FIGURES.setdefault("prompt_difficulty", ComparisonFigure(
+    "prompt_difficulty", "Difficulty per prompt", prompt_difficulty_figure))
+COMPARISON_FIGURES.setdefault("agreement", ComparisonFigure(
+    "agreement", "Estimator agreement over models", model_agreement_figure,
+    lambda c: bool(_model_rows(c))))
+
+
+def per_prompt_panels(run: Any) -> list[tuple[str, str, go.Figure, str]]:
+    """One run's per-prompt figures as ``(key, title, figure, note)``: the distribution of
+    per-prompt depths, and the agreement of the estimators over the run's prompts."""
+    from ..per_prompt import prompt_agreement, run_per_prompt
+
+    pp = run_per_prompt(run)
+    if not pp:
+        return []
+    estimates = run.results.get("depth", {})
+    panels = [("per_prompt", "Per-prompt effective depth", per_prompt_figure(pp, estimates),
+               "each point is one prompt; the diamond is the estimate from the mean curve")]
+    cfg = run.config.get("config", {})
+    level = float(cfg.get("ci_level", 0.95))
+    rows = prompt_agreement(pp, n_boot=int(cfg.get("n_boot", 1000)), seed=int(cfg.get("seed", 0)),
+                            level=level)
+    if rows and any(r.get("rho") is not None and not math.isnan(r["rho"]) for r in rows):
+        panels.append(("agreement", "Estimator agreement over prompts",
+                       agreement_figure(rows, "Estimator agreement over this run's prompts "
+                                              f"(Spearman's ρ, {100 * level:g}% CI)"),
+                       "rank correlation of per-prompt depths, prompts where both are defined"))
+    return panels
