@@ -41,6 +41,7 @@ from ..metrics.erasure import Erasure
 from ..metrics.integrated_gradients import IntegratedGradients
 from ..metrics.logit_lens import LogitLens
 from ..metrics.skip_effects import SkipEffects
+from ..metrics.tuned_lens import TunedLens
 
 __all__ = [
     "FIGURES",
@@ -326,6 +327,23 @@ def logit_lens_figure(result: LogitLens, estimates: Estimates | None = None) -> 
     fig.update_xaxes(title_text="layer l (stream entering block l; 0 = embedding)", row=2, col=1)
     fig.update_yaxes(title_text="KL divergence (nats)", row=1, col=1)
     fig.update_yaxes(title_text=f"top-{k} overlap", range=[-0.02, 1.02], row=2, col=1)
+    return fig
+
+
+@register_figure(TunedLens, "lens", "Tuned lens", marks_estimates=True)
+def tuned_lens_figure(result: TunedLens, estimates: Estimates | None = None) -> go.Figure:
+    """The logit lens's figure of the tuned lens's curves, marking ``ed_tuned_kl`` and
+    ``ed_tuned_overlap`` (never the logit lens's estimates) when ``estimates`` are given."""
+    names = {"ed_kl": "ed_tuned_kl", "ed_overlap": "ed_tuned_overlap"}
+    fig = logit_lens_figure(result, {plain: estimates[tuned] for plain, tuned in names.items()
+                                     if estimates and tuned in estimates})
+    for note in fig.layout.annotations:
+        for plain, tuned in names.items():
+            if note.text.startswith(plain + " "):
+                note.text = tuned + note.text[len(plain):]
+    fig.update_layout(title={"text": "Tuned lens: distance of each layer's prediction from the output",
+                             "subtitle": {"text": "tuned_l(h_l) = lens(A_l h_l + b_l), affine "
+                                          "translators trained on held-out prompts"}})
     return fig
 
 
