@@ -413,7 +413,8 @@ def run_study(
         message = (f"skipped {', '.join(skipped)}: they need answers and the examples have none")
         log.warning(message)
         warnings.append({"code": "no_answers", "message": message})
-    specs, train_examples = _fit_examples(task, examples, config, specs, warnings)
+    specs, train_examples, no_data = _fit_examples(task, examples, config, specs, warnings)
+    skipped += no_data
     log.info("loading %s", config.model)
     model = load_model(config.model, device=config.device, dtype=config.dtype,
                        backend=config.backend, process_weights=config.process_weights)
@@ -539,7 +540,8 @@ def run_study(
 
 
 def _fit_examples(task: Any, examples: Sequence[Any], config: StudyConfig, specs: list[Any],
-                  warnings: list[dict[str, Any]]) -> tuple[list[Any], dict[str, Any]]:
+                  warnings: list[dict[str, Any]]
+                  ) -> tuple[list[Any], dict[str, Any], tuple[str, ...]]:
     """The training examples of every measurement that fits something first (the tuned lens).
 
     A measurement the user named whose training data cannot be found is an error; one that runs
@@ -548,7 +550,7 @@ def _fit_examples(task: Any, examples: Sequence[Any], config: StudyConfig, specs
     """
     from .registry import metric_names
 
-    kept, out = [], {}
+    kept, out, skipped = [], {}, []
     for spec in specs:
         if spec.fit is None:
             kept.append(spec)
@@ -561,6 +563,7 @@ def _fit_examples(task: Any, examples: Sequence[Any], config: StudyConfig, specs
             message = f"skipped {spec.name}: {exc}"
             log.warning(message)
             warnings.append({"code": "no_train_data", "message": message})
+            skipped.append(spec.name)
             continue
         if not train:
             raise ConfigError(f"{spec.name}: the training data ({dict(info)}) holds no examples")
@@ -573,7 +576,7 @@ def _fit_examples(task: Any, examples: Sequence[Any], config: StudyConfig, specs
             warnings.append({"code": "train_overlap", "message": message})
         kept.append(spec)
         out[spec.name] = (list(train), {**info, "overlap": len(shared)})
-    return kept, out
+    return kept, out, tuple(skipped)
 
 
 def _load_or_fit(rd: RunDir, fit: Any, ctx: Any, want: dict[str, Any]) -> Any:

@@ -102,11 +102,11 @@ def test_held_out_tuned_kl_is_at_most_the_logit_lens_kl_at_every_layer(add4l):
     assert (tuned.kl <= plain.kl).all(), (tuned.kl.tolist(), plain.kl.tolist())
     # by a margin, not by rounding: the translators learned something at every block input
     assert (tuned.kl < 0.9 * plain.kl).all(), (tuned.kl.tolist(), plain.kl.tolist())
-    # streaming (no residual cache) fits the same objective: same quality on held-out prompts
-    streamed = train_tuned_lens(add4l, train, steps=150, seed=0, budget=0)
-    assert not streamed.info["cached_residuals"]
-    again = tuned_lens(add4l, held_out, streamed, k=1)
-    assert (again.kl <= plain.kl).all()
+    # streaming (a clean pass per step, no residual cache) fits the same objective
+    streamed = train_tuned_lens(add4l, train.select(list(range(100))), steps=30, seed=0, budget=0)
+    assert not streamed.info["cached_residuals"] and streamed.info["tokens_per_step"] == 1024
+    assert streamed.info["loss"][-1] < 0.8 * streamed.info["loss"][0]
+    assert tuned_lens(add4l, held_out, streamed, k=1).kl.mean() < plain.kl.mean()
 
 
 def _study(tmp_path, out, force=True, **kw):
@@ -219,6 +219,7 @@ def test_default_metrics_skip_the_tuned_lens_without_training_data(tmp_path):
     assert "tuned_lens" in cfg.metrics
     res = run_study(cfg, tmp_path / "run", progress=False, dashboard=False)
     assert "tuned_lens" not in res.results["completed"] and "logit_lens" in res.results["completed"]
+    assert res.results["settings"]["skipped_metrics"] == ["tuned_lens"]
     assert any(w["code"] == "no_train_data" and "tuned_lens" in w["message"]
                for w in res.results["warnings"])
 
