@@ -591,12 +591,17 @@ def _load_or_fit(rd: RunDir, fit: Any, ctx: Any, want: dict[str, Any]) -> Any:
 
     meta_file, tensor_file = f"{FITTED}/{fit.name}.json", rd.path / FITTED / f"{fit.name}.safetensors"
     want = json.loads(dumps(want))  # compared as stored: lists, not tuples
-    old = rd.read_json(meta_file, default={"absent": True})
-    if isinstance(old, dict) and old.get("fingerprint") == want and tensor_file.is_file():
-        fitted = fit.load(load_file(str(tensor_file)), dict(old.get("info", {})))
-        fitted.info.update({"reused": True, "fingerprint": want})
-        log.info("reusing the %s fitted in %s", fit.name, rd.path / FITTED)
-        return fitted
+    try:
+        old = rd.read_json(meta_file, default={"absent": True})
+        if isinstance(old, dict) and old.get("fingerprint") == want and tensor_file.is_file():
+            fitted = fit.load(load_file(str(tensor_file)), dict(old.get("info", {})))
+            fitted.info.update({"reused": True, "fingerprint": want})
+            log.info("reusing the %s fitted in %s", fit.name, rd.path / FITTED)
+            return fitted
+    except Exception as exc:  # noqa: BLE001 - a corrupt cache is retrained, never trusted
+        log.warning("the cached %s in %s is unreadable (%s); retraining it", fit.name,
+                    rd.path / FITTED, exc)
+        old = {}
     if isinstance(old, dict) and "fingerprint" in old:
         changed = [k for k in want if old["fingerprint"].get(k) != want[k]]
         log.info("retraining the %s: %s changed", fit.name, ", ".join(changed))

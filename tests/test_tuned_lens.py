@@ -161,6 +161,11 @@ def test_cached_lens_is_reused_and_retrained_when_a_fingerprint_changes(tmp_path
     third = _study(tmp_path, "run", n_examples=5, tuned_lens_steps=10)
     assert third.results["metrics"]["tuned_lens"]["meta"]["lens"]["reused"] is False
     assert len(_lens_file(third.path)["info"]["loss"]) == 10
+    # a corrupt cache is retrained, not trusted and not a crash
+    w0.write_bytes(b"not a safetensors file")
+    fourth = _study(tmp_path, "run", n_examples=5, tuned_lens_steps=10)
+    assert fourth.results["metrics"]["tuned_lens"]["meta"]["lens"]["reused"] is False
+    assert load_file(str(w0))["weight"].shape == weights["weight"].shape
 
 
 def test_changed_model_files_or_training_data_retrain_the_lens(tmp_path):
