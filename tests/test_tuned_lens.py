@@ -82,6 +82,12 @@ def test_identity_translators_reproduce_the_logit_lens(add4l, include_final):
         rule_t = specs[tuned_name].rule(tuned, specs[tuned_name].threshold, "toolkit")
         rule_p = specs[plain_name].rule(plain, specs[plain_name].threshold, "toolkit")
         assert rule_t(None) == rule_p(None) and rule_t([0, 0, 3]) == rule_p([0, 0, 3])
+    # the notebook's rule set has no tuned lens: the tuned estimators keep the toolkit rules
+    hand = TunedLens(torch.tensor([[4.0, 3.0, 2.5, 1.0]]), torch.tensor([[0.0, 0.1, 0.2, 0.9]]),
+                     torch.ones(1), meta={"n_layers": 4, "k": 1, "n_prompts": 1})
+    for name in ("ed_tuned_kl", "ed_tuned_overlap"):
+        spec = specs[name]
+        assert spec.rule(hand, spec.threshold, "reference")(None) == (3, None)
 
 
 def test_translators_for_another_model_are_refused(add4l):

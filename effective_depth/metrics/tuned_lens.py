@@ -338,6 +338,13 @@ def _run(ctx: Any) -> TunedLens:
     return result
 
 
+def _toolkit_rule(kind: str, curve_of: str) -> Any:
+    """``ed_kl``/``ed_overlap``'s toolkit rule on the tuned curves, under either rule set: the seed
+    notebook that ``rules: reference`` reproduces has no tuned lens to copy."""
+    rule = lens_rule(kind, curve_of)
+    return lambda result, tau, rules: rule(result, tau, "toolkit")
+
+
 register_metric(MetricSpec(
     name=TunedLens.name,
     result_type=TunedLens,
@@ -347,9 +354,9 @@ register_metric(MetricSpec(
     fit=FitSpec("tuned_lens", examples=tuned_lens_examples, settings=_settings, fit=_fit,
                 load=Translators.from_tensors),
     estimators=(
-        EstimatorSpec("ed_tuned_kl", TunedLens.name, lens_rule("ed_kl", "kl_of"), 0.5,
+        EstimatorSpec("ed_tuned_kl", TunedLens.name, _toolkit_rule("ed_kl", "kl_of"), 0.5,
                       "the first block input whose tuned-lens KL falls below tau x its maximum"),
-        EstimatorSpec("ed_tuned_overlap", TunedLens.name, lens_rule("ed_overlap", "overlap_of"), 0.3,
+        EstimatorSpec("ed_tuned_overlap", TunedLens.name, _toolkit_rule("ed_overlap", "overlap_of"), 0.3,
                       "the first block input whose tuned-lens top-k overlap exceeds tau",
                       checks=overlap_at_chance("ed_tuned_overlap")),
     ),
