@@ -144,9 +144,10 @@ def tuned_lens(
 
 
 def _lens_summary(info: dict[str, Any]) -> dict[str, Any]:
-    """What ``results.json`` says of the translators (the loss curve stays in the cache file)."""
+    """What ``results.json`` says of the translators. The loss curve and the training time stay
+    in the cache file: a resumed run's results must equal an uninterrupted run's."""
     curve = info.get("loss", [])
-    return {**{k: v for k, v in info.items() if k != "loss"},
+    return {**{k: v for k, v in info.items() if k not in ("loss", "seconds", "cpu_seconds")},
             "initial_loss": curve[0] if curve else None, "final_loss": curve[-1] if curve else None}
 
 
