@@ -24,6 +24,7 @@ from .errors import ConfigError, close_matches
 __all__ = [
     "MetricSpec",
     "EstimatorSpec",
+    "FitSpec",
     "StudyContext",
     "register_metric",
     "unregister_metric",
@@ -44,7 +45,9 @@ Rule = tuple[int | None, str | None]
 class StudyContext:
     """What a study hands a measurement's ``run``: the loaded model, the encoded examples, the
     study's config, the per-example inputs the measurement asked for (``inputs``), the erasure-
-    style reference prompts when the spec asked for them, and the results finished so far."""
+    style reference prompts when the spec asked for them, and the results finished so far. A
+    measurement with a :class:`FitSpec` also gets its training examples (``train``, encoded, with
+    ``train_info`` saying where they came from) and the fitted object (``fitted``)."""
 
     model: Any
     batch: Any
@@ -54,6 +57,9 @@ class StudyContext:
     reference_info: Mapping[str, Any] | None = None
     done: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = False
+    train: Any = None
+    train_info: Mapping[str, Any] | None = None
+    fitted: Any = None
 
     def map_batch(self) -> Any:
         """The first ``config.map_examples`` examples: the ones that get a per-token map."""
@@ -85,6 +91,26 @@ class EstimatorSpec:
 
 
 @dataclass(frozen=True)
+class FitSpec:
+    """Something a measurement must train before it measures (the tuned lens's translators),
+    cached in the run directory as ``fitted/<name>.safetensors`` + ``fitted/<name>.json``.
+
+    - ``examples(task, analysed_examples, config)``: the training examples and a JSON-able
+      description of where they came from (never the analysed ones: the study warns on overlap).
+    - ``settings(config)``: every option the fit depends on; with the model's and the training
+      token ids' fingerprints it decides whether a cached fit is reused or retrained.
+    - ``fit(ctx)``: the fitted object, with ``tensors()`` and a JSON-able ``info`` dict (the study
+      adds ``reused`` and ``fingerprint`` to it); ``load(tensors, info)`` rebuilds it.
+    """
+
+    name: str
+    examples: Callable[[Any, Sequence[Any], Any], tuple[list[Any], Mapping[str, Any]]]
+    settings: Callable[[Any], Mapping[str, Any]]
+    fit: Callable[[StudyContext], Any]
+    load: Callable[[dict[str, Any], dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
 class MetricSpec:
     """Everything the toolkit needs to know of one measurement.
 
@@ -105,6 +131,7 @@ class MetricSpec:
     - ``cost(workload)``: its cost model, a :class:`effective_depth.costs.MeasurementCost` of the
       block-tokens, backward block-tokens and lens rows it will compute (``effective-depth
       plan``); without one the planner reports the measurement as not modelled.
+    - ``fit``: a :class:`FitSpec` when the measurement trains something first (``ctx.fitted``).
     """
 
     name: str
@@ -120,6 +147,7 @@ class MetricSpec:
     scores: Mapping[str, Callable[[Any, Sequence[int] | None], float | None]] = field(
         default_factory=dict)
     cost: Callable[[Any], Any] | None = None
+    fit: FitSpec | None = None
 
 
 _REGISTRY: dict[str, MetricSpec] = {}

@@ -75,6 +75,9 @@ class StudyConfig:
     skip_front: int = 1
     include_front: bool = True
     lens_k: int | None = None
+    tuned_lens_steps: int = 250
+    tuned_lens_examples: int = 1000
+    tuned_lens_data: str | None = None
     skip_mode: str = "future"
     skip_component: str = "block"
     aggregate: str = "max"
@@ -125,6 +128,7 @@ class StudyConfig:
             (self.aggregate in ("max", "mean"), f"aggregate must be max or mean, got {self.aggregate!r}"),
             positive("n_cuts"), positive("lens_k"), positive("cut_stride"), positive("map_examples"),
             positive("ig_steps"), positive("n_reference"), positive("batch_size"),
+            positive("tuned_lens_steps"), positive("tuned_lens_examples"),
             (self.cut_start is None or self.cut_start > self.skip_front,
              f"cut_start must be > skip_front ({self.skip_front}), got {self.cut_start}"),
             (self.cut_margin is None or self.cut_margin >= 1,
@@ -241,6 +245,9 @@ def _environment() -> dict[str, Any]:
 
 #: the files of a run directory that a fresh start removes (the lock stays)
 _RUN_FILES = (CONFIG, INPUTS, RESULTS, TENSORS, "dashboard.html")
+#: where measurements' fitted objects are cached; they stay on a fresh start (even ``--force``):
+#: their own fingerprints decide whether they are reused (``_load_or_fit``)
+FITTED = "fitted"
 
 
 def _check_existing(out: Path, config: StudyConfig, force: bool) -> None:
@@ -419,10 +426,12 @@ def run_study(
         message = (f"skipped {', '.join(skipped)}: they need answers and the examples have none")
         log.warning(message)
         warnings.append({"code": "no_answers", "message": message})
+    specs, train_examples, no_data = _fit_examples(task, examples, config, specs, warnings)
+    skipped += no_data
     steps = StudySteps(len(specs) + 1, progress, on_step)
     try:
         return _run_measurements(config, out_path, force, dashboard, after_metric, steps, task,
-                                 task_name, examples, warnings, skipped, specs)
+                                 task_name, examples, warnings, skipped, specs, train_examples)
     finally:
         steps.close()
 
@@ -430,7 +439,8 @@ def run_study(
 def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboard: bool,
                       after_metric: Callable[[str], None] | None, steps: StudySteps, task: Any,
                       task_name: str, examples: Sequence[Any], warnings: list[dict[str, Any]],
-                      skipped: tuple[str, ...], specs: Sequence[Any]) -> StudyResult:
+                      skipped: tuple[str, ...], specs: Sequence[Any],
+                      train_examples: dict[str, Any]) -> StudyResult:
     """The body of :func:`run_study` once the config, task and examples are known."""
     from .depth import estimate_all, reliability_warnings
     from .engine.batch import encode_batch
@@ -461,6 +471,17 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
                                  allow_lossy=config.allow_lossy_tokenization)
         _check_context(model, reference, config, what="reference example")
         reference_ids = [reference.token_ids(b) for b in range(reference.size)]
+    # what the fitted measurements train on (the tuned lens): encoded and fingerprinted
+    train: dict[str, tuple[Any, dict[str, Any], str]] = {}
+    for name, (train_list, info) in train_examples.items():
+        encoded = encode_batch(model.tokenizer, train_list, device=device,
+                               allow_lossy=config.allow_lossy_tokenization)
+        _check_context(model, encoded, config, what=f"{name} training example")
+        for message in encoded.warnings[:3]:
+            log.warning(message)
+            warnings.append({"code": "lossy_tokenization", "message": message})
+        ids = [encoded.token_ids(b) for b in range(encoded.size)]
+        train[name] = (encoded, info, inputs_fingerprint(ids, encoded.answer_start.tolist()))
     # per-example inputs the measurements draw up front (cut positions): recorded in inputs.json
     drawn: dict[str, list[Any]] = {}
     for spec in specs:
@@ -470,7 +491,11 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
     fingerprint = {
         "model": model_fingerprint(getattr(model, "effective_depth_source", {})),
         "inputs": inputs_fingerprint([batch.token_ids(b) for b in range(batch.size)],
-                                     batch.answer_start.tolist(), {"reference": reference_ids}),
+                                     batch.answer_start.tolist(), {
+                                         "reference": reference_ids,
+                                         # only when something trains: older runs keep their hash
+                                         **({"train": {n: t[2] for n, t in train.items()}}
+                                            if train else {})}),
     }
 
     rd = RunDir(out_path)
@@ -514,6 +539,12 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
             steps.step(name)
             ctx = StudyContext(model, batch, config, drawn, reference, reference_info, dict(done),
                                progress)
+            if spec.fit is not None:
+                encoded, info, data_fp = train[name]
+                ctx = dataclasses.replace(ctx, train=encoded, train_info=info)
+                want = {"model": fingerprint["model"], "data": data_fp,
+                        "settings": dict(spec.fit.settings(config))}
+                ctx = dataclasses.replace(ctx, fitted=_load_or_fit(rd, spec.fit, ctx, want))
             start = time.perf_counter()
             result = spec.run(ctx)
             elapsed = time.perf_counter() - start
@@ -581,6 +612,84 @@ class StudySteps:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _fit_examples(task: Any, examples: Sequence[Any], config: StudyConfig, specs: list[Any],
+                  warnings: list[dict[str, Any]]
+                  ) -> tuple[list[Any], dict[str, Any], tuple[str, ...]]:
+    """The training examples of every measurement that fits something first (the tuned lens).
+
+    A measurement the user named whose training data cannot be found is an error; one that runs
+    only because every measurement was asked for is skipped with a warning. Training examples
+    that are also analysed make the curves not held out: a warning says how many.
+    """
+    from .registry import metric_names
+
+    kept, out, skipped = [], {}, []
+    for spec in specs:
+        if spec.fit is None:
+            kept.append(spec)
+            continue
+        try:
+            train, info = spec.fit.examples(task, examples, config)
+        except ConfigError as exc:
+            if config.metrics != metric_names():
+                raise
+            message = f"skipped {spec.name}: {exc}"
+            log.warning(message)
+            warnings.append({"code": "no_train_data", "message": message})
+            skipped.append(spec.name)
+            continue
+        if not train:
+            raise ConfigError(f"{spec.name}: the training data ({dict(info)}) holds no examples")
+        shared = {ex.text for ex in examples} & {ex.text for ex in train}
+        if shared:
+            message = (f"{spec.name}: {len(shared)} of the {len(examples)} analysed examples are "
+                       f"among its {len(train)} training examples, so its curves are not held out; "
+                       "analyse another split (e.g. --param split=test) or train on other data")
+            log.warning(message)
+            warnings.append({"code": "train_overlap", "message": message})
+        kept.append(spec)
+        out[spec.name] = (list(train), {**info, "overlap": len(shared)})
+    return kept, out, tuple(skipped)
+
+
+def _load_or_fit(rd: RunDir, fit: Any, ctx: Any, want: dict[str, Any]) -> Any:
+    """The fitted object of ``fit``: loaded from ``fitted/<name>.*`` in the run directory when
+    its fingerprints (model files, training token ids, settings) equal ``want``, else trained
+    and saved there (tensors as safetensors, the rest as JSON; no pickles)."""
+    import json
+
+    from safetensors.torch import load_file, save
+
+    from .results import atomic_write_bytes, dumps
+
+    meta_file, tensor_file = f"{FITTED}/{fit.name}.json", rd.path / FITTED / f"{fit.name}.safetensors"
+    want = json.loads(dumps(want))  # compared as stored: lists, not tuples
+    try:
+        old = rd.read_json(meta_file, default={"absent": True})
+        if isinstance(old, dict) and old.get("fingerprint") == want and tensor_file.is_file():
+            fitted = fit.load(load_file(str(tensor_file)), dict(old.get("info", {})))
+            fitted.info.update({"reused": True, "fingerprint": want})
+            log.info("reusing the %s fitted in %s", fit.name, rd.path / FITTED)
+            return fitted
+    except Exception as exc:  # noqa: BLE001 - a corrupt cache is retrained, never trusted
+        log.warning("the cached %s in %s is unreadable (%s); retraining it", fit.name,
+                    rd.path / FITTED, exc)
+        old = {}
+    if isinstance(old, dict) and "fingerprint" in old:
+        changed = [k for k in want if old["fingerprint"].get(k) != want[k]]
+        log.info("retraining the %s: %s changed", fit.name, ", ".join(changed))
+    log.info("training the %s", fit.name)
+    fitted = fit.fit(ctx)
+    # the JSON goes first and comes back last, so a crash in between never pairs old
+    # fingerprints with new tensors
+    (rd.path / meta_file).unlink(missing_ok=True)
+    atomic_write_bytes(tensor_file, save({k: v.detach().cpu().contiguous()
+                                          for k, v in fitted.tensors().items()}))
+    rd.write_json(meta_file, {"fingerprint": want, "info": fitted.info})
+    fitted.info.update({"reused": False, "fingerprint": want})
+    return fitted
 
 
 def _dedupe(warnings: list[dict[str, Any]]) -> list[dict[str, Any]]:

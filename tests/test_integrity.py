@@ -316,7 +316,7 @@ def test_a_txt_prompts_file_runs_and_skips_what_needs_answers(tmp_path):
                metrics=StudyConfig().metrics)
     assert res.results["completed"] == ["contributions", "logit_lens", "skip_effects"]
     assert res.results["settings"]["skipped_metrics"] == ["behaviour", "erasure",
-                                                           "integrated_gradients"]
+                                                           "integrated_gradients", "tuned_lens"]
     assert any(w["code"] == "no_answers" for w in res.results["warnings"])
     with pytest.raises(ConfigError, match="behaviour need answers"):
         _run(tmp_path / "run2", task="prompts", task_params={"path": str(data)},

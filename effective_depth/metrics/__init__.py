@@ -13,6 +13,7 @@ from .erasure import Erasure, mean_residuals, residual_erasure
 from .integrated_gradients import IntegratedGradients, integrated_gradients
 from .logit_lens import LogitLens, logit_lens
 from .skip_effects import SKIP_COMPONENTS, SkipEffects, depth_score, draw_cuts, skip_effects
+from .tuned_lens import Translators, TunedLens, train_tuned_lens, tuned_lens
 
 __all__ = [
     "Behaviour",
@@ -26,6 +27,8 @@ __all__ = [
     "MetricResult",
     "SKIP_COMPONENTS",
     "SkipEffects",
+    "Translators",
+    "TunedLens",
     "contributions",
     "depth_score",
     "draw_cuts",
@@ -34,4 +37,6 @@ __all__ = [
     "mean_residuals",
     "residual_erasure",
     "skip_effects",
+    "train_tuned_lens",
+    "tuned_lens",
 ]

@@ -14,6 +14,7 @@ processed in chunks of ``chunk`` tokens: peak memory is a few ``chunk × vocab``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -91,10 +92,13 @@ def logit_lens(
     batch_size: int = 8,
     include_final: bool = False,
     progress: bool = False,
+    translate: Callable[[int, Tensor], Tensor] | None = None,
+    desc: str = "logit lens",
 ) -> LogitLens:
     """KL to the output and top-``k`` overlap of the lens at every block input.
 
-    ``include_final`` also taps ``h_L`` (a sanity row: KL 0, overlap 1).
+    ``include_final`` also taps ``h_L`` (a sanity row: KL 0, overlap 1). ``translate(l, h)``, when
+    given, maps each block input ``h_l`` (l < L) before the lens: the tuned lens's translators.
     """
     batch = as_batch(model, batch, what="logit_lens")
     check_skip_front(skip_front)
@@ -107,7 +111,7 @@ def logit_lens(
     kl_sums = torch.zeros(taps, batch.size, device=adapter.device)
     overlap_sums = torch.zeros(taps, batch.size, device=adapter.device)
     counts = torch.zeros(batch.size)
-    bar = tqdm(total=batch.size, desc="logit lens", disable=not progress)
+    bar = tqdm(total=batch.size, desc=desc, disable=not progress)
     for rows, sub in prompt_chunks(batch, batch_size):
         clean = adapter.clean(sub.tokens)
         mask = measured_mask(sub.lengths, sub.width, skip_front, include_front)
@@ -120,7 +124,10 @@ def logit_lens(
             log_p = adapter.lens_log_probs(clean.resid[-1, j, pos])  # [c, V]
             top_p = log_p.topk(k, dim=-1).indices
             for layer in range(taps):
-                log_q = adapter.lens_log_probs(clean.resid[layer, j, pos])
+                h = clean.resid[layer, j, pos]
+                if translate is not None and layer < L:
+                    h = translate(layer, h)
+                log_q = adapter.lens_log_probs(h)
                 kl = (log_q.exp() * (log_q - log_p)).sum(-1)
                 kl_sums[layer].index_add_(0, row, kl.to(kl_sums.dtype))
                 top_q = log_q.topk(k, dim=-1).indices
@@ -143,19 +150,25 @@ def default_lens_k(d_vocab: int) -> int:
     return min(5, max(1, d_vocab // 50))
 
 
-def _run(ctx: Any) -> LogitLens:
+def lens_k_of(ctx: Any) -> int:
+    """A study's top-k of the overlap: ``lens_k``, or :func:`default_lens_k` of the vocabulary."""
     d_vocab = int(get_adapter(ctx.model).d_vocab)
     k = ctx.config.lens_k
     if k is None:
         k = default_lens_k(d_vocab)
     elif k > d_vocab:
         raise ConfigError(f"lens_k={k} exceeds the model's vocabulary ({d_vocab})")
-    return logit_lens(ctx.model, ctx.batch, k=k, skip_front=ctx.config.skip_front,
+    return k
+
+
+def _run(ctx: Any) -> LogitLens:
+    return logit_lens(ctx.model, ctx.batch, k=lens_k_of(ctx), skip_front=ctx.config.skip_front,
                       include_front=ctx.config.include_front, batch_size=ctx.config.batch_size,
                       progress=ctx.progress)
 
 
-def _lens_rule(kind: str, curve_of: str) -> Any:
+def lens_rule(kind: str, curve_of: str) -> Any:
+    """The rule of ``ed_kl``/``ed_overlap`` on a lens result's ``curve_of`` curve (taps 0..L-1)."""
     toolkit = {"ed_kl": ed_kl, "ed_overlap": ed_overlap}[kind]
 
     def rule(result: LogitLens, tau: float | None, rules: str) -> Any:
@@ -172,16 +185,21 @@ def _lens_rule(kind: str, curve_of: str) -> Any:
     return rule
 
 
-def _overlap_at_chance(result: LogitLens, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
-    if not d_vocab or tau is None:
-        return []
-    k = int(result.meta.get("k", 5))
-    chance = k / d_vocab
-    if tau >= 2 * chance:
-        return []
-    return [("overlap_at_chance",
-             f"ed_overlap: threshold {tau} is below twice the chance overlap of unrelated top-{k} "
-             f"sets ({k}/{d_vocab} = {chance:.3f}); use a smaller lens_k")]
+def overlap_at_chance(estimator: str) -> Any:
+    """The reliability check of an overlap estimator: a threshold below twice the chance overlap."""
+
+    def check(result: LogitLens, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
+        if not d_vocab or tau is None:
+            return []
+        k = int(result.meta.get("k", 5))
+        chance = k / d_vocab
+        if tau >= 2 * chance:
+            return []
+        return [("overlap_at_chance",
+                 f"{estimator}: threshold {tau} is below twice the chance overlap of unrelated "
+                 f"top-{k} sets ({k}/{d_vocab} = {chance:.3f}); use a smaller lens_k")]
+
+    return check
 
 
 def _cost(w: Workload) -> MeasurementCost:
@@ -198,10 +216,10 @@ register_metric(MetricSpec(
     description="the logit lens: KL to the output and top-k overlap at every block input",
     run=_run,
     estimators=(
-        EstimatorSpec("ed_kl", LogitLens.name, _lens_rule("ed_kl", "kl_of"), 0.5,
+        EstimatorSpec("ed_kl", LogitLens.name, lens_rule("ed_kl", "kl_of"), 0.5,
                       "the first block input whose lens KL falls below tau x its maximum"),
-        EstimatorSpec("ed_overlap", LogitLens.name, _lens_rule("ed_overlap", "overlap_of"), 0.3,
+        EstimatorSpec("ed_overlap", LogitLens.name, lens_rule("ed_overlap", "overlap_of"), 0.3,
                       "the first block input whose top-k overlap exceeds tau",
-                      checks=_overlap_at_chance),
+                      checks=overlap_at_chance("ed_overlap")),
     ),
 ))

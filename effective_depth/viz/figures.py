@@ -42,6 +42,7 @@ from ..metrics.erasure import Erasure
 from ..metrics.integrated_gradients import IntegratedGradients
 from ..metrics.logit_lens import LogitLens
 from ..metrics.skip_effects import SkipEffects
+from ..metrics.tuned_lens import TunedLens
 from ..stats import curve_band, depth_score_fraction
 
 __all__ = [
@@ -451,6 +452,15 @@ def logit_lens_figure(result: LogitLens, estimates: Estimates | None = None,
     overlap's chance level ``k / V``, and ``ed_kl`` and ``ed_overlap`` and their thresholds
     marked when ``estimates`` are given (see :func:`lens_figure`)."""
     return lens_figure(result, estimates, d_vocab=d_vocab, n_boot=n_boot)
+
+
+@register_figure(TunedLens, "lens", "Tuned lens", marks_estimates=True, context=("d_vocab",))
+def tuned_lens_figure(result: TunedLens, estimates: Estimates | None = None,
+                      d_vocab: int | None = None, n_boot: int = BAND_BOOT) -> go.Figure:
+    """The lens figure of the tuned lens's curves, marking ``ed_tuned_kl`` and
+    ``ed_tuned_overlap`` (never the logit lens's estimates) when ``estimates`` are given."""
+    return lens_figure(result, estimates, d_vocab=d_vocab, lens="tuned lens",
+                       estimators=("ed_tuned_kl", "ed_tuned_overlap"), n_boot=n_boot)
 
 
 # --- §2 layer-skip effects ----------------------------------------------------------------------
