@@ -106,7 +106,7 @@ def test_study_writes_its_dashboard(runs):
     # lens, two skip-effect figures, behaviour, and one map each for erasure and gradients
     # (map_examples=1); the per-prompt depths, and their agreement when some pair is defined
     kinds = {"ed_summary", "per_prompt", "contributions-relative", "contributions-cosines",
-             "contributions-angular", "logit_lens-lens", "skip_effects-layer_effect",
+             "contributions-angular", "logit_lens-lens", "tuned_lens-lens", "skip_effects-layer_effect",
              "skip_effects-output_effect", "behaviour-behaviour", "erasure-map-0",
              "integrated_gradients-map-0"}
     assert set(_figure_specs(page)) - {"run-0-agreement"} == {f"run-0-{k}" for k in kinds}
@@ -170,7 +170,7 @@ def test_figure_json_matches_results(runs, plain_html):
 def test_every_panel_of_a_run(runs):
     keys = [p.key for p in run_panels(runs[0]) if p.key != "agreement"]
     assert keys == ["ed_summary", "per_prompt", "contributions-relative", "contributions-cosines",
-                    "contributions-angular", "logit_lens-lens", "skip_effects-layer_effect",
+                    "contributions-angular", "logit_lens-lens", "tuned_lens-lens", "skip_effects-layer_effect",
                     "skip_effects-output_effect", "behaviour-behaviour", "erasure-map-0",
                     "integrated_gradients-map-0"]
 

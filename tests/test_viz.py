@@ -20,6 +20,7 @@ from effective_depth.metrics import (
     IntegratedGradients,
     LogitLens,
     SkipEffects,
+    TunedLens,
 )
 from effective_depth.stats import bootstrap_indices
 from effective_depth.viz import figure_for
@@ -59,6 +60,12 @@ def contributions() -> Contributions:
 def lens() -> LogitLens:
     return LogitLens(_rand(P, L, seed=1) * 3, _rand(P, L, seed=2), torch.tensor([2.0, 3.0, 4.0]),
                      meta={"n_layers": L, "n_prompts": P, "k": 5})
+
+
+@pytest.fixture(scope="module")
+def tuned(lens) -> TunedLens:
+    return TunedLens(lens.kl_sums / 2, lens.overlap_sums, lens.counts,
+                     meta={**lens.meta, "lens": {"steps": 10}})
 
 
 @pytest.fixture(scope="module")
@@ -400,6 +407,7 @@ def test_ed_summary_ratios_cis_and_reasons():
 DEFAULTS = {
     Contributions: ("relative", "rel_attn"),
     LogitLens: ("lens", None),
+    TunedLens: ("lens", None),
     SkipEffects: ("layer_effect", None),
     Behaviour: ("behaviour", None),
     Erasure: ("map", None),
@@ -407,8 +415,9 @@ DEFAULTS = {
 }
 
 
-def test_figure_for_dispatches_every_result_type(contributions, lens, skips, behaviour, erasure, gradients):
-    results = [contributions, lens, skips, behaviour, erasure, gradients]
+def test_figure_for_dispatches_every_result_type(contributions, lens, tuned, skips, behaviour, erasure,
+                                                gradients):
+    results = [contributions, lens, tuned, skips, behaviour, erasure, gradients]
     assert set(FIGURES) == set(DEFAULTS)
     for result in results:
         kind, first_trace = DEFAULTS[type(result)]
@@ -422,6 +431,11 @@ def test_figure_for_dispatches_every_result_type(contributions, lens, skips, beh
             assert isinstance(fig, go.Figure) and fig.data
     # the layer-effect heatmap is the default of SkipEffects, the output bars are not
     assert figure_for(skips).data[0].type == "heatmap"
+    # the tuned lens marks its own estimators, never the logit lens's
+    marked = figure_for(tuned, estimates={"ed_tuned_kl": {"layer": 1, "ratio": 0.5},
+                                          "ed_kl": {"layer": 2, "ratio": 0.75}})
+    names = " ".join(str(t.name) for t in marked.data)
+    assert "ed_tuned_kl" in names and "ed_kl " not in names.replace("ed_tuned_kl", "")
 
 
 def test_figure_for_errors(lens):

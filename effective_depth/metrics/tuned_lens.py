@@ -32,6 +32,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..costs import MeasurementCost, Workload
 from ..engine.adapter import Adapter, get_adapter
 from ..engine.batch import Batch, measured_mask
 from ..errors import ConfigError
@@ -346,8 +347,27 @@ def _toolkit_rule(kind: str, curve_of: str) -> Any:
     return lambda result, tau, rules: rule(result, tau, "toolkit")
 
 
+def _cost(w: Workload) -> MeasurementCost:
+    """Training (when no cached lens is reused): a clean pass over ``tuned_lens_examples``
+    training prompts, taken to be as long as the analysed ones on average, then per step
+    ``TOKENS_PER_STEP`` positions projected at every block input, forward and backward (counted
+    as three lens rows each). Measuring: the logit lens's work (a clean pass and ``L+1`` lens rows
+    per measured position)."""
+    L, n_train = w.L, w.config.tuned_lens_examples
+    mean_t = sum(w.lengths) / max(1, len(w.lengths))
+    train_tokens = int(n_train * mean_t)
+    per_step = min(TOKENS_PER_STEP, train_tokens)
+    return MeasurementCost(
+        "tuned_lens", block_tokens=w.clean(w.every) + L * train_tokens,
+        lens_rows=sum((L + 1) * w.measured_tokens(b) for b in w.every)
+        + 3 * w.config.tuned_lens_steps * per_step * (L + 1),
+        note="training counted with training prompts as long as the analysed ones; "
+             "nothing when the run directory holds a matching fitted lens")
+
+
 register_metric(MetricSpec(
     name=TunedLens.name,
+    cost=_cost,
     result_type=TunedLens,
     order=25,
     description="the tuned lens: the logit lens through affine translators trained to match the output",
