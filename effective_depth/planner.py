@@ -90,8 +90,9 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
     The block-token time is the *marginal* cost: the difference between a clean forward of the
     prompt repeated over ``k`` rows (about ``wide_tokens`` tokens) and of the prompt alone,
     divided by the extra block-tokens. The sweeps run chunks of many rows, so on a small model a
-    single prompt's pass measures per-call overhead, not what the work counts multiply. When one
-    pass already takes over a second, overhead is negligible and the single pass is used."""
+    single prompt's pass measures per-call overhead (and, for a big model on a CPU, reading the
+    weights), not what the work counts multiply. When one pass already takes over a second, the
+    wide pass is at most 4 rows."""
     from .engine.adapter import get_adapter
 
     adapter = get_adapter(model)
@@ -115,7 +116,9 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
     one = best(lambda: adapter.clean(tokens))
     per_token = one / (L * T)
     k = min(max_rows, max(1, wide_tokens // T))
-    if one < 1.0 and k > 1:
+    if one >= 1.0:  # a slow device or a big model: a short wide pass is enough (and affordable)
+        k = min(k, 4)
+    if k > 1:
         wide = best(lambda: adapter.clean(tokens.expand(k, -1)))
         marginal = (wide - one) / ((k - 1) * L * T)
         per_token = marginal if marginal > 0 else wide / (k * L * T)
@@ -125,7 +128,7 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
         adapter.lens_probs(x)
         lens = best(lambda: adapter.lens_probs(x))
     return {"s_per_block_token": per_token, "s_per_lens_row": lens / x.shape[0],
-            "calibration_tokens": T, "calibration_rows": k if one < 1.0 else 1}
+            "calibration_tokens": T, "calibration_rows": k}
 
 
 def plan_study(config: Any, calibration: bool = True) -> Plan:
