@@ -30,12 +30,12 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..costs import MeasurementCost, Workload
 from ..engine.adapter import Adapter, get_adapter
-from ..engine.batch import Batch, measured_mask
+from ..engine.batch import Batch, BatchLike, measured_mask
 from ..errors import ConfigError
+from ..progress import tqdm
 from ..registry import EstimatorSpec, FitSpec, MetricSpec, register_metric
 from .base import check_skip_front
 from .logit_lens import LogitLens, lens_k_of, lens_rule, logit_lens, overlap_at_chance
@@ -106,30 +106,16 @@ class TunedLens(LogitLens):
 
     name: ClassVar[str] = "tuned_lens"
 
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any]) -> TunedLens:
-        return cls(tensors["kl_sums"], tensors["overlap_sums"], tensors["counts"], meta=meta)
-
 
 @torch.no_grad()
-def tuned_lens(
-    model: Any,
-    batch: Batch,
-    translators: Translators,
-    *,
-    k: int = 5,
-    skip_front: int = 1,
-    include_front: bool = True,
-    chunk: int = 32,
-    batch_size: int = 8,
-    include_final: bool = False,
-    progress: bool = False,
-) -> TunedLens:
+def tuned_lens(model: Any, batch: BatchLike, translators: Translators, **options: Any) -> TunedLens:
     """KL to the output and top-``k`` overlap of the tuned lens at every block input.
 
-    The same computation as :func:`~effective_depth.metrics.logit_lens.logit_lens`, with each
-    tapped residual passed through its translator first (``h_L``, the output, is never
-    translated: with ``include_final`` its row is the sanity row KL 0, overlap 1).
+    The same computation, with the same ``options`` (``k``, ``skip_front``, ``include_front``,
+    ``chunk``, ``batch_size``, ``include_final``, ``progress``), as
+    :func:`~effective_depth.metrics.logit_lens.logit_lens`, with each tapped residual passed
+    through its translator first (``h_L``, the output, is never translated: with
+    ``include_final`` its row is the sanity row KL 0, overlap 1).
     """
     adapter = get_adapter(model)
     if (translators.n_layers, translators.d_model) != (adapter.n_layers, adapter.d_model):
@@ -137,9 +123,7 @@ def tuned_lens(
             f"the tuned-lens translators are for {translators.n_layers} blocks of width "
             f"{translators.d_model}, the model has {adapter.n_layers} of width {adapter.d_model}; "
             "train them on this model")
-    plain = logit_lens(model, batch, k=k, skip_front=skip_front, include_front=include_front,
-                       chunk=chunk, batch_size=batch_size, include_final=include_final,
-                       progress=progress, translate=translators, desc="tuned lens")
+    plain = logit_lens(model, batch, **options, translate=translators, desc="tuned lens")
     return TunedLens(plain.kl_sums, plain.overlap_sums, plain.counts,
                      meta={**plain.meta, "lens": _lens_summary(translators.info)})
 
