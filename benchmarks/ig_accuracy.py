@@ -220,7 +220,8 @@ def equal_accuracy(model, batch, ref=("trapezoid", 1024), tols=(3e-2, 3e-3)) -> 
 
     def run(rule, n, **kw):
         res, t = _timed(lambda: metrics.integrated_gradients(model, batch, n_steps=n, rule=rule, **kw))
-        print(f"  {rule}-{n} {kw or ''}: {t:.1f} s", flush=True)
+        print(f"  {rule}-{n} {kw or ''}: {t:.1f} s, {float(res.evals.double().mean()):.1f} evaluations "
+              f"per (example, block), largest gap {float(res.gaps.abs().max()):.2e}", flush=True)
         return res, t
 
     def entry(res, t, reference):
