@@ -213,9 +213,14 @@ def zoo_batch(name: str, n: int, path: str | None = None):
     return model, encode_batch(model.tokenizer, examples, device="cpu")
 
 
-def equal_accuracy(model, batch, ref=("trapezoid", 1024), tols=(3e-2, 3e-3)) -> dict:
+def equal_accuracy(model, batch, ref=("trapezoid", 1024), tols=(3e-2, 3e-3),
+                   reference_file: Path | None = None) -> dict:
     """The default rule, an adaptive ladder and left-Riemann-256 against ``ref``: max-abs map error
-    and integrand evaluations per (example, block), averaged; the reference's completeness gap."""
+    and integrand evaluations per (example, block), averaged; the reference's completeness gap.
+    ``reference_file``: the reference result's tensors (safetensors), reused when present (its
+    metadata must name the same rule, node count and tokens), written otherwise."""
+    from safetensors.torch import load_file, save_file
+
     from effective_depth.metrics.integrated_gradients import DEFAULT_RULE, DEFAULT_STEPS
 
     def run(rule, n, **kw):
@@ -234,7 +239,24 @@ def equal_accuracy(model, batch, ref=("trapezoid", 1024), tols=(3e-2, 3e-3)) -> 
     runs = {"default": run(DEFAULT_RULE, DEFAULT_STEPS)}
     runs.update({f"adaptive_tol_{tol:g}": run("adaptive", 256, tol=tol) for tol in tols})
     runs["riemann_left_256"] = run("riemann_left", 256)
-    reference, t_ref = run(*ref)
+    key = json.dumps({"rule": ref[0], "steps": ref[1], "tokens": [batch.token_ids(b) for b in range(batch.size)]})
+    if reference_file is not None and reference_file.exists() and \
+            load_file(str(reference_file)).get("key") is not None:
+        tensors = load_file(str(reference_file))
+        if bytes(tensors.pop("key").tolist()).decode() != key:
+            raise SystemExit(f"{reference_file} holds another reference (rule, nodes or prompts)")
+        meta = json.loads(bytes(tensors.pop("meta").tolist()).decode())
+        reference = metrics.IntegratedGradients.from_tensors(tensors, meta["meta"], meta["str_tokens"])
+        t_ref = meta["seconds"]
+        print(f"  reference {ref[0]}-{ref[1]} read from {reference_file}", flush=True)
+    else:
+        reference, t_ref = run(*ref)
+        if reference_file is not None:
+            meta = json.dumps({"meta": {k: v for k, v in reference.meta.items() if k != "warnings"},
+                               "str_tokens": reference.str_tokens, "seconds": t_ref})
+            save_file({**{k: v.contiguous() for k, v in reference.tensors().items()},
+                       "key": torch.tensor(list(key.encode()), dtype=torch.uint8),
+                       "meta": torch.tensor(list(meta.encode()), dtype=torch.uint8)}, str(reference_file))
     out = {k: entry(*v, reference) for k, v in runs.items()}
     out["reference"] = {"rule": ref[0], "steps": ref[1], "seconds": t_ref,
                         "gap": float(reference.gaps.abs().max()),
@@ -260,6 +282,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--tols", type=lambda s: tuple(float(x) for x in s.split(",") if x),
                         default=(3e-2, 3e-3), help="--equal-accuracy: adaptive tolerances besides the default")
     parser.add_argument("--examples", type=int, default=3, help="--equal-accuracy: examples per model")
+    parser.add_argument("--reference-dir", type=Path, default=None,
+                        help="--equal-accuracy: keep each model's reference maps here and reuse them")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -269,7 +293,8 @@ def main(argv=None) -> dict:
     if args.equal_accuracy:
         ref = tuple(args.reference.split("-"))
         return main_equal_accuracy(names, dict(p.split("=", 1) for p in args.model_path), args.json,
-                                   ref=(ref[0], int(ref[1])), tols=args.tols, n=args.examples)
+                                   ref=(ref[0], int(ref[1])), tols=args.tols, n=args.examples,
+                                   reference_dir=args.reference_dir)
     grid, scalar_grid, zoo_ref = GRID, SCALAR_GRID, ("trapezoid", 1024)
     if args.quick:
         grid = {"riemann_left": (64, 256), "trapezoid": (64, 128, 256), "gauss_legendre": (32, 64, 128, 256)}
@@ -299,12 +324,18 @@ def main(argv=None) -> dict:
 
 
 def main_equal_accuracy(names: list[str], paths: dict[str, str], json_path: Path | None,
-                        ref=("trapezoid", 1024), tols=(3e-2, 3e-3), n: int = 3) -> dict:
+                        ref=("trapezoid", 1024), tols=(3e-2, 3e-3), n: int = 3,
+                        reference_dir: Path | None = None) -> dict:
     report = json.loads(json_path.read_text()) if json_path and json_path.exists() else {}
     table = report.setdefault("equal_accuracy_trained", {})
     for name in names:
         print(f"{name}:", flush=True)
-        entry = equal_accuracy(*zoo_batch(name, n, paths.get(name)), ref=ref, tols=tols)
+        ref_file = None
+        if reference_dir is not None:
+            reference_dir.mkdir(parents=True, exist_ok=True)
+            ref_file = reference_dir / f"{name.replace('/', '_')}-{ref[0]}-{ref[1]}-{n}.safetensors"
+        entry = equal_accuracy(*zoo_batch(name, n, paths.get(name)), ref=ref, tols=tols,
+                               reference_file=ref_file)
         entry["load_average"] = os.getloadavg()
         entry["threads"] = torch.get_num_threads()
         table[name] = entry

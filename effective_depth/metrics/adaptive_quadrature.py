@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-__all__ = ["ADAPTIVE_TOL", "COARSE_NODES", "MIN_WIDTH", "PathRule", "adaptive_quadrature"]
+__all__ = ["ADAPTIVE_TOL", "COARSE_NODES", "MIN_WIDTH", "PathRule", "adaptive_quadrature", "coarse_nodes"]
 
 #: the absolute tolerance of a path's integral, in units of the target (summed answer probability)
 ADAPTIVE_TOL = 1e-2
@@ -100,7 +100,8 @@ def _estimate(p: _Path, a: float, b: float) -> float:
     return max(local, abs(fb - fa - float(boole.double().sum())))
 
 
-def _coarse(max_evals: int) -> list[float]:
+def coarse_nodes(max_evals: int) -> list[float]:
+    """The coarse pass: ``α = j / 2^k`` with the most nodes ``2^k + 1 ≤ min(max_evals, 17)``."""
     n = 2
     while 2 * n - 1 <= min(max_evals, COARSE_NODES):
         n = 2 * n - 1
@@ -141,7 +142,7 @@ def adaptive_quadrature(evaluate: Evaluate, n_paths: int, *, max_evals: int = 25
     ``evaluate`` receives every pending (path, α) of a round at once."""
     if max_evals < 2:
         raise ValueError("adaptive quadrature needs a budget of at least 2 nodes")
-    coarse = _coarse(max_evals)
+    coarse = coarse_nodes(max_evals)
     paths = [_Path() for _ in range(n_paths)]
     requests = [(i, x) for i in range(n_paths) for x in coarse]
     if len(coarse) >= 5:

@@ -5,7 +5,8 @@ Which (layer, token) residuals does the answer depend on? For each block ``l`` t
 feature). The target is the sum of the teacher-forced probabilities of the answer tokens. The
 path integral is computed by a quadrature rule with nodes ``α_k`` and weights ``w_k`` on [0, 1]
 (:mod:`.quadrature`; ``riemann_left`` with ``α_k = k/N``, ``w_k = 1/N`` is the reference
-implementation's scheme, reproduced bit for bit),
+implementation's scheme, reproduced bit for bit; the default ``adaptive`` chooses the nodes per
+(example, block) where the integrand is sharp, :mod:`.adaptive_quadrature`),
 
     attribution[l, t] = Σ_features (x − x̄)[t] · Σ_k w_k ∂target/∂x[t] |_{x̄ + α_k (x − x̄)}
 
@@ -33,14 +34,15 @@ from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
 from ..progress import tqdm
 from ..registry import MetricSpec, register_metric
-from .adaptive_quadrature import ADAPTIVE_TOL, adaptive_quadrature
+from .adaptive_quadrature import ADAPTIVE_TOL, adaptive_quadrature, coarse_nodes
 from .base import TokenMaps
 from .quadrature import ADAPTIVE, check_rule, quadrature
 
 __all__ = ["IntegratedGradients", "integrated_gradients", "DEFAULT_RULE", "DEFAULT_STEPS", "GAP_TOL"]
 
-#: the default rule and node count: no cheaper rule reaches left-Riemann-256's accuracy on the
-#: trained zoo models (measured: docs/methods.md, benchmarks/ig_accuracy.py)
+#: the default rule and its budget: adaptive quadrature (tolerance ADAPTIVE_TOL) is more accurate
+#: than left-Riemann-256 on the trained models with at least 4x fewer evaluations (measured:
+#: docs/methods.md, benchmarks/ig_accuracy.py --equal-accuracy)
 DEFAULT_RULE = "adaptive"
 DEFAULT_STEPS = 256
 #: a completeness gap |F(x) − F(x̄) − Σ_t A[l, t]| above this (target units: summed answer
@@ -275,11 +277,11 @@ def _cost(w: Workload) -> MeasurementCost:
     position forward and backward (an upper bound: where the engine runs the last block only on
     the answer-predicting positions the count is a few percent lower). ``N`` is ``ig_steps`` for
     a fixed rule; for ``adaptive`` (whose count depends on the integrand) the typical count
-    :data:`ADAPTIVE_TYPICAL_EVALS`, at most ``ig_steps``. A rule without the node ``α = 0``
+    :data:`ADAPTIVE_TYPICAL_EVALS`, at most ``ig_steps`` (exact below 5 nodes). A rule without the node ``α = 0``
     (``gauss_legendre``) adds one forward per block for ``F(x̄)``."""
     L, steps, rule = w.L, w.config.ig_steps, w.config.ig_rule
-    if rule == ADAPTIVE:
-        steps = min(steps, ADAPTIVE_TYPICAL_EVALS)
+    if rule == ADAPTIVE:  # below 5 nodes: the coarse pass alone, exactly
+        steps = len(coarse_nodes(steps)) if steps < 5 else min(steps, ADAPTIVE_TYPICAL_EVALS)
     m = MeasurementCost("integrated_gradients", sweeps=True)
     for b in w.first(w.config.map_examples):
         T = int(w.lengths[b])
