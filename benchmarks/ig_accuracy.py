@@ -18,6 +18,20 @@ Two measurements, each per (model, example, layer):
 
 The default rule is the cheapest (fewest nodes) whose error is no larger than left-Riemann-256's
 on every model measured.
+
+``--equal-accuracy`` measures the default rule (and a ladder of adaptive tolerances) at equal
+accuracy on trained models: the attribution maps of the default, of left-Riemann-256 and of a very
+fine reference (``trapezoid``-1024; its completeness gap is recorded), on the study's first
+three examples. It writes ``equal_accuracy_trained`` into the JSON file (other keys kept):
+``{model: {"default": {"rule", "evals", "max_abs"}, "riemann_left_256": {"evals": 256,
+"max_abs"}, ...}}``, ``evals`` being integrand evaluations per (example, block), averaged.
+
+    python benchmarks/ig_accuracy.py --equal-accuracy \
+        --models zoo/add-12l,real/smollm2-135m-instruct --json benchmarks/ig_accuracy_zoo_quick.json
+
+A model not yet in the zoo can be given a local checkpoint:
+``--model-path real/smollm2-135m-instruct=/root/.cache/effective_depth/manual/smollm2-135m-instruct``
+(its task then comes from ``FALLBACK_TASKS``).
 """
 
 from __future__ import annotations
@@ -162,16 +176,93 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
-def zoo_batch(name: str, n: int):
+#: the task of a model given by ``--model-path`` whose zoo card is not available here: the
+#: real models' card task (few-shot one-digit addition), built from the addition task
+FALLBACK_TASKS = {"real/smollm2-135m-instruct": ("fewshot_addition", {"digits": 1})}
+
+
+def fewshot(examples, shots: int = 3):
+    """Each example with the ``shots`` examples after it, solved, in front (one per line)."""
+    from effective_depth.tasks import Example
+
+    out = []
+    for i, ex in enumerate(examples):
+        solved = [examples[(i + 1 + j) % len(examples)] for j in range(shots)]
+        prefix = "".join(f"{s.prompt}{s.answer}\n" for s in solved)
+        out.append(Example(prefix + ex.prompt, ex.answer, dict(ex.meta)))
+    return out
+
+
+def zoo_batch(name: str, n: int, path: str | None = None):
     from effective_depth.engine.batch import encode_batch
     from effective_depth.models.loading import load_model
     from effective_depth.study import StudyConfig, resolve_task
     from effective_depth.tasks import get_task
 
-    model = load_model(name, device="cpu")
-    task_name, params = resolve_task(StudyConfig(model=name))
-    examples = get_task(task_name, **params).examples(20)[:n]
+    model = load_model(path or name, device="cpu")
+    if path is not None and name in FALLBACK_TASKS:
+        task_name, params = FALLBACK_TASKS[name]
+    else:
+        task_name, params = resolve_task(StudyConfig(model=name))
+    try:
+        examples = get_task(task_name, **params).examples(20)[:n]
+    except Exception:  # the few-shot task is not registered here yet: build it
+        if task_name != "fewshot_addition":
+            raise
+        examples = fewshot(get_task("addition", **params).examples(20))[:n]
     return model, encode_batch(model.tokenizer, examples, device="cpu")
+
+
+def equal_accuracy(model, batch, ref=("trapezoid", 1024), tols=(3e-2, 3e-3),
+                   reference_file: Path | None = None) -> dict:
+    """The default rule, an adaptive ladder and left-Riemann-256 against ``ref``: max-abs map error
+    and integrand evaluations per (example, block), averaged; the reference's completeness gap.
+    ``reference_file``: the reference result's tensors (safetensors), reused when present (its
+    metadata must name the same rule, node count and tokens), written otherwise."""
+    from safetensors.torch import load_file, save_file
+
+    from effective_depth.metrics.integrated_gradients import DEFAULT_RULE, DEFAULT_STEPS
+
+    def run(rule, n, **kw):
+        res, t = _timed(lambda: metrics.integrated_gradients(model, batch, n_steps=n, rule=rule, **kw))
+        print(f"  {rule}-{n} {kw or ''}: {t:.1f} s, {float(res.evals.double().mean()):.1f} evaluations "
+              f"per (example, block), largest gap {float(res.gaps.abs().max()):.2e}", flush=True)
+        return res, t
+
+    def entry(res, t, reference):
+        err = max((a - r).abs().max().item() for a, r in zip(res.maps, reference.maps))
+        return {"rule": res.meta["rule"], "steps": res.meta["n_steps"], **(
+            {"tol": res.meta["tol"]} if "tol" in res.meta else {}),
+            "evals": float(res.evals.double().mean()), "evals_max": int(res.evals.max()),
+            "max_abs": err, "gap": float(res.gaps.abs().max()), "seconds": t}
+
+    runs = {"default": run(DEFAULT_RULE, DEFAULT_STEPS)}
+    runs.update({f"adaptive_tol_{tol:g}": run("adaptive", 256, tol=tol) for tol in tols})
+    runs["riemann_left_256"] = run("riemann_left", 256)
+    key = json.dumps({"rule": ref[0], "steps": ref[1], "tokens": [batch.token_ids(b) for b in range(batch.size)]})
+    if reference_file is not None and reference_file.exists() and \
+            load_file(str(reference_file)).get("key") is not None:
+        tensors = load_file(str(reference_file))
+        if bytes(tensors.pop("key").tolist()).decode() != key:
+            raise SystemExit(f"{reference_file} holds another reference (rule, nodes or prompts)")
+        meta = json.loads(bytes(tensors.pop("meta").tolist()).decode())
+        reference = metrics.IntegratedGradients.from_tensors(tensors, meta["meta"], meta["str_tokens"])
+        t_ref = meta["seconds"]
+        print(f"  reference {ref[0]}-{ref[1]} read from {reference_file}", flush=True)
+    else:
+        reference, t_ref = run(*ref)
+        if reference_file is not None:
+            meta = json.dumps({"meta": {k: v for k, v in reference.meta.items() if k != "warnings"},
+                               "str_tokens": reference.str_tokens, "seconds": t_ref})
+            save_file({**{k: v.contiguous() for k, v in reference.tensors().items()},
+                       "key": torch.tensor(list(key.encode()), dtype=torch.uint8),
+                       "meta": torch.tensor(list(meta.encode()), dtype=torch.uint8)}, str(reference_file))
+    out = {k: entry(*v, reference) for k, v in runs.items()}
+    out["reference"] = {"rule": ref[0], "steps": ref[1], "seconds": t_ref,
+                        "gap": float(reference.gaps.abs().max()),
+                        "max_abs_attribution": max(m.abs().max().item() for m in reference.maps)}
+    out["examples"], out["n_layers"] = batch.size, reference.n_layers
+    return out
 
 
 def main(argv=None) -> dict:
@@ -181,10 +272,29 @@ def main(argv=None) -> dict:
     parser.add_argument("--models", default="random-12l-V4096,zoo/add-4l,zoo/add-12l",
                         help="comma-separated: random-12l-V4096, zoo/add-4l, zoo/add-12l")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--equal-accuracy", action="store_true",
+                        help="only the trained models' equal-accuracy table (equal_accuracy_trained)")
+    parser.add_argument("--model-path", action="append", default=[], metavar="NAME=PATH",
+                        help="load NAME from a local checkpoint directory (repeatable)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--reference", default="trapezoid-1024",
+                        help="--equal-accuracy: the fine reference rule, RULE-N")
+    parser.add_argument("--tols", type=lambda s: tuple(float(x) for x in s.split(",") if x),
+                        default=(3e-2, 3e-3), help="--equal-accuracy: adaptive tolerances besides the default")
+    parser.add_argument("--examples", type=int, default=3, help="--equal-accuracy: examples per model")
+    parser.add_argument("--reference-dir", type=Path, default=None,
+                        help="--equal-accuracy: keep each model's reference maps here and reuse them")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from benchmarks.run import build_model, make_batch
 
     names = args.models.split(",")
+    if args.equal_accuracy:
+        ref = tuple(args.reference.split("-"))
+        return main_equal_accuracy(names, dict(p.split("=", 1) for p in args.model_path), args.json,
+                                   ref=(ref[0], int(ref[1])), tols=args.tols, n=args.examples,
+                                   reference_dir=args.reference_dir)
     grid, scalar_grid, zoo_ref = GRID, SCALAR_GRID, ("trapezoid", 1024)
     if args.quick:
         grid = {"riemann_left": (64, 256), "trapezoid": (64, 128, 256), "gauss_legendre": (32, 64, 128, 256)}
@@ -210,6 +320,31 @@ def main(argv=None) -> dict:
     print(f"\ncheapest rule at least as accurate as riemann_left-256 on every model: {rule}-{n}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main_equal_accuracy(names: list[str], paths: dict[str, str], json_path: Path | None,
+                        ref=("trapezoid", 1024), tols=(3e-2, 3e-3), n: int = 3,
+                        reference_dir: Path | None = None) -> dict:
+    report = json.loads(json_path.read_text()) if json_path and json_path.exists() else {}
+    table = report.setdefault("equal_accuracy_trained", {})
+    for name in names:
+        print(f"{name}:", flush=True)
+        ref_file = None
+        if reference_dir is not None:
+            reference_dir.mkdir(parents=True, exist_ok=True)
+            ref_file = reference_dir / f"{name.replace('/', '_')}-{ref[0]}-{ref[1]}-{n}.safetensors"
+        entry = equal_accuracy(*zoo_batch(name, n, paths.get(name)), ref=ref, tols=tols,
+                               reference_file=ref_file)
+        entry["load_average"] = os.getloadavg()
+        entry["threads"] = torch.get_num_threads()
+        table[name] = entry
+        for key, e in entry.items():
+            if isinstance(e, dict) and "max_abs" in e:
+                print(f"  {key:24s} evals {e['evals']:7.1f}  max abs {e['max_abs']:.2e}  "
+                      f"gap {e['gap']:.2e}  {e['seconds']:.1f} s")
+        if json_path:  # after each model: a long run keeps what it measured
+            json_path.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -114,12 +114,12 @@ def bench_erasure(model, batch, repeat):
 
 def bench_igrad(model, batch, n_steps, repeat):
     one = Batch(batch.tokens[:1], batch.lengths[:1], batch.answer_start[:1], batch.str_tokens[:1])
-    ours, t_ours = timed(lambda: metrics.integrated_gradients(model, one, n_steps=n_steps), repeat)
+    ours, t_ours = timed(lambda: metrics.integrated_gradients(model, one, n_steps=n_steps, rule="riemann_left"), repeat)
     naive, t_naive = timed(lambda: naive_integrated_gradients(model, one, n_steps, weight_grads=True), repeat)
     frozen, t_frozen = timed(lambda: naive_integrated_gradients(model, one, n_steps, weight_grads=False), repeat)
     scale = max(naive.abs().max().item(), 1e-12)
     diff = (ours.maps[0] - naive).abs().max().item()
-    _, p_ours = peak_bytes(lambda: metrics.integrated_gradients(model, one, n_steps=n_steps))
+    _, p_ours = peak_bytes(lambda: metrics.integrated_gradients(model, one, n_steps=n_steps, rule="riemann_left"))
     return {"speedup": t_naive / t_ours, "speedup_vs_frozen_naive": t_frozen / t_ours,
             "max_abs_diff": diff, "max_abs_attribution": scale,
             "max_abs_diff_frozen": (ours.maps[0] - frozen).abs().max().item(),
@@ -178,33 +178,51 @@ def bench_logit_lens(length: int, vocab: int):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="Small sizes: a few minutes on 2 cores.")
+    parser.add_argument("--quick", action="store_true",
+                        help="Small workloads (24 tokens, 32 IG nodes): under 10 minutes on 2 cores.")
     parser.add_argument("--json", type=Path, default=None, help="Write the figures to this file.")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = dict(n_prompts=2, length=40, ig_steps=64, lens_T=128, repeat=1) if args.quick else \
-        dict(n_prompts=4, length=96, ig_steps=256, lens_T=256, repeat=2)
+    # --quick: the same measurements on smaller work (shorter prompts, fewer IG nodes, a coarser
+    # equal-accuracy ladder), engine and naive each timed on it; --full: the published sizes
+    size = dict(n_prompts=2, length=24, ig_steps=32, lens_T=128, repeat=1,
+                equal=dict(ladder=(4, 8, 16), ref_steps=64, naive_steps=64)) if args.quick else \
+        dict(n_prompts=4, length=96, ig_steps=256, lens_T=256, repeat=2,
+             equal=dict(ladder=(4, 8, 16, 32, 64), ref_steps=128, naive_steps=256))
+    wall = time.perf_counter()
     model = build_model(n_layers=12, d_model=256, vocab=4096, d_mlp=1024, heads=4, kv_heads=4)
     batch = make_batch(4096, size["n_prompts"], size["length"], 4)
     gpt2_vocab = build_model(n_layers=12, d_model=256, vocab=50257, d_mlp=1024, heads=4, kv_heads=4)
     gpt2_batch = make_batch(50257, 1, size["length"], 4)
     metrics.contributions(model, batch)  # warm-up
-    report = {
-        "config": {"model": "12 blocks, d_model 256, d_mlp 1024 (gated), 4 heads, vocab 4096",
-                   "prompts": size["n_prompts"], "tokens": size["length"], "threads": torch.get_num_threads(),
-                   "torch": torch.__version__, "quick": args.quick},
-        "skip_future": bench_skip(model, batch, size["repeat"]),
-        "erasure": bench_erasure(model, batch, size["repeat"]),
-        "igrad": bench_igrad(model, batch, size["ig_steps"], size["repeat"]),
+    sections = {
+        "skip_future": lambda: bench_skip(model, batch, size["repeat"]),
+        "erasure": lambda: bench_erasure(model, batch, size["repeat"]),
+        "igrad": lambda: bench_igrad(model, batch, size["ig_steps"], size["repeat"]),
         # the same with GPT-2's vocabulary (50,257), as a real small model of this width has
         # (TinyStories-8M): the naive scheme's full-vocabulary softmax then weighs more
-        "igrad_gpt2_vocab": bench_igrad(gpt2_vocab, gpt2_batch, size["ig_steps"], 1),
-        "igrad_equal_accuracy": {"V4096": bench_igrad_equal_accuracy(model, batch),
-                                 "V50257": bench_igrad_equal_accuracy(gpt2_vocab, gpt2_batch)},
-        "logit_lens": bench_logit_lens(size["lens_T"], 150_000),
+        "igrad_gpt2_vocab": lambda: bench_igrad(gpt2_vocab, gpt2_batch, size["ig_steps"], 1),
+        "igrad_equal_accuracy": lambda: {
+            "V4096": bench_igrad_equal_accuracy(model, batch, **size["equal"]),
+            "V50257": bench_igrad_equal_accuracy(gpt2_vocab, gpt2_batch, **size["equal"])},
+        "logit_lens": lambda: bench_logit_lens(size["lens_T"], 150_000),
     }
+    report: dict = {
+        "config": {"model": "12 blocks, d_model 256, d_mlp 1024 (gated), 4 heads, vocab 4096",
+                   "prompts": size["n_prompts"], "tokens": size["length"], "ig_steps": size["ig_steps"],
+                   "threads": torch.get_num_threads(), "torch": torch.__version__, "quick": args.quick,
+                   "load_average_start": os.getloadavg()},
+        "section_seconds": {},
+    }
+    for key, fn in sections.items():
+        start = time.perf_counter()
+        report[key] = fn()
+        report["section_seconds"][key] = round(time.perf_counter() - start, 1)
+        print(f"{key}: {report['section_seconds'][key]} s", flush=True)
+    report["config"]["wall_seconds"] = round(time.perf_counter() - wall, 1)
+    report["config"]["load_average_end"] = os.getloadavg()
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -213,8 +231,10 @@ def main(argv=None) -> dict:
 
 def print_report(report: dict) -> None:
     mib = 1 / (1 << 20)
-    print(f"model: {report['config']['model']}; {report['config']['prompts']} prompts x "
-          f"{report['config']['tokens']} tokens; {report['config']['threads']} threads")
+    cfg = report["config"]
+    print(f"model: {cfg['model']}; {cfg['prompts']} prompts x {cfg['tokens']} tokens; "
+          f"{cfg['threads']} threads; wall {cfg.get('wall_seconds', float('nan'))} s "
+          f"(load average {cfg.get('load_average_start')} -> {cfg.get('load_average_end')})")
     for key, label in (("skip_future", "skip future effects"), ("erasure", "residual erasure"),
                        ("igrad", "integrated gradients"), ("igrad_gpt2_vocab", "  ... with V=50257")):
         r = report[key]

@@ -87,7 +87,7 @@ class StudyConfig:
     cut_margin: int | None = None
     map_examples: int = 3
     ig_steps: int = 256
-    ig_rule: str = "riemann_left"
+    ig_rule: str = "adaptive"
     n_reference: int = 10
     n_boot: int = 1000
     ci_level: float = 0.95
@@ -548,6 +548,8 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
             start = time.perf_counter()
             result = spec.run(ctx)
             elapsed = time.perf_counter() - start
+            for w in result.meta.get("warnings", []):  # a measurement's own warnings
+                log.warning(w["message"])
             rd.update_tensors(f"metrics.{name}", result.tensors())
             results["metrics"][name] = result.entry()
             results["timing"][name] = round(elapsed, 3)
@@ -573,6 +575,7 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
                         results[key].update(value)
                     else:
                         results[key] = value
+        warnings += [w for r in done.values() for w in getattr(r, "meta", {}).get("warnings", [])]
         results["warnings"] = _dedupe(warnings)
         results["status"] = "complete"
         rd.write_json(RESULTS, results)

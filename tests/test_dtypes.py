@@ -38,7 +38,8 @@ def _measure(dtype):
         "logit_lens": M.logit_lens(model, batch),
         "skip_effects": M.skip_effects(model, batch, mode="current"),
         "erasure": M.residual_erasure(model, batch.select([0, 1]), reference=batch),
-        "integrated_gradients": M.integrated_gradients(model, batch.select([0]), n_steps=8),
+        "integrated_gradients": M.integrated_gradients(model, batch.select([0]), n_steps=8,
+                                                       rule="riemann_left"),
     }
     quantities = {
         "contributions": torch.stack([torch.tensor(v) for k, v in results["contributions"].curves().items()

@@ -121,3 +121,49 @@ def test_study_config_validates_and_hashes_the_rule():
     a, b = StudyConfig(), StudyConfig(ig_rule="gauss_legendre", ig_steps=256)
     assert config_hash(a.to_dict()) != config_hash(b.to_dict())
     assert StudyConfig.from_dict(b.to_dict()) == b
+
+
+@pytest.mark.parametrize("rule, steps", [("riemann_left", 8), ("gauss_legendre", 4), ("adaptive", 64)])
+def test_stored_gap_is_the_completeness_error(model, sub, rule, steps):
+    result = integrated_gradients(model, sub, n_steps=steps, rule=rule)
+    L = model.cfg.n_layers
+    assert result.gaps.shape == result.evals.shape == (1, L)
+    for layer in range(L):
+        delta = result.targets[0].item() - _baseline_target(model, sub, layer)
+        want = delta - result.maps[0][layer].double().sum().item()
+        assert result.gaps[0, layer].item() == pytest.approx(want, abs=2e-6), (rule, layer)
+    if rule != "adaptive":
+        assert result.evals.unique().tolist() == [steps]
+    else:
+        assert result.evals.min() >= 17 and result.evals.max() <= steps
+        assert result.meta["tol"] > 0
+    # stored and read back
+    back = type(result).from_tensors(result.tensors(), result.meta, result.str_tokens)
+    assert torch.equal(back.evals, result.evals) and torch.equal(back.gaps, result.gaps)
+    assert result.curves()["completeness_gap"] == result.gaps.tolist()
+
+
+def test_adaptive_equals_the_fine_reference(model, sub, reference):
+    scale = reference.maps[0].abs().max().item()
+    tight = integrated_gradients(model, sub, n_steps=256, rule="adaptive", tol=1e-9)
+    assert max_err(tight, reference) < 1e-5 * scale
+    loose = integrated_gradients(model, sub, n_steps=256, rule="adaptive", tol=1.0)
+    assert loose.evals.unique().tolist() == [17]  # the coarse pass: composite Boole on 17 nodes
+    assert tight.evals.float().mean() > loose.evals.float().mean()
+
+
+def test_a_gap_above_the_tolerance_is_a_warning(model, sub, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("effective_depth.metrics.integrated_gradients")
+
+    gap = torch.tensor([[0.0, 0.02], [-0.5, 0.001]])
+    (w,) = module.gap_warnings(gap, "riemann_left", 256)
+    assert w["code"] == "ig_completeness_gap"
+    assert "2 of 4" in w["message"] and "example 1, block 0" in w["message"] and "0.5" in w["message"]
+    assert module.gap_warnings(gap / 100, "riemann_left", 256) == []
+    result = integrated_gradients(model, sub, n_steps=2, rule="riemann_left")
+    assert result.meta["warnings"] == module.gap_warnings(result.gaps, "riemann_left", 2)
+    monkeypatch.setattr(module, "GAP_TOL", 0.0)
+    result = integrated_gradients(model, sub, n_steps=2, rule="riemann_left")
+    assert result.meta["warnings"] and result.meta["warnings"][0]["code"] == "ig_completeness_gap"

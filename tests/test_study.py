@@ -287,3 +287,20 @@ def test_cli_run_config_file_and_set(tmp_path, tiny_model):
     bad = CliRunner().invoke(main, ["run", "--model", tiny_model, "--set", "cut_strt=4"])
     assert bad.exit_code != 0 and "unknown study options ['cut_strt']" in bad.output
     assert "did you mean 'cut_start'" in bad.output
+
+
+def test_an_integrated_gradients_gap_warning_reaches_results_json(tmp_path, tiny_model, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("effective_depth.metrics.integrated_gradients")
+    monkeypatch.setattr(module, "GAP_TOL", 0.0)  # every row's (nonzero) gap is above it
+    config = _config(tiny_model, metrics=("integrated_gradients",), ig_rule="riemann_left", ig_steps=2)
+    res = run_study(config, tmp_path / "run", progress=False, dashboard=False)
+    codes = [w["code"] for w in res.results["warnings"]]
+    assert codes.count("ig_completeness_gap") == 1
+    gaps = res.results["metrics"]["integrated_gradients"]["curves"]["completeness_gap"]
+    assert len(gaps) == 1 and max(abs(g) for g in gaps[0]) > 0
+    # resumed: the stored measurement's warning is kept
+    again = run_study(config, tmp_path / "run", progress=False, dashboard=False)
+    assert again.reused == ["integrated_gradients"]
+    assert [w["code"] for w in again.results["warnings"]].count("ig_completeness_gap") == 1

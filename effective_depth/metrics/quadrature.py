@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from ..errors import ConfigError, close_matches
 
-__all__ = ["RULES", "MIN_NODES", "check_rule", "quadrature", "riemann_left", "trapezoid", "gauss_legendre"]
+__all__ = ["ADAPTIVE", "RULES", "MIN_NODES", "check_rule", "quadrature", "riemann_left", "trapezoid", "gauss_legendre"]
 
 Nodes = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -55,21 +55,29 @@ RULES: dict[str, Callable[[int], Nodes]] = {
     "gauss_legendre": gauss_legendre,
 }
 
+#: the adaptive rule (:mod:`.adaptive_quadrature`): its nodes depend on the integrand, so it is
+#: not a function of ``n`` (which is its budget, the most nodes per path)
+ADAPTIVE = "adaptive"
+
 #: the fewest nodes each rule accepts
-MIN_NODES = {"riemann_left": 1, "trapezoid": 2, "gauss_legendre": 1}
+MIN_NODES = {"riemann_left": 1, "trapezoid": 2, "gauss_legendre": 1, ADAPTIVE: 2}
 
 
 def check_rule(rule: str, n: int) -> None:
     """Raise :class:`ConfigError` unless ``rule`` is known and accepts ``n`` nodes."""
-    if rule not in RULES:
-        raise ConfigError(f"unknown ig_rule {rule!r}{close_matches(rule, RULES)} "
-                          f"Rules: {', '.join(sorted(RULES))}")
+    names = [*RULES, ADAPTIVE]
+    if rule not in names:
+        raise ConfigError(f"unknown ig_rule {rule!r}{close_matches(rule, names)} "
+                          f"Rules: {', '.join(sorted(names))}")
     if isinstance(n, bool) or not isinstance(n, int) or n < MIN_NODES[rule]:
         raise ConfigError(f"ig_steps (the number of nodes) must be an integer >= {MIN_NODES[rule]} "
                           f"for ig_rule {rule}, got {n!r}")
 
 
 def quadrature(rule: str, n: int) -> Nodes:
-    """Nodes and weights of ``rule`` with ``n`` nodes on [0, 1]."""
+    """Nodes and weights of the fixed ``rule`` with ``n`` nodes on [0, 1]."""
     check_rule(rule, n)
+    if rule == ADAPTIVE:
+        raise ConfigError("ig_rule 'adaptive' has no fixed nodes: its nodes depend on the "
+                          "integrand (metrics.adaptive_quadrature)")
     return RULES[rule](n)
