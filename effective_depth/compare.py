@@ -158,7 +158,7 @@ def compare_runs(
             "path": str(r.path), "label": r.label, "model": _model(r), "task": _task_key(r),
             "format": res.get("task", {}).get("params", {}).get("format"),
             "n_layers": res.get("model", {}).get("n_layers"),
-            "n_params": res.get("model", {}).get("n_params"),
+            **_params(res),
             "difficulty": res.get("task", {}).get("difficulty"),
             "estimates": {e: _estimate(r, e) for e in ests},
             "depth_score": res.get("depth", {}).get("depth_score"),
@@ -169,7 +169,7 @@ def compare_runs(
             est = _estimate(r, e)
             out["scale"].append({
                 "run": str(r.path), "model": _model(r), "n_layers": res.get("model", {}).get("n_layers"),
-                "n_params": res.get("model", {}).get("n_params"), "task": _task_key(r),
+                **_params(res), "task": _task_key(r),
                 "difficulty": res.get("task", {}).get("difficulty"), "estimator": e,
                 "layer": est.get("layer"), "ratio": est.get("ratio"), "ci": est.get("ci"),
                 "reason": est.get("reason"),
@@ -181,6 +181,19 @@ def compare_runs(
     out["agreement"] = estimator_agreement(loaded, estimators=ests, n_boot=n_boot, seed=seed,
                                            level=level, rules=rules)
     return out
+
+
+def _params(results: dict[str, Any]) -> dict[str, Any]:
+    """The model's size as the scale table states it: ``n_params`` is Hugging Face's
+    ``num_parameters()`` (a tied embedding once), beside the non-embedding count. Runs stored
+    before the split have only ``n_params``, counted from the hooked tensors (a tied matrix
+    twice): their ``n_params_method`` says so."""
+    model = results.get("model", {})
+    return {"n_params": model.get("n_params"),
+            "n_params_non_embedding": model.get("n_params_non_embedding"),
+            "n_params_method": model.get("n_params_method",
+                                         "older run: counted from the backend's own tensors (a tied "
+                                         "matrix twice, added zero biases too)")}
 
 
 def _prompt_levels(run: Run) -> list[Any]:

@@ -445,6 +445,7 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
     from .depth import estimate_all, reliability_warnings
     from .engine.batch import encode_batch
     from .models.loading import load_model
+    from .models.params import parameter_counts
     from .per_prompt import per_prompt_estimates
     from .registry import StudyContext, metric_names
 
@@ -514,7 +515,7 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
             "model": {"name": config.model, "n_layers": L, "d_model": int(model.cfg.d_model),
                       "d_vocab": int(model.cfg.d_vocab), "n_ctx": int(model.cfg.n_ctx),
                       "architecture": getattr(model.cfg, "original_architecture", None),
-                      "n_params": int(sum(p.numel() for p in model.parameters())),
+                      **_param_fields(parameter_counts(model)),
                       "source": getattr(model, "effective_depth_source", {})},
             "task": {"name": task_name, "params": task.values, "difficulty": task.difficulty,
                      "n_examples": len(examples)},
@@ -703,6 +704,14 @@ def _dedupe(warnings: list[dict[str, Any]]) -> list[dict[str, Any]]:
             seen.add(key)
             out.append(w)
     return out
+
+
+def _param_fields(counts: dict[str, Any]) -> dict[str, Any]:
+    """``results.json``'s model size: Hugging Face's ``num_parameters()`` (a tied matrix once),
+    with the embedding and non-embedding parts and how they were counted."""
+    return {"n_params": counts["total"], "n_params_embedding": counts["embedding"],
+            "n_params_non_embedding": counts["non_embedding"],
+            "n_params_method": counts["method"]}
 
 
 def _check_context(model: Any, batch: Any, config: StudyConfig, what: str = "example") -> None:

@@ -425,6 +425,18 @@ def _ed_skip(result: SkipEffects, tau: float | None, rules: str) -> Any:
     return apply
 
 
+#: stored in ``ed_skip``'s notes for future-mode effects (docs/methods.md §6)
+FUTURE_CEILING = ("future mode: the last block's future effect is zero by construction (no later "
+                  "block reads its output before the cut), so ed_skip is at most block L-2 = {top}; "
+                  "current mode (--skip-mode current) can reach every block")
+
+
+def _ed_skip_notes(result: SkipEffects) -> list[str]:
+    if result.meta.get("mode") != "future":
+        return []
+    return [FUTURE_CEILING.format(top=result.n_layers - 2)]
+
+
 def _few_cuts(result: SkipEffects, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
     if result.meta.get("mode") != "future":
         return []
@@ -460,7 +472,8 @@ register_metric(MetricSpec(
     inputs=_study_cuts,
     estimators=(EstimatorSpec("ed_skip", SkipEffects.name, _ed_skip, 0.1,
                               "the last block whose skip changes the output by more than tau "
-                              "x the largest output effect", checks=_few_cuts),),
+                              "x the largest output effect", checks=_few_cuts,
+                              notes=_ed_skip_notes),),
     summaries=lambda result, config: {"depth": {"depth_score": depth_score_estimate(
         result, n_boot=config.n_boot, seed=config.seed, level=config.ci_level)}},
     scores={"depth_score": lambda result, idx: depth_score(result.layer_effect_of(idx))},
