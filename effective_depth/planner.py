@@ -128,7 +128,7 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
         adapter.lens_probs(x)
         lens = best(lambda: adapter.lens_probs(x))
     return {"s_per_block_token": per_token, "s_per_lens_row": lens / x.shape[0],
-            "calibration_tokens": T, "calibration_rows": k}
+            "calibration_tokens": T, "calibration_rows": k, "torch_threads": torch.get_num_threads()}
 
 
 def plan_study(config: Any, calibration: bool = True) -> Plan:

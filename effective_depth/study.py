@@ -238,9 +238,12 @@ def _environment() -> dict[str, Any]:
         except PackageNotFoundError:
             return "not installed"
 
+    from .models.devices import threads_info
+
     return {"effective_depth": __version__, "torch": torch.__version__,
             "transformer_lens": dist("transformer-lens"),
-            "transformers": transformers.__version__, "python": platform.python_version()}
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            **threads_info()}
 
 
 #: the files of a run directory that a fresh start removes (the lock stays)
