@@ -551,14 +551,17 @@ def _print_comparison(comparison: dict[str, Any], every_run: bool = False) -> No
 
     specs = {
         "scale": ("Scale: effective depth per model", ["model", "n_layers", "task", "difficulty",
-                                                        "estimator", "layer", "ratio", "ci"]),
+                                                        "estimator", "layer", "ratio", "ci",
+                                                        "reason"]),
         "training": ("Training type: trained - base", ["base", "trained", "task", "estimator",
-                                                       "ratio_base", "ratio_trained", "diff", "diff_ci"]),
+                                                       "ratio_base", "ratio_trained", "diff", "diff_ci",
+                                                       "reason"]),
         "difficulty": ("Difficulty: ratio per level and Spearman's rho", ["model", "task", "estimator",
-                                                                          "levels", "ratios", "rho", "rho_ci"]),
+                                                                          "levels", "ratios", "rho", "rho_ci",
+                                                                          "reasons", "rho_reason"]),
         "prompt_difficulty": ("Difficulty per prompt: Spearman's rho of each prompt's level and "
                               "its own depth", ["model", "task", "estimator", "levels", "n_defined",
-                                                "medians", "rho", "rho_ci"]),
+                                                "medians", "rho", "rho_ci", "rho_reason"]),
         "agreement": ("Estimator agreement: Spearman's rho between estimators",
                       ["scope", "over", "a", "b", "n", "rho", "ci", "reason"]),
     }
@@ -568,10 +571,19 @@ def _print_comparison(comparison: dict[str, Any], every_run: bool = False) -> No
         specs["scale"][1].insert(0, "run")
     for key, (title, cols) in specs.items():
         rows = comparison.get(key) or []
+        if key == "difficulty":
+            lead = "left out of the difficulty table" if rows else "no difficulty table"
+            for why in comparison.get("difficulty_reasons", []):
+                console.print(f"{lead}: {why}", highlight=False)
         if key == "agreement" and not every_run:
             rows = [r for r in rows if r.get("scope") == "models"]
         if not rows:
             continue
+        # a reason column only where some cell is empty, and then it says why
+        cols = [c for c in cols if not c.endswith(("reason", "reasons"))
+                or any(row.get(c) not in (None, []) and any(
+                    x is not None for x in (row[c] if isinstance(row[c], list) else [row[c]]))
+                       for row in rows)]
         table = Table(title=title)
         for c in cols:
             table.add_column(c)

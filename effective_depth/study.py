@@ -520,8 +520,8 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
                       "architecture": getattr(model.cfg, "original_architecture", None),
                       **_param_fields(parameter_counts(model)),
                       "source": getattr(model, "effective_depth_source", {})},
-            "task": {"name": task_name, "params": task.values, "difficulty": task.difficulty,
-                     "n_examples": len(examples)},
+            "task": {"name": task_name, "params": task.values,
+                     **_task_difficulty(task, examples), "n_examples": len(examples)},
             "settings": {"rules": config.rules, "skipped_metrics": list(skipped)},
         })
         results.setdefault("metrics", {})
@@ -707,6 +707,17 @@ def _dedupe(warnings: list[dict[str, Any]]) -> list[dict[str, Any]]:
             seen.add(key)
             out.append(w)
     return out
+
+
+def _task_difficulty(task: Any, examples: Sequence[Any]) -> dict[str, Any]:
+    """The run's difficulty level and where it comes from: the task's difficulty parameter, else
+    the ``difficulty`` every example carries (a prompts file's field, all equal); else none."""
+    if task.difficulty is not None:
+        return {"difficulty": task.difficulty, "difficulty_source": task.difficulty_param}
+    levels = {ex.difficulty for ex in examples}
+    if len(levels) == 1 and None not in levels:
+        return {"difficulty": levels.pop(), "difficulty_source": "examples"}
+    return {"difficulty": None, "difficulty_source": None}
 
 
 def _param_fields(counts: dict[str, Any]) -> dict[str, Any]:
