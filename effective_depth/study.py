@@ -543,13 +543,13 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
             steps.step(name)
             ctx = StudyContext(model, batch, config, drawn, reference, reference_info, dict(done),
                                progress)
+            start = time.perf_counter()  # a fit counts as part of its measurement's time
             if spec.fit is not None:
                 encoded, info, data_fp = train[name]
                 ctx = dataclasses.replace(ctx, train=encoded, train_info=info)
                 want = {"model": fingerprint["model"], "data": data_fp,
                         "settings": dict(spec.fit.settings(config))}
                 ctx = dataclasses.replace(ctx, fitted=_load_or_fit(rd, spec.fit, ctx, want))
-            start = time.perf_counter()
             result = spec.run(ctx)
             elapsed = time.perf_counter() - start
             for w in result.meta.get("warnings", []):  # a measurement's own warnings

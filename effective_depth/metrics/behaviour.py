@@ -183,27 +183,40 @@ def _run(ctx: Any) -> Behaviour:
 
 
 def _cost(w: Workload) -> MeasurementCost:
-    """Early exit reads a clean pass (batches of 16); pruning the first ``k`` blocks of the order
-    resumes at the lowest of them, so at most ``L(L+1)/2`` blocks per prompt — an upper bound,
-    as the order is known only when measured. Unless the study's skip effects are current-mode
-    whole-block ones, the order's current-mode output effects are measured first (batches of 8:
-    a clean pass, then ``L(L−1)/2`` resumed blocks and ``2L·T`` lens rows per prompt)."""
+    """Early exit reads a clean pass (batches of 16). Pruning the first ``k`` blocks of the order
+    resumes at the lowest of them; the order is known only when measured, so the count takes
+    its expectation for an order drawn at random, ``(L − k)/(k + 1)`` (the expected least of
+    ``k`` of ``L`` blocks): about ``L·(L − H_L)`` blocks per prompt rather than the bound
+    ``L(L+1)/2``. Unless the study's skip effects are current-mode whole-block ones, the order's
+    current-mode output effects are measured first (batches of 8: a clean pass, then
+    ``L(L−1)/2`` resumed blocks and ``2L·T`` lens rows per prompt)."""
     L = w.L
+    lowest = [(L - k) / (k + 1) for k in range(1, L + 1)]
+    per_prompt = sum(L - s for s in lowest)
     m = MeasurementCost("behaviour", block_tokens=w.clean(w.every, batch_size=16), sweeps=True,
-                        note="pruning rows bounded above (the order is known only when measured)")
+                        block_calls=w.clean_calls(w.every, batch_size=16),
+                        note="pruning rows counted for a random order (the order is known only "
+                             "when measured)")
     for c in w.chunks(16, w.every):
+        starts = []
         for b in c:
-            m.block_tokens += L * (L + 1) // 2 * w.width(c)
+            m.block_tokens += int(per_prompt * w.width(c))
             m.lens_rows += (2 * L + 1) * w.answer_tokens(b)
+            starts += [int(s) for s in lowest]
+        m.block_calls += w.sweep_calls(starts, w.width(c))
     config = w.config
     reused = ("skip_effects" in config.metrics and config.skip_mode == "current"
               and config.skip_component == "block")
     if not reused:
         m.block_tokens += w.clean(w.every, batch_size=8)
+        m.block_calls += w.clean_calls(w.every, batch_size=8)
         for c in w.chunks(8, w.every):
+            starts = []
             for b in c:
                 m.block_tokens += L * (L - 1) // 2 * w.width(c)
                 m.lens_rows += 2 * L * int(w.lengths[b])
+                starts += [s + 1 for s in range(L)]
+            m.block_calls += w.sweep_calls(starts, w.width(c))
     return m
 
 

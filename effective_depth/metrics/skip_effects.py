@@ -451,14 +451,19 @@ def _cost(w: Workload) -> MeasurementCost:
     """A clean pass; then for every prompt, cut (or once, in "all" mode) and skipped block ``s``
     the blocks ``s+1..L-1`` on the batch's padded width, and two lens rows per block and position
     from the cut on (with and without the skip)."""
-    L = w.L
-    m = MeasurementCost("skip_effects", block_tokens=w.clean(w.every), sweeps=True)
+    L, front = w.L, w.config.skip_front
+    m = MeasurementCost("skip_effects", block_tokens=w.clean(w.every), sweeps=True,
+                        block_calls=w.clean_calls(w.every))
     for c in w.chunks(w.config.batch_size, w.every):
         width = w.width(c)
+        starts = []
         for b in c:
             for t in (w.cuts[b] if w.config.skip_mode == "future" else [None]):
                 m.block_tokens += L * (L - 1) // 2 * width
                 m.lens_rows += L * 2 * (int(w.lengths[b]) - (t or 0))
+                starts += [s + 1 for s in range(L)]
+        # every row changes positions from skip_front on: one sweep group per prompt chunk
+        m.block_calls += w.sweep_calls(starts, width - front, front)
     return m
 
 
