@@ -111,6 +111,7 @@ class WorkCounter:
         sweep_mod = importlib.import_module("effective_depth.engine.sweep")
 
         self.block_tokens = 0
+        self.block_calls = 0
         self.chunks = 0
         self._handles = [b.register_forward_hook(self._hook) for b in model.blocks]
         self._mod = sweep_mod
@@ -125,9 +126,10 @@ class WorkCounter:
     def _hook(self, module: Any, args: Any, output: Any) -> None:
         x = args[0]
         self.block_tokens += int(x.shape[0]) * int(x.shape[1])
+        self.block_calls += 1
 
     def reset(self) -> None:
-        self.block_tokens = self.chunks = 0
+        self.block_tokens = self.block_calls = self.chunks = 0
 
     def close(self) -> None:
         for h in self._handles:

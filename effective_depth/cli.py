@@ -229,19 +229,24 @@ def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
 @click.option("--force", is_flag=True, help="Discard an existing run directory and start again.")
 @click.option("--no-dashboard", is_flag=True, help="Do not write dashboard.html.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (default: torch's choice); recorded in config.json's "
+              "environment. On a shared or small machine fewer threads are often faster.")
 def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metrics: tuple[str, ...],
             n_examples: int | None, out: str | None, seed: int | None, thresholds: tuple[str, ...],
             skip_mode: str | None, skip_component: str | None, aggregate: str | None,
             n_boot: int | None, device: str | None, dtype: str | None, backend: str | None,
             settings: tuple[str, ...], config_file: str | None, force: bool, no_dashboard: bool,
-            quiet: bool, allow_lossy: bool | None = None) -> None:
+            quiet: bool, allow_lossy: bool | None = None, threads: int | None = None) -> None:
     """Run a study: every chosen measurement on one model and task, then the effective-depth
     estimates with bootstrap CIs. Results go to a run directory (resumable: rerun the same
     command after an interruption and finished measurements are reused)."""
     import time
 
+    from .models.devices import set_threads
     from .study import run_study
 
+    set_threads(threads)
     options: dict[str, Any] = {
         "model": model, "task": task, "n_examples": n_examples, "seed": seed,
         "skip_mode": skip_mode, "skip_component": skip_component, "aggregate": aggregate,
@@ -271,8 +276,10 @@ def plan_cmd(**options: Any) -> None:
     calibration pass (the model is loaded; nothing is written). Same options as `run`."""
     from rich.table import Table
 
+    from .models.devices import set_threads
     from .planner import plan_study
 
+    set_threads(options.pop("threads", None))
     for key, what in (("params", "--param"), ("thresholds", "--threshold"), ("settings", "--set")):
         options[key] = _pairs(options[key], what) if options[key] else {}
     metrics = _split_metrics(options.pop("metrics")) or None
@@ -377,7 +384,11 @@ def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: l
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
               help="Run the cells one after another, or as Ray tasks.")
 @click.option("--address", default=None, help="Ray cluster address (default: a local instance).")
-def sweep_cmd(config_file: str, executor: str, address: str | None) -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads of every cell (default: torch's choice); recorded in each "
+              "run's config.json environment.")
+def sweep_cmd(config_file: str, executor: str, address: str | None,
+              threads: int | None = None) -> None:
     """Run a grid of studies (models x tasks x difficulty levels) and compare them."""
     from .grid import load_grid, run_grid
 
@@ -392,7 +403,8 @@ def sweep_cmd(config_file: str, executor: str, address: str | None) -> None:
             kind = "computed " + ",".join(s["computed"]) if s["computed"] else "reused"
             console.print(f"  {s['out']}: {kind}", highlight=False)
 
-    summaries = run_grid(grid, executor=executor, address=address, on_cell=report)
+    summaries = run_grid(grid, executor=executor, address=address, on_cell=report,
+                         threads=threads)
     failed = [s for s in summaries if "error" in s]
     console.print(f"{len(summaries) - len(failed)} of {len(summaries)} studies finished"
                   + (f"; {len(failed)} failed (see above)" if failed else ""))
@@ -539,14 +551,17 @@ def _print_comparison(comparison: dict[str, Any], every_run: bool = False) -> No
 
     specs = {
         "scale": ("Scale: effective depth per model", ["model", "n_layers", "task", "difficulty",
-                                                        "estimator", "layer", "ratio", "ci"]),
+                                                        "estimator", "layer", "ratio", "ci",
+                                                        "reason"]),
         "training": ("Training type: trained - base", ["base", "trained", "task", "estimator",
-                                                       "ratio_base", "ratio_trained", "diff", "diff_ci"]),
+                                                       "ratio_base", "ratio_trained", "diff", "diff_ci",
+                                                       "reason"]),
         "difficulty": ("Difficulty: ratio per level and Spearman's rho", ["model", "task", "estimator",
-                                                                          "levels", "ratios", "rho", "rho_ci"]),
+                                                                          "levels", "ratios", "rho", "rho_ci",
+                                                                          "reasons", "rho_reason"]),
         "prompt_difficulty": ("Difficulty per prompt: Spearman's rho of each prompt's level and "
                               "its own depth", ["model", "task", "estimator", "levels", "n_defined",
-                                                "medians", "rho", "rho_ci"]),
+                                                "medians", "rho", "rho_ci", "rho_reason"]),
         "agreement": ("Estimator agreement: Spearman's rho between estimators",
                       ["scope", "over", "a", "b", "n", "rho", "ci", "reason"]),
     }
@@ -556,10 +571,19 @@ def _print_comparison(comparison: dict[str, Any], every_run: bool = False) -> No
         specs["scale"][1].insert(0, "run")
     for key, (title, cols) in specs.items():
         rows = comparison.get(key) or []
+        if key == "difficulty":
+            lead = "left out of the difficulty table" if rows else "no difficulty table"
+            for why in comparison.get("difficulty_reasons", []):
+                console.print(f"{lead}: {why}", highlight=False)
         if key == "agreement" and not every_run:
             rows = [r for r in rows if r.get("scope") == "models"]
         if not rows:
             continue
+        # a reason column only where some cell is empty, and then it says why
+        cols = [c for c in cols if not c.endswith(("reason", "reasons"))
+                or any(row.get(c) not in (None, []) and any(
+                    x is not None for x in (row[c] if isinstance(row[c], list) else [row[c]]))
+                       for row in rows)]
         table = Table(title=title)
         for c in cols:
             table.add_column(c)

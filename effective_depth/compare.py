@@ -25,7 +25,7 @@ import itertools
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +51,60 @@ def estimator_names() -> tuple[str, ...]:
     return tuple(estimator_specs())
 
 
+#: parameters naming the file a run's examples come from: when the examples carry the difficulty
+#: (a prompts file per level), runs that differ only in these differ only in difficulty
+_SOURCE_PARAMS = ("path", "data_files")
+
+
 def _task_key(run: Run) -> str:
+    """The task without its difficulty: name and the parameters other than the difficulty
+    parameter (and split, seed, format). When the level comes from the examples (a prompts file
+    with a ``difficulty`` field), the file is what carries the level, so its path is left out,
+    and the examples' common ``series`` field (if any) names the task instead."""
     task = run.results.get("task", {})
-    params = {k: v for k, v in task.get("params", {}).items()
-              if k not in ("split", "seed", "data_files", "format") and k != _difficulty_param(run)}
+    drop = {"split", "seed", "data_files", "format", _difficulty_param(run)}
+    series = None
+    if run.difficulty_from_examples:
+        drop |= set(_SOURCE_PARAMS)
+        named = {(ex.get("meta") or {}).get("series") for ex in run.inputs.get("examples", [])}
+        series = named.pop() if len(named) == 1 else None
+    params = {k: v for k, v in task.get("params", {}).items() if k not in drop}
+    if series is not None:
+        params["series"] = series
     return task.get("name", "?") + ("(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
+
+
+def _difficulty_groups(loaded: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
+    """Runs with a difficulty level, by (model, task without its difficulty)."""
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for r in loaded:
+        if r.difficulty is not None:
+            groups[(_model(r), _task_key(r))].append(r)
+    return groups
+
+
+def difficulty_reasons(loaded: Sequence[Run]) -> list[str]:
+    """Why runs give no (or only part of a) difficulty table: runs without a level, and
+    (model, task) groups with fewer than two levels."""
+    out = []
+    for r in loaded:
+        if r.difficulty is not None:
+            continue
+        levels = {lv for lv in r.example_levels() if lv is not None}
+        if len(levels) > 1:
+            out.append(f"{r.path}: its examples hold {len(levels)} difficulty levels "
+                       f"{sorted(levels)}: a per-prompt trend (prompt_difficulty), not a run level")
+        else:
+            out.append(f"{r.path}: no difficulty level (task {r.results.get('task', {}).get('name')}"
+                       " has no difficulty parameter and its examples carry no 'difficulty' "
+                       "field; a prompts file gives one per example, see docs/tasks.md)")
+    for (model, task), members in sorted(_difficulty_groups(loaded).items()):
+        levels = sorted({r.difficulty for r in members})
+        if len(levels) < 2:
+            out.append(f"{model} on {task}: {len(members)} run(s), all at difficulty {levels[0]} "
+                       "(a trend needs two levels of the same model and task; runs whose task "
+                       "differs in more than its difficulty are not compared)")
+    return out
 
 
 def _difficulty_param(run: Run) -> str | None:
@@ -115,7 +164,8 @@ class _RunRules:
 
 
 def _estimate(run: Run, estimator: str) -> dict[str, Any]:
-    return run.results.get("depth", {}).get(estimator, {"layer": None, "reason": "not measured"})
+    """The run's estimate, or a stand-in whose ``reason`` says why it has none."""
+    return run.estimate_entry(estimator)
 
 
 def compare_runs(
@@ -158,8 +208,8 @@ def compare_runs(
             "path": str(r.path), "label": r.label, "model": _model(r), "task": _task_key(r),
             "format": res.get("task", {}).get("params", {}).get("format"),
             "n_layers": res.get("model", {}).get("n_layers"),
-            "n_params": res.get("model", {}).get("n_params"),
-            "difficulty": res.get("task", {}).get("difficulty"),
+            **_params(res),
+            "difficulty": r.difficulty,
             "estimates": {e: _estimate(r, e) for e in ests},
             "depth_score": res.get("depth", {}).get("depth_score"),
             "accuracy": res.get("accuracy"),
@@ -167,30 +217,40 @@ def compare_runs(
         })
         for e in ests:
             est = _estimate(r, e)
-            out["scale"].append({
+            out["scale"].append({  # reason: why layer/ratio are empty (not run, skipped, rule)
                 "run": str(r.path), "model": _model(r), "n_layers": res.get("model", {}).get("n_layers"),
-                "n_params": res.get("model", {}).get("n_params"), "task": _task_key(r),
-                "difficulty": res.get("task", {}).get("difficulty"), "estimator": e,
+                **_params(res), "task": _task_key(r),
+                "difficulty": r.difficulty, "estimator": e,
                 "layer": est.get("layer"), "ratio": est.get("ratio"), "ci": est.get("ci"),
-                "reason": est.get("reason"),
+                "reason": _cell_reason(est),
             })
     for base_name, trained_name in pairs or []:
         out["training"] += _training_rows(loaded, rules, base_name, trained_name, ests, n_boot, seed, level)
     out["difficulty"] = _difficulty_rows(loaded, rules, ests, n_boot, seed, level)
+    out["difficulty_reasons"] = difficulty_reasons(loaded)
     out["prompt_difficulty"] = _prompt_difficulty_rows(loaded, ests, n_boot, seed, level)
     out["agreement"] = estimator_agreement(loaded, estimators=ests, n_boot=n_boot, seed=seed,
                                            level=level, rules=rules)
     return out
 
 
+def _params(results: dict[str, Any]) -> dict[str, Any]:
+    """The model's size as the scale table states it: ``n_params`` is Hugging Face's
+    ``num_parameters()`` (a tied embedding once), beside the non-embedding count. Runs stored
+    before the split have only ``n_params``, counted from the hooked tensors (a tied matrix
+    twice): their ``n_params_method`` says so."""
+    model = results.get("model", {})
+    return {"n_params": model.get("n_params"),
+            "n_params_non_embedding": model.get("n_params_non_embedding"),
+            "n_params_method": model.get("n_params_method",
+                                         "older run: counted from the backend's own tensors (a tied "
+                                         "matrix twice, added zero biases too)")}
+
+
 def _prompt_levels(run: Run) -> list[Any]:
-    """Each prompt's difficulty: its example's own, else the run's task level."""
-    default = run.results.get("task", {}).get("difficulty")
-    examples = run.inputs.get("examples", [])
-    n = int(run.results.get("task", {}).get("n_examples", len(examples)))
-    own = [(ex.get("meta") or {}).get("difficulty") for ex in examples[:n]]
-    own += [None] * (n - len(own))
-    return [default if lv is None else lv for lv in own]
+    """Each prompt's difficulty: its example's own, else the run's level."""
+    default = run.difficulty
+    return [default if lv is None else lv for lv in run.example_levels()]
 
 
 def _prompt_difficulty_rows(loaded: list[Run], ests: list[str], n_boot: int, seed: int,
@@ -223,6 +283,7 @@ def _prompt_difficulty_rows(loaded: list[Run], ests: list[str], n_boot: int, see
                 "runs": [str(r.path) for r in members],
                 "n_prompts": trend["n_prompts"], "n_defined": trend["n_defined"],
                 "medians": trend["ratios"], "rho": trend["rho"], "rho_ci": trend["ci"],
+                "rho_reason": _rho_reason(levels, trend["ratios"], trend["rho"]),
                 "undefined_fraction": trend["undefined_fraction"],
             })
     return rows
@@ -259,7 +320,7 @@ def estimator_agreement(
     rules = rules or {id(r): _RunRules(r) for r in loaded}
     groups: dict[tuple[str, Any], list[Run]] = defaultdict(list)
     for r in loaded:
-        groups[(_task_key(r), r.results.get("task", {}).get("difficulty"))].append(r)
+        groups[(_task_key(r), r.difficulty)].append(r)
     for (task, difficulty), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
         if len({_model(r) for r in members}) < 3:
             continue
@@ -314,9 +375,9 @@ def _training_rows(loaded: list[Run], rules: dict[int, _RunRules], base_name: st
                           f"{sorted({_model(r) for r in loaded})}")
     rows = []
     for b in bases:
-        key = (_task_key(b), b.results.get("task", {}).get("difficulty"))
+        key = (_task_key(b), b.difficulty)
         for t in trained:
-            if (_task_key(t), t.results.get("task", {}).get("difficulty")) != key:
+            if (_task_key(t), t.difficulty) != key:
                 continue
             rb, rt = rules[id(b)], rules[id(t)]
             nb, nt = rb.n_prompts(), rt.n_prompts()
@@ -339,7 +400,8 @@ def _training_rows(loaded: list[Run], rules: dict[int, _RunRules], base_name: st
                              "trained_run": str(t.path), "task": key[0],
                              "difficulty": key[1], "estimator": e, "ratio_base": rb_,
                              "ratio_trained": rt_, "diff": diff,
-                             "diff_ci": None if ci is None else list(ci), "paired": paired})
+                             "diff_ci": None if ci is None else list(ci), "paired": paired,
+                             "reason": _diff_reason(eb, et, diff, ci, n_boot)})
     if not rows:
         raise ConfigError(f"pair {base_name}={trained_name}: the two models share no task and difficulty")
     return rows
@@ -347,26 +409,26 @@ def _training_rows(loaded: list[Run], rules: dict[int, _RunRules], base_name: st
 
 def _difficulty_rows(loaded: list[Run], rules: dict[int, _RunRules], ests: list[str],
                      n_boot: int, seed: int, level: float) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
-    for r in loaded:
-        if r.results.get("task", {}).get("difficulty") is not None:
-            groups[(_model(r), _task_key(r))].append(r)
+    groups = _difficulty_groups(loaded)
     rows = []
     for (model, task), members in sorted(groups.items()):
-        members = sorted(members, key=lambda r: r.results["task"]["difficulty"])
-        levels = [r.results["task"]["difficulty"] for r in members]
+        members = sorted(members, key=lambda r: r.difficulty)
+        levels = [r.difficulty for r in members]
         if len(set(levels)) < 2:
             continue
         for e in ests:
             fns = [lambda idx, rr=rules[id(r)], e=e: rr.ratio(e, idx) for r in members]
             trend = spearman_bootstrap(levels, fns, [rules[id(r)].n_prompts() for r in members],
                                        n_boot=n_boot, seed=seed, level=level)
+            found = [_estimate(r, e) for r in members]
+            ratios = [f.get("ratio") for f in found]
             rows.append({
                 "model": model, "task": task, "estimator": e, "levels": levels,
                 "runs": [str(r.path) for r in members],
-                "ratios": [_estimate(r, e).get("ratio") for r in members],
-                "cis": [_estimate(r, e).get("ci") for r in members],
+                "ratios": ratios, "cis": [f.get("ci") for f in found],
+                "reasons": [_cell_reason(f) for f in found],
                 "rho": trend["rho"], "rho_ci": trend["ci"],
+                "rho_reason": _rho_reason(levels, ratios, trend["rho"]),
                 "undefined_fraction": trend["undefined_fraction"],
             })
         from .registry import score_specs
@@ -383,10 +445,47 @@ def _difficulty_rows(loaded: list[Run], rules: dict[int, _RunRules], ests: list[
                 "model": model, "task": task, "estimator": score, "levels": levels,
                 "runs": [str(r.path) for r in members],
                 "ratios": [s.get("value") for s in scores], "cis": [s.get("ci") for s in scores],
+                "reasons": [None if s.get("value") is not None else
+                            f"undefined: no {score} stored" for s in scores],
                 "rho": trend["rho"], "rho_ci": trend["ci"],
+                "rho_reason": _rho_reason(levels, [s.get("value") for s in scores], trend["rho"]),
                 "undefined_fraction": trend["undefined_fraction"],
             })
     return rows
+
+
+def _cell_reason(est: Mapping[str, Any]) -> str | None:
+    """Why an estimate's cell is empty: not run / skipped (from the run), or undefined (the
+    rule's reason); None when it has a value."""
+    if est.get("ratio") is not None:
+        return None
+    reason = str(est.get("reason") or "no reason stored")
+    return reason if reason.startswith(("not run", "skipped", "not computed")) \
+        else f"undefined: {reason}"
+
+
+def _rho_reason(levels: Sequence[Any], values: Sequence[Any], rho: float | None) -> str | None:
+    """Why Spearman's ρ of a difficulty trend is undefined (None when it is defined)."""
+    if rho is not None:
+        return None
+    defined = [lv for lv, v in zip(levels, values) if v is not None]
+    if len(set(defined)) < 2:
+        return (f"ρ undefined: defined at {len(set(defined))} of {len(set(levels))} levels "
+                "(needs two)")
+    return "ρ undefined: the value is the same at every level"
+
+
+def _diff_reason(base: Mapping[str, Any], trained: Mapping[str, Any], diff: float | None,
+                 ci: Any, n_boot: int) -> str | None:
+    """Why a training row's difference (or its CI) is empty."""
+    if diff is None:
+        parts = [f"{who}: {_cell_reason(e)}" for who, e in (("base", base), ("trained", trained))
+                 if e.get("ratio") is None]
+        return "; ".join(parts)
+    if ci is None:
+        return ("no CI: n_boot = 0" if not n_boot else
+                "no CI: the difference is undefined in every resample")
+    return None
 
 
 def _fmt(v: Any) -> str:

@@ -7,8 +7,12 @@ adds FLOPs, memory and a projected time; a measurement without a cost model is r
 modelled" rather than as free.
 
 The unit of work is the *block-token*: one block applied to one position of one row. A clean pass
-of a prompt of ``T`` tokens is ``L·T`` of them. A *lens row* is one projection of a residual onto
-the vocabulary (``2·d_model·d_vocab`` FLOPs).
+of a prompt of ``T`` tokens is ``L·T`` of them. A *block call* is one invocation of a block on a
+batch of rows, whatever its size: short rows (erasure's suffixes, integrated gradients' chunks
+on a small model) cost mostly calls, not tokens. A *lens row* is one projection of a residual onto
+the vocabulary (``2·d_model·d_vocab`` FLOPs, and a softmax); a *lens statistics row* is the
+logit lens's own work on a projected row beyond that: log-softmax, the KL to the output and the
+top-k over the vocabulary, which on a large vocabulary costs as much as the projection.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ __all__ = ["MeasurementCost", "ModelShape", "Workload"]
 @dataclass
 class MeasurementCost:
     """Work of one measurement. ``block_tokens`` counts forward block-token applications;
-    ``grad_block_tokens`` those that also run backward; ``lens_rows`` vocabulary projections.
+    ``grad_block_tokens`` those that also run backward; ``lens_rows`` vocabulary projections;
+    ``lens_stat_rows`` projected rows that also get the logit lens's KL and top-k;
+    ``block_calls`` (``grad_block_calls``) block invocations, forward (and backward).
     ``sweeps``: it runs the ablation sweep, whose activations the memory budget bounds;
     ``extra_bytes``: memory it holds beyond the clean cache (e.g. per-component outputs)."""
 
@@ -31,6 +37,9 @@ class MeasurementCost:
     block_tokens: int = 0
     grad_block_tokens: int = 0
     lens_rows: int = 0
+    lens_stat_rows: int = 0
+    block_calls: int = 0
+    grad_block_calls: int = 0
     flops: float = 0.0
     peak_bytes: int = 0
     seconds: float = 0.0
@@ -76,6 +85,8 @@ class Workload:
     answer_starts: Sequence[int]
     cuts: Sequence[Sequence[int]]
     config: Any
+    #: the sweep's activation budget in bytes (the engine's default on CPU: 1 GiB)
+    budget: int = 1 << 30
 
     @property
     def L(self) -> int:  # noqa: N802 - the papers' symbol
@@ -109,3 +120,27 @@ class Workload:
 
     def first(self, n: int) -> list[int]:
         return self.every[: max(0, n)]
+
+    def clean_calls(self, idx: Sequence[int], batch_size: int | None = None) -> int:
+        """Block calls of clean passes over ``idx`` in batches of ``batch_size``."""
+        size = batch_size or self.config.batch_size
+        return self.shape.n_layers * len(self.chunks(size, idx))
+
+    def rows_per_chunk(self, positions: int, prefix: int, grad: bool) -> int:
+        """How many sweep rows of ``positions`` tokens the engine puts in one chunk (its own
+        rule, ``engine.sweep.rows_per_chunk``, on the model's shape)."""
+        s = self.shape
+        per_token = 6 * s.d_model + 3 * s.d_mlp + 2 * s.n_heads * (positions + prefix)
+        per_row = per_token * positions * max(s.itemsize, 4)
+        if grad:
+            per_row *= 2 * s.n_layers
+        return max(1, self.budget // max(1, per_row))
+
+    def sweep_calls(self, starts: Sequence[int], positions: int, prefix: int = 0,
+                    grad: bool = False) -> int:
+        """Block calls of one sweep group (rows that resume at ``starts``, over ``positions``
+        tokens after ``prefix``): the engine sorts the rows by resume block, cuts them into
+        chunks, and runs each chunk from its lowest resume block to the last block."""
+        order = sorted(starts)
+        n = self.rows_per_chunk(positions, prefix, grad)
+        return sum(self.shape.n_layers - order[i] for i in range(0, len(order), n))

@@ -9,11 +9,13 @@ An estimator turns a per-layer curve into a block index ``e`` (0-based) and the 
 ``ed_kl``      the **first** ``l`` with ``kl[l] < τ · max(kl)``, τ = 0.5 (Hu et al. 2025)
 ``ed_overlap`` the **first** ``l`` with ``overlap[l] > τ``, τ = 0.3 (Hu et al. 2025)
 ``ed_skip``    the **last** block whose skip changes the output by more than ``τ`` times the
-               largest output effect (τ = 0.1; from §2's output effects)
+               largest output effect (τ = 0.1; from §2's output effects); in future mode at
+               most ``L − 2``, the last block's future effect being zero by construction
 ``ed_task``    early exit: the fewest leading blocks whose logit-lens answer reaches the full
                model's exact-match accuracy within ``ε`` (ε = 0.01); ``e`` = that number − 1
-``ed_prune``   blocks sorted by increasing output effect; the most of them (a prefix of that
-               order) that can be skipped together with accuracy within ``ε``; ``e = L − k − 1``
+``ed_prune``   blocks sorted by increasing current-mode output effect (each skipped alone at
+               every position); the most of them (a prefix of that order) that can be skipped
+               together with accuracy within ``ε``; ``e = L − k − 1``
 =============  ==============================================================================
 
 Every estimate comes with a percentile bootstrap CI over prompts: resample prompts with
@@ -289,6 +291,8 @@ def estimate_all(
                                  level=level, params=params)
         if est.layer == -1:
             est.notes.append(REFERENCE_NOTE)
+        if specs[name].notes is not None:
+            est.notes.extend(specs[name].notes(source))
         out[name] = est
     return out
 

@@ -56,7 +56,13 @@ def _run_keys(run: Any) -> dict[str, Any]:
     return {"run": str(run.path), "model": res.get("model", {}).get("name")
             or run.config.get("config", {}).get("model"),
             "task": res.get("task", {}).get("name"),
-            "difficulty": res.get("task", {}).get("difficulty")}
+            "task_params": _params_text(res.get("task", {}).get("params") or {}),
+            "difficulty": run.difficulty}
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    """A task's parameters as one cell: ``name=value`` pairs, sorted, ``; ``-separated."""
+    return "; ".join(f"{k}={v}" for k, v in sorted(params.items()))
 
 
 def _float(v: Any) -> float:
@@ -156,11 +162,21 @@ def _split_intervals(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: per-level list columns whose name stays as it is (already a count per level)
+_KEEP_NAME = ("n_prompts", "n_defined")
+
+
+#: comparison tables stored as lists over levels, written one row per level
+_PER_LEVEL = ("difficulty", "prompt_difficulty")
+
+
 def _per_level(row: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A difficulty row (lists over ``levels``) as one row per level: ``levels`` -> ``level``,
-    ``ratios`` -> ``ratio``, ``cis`` -> ``ci``, ``runs`` -> ``run``, every other plural key
-    holding a list of the same length likewise; the rest (``rho``, ``rho_ci``) repeats on every
-    row."""
+    ``ratios`` -> ``ratio``, ``cis`` -> ``ci``, ``runs`` -> ``run``, ``medians`` -> ``median``,
+    ``reasons`` -> ``reason``, every other plural key holding a list of the same length likewise
+    (``n_prompts`` and ``n_defined`` keep their names); the rest (``rho``, ``rho_ci``) repeats on
+    every row. A list of another length (the runs pooled by the per-prompt test) becomes one
+    ``; ``-joined text cell: no cell holds a list."""
     levels = row.get("levels")
     if not isinstance(levels, list):
         return [dict(row)]
@@ -172,9 +188,11 @@ def _per_level(row: Mapping[str, Any]) -> list[dict[str, Any]]:
         item: dict[str, Any] = {}
         for key, value in row.items():
             if key in per:
-                item[key[:-1] if key.endswith("s") else key] = value[i]
+                item[key if key in _KEEP_NAME else key[:-1]] = value[i]
             elif not isinstance(value, list) or _is_interval(key):
                 item[key] = value
+            else:
+                item[key] = "; ".join(str(x) for x in value)
         out.append(item)
     return out
 
@@ -184,7 +202,10 @@ def tidy_comparison(table: str, rows: Iterable[Mapping[str, Any]]) -> list[dict[
     columns, the difficulty table one row per level (what the comparison CSVs hold)."""
     flat: list[dict[str, Any]] = []
     for row in rows:
-        for item in (_per_level(row) if table == "difficulty" else [dict(row)]):
+        if table == "prompt_difficulty" and isinstance(row.get("runs"), list):
+            # the runs pooled into one test, not one run per level
+            row = {**row, "runs": "; ".join(str(r) for r in row["runs"])}
+        for item in (_per_level(row) if table in _PER_LEVEL else [dict(row)]):
             flat.append(_split_intervals(item))
     return flat
 

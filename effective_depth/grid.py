@@ -155,8 +155,12 @@ def load_grid(path: str | os.PathLike[str]) -> Grid:
     return grid_from_dict(read_config_file(path))
 
 
-def _run_cell(config_dict: dict[str, Any], out: str, progress: bool = False) -> dict[str, Any]:
+def _run_cell(config_dict: dict[str, Any], out: str, progress: bool = False,
+              threads: int | None = None) -> dict[str, Any]:
     """One cell (also the body of the Ray task: only plain data crosses the boundary)."""
+    from .models.devices import set_threads
+
+    set_threads(threads)
     result = run_study(StudyConfig.from_dict(config_dict), out, progress=progress)
     return {"out": str(result.path), "computed": result.computed, "reused": result.reused,
             "depth": result.results.get("depth", {})}
@@ -180,16 +184,21 @@ def run_grid(
     address: str | None = None,
     progress: bool = True,
     on_cell: Callable[[dict[str, Any]], None] | None = None,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell; returns one summary per cell (run directory, what was computed, or the
     one-line ``error`` of a cell that failed — the other cells still run and are compared).
-    ``on_cell`` is called with each summary as its cell finishes."""
+    ``on_cell`` is called with each summary as its cell finishes. ``threads``: torch CPU threads
+    of every cell (None: torch's default), recorded in each run's environment."""
     if executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    from .models.devices import set_threads
+
+    set_threads(threads)  # checked before any cell starts
     if executor == "ray":
-        summaries = _run_ray(grid, address, progress, on_cell)
+        summaries = _run_ray(grid, address, progress, on_cell, threads)
     else:
-        summaries = _run_local(grid, progress, on_cell)
+        summaries = _run_local(grid, progress, on_cell, threads=threads)
     ok = [s for s in summaries if "error" not in s]
     if grid.compare and len(ok) > 1:
         from .compare import compare_runs, write_comparison
@@ -242,7 +251,8 @@ def _seconds(s: float) -> str:
 
 def _run_local(grid: Grid, progress: bool,
                on_cell: Callable[[dict[str, Any]], None] | None,
-               on_label: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+               on_label: Callable[[str], None] | None = None,
+               threads: int | None = None) -> list[dict[str, Any]]:
     import time
 
     from .progress import tqdm
@@ -259,7 +269,7 @@ def _run_local(grid: Grid, progress: bool,
             on_label(label)
         start = time.perf_counter()
         try:
-            summary = _run_cell(cell.config.to_dict(), str(cell.out), progress)
+            summary = _run_cell(cell.config.to_dict(), str(cell.out), progress, threads)
         except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the rest
             log.debug("grid cell %s", cell.out, exc_info=True)
             summary = _failed(cell, exc)
@@ -273,7 +283,8 @@ def _run_local(grid: Grid, progress: bool,
 
 
 def _run_ray(grid: Grid, address: str | None, progress: bool,
-             on_cell: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+             on_cell: Callable[[dict[str, Any]], None] | None,
+             threads: int | None = None) -> list[dict[str, Any]]:
     try:
         import ray
     except ImportError:
@@ -290,7 +301,7 @@ def _run_ray(grid: Grid, address: str | None, progress: bool,
         if gpus is None:  # what the cluster has, not what the driver sees
             gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         remote = ray.remote(num_gpus=gpus)(_run_cell)
-        futures = {remote.remote(c.config.to_dict(), str(c.out.resolve())): i
+        futures = {remote.remote(c.config.to_dict(), str(c.out.resolve()), False, threads): i
                    for i, c in enumerate(grid.cells)}
         summaries: list[dict[str, Any] | None] = [None] * len(grid.cells)
         pending = list(futures)

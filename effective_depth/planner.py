@@ -4,8 +4,10 @@
 tokenizer, same cuts), asks each measurement's cost model (``MetricSpec.cost``, see
 :mod:`effective_depth.costs`) for the work it will do, and turns that into time with a short
 *calibration pass* on the current device: clean forwards of a real prompt, batched as wide as
-the sweep batches its rows (seconds per block-token), and one logit-lens chunk (seconds per
-vocabulary row).
+the sweep batches its rows (seconds per block-token), one block on one token (seconds per block
+call: what a short row costs beyond its tokens), one lens chunk (seconds per vocabulary row) and
+the logit lens's statistics on it (log-softmax, KL and top-k over the vocabulary: seconds per
+lens statistics row).
 
 FLOPs per block-token are ``2 × (block parameters) + 4 × d_head × heads × context`` (matrix
 multiplies plus attention scores and values over the causal context); a lens row is
@@ -53,6 +55,9 @@ class Plan:
             t.block_tokens += m.block_tokens
             t.grad_block_tokens += m.grad_block_tokens
             t.lens_rows += m.lens_rows
+            t.lens_stat_rows += m.lens_stat_rows
+            t.block_calls += m.block_calls
+            t.grad_block_calls += m.grad_block_calls
             t.flops += m.flops
             t.seconds += m.seconds
             t.peak_bytes = max(t.peak_bytes, m.peak_bytes)
@@ -66,12 +71,12 @@ class Plan:
 
 
 def count_work(cfg: Any, lengths: list[int], answer_starts: list[int], cuts: list[list[int]],
-               config: Any, itemsize: int = 4) -> dict[str, MeasurementCost]:
-    """Block-tokens and lens rows of every measurement of ``config`` (no model needed), from
-    each measurement's own cost model."""
+               config: Any, itemsize: int = 4, budget: int = 1 << 30) -> dict[str, MeasurementCost]:
+    """Block-tokens, block calls and lens rows of every measurement of ``config`` (no model
+    needed), from each measurement's own cost model; ``budget`` is the sweep's memory budget."""
     from .registry import get_metric
 
-    work = Workload(ModelShape.of(cfg, itemsize), lengths, answer_starts, cuts, config)
+    work = Workload(ModelShape.of(cfg, itemsize), lengths, answer_starts, cuts, config, budget)
     out: dict[str, MeasurementCost] = {}
     for name in config.metrics:
         spec = get_metric(name)
@@ -122,13 +127,32 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
         wide = best(lambda: adapter.clean(tokens.expand(k, -1)))
         marginal = (wide - one) / ((k - 1) * L * T)
         per_token = marginal if marginal > 0 else wide / (k * L * T)
-    x = adapter.clean(tokens).resid[L // 2].reshape(-1, adapter.d_model)
+    resid = adapter.clean(tokens).resid
+    x = resid[L // 2].reshape(-1, adapter.d_model)
     x = x.repeat(-(-lens_rows // x.shape[0]), 1)[:lens_rows]
     with torch.no_grad():
         adapter.lens_probs(x)
         lens = best(lambda: adapter.lens_probs(x))
+        log_p = adapter.lens_log_probs(x.flip(0))
+        top_p = log_p.topk(5, dim=-1).indices
+
+        def lens_statistics() -> None:  # the logit lens's row: log-softmax, KL, top-k overlap
+            log_q = adapter.lens_log_probs(x)
+            (log_q.exp() * (log_q - log_p)).sum(-1)
+            top_q = log_q.topk(5, dim=-1).indices
+            (top_q[:, :, None] == top_p[:, None, :]).any(-1).sum(-1)
+
+        stats = best(lens_statistics)
+        call = 0.0
+        if adapter.can_resume:  # one block on one token: what a block call costs beyond its tokens
+            one_token = resid[L // 2, :, :1]
+            calls = 8
+            call = best(lambda: [adapter.block(L // 2, one_token) for _ in range(calls)]) / calls
+            call = max(0.0, call - per_token)
     return {"s_per_block_token": per_token, "s_per_lens_row": lens / x.shape[0],
-            "calibration_tokens": T, "calibration_rows": k}
+            "s_per_lens_stat_row": max(0.0, stats - lens) / x.shape[0],
+            "s_per_block_call": call,
+            "calibration_tokens": T, "calibration_rows": k, "torch_threads": torch.get_num_threads()}
 
 
 def plan_study(config: Any, calibration: bool = True) -> Plan:
@@ -167,9 +191,9 @@ def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[i
     itemsize = param.element_size()
     s = ModelShape.of(cfg, itemsize)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    work = count_work(cfg, lengths, answer_starts, cuts, config, itemsize)
-    mean_T = sum(lengths) / max(1, len(lengths))
     budget = getattr(config, "memory_budget", None) or default_memory_budget(param.device)
+    work = count_work(cfg, lengths, answer_starts, cuts, config, itemsize, budget)
+    mean_T = sum(lengths) / max(1, len(lengths))
     plan = Plan(str(config.model), s.n_layers, s.d_model, s.d_vocab, len(lengths), mean_T, weights,
                 str(param.device), str(param.dtype).removeprefix("torch."), calib)
     chunk_T = max(lengths) * min(config.batch_size, len(lengths))
@@ -181,6 +205,9 @@ def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[i
         m.peak_bytes = int(clean_cache + m.extra_bytes + lens_bytes + (budget if m.sweeps else 0))
         if calib:
             m.seconds = (calib["s_per_block_token"] * (m.block_tokens + 3 * m.grad_block_tokens)
-                         + calib["s_per_lens_row"] * m.lens_rows)
+                         + calib.get("s_per_block_call", 0.0)
+                         * (m.block_calls + 3 * m.grad_block_calls)
+                         + calib["s_per_lens_row"] * m.lens_rows
+                         + calib.get("s_per_lens_stat_row", 0.0) * m.lens_stat_rows)
         plan.measurements.append(m)
     return plan

@@ -79,6 +79,9 @@ class EstimatorSpec:
     depth, which holds whenever the rule recomputes its curve from the sample (a lens curve, an
     output-effect curve, per-prompt correctness); ``False`` — one prompt's data carry no depth;
     or a callable ``(result, threshold, rules) -> (i -> Rule)`` for a rule of its own.
+
+    ``notes(result)`` returns what a reader must know to read the estimate (stored in its
+    ``notes``), e.g. a range it cannot leave by construction.
     """
 
     name: str
@@ -88,6 +91,7 @@ class EstimatorSpec:
     description: str = ""
     checks: Callable[[Any, float | None, int | None], list[tuple[str, str]]] | None = None
     per_prompt: bool | Callable[[Any, float | None, str], Callable[[int], Rule]] = True
+    notes: Callable[[Any], list[str]] | None = None
 
 
 @dataclass(frozen=True)

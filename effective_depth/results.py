@@ -207,6 +207,59 @@ class Run:
         tensors = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
         return metric_from_store(name, tensors, self.results["metrics"][name])
 
+    def example_levels(self) -> list[Any]:
+        """Each analysed example's own ``difficulty`` (None where it has none)."""
+        examples = self.inputs.get("examples", [])
+        n = int(self.results.get("task", {}).get("n_examples", len(examples)))
+        own = [(ex.get("meta") or {}).get("difficulty") for ex in examples[:n]]
+        return own + [None] * (n - len(own))
+
+    @property
+    def difficulty(self) -> Any:
+        """The run's difficulty level: its task's difficulty parameter (digits, hops, ...), else
+        the level every analysed example carries (a prompts file's ``difficulty`` field, all
+        equal); None when neither holds (no level, or mixed levels within the run)."""
+        task = self.results.get("task", {})
+        if task.get("difficulty") is not None:
+            return task["difficulty"]
+        levels = set(self.example_levels())
+        return levels.pop() if len(levels) == 1 and None not in levels else None
+
+    @property
+    def difficulty_from_examples(self) -> bool:
+        """Whether :attr:`difficulty` comes from the examples rather than a task parameter."""
+        return self.results.get("task", {}).get("difficulty") is None and self.difficulty is not None
+
+    def estimate_entry(self, estimator: str) -> dict[str, Any]:
+        """The stored estimate of ``estimator`` (``results.json``'s ``depth`` entry), or a
+        stand-in with ``layer`` and ``ratio`` None whose ``reason`` says why there is none."""
+        entry = self.results.get("depth", {}).get(estimator)
+        if isinstance(entry, dict):
+            return entry
+        return {"layer": None, "ratio": None, "ci": None, "reason": self.absent_reason(estimator)}
+
+    def absent_reason(self, estimator: str) -> str:
+        """Why the run holds no ``estimator``: its measurement was skipped (with the warning
+        that said so), not asked for (which option adds it), or not finished."""
+        from .registry import estimator_specs
+
+        spec = estimator_specs().get(estimator)
+        if spec is None:
+            return f"not run: {estimator} is not a registered estimator"
+        metric = spec.metric
+        if metric in self.results.get("settings", {}).get("skipped_metrics", []):
+            said = [w.get("message", "") for w in self.results.get("warnings", [])
+                    if metric in w.get("message", "") and "skipped" in w.get("message", "")]
+            return "skipped: " + (said[0] if said else f"{metric} (see the run's warnings)")
+        asked = self.config.get("config", {}).get("metrics")
+        if asked is not None and metric not in asked:
+            return (f"not run: {metric} was not among the run's measurements (--metrics "
+                    f"{','.join(asked)}); add {metric} to --metrics")
+        if metric not in self.completed:
+            return f"not run: {metric} did not finish (the run is incomplete); rerun it"
+        return (f"not computed: the run's {metric} finished before {estimator} existed; rerun "
+                "with --force to add it")
+
     def estimates(self) -> dict[str, Any]:
         from .depth import Estimate
 

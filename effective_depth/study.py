@@ -238,9 +238,12 @@ def _environment() -> dict[str, Any]:
         except PackageNotFoundError:
             return "not installed"
 
+    from .models.devices import threads_info
+
     return {"effective_depth": __version__, "torch": torch.__version__,
             "transformer_lens": dist("transformer-lens"),
-            "transformers": transformers.__version__, "python": platform.python_version()}
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            **threads_info()}
 
 
 #: the files of a run directory that a fresh start removes (the lock stays)
@@ -445,6 +448,7 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
     from .depth import estimate_all, reliability_warnings
     from .engine.batch import encode_batch
     from .models.loading import load_model
+    from .models.params import parameter_counts
     from .per_prompt import per_prompt_estimates
     from .registry import StudyContext, metric_names
 
@@ -514,10 +518,10 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
             "model": {"name": config.model, "n_layers": L, "d_model": int(model.cfg.d_model),
                       "d_vocab": int(model.cfg.d_vocab), "n_ctx": int(model.cfg.n_ctx),
                       "architecture": getattr(model.cfg, "original_architecture", None),
-                      "n_params": int(sum(p.numel() for p in model.parameters())),
+                      **_param_fields(parameter_counts(model)),
                       "source": getattr(model, "effective_depth_source", {})},
-            "task": {"name": task_name, "params": task.values, "difficulty": task.difficulty,
-                     "n_examples": len(examples)},
+            "task": {"name": task_name, "params": task.values,
+                     **_task_difficulty(task, examples), "n_examples": len(examples)},
             "settings": {"rules": config.rules, "skipped_metrics": list(skipped)},
         })
         results.setdefault("metrics", {})
@@ -539,13 +543,13 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
             steps.step(name)
             ctx = StudyContext(model, batch, config, drawn, reference, reference_info, dict(done),
                                progress)
+            start = time.perf_counter()  # a fit counts as part of its measurement's time
             if spec.fit is not None:
                 encoded, info, data_fp = train[name]
                 ctx = dataclasses.replace(ctx, train=encoded, train_info=info)
                 want = {"model": fingerprint["model"], "data": data_fp,
                         "settings": dict(spec.fit.settings(config))}
                 ctx = dataclasses.replace(ctx, fitted=_load_or_fit(rd, spec.fit, ctx, want))
-            start = time.perf_counter()
             result = spec.run(ctx)
             elapsed = time.perf_counter() - start
             for w in result.meta.get("warnings", []):  # a measurement's own warnings
@@ -703,6 +707,25 @@ def _dedupe(warnings: list[dict[str, Any]]) -> list[dict[str, Any]]:
             seen.add(key)
             out.append(w)
     return out
+
+
+def _task_difficulty(task: Any, examples: Sequence[Any]) -> dict[str, Any]:
+    """The run's difficulty level and where it comes from: the task's difficulty parameter, else
+    the ``difficulty`` every example carries (a prompts file's field, all equal); else none."""
+    if task.difficulty is not None:
+        return {"difficulty": task.difficulty, "difficulty_source": task.difficulty_param}
+    levels = {ex.difficulty for ex in examples}
+    if len(levels) == 1 and None not in levels:
+        return {"difficulty": levels.pop(), "difficulty_source": "examples"}
+    return {"difficulty": None, "difficulty_source": None}
+
+
+def _param_fields(counts: dict[str, Any]) -> dict[str, Any]:
+    """``results.json``'s model size: Hugging Face's ``num_parameters()`` (a tied matrix once),
+    with the embedding and non-embedding parts and how they were counted."""
+    return {"n_params": counts["total"], "n_params_embedding": counts["embedding"],
+            "n_params_non_embedding": counts["non_embedding"],
+            "n_params_method": counts["method"]}
 
 
 def _check_context(model: Any, batch: Any, config: StudyConfig, what: str = "example") -> None:

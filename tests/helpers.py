@@ -55,3 +55,34 @@ def save_tiny_checkpoint(arch: str, path: Path, n_layers: int = 3, seed: int = 0
     model.save_pretrained(path)
     build_char_tokenizer().save_pretrained(path)
     return path
+
+
+#: the tensors that write a block's output into the residual stream
+_BLOCK_OUTPUTS = ("W_O", "b_O", "W_out", "b_out")
+
+
+def rebuilt_model(name: str, layout: list[tuple[int, float]]):
+    """A hooked model whose block ``i`` is block ``layout[i][0]`` of the zoo model ``name`` with
+    its output weights scaled by ``layout[i][1]`` (embedding, final norm and unembedding kept)."""
+    import copy
+
+    from transformer_lens import HookedTransformer
+
+    from effective_depth import load_model
+
+    base = load_model(name, device="cpu")
+    cfg = copy.deepcopy(base.cfg)
+    cfg.n_layers = len(layout)
+    model = HookedTransformer(cfg, tokenizer=base.tokenizer, move_to_device=False)
+    src = base.state_dict()
+    state = {k: v for k, v in src.items() if not k.startswith("blocks.")}
+    for i, (j, scale) in enumerate(layout):
+        for k, v in src.items():
+            if k.startswith(f"blocks.{j}."):
+                rest = k.split(".", 2)[2]
+                out = rest.rsplit(".", 1)[-1] in _BLOCK_OUTPUTS
+                state[f"blocks.{i}.{rest}"] = v * scale if out else v.clone()
+    model.load_state_dict(state, strict=False)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()

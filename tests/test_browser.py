@@ -258,3 +258,45 @@ def test_early_exit_axis_has_no_overprinted_ticks(browser, tmp_path, L):
     legend = [b["text"] for b in page.eval_on_selector("#exit", f"r => ({_BOXES})(r, '.legend .traces text')")]
     assert any(t.startswith("ed_task = block") for t in legend) and "full model: 100.0%" in legend
     page.close()
+
+
+def _token_maps(n_tokens: int):
+    """An erasure and an integrated-gradients result of one prompt of ``n_tokens`` tokens of
+    mixed lengths (words, digits, spaces, a newline), as a real prompt has."""
+    from effective_depth.metrics.erasure import Erasure
+    from effective_depth.metrics.integrated_gradients import IntegratedGradients
+
+    words = [" The", " capital", " of", " France", " is", " Paris", ".", "\n", "12", "+",
+             " 345", "=", " ", " international", "ization"]
+    tokens = [words[i % len(words)] for i in range(n_tokens)]
+    L = 6
+    grid_ = torch.linspace(0, 1, (L + 1) * n_tokens).reshape(L + 1, n_tokens)
+    erasure = Erasure([grid_], [tokens], torch.zeros(L + 1, 8), meta={"n_layers": L})
+    ig = IntegratedGradients([grid_[:L] - 0.5], [tokens], torch.tensor([0.7]),
+                             meta={"n_layers": L, "n_steps": 8})
+    return {"erasure": erasure, "ig": ig}
+
+
+@pytest.mark.parametrize("n_tokens", [44, 200])
+@pytest.mark.parametrize("width", [560, 1100])
+def test_token_map_labels_never_overlap(browser, tmp_path, n_tokens, width):
+    """The erasure and integrated-gradients maps of a 44- and a 200-token prompt, drawn at a
+    dashboard panel's width and a wide one: no two token labels on the x axis overlap, the
+    last position (where the answer is read) is labelled, and every token is still in the
+    hover data."""
+    for kind, result in _token_maps(n_tokens).items():
+        fig = figure_for(result)
+        fig.update_layout(width=width)
+        path = tmp_path / f"{kind}.html"
+        fig.write_html(path, include_plotlyjs=True, full_html=True, div_id="map")
+        page = browser.new_page(viewport={"width": width + 100, "height": 800})
+        page.goto(path.as_uri())
+        page.wait_for_selector("#map svg.main-svg", state="attached", timeout=15_000)
+        boxes = _tick_boxes(page, "map", "x")
+        assert len(boxes) >= min(n_tokens, 10), f"{kind}: only {len(boxes)} token labels"
+        assert _overlaps(boxes) == [], f"{kind} at {n_tokens} tokens, {width} px: labels overlap"
+        ticks = page.eval_on_selector("#map", "d => d._fullLayout.xaxis.tickvals")
+        assert ticks[-1] == n_tokens - 1
+        hover = page.eval_on_selector("#map", "d => d.data[0].customdata[0].length")
+        assert hover == n_tokens
+        page.close()

@@ -77,4 +77,39 @@ def test_a_measurement_without_a_cost_model_is_not_projected_as_free():
     with registered(spec):
         work = count_work(cfg, [5], [3], [[]], StudyConfig(metrics=("uncosted", "logit_lens")))
     assert "not modelled" in work["uncosted"].note and work["uncosted"].block_tokens == 0
-    assert work["logit_lens"].block_tokens == 2 * 5 and work["logit_lens"].lens_rows == 3 * 5  # every position (include_front)
+    # every position (include_front): taps 0..L and the output once more as the reference
+    assert work["logit_lens"].block_tokens == 2 * 5 and work["logit_lens"].lens_rows == 4 * 5
+
+
+def test_planned_block_calls_follow_the_engine(setup):
+    """Short rows cost calls, not tokens: the planned block calls (forward calls; the backward
+    ones of integrated gradients are not hooked) equal the engine's where its chunking is
+    deterministic, and stay within 25% for behaviour, whose order is known only when measured."""
+    model, batch = setup
+    cuts = [draw_cuts(int(n), 2, f"0:{b}", 4, 4, 2) for b, n in enumerate(batch.lengths.tolist())]
+    sub = batch.select([0, 1])
+    runs = {
+        "contributions": (batch, {}, lambda: M.contributions(model, batch)),
+        "logit_lens": (batch, {}, lambda: M.logit_lens(model, batch)),
+        "skip_effects": (batch, {"n_cuts": 2}, lambda: M.skip_effects(model, batch, cuts=cuts)),
+        "erasure": (sub, {"map_examples": 2, "n_reference": 2},
+                    lambda: M.residual_erasure(model, sub, reference=sub)),
+        "behaviour": (batch, {"metrics": ("skip_effects", "behaviour"), "skip_mode": "current"},
+                      lambda: M.behaviour(model, batch, order=[1, 2, 3, 0])),
+    }
+    counter = WorkCounter(model)
+    try:
+        for name, (b, options, fn) in runs.items():
+            counter.reset()
+            fn()
+            config = StudyConfig(**{"metrics": (name,), **options})
+            planned = count_work(model.cfg, b.lengths.tolist(), b.answer_start.tolist(),
+                                 cuts if name == "skip_effects" else [], config)[name]
+            if name == "behaviour":
+                assert abs(planned.block_calls / counter.block_calls - 1) <= 0.25, \
+                    (name, counter.block_calls, planned.block_calls)
+            else:
+                assert counter.block_calls == planned.block_calls, \
+                    (name, counter.block_calls, planned.block_calls)
+    finally:
+        counter.close()

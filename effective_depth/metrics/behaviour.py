@@ -6,8 +6,10 @@ every answer position. So one forward pass per variant tells whether an example 
 
 * **early exit**: for ``n = 0..L``, is the example solved when the answer is read from the logit
   lens after the first ``n`` blocks (the model truncated there)? ``n = L`` is the full model.
-* **pruning**: with the blocks sorted by increasing output effect (docs/methods.md §2), is the example
-  solved when the first ``k`` blocks of that order are skipped together (``k = 0..L``)?
+* **pruning**: with the blocks sorted by increasing *current-mode* output effect (docs/methods.md
+  §2: each block skipped alone at every position; defined for every block, unlike the future
+  effect, which is zero for the last block by construction), is the example solved when the
+  first ``k`` blocks of that order are skipped together (``k = 0..L``)?
 
 Per-example results are kept so the estimators can be bootstrapped over prompts.
 """
@@ -144,30 +146,77 @@ def behaviour(
     return Behaviour(exit_ok, prune_ok, order, meta=meta)
 
 
-def _run(ctx: Any) -> Behaviour:
-    skips = ctx.done.get("skip_effects")
-    if skips is not None and skips.meta.get("component") == "block":
-        effect = skips.output_effect_of(aggregate="mean")
-    else:  # the pruning order needs whole-block output effects: current effects, all positions
-        from .skip_effects import skip_effects
+#: what the pruning order is sorted by (stored in the result's meta as ``prune_order_by``)
+ORDER_BASIS = ("current-mode output effect: each block skipped alone at every position from "
+               "skip_front, ||p' - p||_2 of the output distributions, mean over measured "
+               "positions and prompts; ascending, ties to the lower block")
 
-        effect = skip_effects(ctx.model, ctx.batch, mode="current", aggregate="mean",
-                              skip_front=0).output_effect
+
+def order_effect(ctx: Any) -> tuple[Tensor, str]:
+    """The per-block effect the pruning order sorts by, and where it came from.
+
+    It must be defined for every block: the *current*-mode output effect (skip block ``s`` at
+    every position, measure everywhere). Future-mode effects cannot order blocks: skipping the
+    last block before the cut changes nothing at or after the cut, so its future effect is zero
+    by construction and it would always be pruned first. The study's own skip effects are reused
+    when they are current-mode whole-block effects; otherwise they are measured here."""
+    skips = ctx.done.get("skip_effects")
+    if (skips is not None and skips.meta.get("component") == "block"
+            and skips.meta.get("mode") == "current"):
+        front = int(skips.meta.get("skip_front", 1))
+        return (skips.output_effect_of(aggregate="mean"),
+                f"the study's skip_effects (current mode, block, skip_front={front})")
+    from .skip_effects import skip_effects
+
+    effect = skip_effects(ctx.model, ctx.batch, mode="current", aggregate="mean",
+                          skip_front=0).output_effect
+    return effect, "measured for the order (current mode, block, skip_front=0)"
+
+
+def _run(ctx: Any) -> Behaviour:
+    effect, source = order_effect(ctx)
     effect = torch.nan_to_num(effect, nan=0.0)
-    return behaviour(ctx.model, ctx.batch, order=prune_order(effect), progress=ctx.progress)
+    result = behaviour(ctx.model, ctx.batch, order=prune_order(effect), progress=ctx.progress)
+    result.meta.update({"prune_order_by": ORDER_BASIS, "prune_order_source": source,
+                        "prune_order_effect": [float(x) for x in effect.tolist()]})
+    return result
 
 
 def _cost(w: Workload) -> MeasurementCost:
-    """Early exit reads a clean pass (batches of 16); pruning the first ``k`` blocks of the order
-    resumes at the lowest of them, so at most ``L(L+1)/2`` blocks per prompt — an upper bound,
-    as the order is known only after skip effects."""
+    """Early exit reads a clean pass (batches of 16). Pruning the first ``k`` blocks of the order
+    resumes at the lowest of them; the order is known only when measured, so the count takes
+    its expectation for an order drawn at random, ``(L − k)/(k + 1)`` (the expected least of
+    ``k`` of ``L`` blocks): about ``L·(L − H_L)`` blocks per prompt rather than the bound
+    ``L(L+1)/2``. Unless the study's skip effects are current-mode whole-block ones, the order's
+    current-mode output effects are measured first (batches of 8: a clean pass, then
+    ``L(L−1)/2`` resumed blocks and ``2L·T`` lens rows per prompt)."""
     L = w.L
+    lowest = [(L - k) / (k + 1) for k in range(1, L + 1)]
+    per_prompt = sum(L - s for s in lowest)
     m = MeasurementCost("behaviour", block_tokens=w.clean(w.every, batch_size=16), sweeps=True,
-                        note="pruning rows bounded above (the order is known only after skip effects)")
+                        block_calls=w.clean_calls(w.every, batch_size=16),
+                        note="pruning rows counted for a random order (the order is known only "
+                             "when measured)")
     for c in w.chunks(16, w.every):
+        starts = []
         for b in c:
-            m.block_tokens += L * (L + 1) // 2 * w.width(c)
+            m.block_tokens += int(per_prompt * w.width(c))
             m.lens_rows += (2 * L + 1) * w.answer_tokens(b)
+            starts += [int(s) for s in lowest]
+        m.block_calls += w.sweep_calls(starts, w.width(c))
+    config = w.config
+    reused = ("skip_effects" in config.metrics and config.skip_mode == "current"
+              and config.skip_component == "block")
+    if not reused:
+        m.block_tokens += w.clean(w.every, batch_size=8)
+        m.block_calls += w.clean_calls(w.every, batch_size=8)
+        for c in w.chunks(8, w.every):
+            starts = []
+            for b in c:
+                m.block_tokens += L * (L - 1) // 2 * w.width(c)
+                m.lens_rows += 2 * L * int(w.lengths[b])
+                starts += [s + 1 for s in range(L)]
+            m.block_calls += w.sweep_calls(starts, w.width(c))
     return m
 
 

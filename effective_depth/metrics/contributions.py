@@ -187,6 +187,7 @@ def _cost(w: Workload) -> MeasurementCost:
     s = w.shape
     width = max(w.lengths) * min(w.config.batch_size, len(w.lengths))
     return MeasurementCost("contributions", block_tokens=w.clean(w.every),
+                           block_calls=w.clean_calls(w.every),
                            extra_bytes=2 * s.n_layers * width * s.d_model * s.itemsize)
 
 

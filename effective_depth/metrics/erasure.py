@@ -187,14 +187,20 @@ def _cost(w: Workload) -> MeasurementCost:
     L, sf = w.L, w.config.skip_front
     idx = w.first(w.config.map_examples)
     ref = w.first(min(w.config.n_reference, len(w.lengths)))
-    m = MeasurementCost("erasure", block_tokens=w.clean(idx) + w.clean(ref), sweeps=True)
+    m = MeasurementCost("erasure", block_tokens=w.clean(idx) + w.clean(ref), sweeps=True,
+                        block_calls=w.clean_calls(idx) + w.clean_calls(ref))
     for c in w.chunks(w.config.batch_size, idx):
         width = w.width(c)
+        groups: dict[int, list[int]] = {}
         for b in c:
             n, start = int(w.lengths[b]), int(w.answer_starts[b])
             for t in range(sf, n - 1):
                 m.block_tokens += sum(L - bd for bd in range(L + 1)) * (width - t)
                 m.lens_rows += (L + 1) * 2 * (n - 1 - max(t, start - 1))
+                groups.setdefault(t, []).extend(range(L + 1))
+        # one sweep group per erased position: short suffix rows, many block calls
+        for t, starts in groups.items():
+            m.block_calls += w.sweep_calls(starts, width - t, t)
     return m
 
 

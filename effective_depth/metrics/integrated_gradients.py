@@ -286,9 +286,13 @@ def _cost(w: Workload) -> MeasurementCost:
     for b in w.first(w.config.map_examples):
         T = int(w.lengths[b])
         m.block_tokens += L * T
+        m.block_calls += L
         if rule == "gauss_legendre":
             m.block_tokens += L * (L - 1) // 2 * T
+            m.block_calls += L
         m.grad_block_tokens += steps * L * (L - 1) // 2 * T
+        m.grad_block_calls += w.sweep_calls([layer + 1 for layer in range(L)
+                                             for _ in range(steps)], T, grad=True)
         m.lens_rows += 3 * steps * L * w.answer_tokens(b)
     return m
 

@@ -203,9 +203,13 @@ def overlap_at_chance(estimator: str) -> Any:
 
 
 def _cost(w: Workload) -> MeasurementCost:
-    """One clean pass; every boundary ``0..L`` of every measured position projected."""
+    """One clean pass; every boundary ``0..L`` of every measured position projected (and the
+    output once more as the reference), each with its log-softmax, KL and top-k over the
+    vocabulary (lens statistics rows)."""
+    rows = sum((w.L + 2) * w.measured_tokens(b) for b in w.every)
     return MeasurementCost("logit_lens", block_tokens=w.clean(w.every),
-                           lens_rows=sum((w.L + 1) * w.measured_tokens(b) for b in w.every))
+                           block_calls=w.clean_calls(w.every), lens_rows=rows,
+                           lens_stat_rows=rows)
 
 
 register_metric(MetricSpec(

@@ -425,6 +425,18 @@ def _ed_skip(result: SkipEffects, tau: float | None, rules: str) -> Any:
     return apply
 
 
+#: stored in ``ed_skip``'s notes for future-mode effects (docs/methods.md §6)
+FUTURE_CEILING = ("future mode: the last block's future effect is zero by construction (no later "
+                  "block reads its output before the cut), so ed_skip is at most block L-2 = {top}; "
+                  "current mode (--skip-mode current) can reach every block")
+
+
+def _ed_skip_notes(result: SkipEffects) -> list[str]:
+    if result.meta.get("mode") != "future":
+        return []
+    return [FUTURE_CEILING.format(top=result.n_layers - 2)]
+
+
 def _few_cuts(result: SkipEffects, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
     if result.meta.get("mode") != "future":
         return []
@@ -439,14 +451,19 @@ def _cost(w: Workload) -> MeasurementCost:
     """A clean pass; then for every prompt, cut (or once, in "all" mode) and skipped block ``s``
     the blocks ``s+1..L-1`` on the batch's padded width, and two lens rows per block and position
     from the cut on (with and without the skip)."""
-    L = w.L
-    m = MeasurementCost("skip_effects", block_tokens=w.clean(w.every), sweeps=True)
+    L, front = w.L, w.config.skip_front
+    m = MeasurementCost("skip_effects", block_tokens=w.clean(w.every), sweeps=True,
+                        block_calls=w.clean_calls(w.every))
     for c in w.chunks(w.config.batch_size, w.every):
         width = w.width(c)
+        starts = []
         for b in c:
             for t in (w.cuts[b] if w.config.skip_mode == "future" else [None]):
                 m.block_tokens += L * (L - 1) // 2 * width
                 m.lens_rows += L * 2 * (int(w.lengths[b]) - (t or 0))
+                starts += [s + 1 for s in range(L)]
+        # every row changes positions from skip_front on: one sweep group per prompt chunk
+        m.block_calls += w.sweep_calls(starts, width - front, front)
     return m
 
 
@@ -460,7 +477,8 @@ register_metric(MetricSpec(
     inputs=_study_cuts,
     estimators=(EstimatorSpec("ed_skip", SkipEffects.name, _ed_skip, 0.1,
                               "the last block whose skip changes the output by more than tau "
-                              "x the largest output effect", checks=_few_cuts),),
+                              "x the largest output effect", checks=_few_cuts,
+                              notes=_ed_skip_notes),),
     summaries=lambda result, config: {"depth": {"depth_score": depth_score_estimate(
         result, n_boot=config.n_boot, seed=config.seed, level=config.ci_level)}},
     scores={"depth_score": lambda result, idx: depth_score(result.layer_effect_of(idx))},

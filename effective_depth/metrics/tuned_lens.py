@@ -341,10 +341,12 @@ def _cost(w: Workload) -> MeasurementCost:
     mean_t = sum(w.lengths) / max(1, len(w.lengths))
     train_tokens = int(n_train * mean_t)
     per_step = min(TOKENS_PER_STEP, train_tokens)
+    measured = sum((L + 2) * w.measured_tokens(b) for b in w.every)
     return MeasurementCost(
         "tuned_lens", block_tokens=w.clean(w.every) + L * train_tokens,
-        lens_rows=sum((L + 1) * w.measured_tokens(b) for b in w.every)
-        + 3 * w.config.tuned_lens_steps * per_step * (L + 1),
+        block_calls=w.clean_calls(w.every) + L * -(-n_train // w.config.batch_size),
+        lens_rows=measured + 3 * w.config.tuned_lens_steps * per_step * (L + 1),
+        lens_stat_rows=measured,
         note="training counted with training prompts as long as the analysed ones; "
              "nothing when the run directory holds a matching fitted lens")
 

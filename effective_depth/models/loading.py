@@ -51,6 +51,7 @@ import torch
 
 from ..errors import ModelError, close_matches
 from .devices import default_device, parse_dtype
+from .params import hf_parameter_counts, meta_parameter_counts
 
 __all__ = [
     "load_model",
@@ -482,6 +483,7 @@ def _load_local_hooked(
         model._effective_depth_own_bos = (own_bos,)
     model.load_and_process_state_dict(state_dict, **processing)
     model.move_model_modules_to_device()
+    model.effective_depth_params = hf_parameter_counts(hf_model)
     del hf_model
     return model
 
@@ -504,7 +506,7 @@ def _load_official_hooked(
         extra["revision"] = revision
     try:
         with contextlib.redirect_stdout(_LogWriter()):
-            return HookedTransformer.from_pretrained(
+            model = HookedTransformer.from_pretrained(
                 name, device=device, dtype=dtype, n_devices=n_devices, **processing, **extra
             )
     except Exception as exc:
@@ -512,6 +514,22 @@ def _load_official_hooked(
             f"could not load official model {name!r} ({type(exc).__name__}: {exc}). Offline, it "
             "must already be in the local Hugging Face cache."
         ) from exc
+    try:  # the architecture's own count, built on the meta device from the cached config
+        from transformers import AutoConfig
+
+        hf_name = _hf_name(name)
+        config = AutoConfig.from_pretrained(hf_name, trust_remote_code=trust_remote_code,
+                                            **({"revision": revision} if revision else {}))
+        model.effective_depth_params = meta_parameter_counts(config)
+    except Exception as exc:  # counted from the hooked tensors instead (method says so)
+        log.info("parameter count of %s from its hooked tensors: %s", name, exc)
+    return model
+
+
+def _hf_name(official: str) -> str:
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    return get_official_model_name(official)
 
 
 def _load_bridge(
@@ -532,6 +550,7 @@ def _load_bridge(
                                       shown=Path(path_or_name), attn_implementation="eager")
         if n_devices == 1:
             hf_model = hf_model.to(device)
+    counts = None if hf_model is None else hf_parameter_counts(hf_model)
     try:
         bridge = TransformerBridge.boot_transformers(
             path_or_name,
@@ -543,6 +562,12 @@ def _load_bridge(
         )
     except Exception as exc:
         raise ModelError(f"TransformerBridge could not load {path_or_name!r}: {exc}") from exc
+    # counted before the bridge adds tensors of its own (an unembedding bias) to the HF model
+    try:
+        bridge.effective_depth_params = (counts if counts is not None
+                                         else meta_parameter_counts(bridge.original_model.config))
+    except Exception as exc:  # counted from the bridge's HF model instead (method says so)
+        log.info("parameter count of %s from the bridge's model: %s", path_or_name, exc)
     any_processing = any(processing.values())
     bridge.enable_compatibility_mode(
         disable_warnings=True, no_processing=not any_processing, **processing

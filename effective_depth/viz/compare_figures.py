@@ -126,6 +126,17 @@ def _shifted(xs: Sequence[Any], offset: float) -> list[Any]:
     return [x + offset if isinstance(x, (int, float)) and not isinstance(x, bool) else x for x in xs]
 
 
+def _params_text(row: Mapping[str, Any]) -> str:
+    """The model's size as the comparison states it: Hugging Face's count (a tied embedding
+    once) and the non-embedding part, or "size unknown"."""
+    total, non_emb = row.get("n_params"), row.get("n_params_non_embedding")
+    if total is None:
+        return "size unknown"
+    if non_emb is None:
+        return f"{total:,} parameters, as an older run counted them (a tied matrix twice)"
+    return f"{total:,} parameters (Hugging Face count), {non_emb:,} non-embedding"
+
+
 def _depth_score_rows(comparison: Comparison) -> list[dict[str, Any]]:
     """Per run with a depth score: the depth score as a share of the depth, with its CI."""
     rows = []
@@ -168,9 +179,9 @@ def scale_figure(comparison: Comparison) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=_shifted(xs, offsets[i]), y=ratios, mode="lines+markers",
             name=text(" · ".join(key)), error_y=_errors(ratios, [r.get("ci") for r in members]),
-            customdata=[[text(_label(r.get("model"))), f"{r.get('n_params') or 0:,}",
+            customdata=[[text(_label(r.get("model"))), _params_text(r),
                          _ci_text(r.get("ci")), r.get("n_layers")] for r in members],
-            hovertemplate="%{customdata[0]} (%{customdata[1]} parameters)<br>%{customdata[3]} blocks<br>"
+            hovertemplate="%{customdata[0]} (%{customdata[1]})<br>%{customdata[3]} blocks<br>"
                           "ratio %{y:.3f}, CI %{customdata[2]}<extra>%{fullData.name}</extra>",
             **_style(i),
         ), row=1, col=1)

@@ -259,6 +259,14 @@ def config_table(run: Run) -> str:
     return _kv_table(pairs, "config")
 
 
+def _absent(est: dict[str, Any]) -> str:
+    """An undefined or missing estimate's cell: what it is and why."""
+    reason = str(est.get("reason") or "no reason stored")
+    if reason.startswith(("not run", "skipped", "not computed")):
+        return reason
+    return f"undefined: {reason}"
+
+
 def comparison_table(runs: Sequence[Run]) -> str:
     """One row per run: label, blocks, accuracy, and each estimator's ratio with its CI."""
     names = list(dict.fromkeys(k for r in runs for k in _estimates(r)))  # the runs' own order
@@ -269,7 +277,9 @@ def comparison_table(runs: Sequence[Run]) -> str:
         for n in names:
             est = ests.get(n, {})
             ratio = est.get("ratio")
-            cells.append("undefined" if ratio is None else f"{ratio:.3f} {_ci(est.get('ci'))}")
+            if not est:
+                est = r.estimate_entry(n)
+            cells.append(_absent(est) if ratio is None else f"{ratio:.3f} {_ci(est.get('ci'))}")
         rows.append([f"{i + 1}. {r.label}", r.results.get("model", {}).get("n_layers"),
                      r.results.get("accuracy"), *cells])
     return _table(["run", "blocks", "accuracy", *names], rows, "ed compare")

@@ -298,10 +298,31 @@ def _example(maps: Sequence[Tensor], example: int, what: str) -> Tensor:
     return maps[example]
 
 
+#: at most this many token labels on a map's axis (16 px apart in a 400 px plot area)
+MAX_TOKEN_TICKS = 24
+#: up to this many short tokens are labelled upright; more, or longer ones, are rotated
+UPRIGHT_TOKENS, UPRIGHT_CHARS = 8, 4
+
+
+def token_ticks(tokens: Sequence[str]) -> dict[str, Any]:
+    """Tick settings of a token axis whose labels never overprint: every ``k``-th position
+    labelled (``k`` the smallest step leaving at most :data:`MAX_TOKEN_TICKS` labels, always
+    including the last position, where the answer is read), written upright only for a few short
+    tokens and vertically otherwise. Every token stays in the hover text."""
+    n = len(tokens)
+    step = max(1, -(-n // MAX_TOKEN_TICKS))
+    shown = list(range(0, n, step))
+    if len(shown) > 1 and shown[-1] != n - 1:
+        shown[-1] = n - 1  # the last position instead of its neighbour: still >= step apart
+    labels = [token_label(tokens[i]) for i in shown]
+    upright = len(shown) <= UPRIGHT_TOKENS and all(len(t) <= UPRIGHT_CHARS for t in labels)
+    return {"tickmode": "array", "tickvals": shown, "ticktext": labels,
+            "tickangle": 0 if upright else -90}
+
+
 def _token_axis(fig: go.Figure, tokens: Sequence[str]) -> None:
     # positions, not token strings, are the x values: repeated tokens must stay separate columns
-    fig.update_xaxes(tickmode="array", tickvals=list(range(len(tokens))),
-                     ticktext=[token_label(t) for t in tokens], tickangle=0 if len(tokens) <= 40 else -90)
+    fig.update_xaxes(**token_ticks(tokens))
 
 
 def _token_customdata(tokens: Sequence[str], n_rows: int) -> list[list[str]]:
