@@ -33,8 +33,7 @@ class ChatFormat:
             {"role": "system", "content": self.system_prompt}]
         return [*turns, {"role": "user", "content": prompt}]
 
-    def prompt_ids(self, tokenizer: Any, prompt: str) -> list[int]:
-        """``apply_chat_template(messages, add_generation_prompt=True, tokenize=True)``'s ids."""
+    def _apply(self, tokenizer: Any, prompt: str, tokenize: bool) -> Any:
         if self.template is None and not getattr(tokenizer, "chat_template", None):
             name = getattr(tokenizer, "name_or_path", "") or "the model"
             raise TaskError(
@@ -43,12 +42,16 @@ class ChatFormat:
                 "--chat-template to analyse the plain prompt text"
             )
         try:
-            out = tokenizer.apply_chat_template(
+            return tokenizer.apply_chat_template(
                 self.messages(prompt), chat_template=self.template, add_generation_prompt=True,
-                tokenize=True)
+                tokenize=tokenize)
         except Exception as exc:  # a Jinja error or a template that refuses the roles
             raise TaskError(f"the chat template could not render the prompt {prompt[:60]!r} "
                             f"({type(exc).__name__}: {exc})") from None
+
+    def prompt_ids(self, tokenizer: Any, prompt: str) -> list[int]:
+        """``apply_chat_template(messages, add_generation_prompt=True, tokenize=True)``'s ids."""
+        out = self._apply(tokenizer, prompt, tokenize=True)
         ids = out["input_ids"] if hasattr(out, "keys") else out
         if ids and isinstance(ids[0], list):  # a batch of one
             ids = ids[0]
@@ -56,9 +59,7 @@ class ChatFormat:
 
     def prompt_text(self, tokenizer: Any, prompt: str) -> str:
         """The rendered prompt text (what :meth:`prompt_ids` tokenizes)."""
-        return str(tokenizer.apply_chat_template(
-            self.messages(prompt), chat_template=self.template, add_generation_prompt=True,
-            tokenize=False))
+        return str(self._apply(tokenizer, prompt, tokenize=False))
 
 
 def chat_format(chat_template: bool | str, system_prompt: str | None) -> ChatFormat | None:
