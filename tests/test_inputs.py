@@ -389,3 +389,22 @@ def test_a_study_stores_and_prints_the_rows_it_skipped(tmp_path, r1_dir, monkeyp
     warnings = json.loads((out / "results.json").read_text())["warnings"]
     assert {"code": "rows_skipped", "message": message} in warnings
     assert f"warning: {message}" in result.output
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_the_loaded_model_reads_its_checkpoints_tokenizer(tmp_path, qwen, backend):
+    """A tokenizer that names a BOS it never adds (GPT-2, SmolLM2): TransformerLens rebuilds it
+    with add_bos_token=True; the loaded model keeps the checkpoint's own."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from effective_depth import load_model
+
+    named = PreTrainedTokenizerFast(tokenizer_object=qwen.backend_tokenizer,
+                                    bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    path = _tiny_qwen_dir(tmp_path / "named-bos", named)
+    hf = AutoTokenizer.from_pretrained(path)
+    model = load_model(path, device="cpu", backend=backend)
+    batch = encode_batch(model.tokenizer, [Example(PROMPT, ANSWER)])
+    assert batch.token_ids(0) == hf(PROMPT + ANSWER)["input_ids"]
+    assert hf.bos_token_id not in batch.token_ids(0)
+    assert model.to_tokens(PROMPT + ANSWER)[0].tolist() == batch.token_ids(0)
