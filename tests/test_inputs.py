@@ -408,3 +408,16 @@ def test_the_loaded_model_reads_its_checkpoints_tokenizer(tmp_path, qwen, backen
     assert batch.token_ids(0) == hf(PROMPT + ANSWER)["input_ids"]
     assert hf.bos_token_id not in batch.token_ids(0)
     assert model.to_tokens(PROMPT + ANSWER)[0].tolist() == batch.token_ids(0)
+
+
+def test_sweep_chat_template_overrides_the_grid_base(tmp_path):
+    from effective_depth.grid import load_grid
+
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"out": str(tmp_path / "g"), "base": {"n_examples": 2},
+                                "models": ["zoo/add-2l", "zoo/add-4l"]}))
+    plain = load_grid(grid)
+    assert {c.config.chat_template for c in plain.cells} == {False}
+    chat = load_grid(grid, base={"chat_template": True, "system_prompt": "Be brief."})
+    assert [(c.config.chat_template, c.config.system_prompt, c.config.n_examples)
+            for c in chat.cells] == [(True, "Be brief.", 2)] * 2

@@ -637,7 +637,7 @@ def test_hellaswag_unlabelled_rows_are_counted(tmp_path):
     assert task.warnings[0]["message"].startswith("1 of 2 HellaSwag rows have no label")
 
 
-@pytest.mark.parametrize("sep", ["\u2028", "\u0085", "\u2029", "\x1c", "\x0b", "\r"])
+@pytest.mark.parametrize("sep", ["\u2028", "\u0085", "\u2029"])
 def test_jsonl_keeps_line_separators_inside_strings(tmp_path, sep):
     """json.dumps(..., ensure_ascii=False) writes these raw; str.splitlines broke the line."""
     records = [{"prompt": f"first{sep}line: ", "answer": f"a{sep}b"}, {"prompt": "two", "answer": "2"}]
