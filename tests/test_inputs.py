@@ -421,3 +421,17 @@ def test_sweep_chat_template_overrides_the_grid_base(tmp_path):
     chat = load_grid(grid, base={"chat_template": True, "system_prompt": "Be brief."})
     assert [(c.config.chat_template, c.config.system_prompt, c.config.n_examples)
             for c in chat.cells] == [(True, "Be brief.", 2)] * 2
+
+
+def test_plan_and_run_take_chat_template_and_name_a_missing_template(tmp_path):
+    from click.testing import CliRunner
+
+    from effective_depth.cli import main
+
+    for command in ("plan", "run"):
+        args = [command, "--model", "zoo/add-2l", "-n", "2", "--chat-template"]
+        result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "r")] if command == "run"
+                                    else args)
+        assert result.exit_code != 0
+        assert "has no chat template; pass one as a Jinja file" in result.output
+        assert "Traceback" not in result.output

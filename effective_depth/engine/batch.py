@@ -200,9 +200,9 @@ def as_batch(model: Any, inputs: Any, *, what: str = "the measurement") -> Batch
     """``inputs`` as a :class:`Batch` for ``model``: the one coercion every measurement function
     applies, so ``logit_lens(model, "12+34=")`` works as well as a batch.
 
-    Strings are prompts without answers (a BOS token is prepended, as :func:`encode_batch`
-    does); Examples keep their answers; a token tensor is read as given (every row its full
-    width, no answer). Anything else is a :class:`ConfigError` saying what is accepted.
+    Strings are prompts without answers (with the tokenizer's own special tokens, as
+    :func:`encode_batch` reads them); Examples keep their answers; a token tensor is read as
+    given (every row its full width, no answer). Anything else is a :class:`ConfigError` saying what is accepted.
     """
     if isinstance(inputs, Batch):
         return inputs
