@@ -435,3 +435,18 @@ def test_plan_and_run_take_chat_template_and_name_a_missing_template(tmp_path):
         assert result.exit_code != 0
         assert "has no chat template; pass one as a Jinja file" in result.output
         assert "Traceback" not in result.output
+
+
+def test_every_bundled_zoo_tokenizer_adds_the_bos_its_model_was_trained_with():
+    from tokenizers import Tokenizer
+
+    from effective_depth.models.tokenizer import build_char_tokenizer
+
+    zoo = Path(__file__).resolve().parents[1] / "effective_depth" / "zoo"
+    built = build_char_tokenizer()
+    files = sorted(zoo.glob("*/tokenizer.json"))
+    assert len(files) >= 10
+    for path in files:
+        tok = Tokenizer.from_file(str(path))
+        assert tok.encode("12+34=46").ids == built("12+34=46")["input_ids"], path
+        assert tok.encode("12+34=46").ids[0] == tok.token_to_id("<bos>") == 1, path
