@@ -182,6 +182,12 @@ def _split_metrics(values: tuple[str, ...]) -> list[str]:
     return [m.strip() for v in values for m in v.split(",") if m.strip()]
 
 
+def _chat_options(chat_template: str | None, system_prompt: str | None) -> dict[str, Any]:
+    """``--chat-template`` alone means the tokenizer's own template (True); with a value, a file."""
+    value: Any = True if chat_template == "tokenizer" else chat_template
+    return {"chat_template": value, "system_prompt": system_prompt}
+
+
 def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
     from .study import StudyConfig
 
@@ -226,6 +232,12 @@ def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
 @click.option("--allow-lossy-tokenization", "allow_lossy", is_flag=True, default=None,
               help="Analyse prompts whose tokens do not decode back to their text (characters the "
               "tokenizer drops or changes) with a warning stored in results.json, not an error.")
+@click.option("--chat-template", "chat_template", is_flag=False, flag_value="tokenizer",
+              default=None, metavar="[FILE]",
+              help="Render each example in the model's chat format: the prompt as the user turn "
+              "through the tokenizer's own chat template (or the Jinja FILE given), the answer "
+              "as the assistant turn, teacher-forced.")
+@click.option("--system-prompt", default=None, help="A system turn for --chat-template.")
 @click.option("--force", is_flag=True, help="Discard an existing run directory and start again.")
 @click.option("--no-dashboard", is_flag=True, help="Do not write dashboard.html.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -237,7 +249,8 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
             skip_mode: str | None, skip_component: str | None, aggregate: str | None,
             n_boot: int | None, device: str | None, dtype: str | None, backend: str | None,
             settings: tuple[str, ...], config_file: str | None, force: bool, no_dashboard: bool,
-            quiet: bool, allow_lossy: bool | None = None, threads: int | None = None) -> None:
+            quiet: bool, allow_lossy: bool | None = None, threads: int | None = None,
+            chat_template: str | None = None, system_prompt: str | None = None) -> None:
     """Run a study: every chosen measurement on one model and task, then the effective-depth
     estimates with bootstrap CIs. Results go to a run directory (resumable: rerun the same
     command after an interruption and finished measurements are reused)."""
@@ -251,7 +264,7 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
         "model": model, "task": task, "n_examples": n_examples, "seed": seed,
         "skip_mode": skip_mode, "skip_component": skip_component, "aggregate": aggregate,
         "n_boot": n_boot, "device": device, "dtype": dtype, "backend": backend,
-        "allow_lossy_tokenization": allow_lossy,
+        "allow_lossy_tokenization": allow_lossy, **_chat_options(chat_template, system_prompt),
     }
     if params:
         options["task_params"] = _pairs(params, "--param")
@@ -287,7 +300,9 @@ def plan_cmd(**options: Any) -> None:
     if "metrics" in extra and isinstance(extra["metrics"], str):
         extra["metrics"] = _split_metrics((extra["metrics"],))
     values = {"task_params": options.pop("params") or None, "thresholds": options.pop("thresholds") or None,
-              "metrics": metrics, "allow_lossy_tokenization": options.pop("allow_lossy"), **options}
+              "metrics": metrics, "allow_lossy_tokenization": options.pop("allow_lossy"),
+              **_chat_options(options.pop("chat_template"), options.pop("system_prompt")),
+              **options}
     for unused in ("out", "force", "no_dashboard", "quiet", "config_file"):
         values.pop(unused, None)
     config = _study_config(options.get("config_file"), {**extra, **{k: v for k, v in values.items()
@@ -387,12 +402,18 @@ def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: l
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads of every cell (default: torch's choice); recorded in each "
               "run's config.json environment.")
+@click.option("--chat-template", "chat_template", is_flag=False, flag_value="tokenizer",
+              default=None, metavar="[FILE]",
+              help="Every cell in its model's chat format (overrides the grid's base).")
+@click.option("--system-prompt", default=None, help="A system turn for --chat-template.")
 def sweep_cmd(config_file: str, executor: str, address: str | None,
-              threads: int | None = None) -> None:
+              threads: int | None = None, chat_template: str | None = None,
+              system_prompt: str | None = None) -> None:
     """Run a grid of studies (models x tasks x difficulty levels) and compare them."""
     from .grid import load_grid, run_grid
 
-    grid = load_grid(config_file)
+    chat = {k: v for k, v in _chat_options(chat_template, system_prompt).items() if v is not None}
+    grid = load_grid(config_file, base=chat)
     console = _console()
     console.print(f"{len(grid.cells)} studies -> {grid.out}")
 

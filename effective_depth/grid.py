@@ -150,9 +150,14 @@ def validated_cells(configs: Sequence[StudyConfig], out: Path) -> list[GridCell]
     return cells
 
 
-def load_grid(path: str | os.PathLike[str]) -> Grid:
+def load_grid(path: str | os.PathLike[str], base: Mapping[str, Any] | None = None) -> Grid:
+    """The grid in ``path``; ``base`` overrides study options of its ``base`` (CLI flags)."""
     path = Path(path)
-    return grid_from_dict(read_config_file(path))
+    data = read_config_file(path)
+    given = data.get("base") or {}
+    if base and isinstance(given, Mapping):  # a malformed base is grid_from_dict's error
+        data = {**data, "base": {**given, **base}}
+    return grid_from_dict(data)
 
 
 def _run_cell(config_dict: dict[str, Any], out: str, progress: bool = False,

@@ -159,6 +159,7 @@ def plan_study(config: Any, calibration: bool = True) -> Plan:
     """The cost plan of ``config``: load the model, build the prompts, count, calibrate."""
     from .engine.batch import encode_batch
     from .metrics.skip_effects import draw_cuts
+    from .models.chat import chat_format
     from .models.loading import load_model
     from .study import resolve_task
     from .tasks import get_task
@@ -172,7 +173,9 @@ def plan_study(config: Any, calibration: bool = True) -> Plan:
                        backend=config.backend, process_weights=config.process_weights)
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model!r} has no tokenizer; studies need one")
-    batch = encode_batch(model.tokenizer, examples, allow_lossy=config.allow_lossy_tokenization)
+    chat = chat_format(config.chat_template, config.system_prompt)
+    batch = encode_batch(model.tokenizer, examples, allow_lossy=config.allow_lossy_tokenization,
+                         chat=chat)
     lengths = batch.lengths.tolist()
     cuts = [draw_cuts(int(n), config.n_cuts, f"{config.seed}:{b}", config.cut_start,
                       config.cut_stride, config.cut_margin, config.skip_front)

@@ -97,6 +97,10 @@ class StudyConfig:
     process_weights: bool = False
     batch_size: int = 8
     allow_lossy_tokenization: bool = False
+    #: inputs: render each example through a chat template (True: the tokenizer's own; a
+    #: Jinja file or template text), with an optional system turn
+    chat_template: bool | str = False
+    system_prompt: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.metrics, (list, str)):
@@ -141,6 +145,9 @@ class StudyConfig:
             if not ok:
                 raise ConfigError(message)
         from .metrics.quadrature import check_rule
+        from .models.chat import chat_format
+
+        chat_format(self.chat_template, self.system_prompt)  # a bad value fails here
 
         check_rule(self.ig_rule, self.ig_steps)
         known = default_thresholds()
@@ -274,7 +281,8 @@ def _check_existing(out: Path, config: StudyConfig, force: bool) -> None:
 
 
 def _prepare_dir(rd: RunDir, config: StudyConfig, fingerprint: dict[str, Any], force: bool,
-                 warnings: list[dict[str, Any]]) -> dict[str, Any]:
+                 warnings: list[dict[str, Any]],
+                 tokens: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check (or start) the run directory, under its lock; returns the results written so far.
 
     Same config and same fingerprints: the finished measurements are reused. Same config but
@@ -308,7 +316,9 @@ def _prepare_dir(rd: RunDir, config: StudyConfig, fingerprint: dict[str, Any], f
             raise ResultsError(f"{rd.path} was written by another format version; use --force")
         return results
     rd.write_json(CONFIG, {"hash": config_hash(cfg), "config": cfg, "fingerprint": fingerprint,
-                           "environment": _environment()})
+                           "environment": _environment(),
+                           # how the text became tokens: the BOS, whether the model reads it
+                           **({"tokens": tokens} if tokens is not None else {})})
     return {"completed": []}
 
 
@@ -417,7 +427,9 @@ def run_study(
     examples = task.examples(config.n_examples)
     if not examples:
         raise ConfigError(f"task {task_name} with {task_params} produced no examples")
-    warnings: list[dict[str, Any]] = []
+    warnings: list[dict[str, Any]] = list(getattr(task, "warnings", []))
+    for w in warnings:
+        log.warning(w["message"])
     if len(examples) < config.n_examples:
         message = (f"the task supplies {len(examples)} examples, fewer than n_examples="
                    f"{config.n_examples}; all {len(examples)} are analysed")
@@ -446,7 +458,8 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
                       train_examples: dict[str, Any]) -> StudyResult:
     """The body of :func:`run_study` once the config, task and examples are known."""
     from .depth import estimate_all, reliability_warnings
-    from .engine.batch import encode_batch
+    from .engine.batch import bos_read, encode_batch
+    from .models.chat import chat_format
     from .models.loading import load_model
     from .models.params import parameter_counts
     from .per_prompt import per_prompt_estimates
@@ -461,29 +474,30 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model!r} has no tokenizer; studies need one")
     device = next(model.parameters()).device
+    chat = chat_format(config.chat_template, config.system_prompt)
     batch = encode_batch(model.tokenizer, examples, device=device,
-                         allow_lossy=config.allow_lossy_tokenization)
-    for message in batch.warnings:
-        log.warning(message)
-        warnings.append({"code": "lossy_tokenization", "message": message})
+                         allow_lossy=config.allow_lossy_tokenization, chat=chat)
+    for w in batch.warnings:
+        log.warning(w["message"])
+        warnings.append(w)
     _check_context(model, batch, config)
     reference, reference_examples, reference_info = None, [], None
     reference_ids: list[list[int]] = []
     if any(spec.needs_reference for spec in specs):
         reference_examples, reference_info = _reference_examples(task, config, examples, warnings)
         reference = encode_batch(model.tokenizer, reference_examples, device=device,
-                                 allow_lossy=config.allow_lossy_tokenization)
+                                 allow_lossy=config.allow_lossy_tokenization, chat=chat)
         _check_context(model, reference, config, what="reference example")
         reference_ids = [reference.token_ids(b) for b in range(reference.size)]
     # what the fitted measurements train on (the tuned lens): encoded and fingerprinted
     train: dict[str, tuple[Any, dict[str, Any], str]] = {}
     for name, (train_list, info) in train_examples.items():
         encoded = encode_batch(model.tokenizer, train_list, device=device,
-                               allow_lossy=config.allow_lossy_tokenization)
+                               allow_lossy=config.allow_lossy_tokenization, chat=chat)
         _check_context(model, encoded, config, what=f"{name} training example")
-        for message in encoded.warnings[:3]:
-            log.warning(message)
-            warnings.append({"code": "lossy_tokenization", "message": message})
+        for w in encoded.warnings[:3]:
+            log.warning(w["message"])
+            warnings.append(w)
         ids = [encoded.token_ids(b) for b in range(encoded.size)]
         train[name] = (encoded, info, inputs_fingerprint(ids, encoded.answer_start.tolist()))
     # per-example inputs the measurements draw up front (cut positions): recorded in inputs.json
@@ -504,10 +518,14 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
 
     rd = RunDir(out_path)
     with run_lock(out_path):
-        results = _prepare_dir(rd, config, fingerprint, force, warnings)
+        tokens_info = {"bos_token": getattr(model.tokenizer, "bos_token", None),
+                       "bos_read": bos_read(model.tokenizer, batch),
+                       "chat_template": chat is not None}
+        results = _prepare_dir(rd, config, fingerprint, force, warnings, tokens_info)
         rd.write_json(INPUTS, {
             "examples": [{**ex.to_dict(), "tokens": batch.token_ids(b),
                           "str_tokens": batch.str_tokens[b],
+                          **({"answer_start": int(batch.answer_start[b])} if ex.answer else {}),
                           **{key: values[b] for key, values in drawn.items()}}
                          for b, ex in enumerate(examples)],
             "reference": None if reference_info is None else {

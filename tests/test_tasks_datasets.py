@@ -599,3 +599,65 @@ def test_registered_with_difficulty_params():
     assert task_info("mquake")["difficulty_param"] == "hops"
     assert task_info("gsm8k")["difficulty_param"] is None
     assert "data_files" in task_info("hellaswag")["params"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every dropped row counted; JSON Lines split as JSON defines lines (issue 19)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gsm8k_rows_without_a_final_answer_are_a_stored_warning(tmp_path):
+    path = write_jsonl(tmp_path / "g.jsonl", GSM8K_ROWS[1:4])  # the middle row has no '####'
+    task = get_task("gsm8k", data_files=path)
+    examples = task.examples(1)  # counted over every row, not just those reached before n
+    assert len(examples) == 1
+    assert task.warnings == [{"code": "rows_skipped",
+                              "message": "1 of 3 GSM8K rows have no '#### answer': skipped"}]
+    task.examples(None)
+    assert len(task.warnings) == 1  # a second build starts afresh
+
+
+def test_math_level_unknown_rows_are_counted(math_file):
+    task = get_task("math", data_files=math_file)
+    assert len(task.examples()) == 4
+    assert task.warnings == [{"code": "rows_skipped", "message":
+                              "1 of 5 MATH rows have no level 1-5 (e.g. 'Level ?'): skipped"}]
+    # rows the user's own filter leaves out are a selection, not a loss
+    level3 = get_task("math", data_files=math_file, level=3)
+    assert len(level3.examples()) == 2
+    assert [w["message"] for w in level3.warnings] == [
+        "1 of 5 MATH rows have no level 1-5 (e.g. 'Level ?'): skipped"]
+
+
+def test_hellaswag_unlabelled_rows_are_counted(tmp_path):
+    rows = [{"ctx": "A man sits.", "endings": ["a", "b"], "label": 1},
+            {"ctx": "A dog runs.", "endings": ["a", "b"], "label": ""}]
+    task = get_task("hellaswag", data_files=write_jsonl(tmp_path / "h.jsonl", rows))
+    assert len(task.examples()) == 1
+    assert task.warnings[0]["message"].startswith("1 of 2 HellaSwag rows have no label")
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u0085", "\u2029"])
+def test_jsonl_keeps_line_separators_inside_strings(tmp_path, sep):
+    """json.dumps(..., ensure_ascii=False) writes these raw; str.splitlines broke the line."""
+    records = [{"prompt": f"first{sep}line: ", "answer": f"a{sep}b"}, {"prompt": "two", "answer": "2"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                    encoding="utf-8", newline="")
+    examples = get_task("prompts", path=str(path)).examples()
+    assert [(ex.prompt, ex.answer) for ex in examples] == [(r["prompt"], r["answer"]) for r in records]
+    assert [ex.meta["source_id"] for ex in examples] == [1, 2]
+
+
+def test_jsonl_with_crlf_line_ends(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"prompt": "1+2=", "answer": "3"}\r\n\r\n{"prompt": "x\\r", "answer": "y"}\r\n')
+    examples = get_task("prompts", path=str(path)).examples()
+    assert [(ex.prompt, ex.answer, ex.meta["source_id"]) for ex in examples] == [
+        ("1+2=", "3", 1), ("x\r", "y", 3)]
+
+
+def test_text_prompts_keep_unicode_separators_and_drop_crlf(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes("a\u2028b \r\nc\n".encode())
+    assert [ex.prompt for ex in get_task("prompts", path=str(path)).examples()] == ["a\u2028b ", "c"]

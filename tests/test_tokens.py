@@ -158,7 +158,8 @@ def test_lossy_tokenization_is_an_error_naming_the_characters():
                                         r"lost characters: 'dehlorw'.*allow-lossy-tokenization"):
         encode_batch(model.tokenizer, [ex])
     batch = encode_batch(model.tokenizer, [ex], allow_lossy=True)
-    assert batch.warnings and "'hello world 12+34=46'" in batch.warnings[0]
+    assert batch.warnings and "'hello world 12+34=46'" in batch.warnings[0]["message"]
+    assert batch.warnings[0]["code"] == "lossy_tokenization"
     assert encode_batch(model.tokenizer, [Example("12+34=", "46")]).warnings == []
 
 

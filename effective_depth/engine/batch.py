@@ -4,16 +4,16 @@ Right padding is what makes batching exact for causal models: a pad token append
 prompt cannot influence any earlier position, so no attention mask is needed and every real
 position computes exactly what it computes alone. Padding positions are simply never measured.
 
-Every example must survive tokenization: the ids, decoded, must give back ``prompt + answer``.
-A tokenizer that drops or replaces characters it cannot represent (unknown characters,
-normalisation) would otherwise analyse a different text than the user's, silently; that is a
-:class:`~effective_depth.errors.TaskError` naming the characters, or, with
-``allow_lossy=True``, a warning kept in :attr:`Batch.warnings` (and in a study's results.json).
+Every example must survive tokenization: its ids, rebuilt token by token, must stand for
+``prompt + answer`` (:mod:`effective_depth.models.token_text`). A tokenizer that drops or
+replaces characters it cannot represent would otherwise analyse a different text than the
+user's, silently; that is a :class:`~effective_depth.errors.TaskError` naming the characters,
+or, with ``allow_lossy=True``, a warning kept in :attr:`Batch.warnings` (and in a study's
+results.json). Unicode normalisation by the tokenizer's own normaliser is a warning, not an error.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,10 +24,13 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from ..errors import ConfigError, TaskError
+from ..models.chat import ChatFormat
 from ..models.evaluate import decode_ids, encode_example
+from ..models.token_text import check_tokenization
 from ..tasks.base import Example
 
-__all__ = ["Batch", "BatchLike", "as_batch", "encode_batch", "measured_mask", "lossy_tokenization"]
+__all__ = ["Batch", "BatchLike", "as_batch", "encode_batch", "measured_mask", "lossy_tokenization",
+           "bos_read"]
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,9 @@ class Batch:
     answer_start: Int[Tensor, " batch"]
     str_tokens: list[list[str]]
     examples: list[Example] = field(default_factory=list)
-    #: lossy tokenizations accepted with ``allow_lossy=True`` (one message per example)
-    warnings: list[str] = field(default_factory=list)
+    #: ``{"code", "message"}`` of what a study stores in results.json: lossy tokenizations
+    #: accepted with ``allow_lossy=True`` (one per example), ``unicode_normalised``, ``double_bos``
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -81,28 +85,16 @@ class Batch:
         return list(range(int(self.answer_start[b]) - 1, int(self.lengths[b]) - 1))
 
 
-def lossy_tokenization(tokenizer: Any, ids: Sequence[int], text: str) -> str | None:
-    """None when ``ids`` decode back to ``text``; otherwise what was lost, for an error message.
+def lossy_tokenization(tokenizer: Any, text: str) -> str | None:
+    """None when the tokenizer's ids of ``text`` stand for exactly ``text`` (or for its Unicode
+    normal form, when the tokenizer's own normaliser applies one: see
+    :func:`~effective_depth.models.token_text.check_tokenization`); otherwise what was lost.
 
     The first sentence names the first lost character and its position, e.g. ``character 'a'
     at position 0 of 'a+1=2' is unknown to the model's tokenizer or changed by it``.
     """
-    decoded = decode_ids(tokenizer, ids)
-    if decoded == text:
-        return None
-    ops = difflib.SequenceMatcher(None, text, decoded, autojunk=False).get_opcodes()
-    lost = [(i, text[i]) for tag, i1, i2, _, _ in ops if tag in ("delete", "replace")
-            for i in range(i1, i2)]
-    chars = sorted({ch for _, ch in lost})
-    if lost:
-        i, ch = lost[0]
-        head = (f"character {ch!r} at position {i} of {text!r} is unknown to the model's "
-                "tokenizer or changed by it")
-        if len(chars) > 1:
-            head += f" (lost characters: {''.join(chars)!r})"
-    else:
-        head = f"tokenizing {text!r} adds text"
-    return f"{head}: the model would read {decoded!r}"
+    check = check_tokenization(tokenizer, text)
+    return check.message if check.kind == "lossy" else None
 
 
 def encode_batch(
@@ -113,36 +105,53 @@ def encode_batch(
     device: str | torch.device = "cpu",
     pad_id: int | None = None,
     allow_lossy: bool = False,
+    chat: ChatFormat | None = None,
 ) -> Batch:
     """Tokenize ``prompt + answer`` of every example and right-pad to a common width.
 
     The tokens and the prompt/answer boundary follow :func:`~effective_depth.models.evaluate.
-    encode_example`. A text whose tokens do not decode back to it raises :class:`TaskError`
-    unless ``allow_lossy`` (then the message is logged and kept in ``Batch.warnings``).
+    encode_example` (the tokenizer's own special tokens; with ``chat``, its chat template). A
+    text whose tokens do not stand for it raises :class:`TaskError` unless ``allow_lossy``
+    (then the message is logged and kept in ``Batch.warnings``, code ``lossy_tokenization``).
+    Text the tokenizer's Unicode normaliser rewrites (``unicode_normalised``) and a BOS read
+    twice (``double_bos``) are warnings too.
     """
     if not examples:
         raise TaskError("no examples to analyse (the task produced an empty list)")
-    rows, starts, warnings = [], [], []
+    rows, starts = [], []
+    warnings: list[dict[str, str]] = []
+    normalised: list[str] = []
     for ex in examples:
-        text = ex.prompt + ex.answer
-        problem = lossy_tokenization(
-            tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"], text)
-        if problem is not None:
-            if not allow_lossy:
-                raise TaskError(f"{problem}. Remove or replace those characters, or accept the "
-                                "loss with allow_lossy_tokenization (CLI: --allow-lossy-tokenization)")
-            log.warning("lossy tokenization accepted: %s", problem)
-            warnings.append(f"lossy tokenization: {problem}")
-        ids, n_prompt = encode_example(tokenizer, ex, prepend_bos=prepend_bos)
+        texts = [ex.prompt + ex.answer] if chat is None else [
+            chat.prompt_text(tokenizer, ex.prompt), ex.answer]
+        for text in texts:
+            check = check_tokenization(tokenizer, text)
+            if check.kind == "normalised":
+                normalised.append(check.message)
+            elif check.kind == "lossy":
+                if not allow_lossy:
+                    raise TaskError(
+                        f"{check.message}. Remove or replace those characters, or accept the "
+                        "loss with allow_lossy_tokenization (CLI: --allow-lossy-tokenization)")
+                log.warning("lossy tokenization accepted: %s", check.message)
+                warnings.append({"code": "lossy_tokenization",
+                                 "message": f"lossy tokenization: {check.message}"})
+        ids, n_prompt = encode_example(tokenizer, ex, prepend_bos=prepend_bos, chat=chat)
         rows.append(ids)
         starts.append(n_prompt)
+    if normalised:
+        more = f" (and in {len(normalised) - 1} more examples)" if len(normalised) > 1 else ""
+        warnings.append({"code": "unicode_normalised", "message": normalised[0] + more})
+    double = _double_bos(tokenizer, rows, chat is not None)
+    if double:
+        warnings.append(double)
     pad = pad_id if pad_id is not None else (getattr(tokenizer, "pad_token_id", None) or 0)
     width = max(map(len, rows))
     tokens = torch.full((len(rows), width), pad, dtype=torch.long)
     for b, ids in enumerate(rows):
         tokens[b, : len(ids)] = torch.tensor(ids)
-    # decode token by token: readable labels ("Ġthe" becomes " the") for maps and dashboards
-    str_tokens = [[tokenizer.decode([i]) for i in ids] for ids in rows]
+    # token by token: readable labels ("Ġthe" becomes " the") for maps and dashboards
+    str_tokens = [[decode_ids(tokenizer, [i]) for i in ids] for ids in rows]
     return Batch(
         tokens.to(device),
         torch.tensor([len(r) for r in rows]),
@@ -151,6 +160,31 @@ def encode_batch(
         list(examples),
         warnings,
     )
+
+
+def bos_read(tokenizer: Any, batch: Batch) -> bool:
+    """Whether the model reads the tokenizer's BOS token at position 0 (of every example)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return bos is not None and batch.size > 0 and bool((batch.tokens[:, 0] == bos).all())
+
+
+def _double_bos(tokenizer: Any, rows: Sequence[Sequence[int]], chat: bool) -> dict[str, str] | None:
+    """A ``double_bos`` warning when examples start with the BOS twice (the prompt text begins
+    with the BOS string and the tokenizer or the chat template writes one too)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    twice = [b for b, ids in enumerate(rows) if len(ids) > 1 and ids[0] == ids[1] == bos]
+    if not twice:
+        return None
+    by = "the chat template" if chat else "the tokenizer"
+    fix = ("remove it from the prompts" if chat else
+           "remove it from the prompts, or use --chat-template (the template writes it once)")
+    message = (f"{len(twice)} of {len(rows)} examples (first: example {twice[0]}) are read with "
+               f"the BOS token {tokenizer.bos_token!r} twice: their prompt text begins with it "
+               f"and {by} adds it too; {fix}")
+    log.warning(message)
+    return {"code": "double_bos", "message": message}
 
 
 #: what a measurement function accepts as its prompts: a Batch, a string, a list of strings or
@@ -166,9 +200,9 @@ def as_batch(model: Any, inputs: Any, *, what: str = "the measurement") -> Batch
     """``inputs`` as a :class:`Batch` for ``model``: the one coercion every measurement function
     applies, so ``logit_lens(model, "12+34=")`` works as well as a batch.
 
-    Strings are prompts without answers (a BOS token is prepended, as :func:`encode_batch`
-    does); Examples keep their answers; a token tensor is read as given (every row its full
-    width, no answer). Anything else is a :class:`ConfigError` saying what is accepted.
+    Strings are prompts without answers (with the tokenizer's own special tokens, as
+    :func:`encode_batch` reads them); Examples keep their answers; a token tensor is read as
+    given (every row its full width, no answer). Anything else is a :class:`ConfigError` saying what is accepted.
     """
     if isinstance(inputs, Batch):
         return inputs

@@ -21,11 +21,7 @@ import torch
 from ..errors import TaskError
 from ..tasks.base import Example
 
-__all__ = ["encode_example", "prompt_token_count", "decode_ids", "exact_match", "accuracy_by_difficulty", "forward_fn"]
-
-
-def _bos_id(tokenizer: Any) -> int | None:
-    return getattr(tokenizer, "bos_token_id", None)
+__all__ = ["encode_example", "prompt_token_count", "special_prefix", "decode_ids", "exact_match", "accuracy_by_difficulty", "forward_fn"]
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -33,7 +29,14 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
 
 
 def decode_ids(tokenizer: Any, ids: Sequence[int]) -> str:
-    """The text of ``ids`` exactly as the tokenizer spells it (no space clean-up)."""
+    """The text of ``ids`` exactly as the tokenizer spells it: rebuilt token by token from its
+    vocabulary (:func:`~effective_depth.models.token_text.rebuild_text`), so a tokenizer saved
+    without a decoder does not gain spaces; ``decode`` only for vocabularies not known there."""
+    from .token_text import rebuild_text
+
+    text = rebuild_text(tokenizer, ids)
+    if text is not None:
+        return text
     return tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
 
 
@@ -58,27 +61,50 @@ def prompt_token_count(tokenizer: Any, full_ids: Sequence[int], prompt: str) -> 
     return k
 
 
-def encode_example(tokenizer: Any, example: Example, prepend_bos: bool = True) -> tuple[list[int], int]:
+def special_prefix(tokenizer: Any, text: str, body: Sequence[int]) -> list[int]:
+    """The special tokens the tokenizer itself puts in front of ``text`` (its BOS, when its
+    post-processor or ``add_bos_token`` adds one; nothing for Qwen, GPT-2 or SmolLM2):
+    ``tokenizer(text)`` is ``prefix + body (+ any trailing specials, which are not read)``."""
+    full = list(tokenizer(text)["input_ids"])
+    n = len(body)
+    for k in range(len(full) - n + 1):
+        if full[k : k + n] == list(body):
+            return full[:k]
+    raise TaskError(
+        f"the tokenizer's tokenization of {text[:60]!r} with special tokens does not contain "
+        "its tokenization without them; the toolkit cannot tell which ids are special tokens"
+    )
+
+
+def encode_example(tokenizer: Any, example: Example, prepend_bos: bool = True,
+                   chat: Any = None) -> tuple[list[int], int]:
     """Token ids of ``prompt + answer`` and how many of them belong to the prompt.
 
-    The rule (``docs/methods.md``, "Tokens"): the model reads the tokenizer's own tokenization of
-    the whole text ``prompt + answer`` — exactly the ids a Hugging Face model reads for it — with
-    the tokenizer's BOS token in front when it has one (and ``prepend_bos``). The prompt is the
+    The rule (``docs/methods.md``, "Tokens"): the model reads the tokenizer's own tokenization
+    ``tokenizer(prompt + answer)`` — exactly the ids a Hugging Face model reads for it: a BOS in
+    front when (and only when) the tokenizer itself adds one, whatever its post-processor or
+    ``add_bos_token`` does (``prepend_bos=False``: no special tokens at all). The prompt is the
     longest run of leading tokens whose text is a prefix of the prompt
     (:func:`prompt_token_count`); the answer tokens are the rest, so a token merged across the
     boundary belongs to the answer, and the answer may be several tokens.
+
+    With ``chat`` (a :class:`~effective_depth.models.chat.ChatFormat`) the prompt ids are the
+    chat template's (``apply_chat_template``, generation prompt included; it writes its own
+    BOS) and the answer ids, ``tokenizer(answer, add_special_tokens=False)``, follow them.
     """
-    full_ids = _ids(tokenizer, example.prompt + example.answer)
+    if chat is not None:
+        prompt_ids = chat.prompt_ids(tokenizer, example.prompt)
+        return prompt_ids + _ids(tokenizer, example.answer), len(prompt_ids)
+    text = example.prompt + example.answer
+    full_ids = _ids(tokenizer, text)
     n_prompt = prompt_token_count(tokenizer, full_ids, example.prompt)
-    bos = _bos_id(tokenizer) if prepend_bos else None
-    if bos is not None:
-        return [bos, *full_ids], n_prompt + 1
-    if n_prompt == 0:
+    prefix = special_prefix(tokenizer, text, full_ids) if prepend_bos else []
+    if n_prompt == 0 and not prefix:
         raise TaskError(
             f"prompt {example.prompt!r} has no token of its own (its text merges into the "
             f"answer's first token and the tokenizer adds no BOS): no position predicts the answer"
         )
-    return full_ids, n_prompt
+    return [*prefix, *full_ids], n_prompt + len(prefix)
 
 
 def forward_fn(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:

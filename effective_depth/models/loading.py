@@ -17,11 +17,12 @@ config converter decides the architecture from the *path string* when it contain
 neutral name whose files are links to the real ones, and a config.json with small compatibility
 fixes (GPT-2 configs saved by recent ``transformers`` lack ``n_ctx``).
 
-Tokens: the loaded model reads exactly the tokens the checkpoint's own tokenizer produces. A
-tokenizer that defines a BOS token (Llama, DeepSeek-R1-Distill, GPT-2's ``<|endoftext|>``, the
-zoo's ``<bos>``) gets it prepended; one that has none (Qwen2.5) gets nothing prepended —
-TransformerLens's habit of substituting the EOS token for a missing BOS is undone here, so a Qwen
-prompt never gains a leading ``<|endoftext|>`` that the Hugging Face model never sees. A
+Tokens: the loaded model's ``tokenizer`` is the checkpoint's own, as transformers loads it, so
+the model reads exactly ``tokenizer(text)``: a BOS when that tokenizer adds one (Llama,
+DeepSeek-R1-Distill, Gemma, the zoo's ``<bos>``) and none when it does not (Qwen2.5, GPT-2,
+SmolLM2, even though the last two *name* a BOS). TransformerLens's own tokenizer (rebuilt with
+``add_bos_token=True``, an EOS substituted for a missing BOS) is replaced here, so a prompt
+never gains a leading token that the Hugging Face model never sees. A
 tokenizer saved as a plain ``PreTrainedTokenizerFast`` is loaded as that class, not re-wrapped as
 the architecture's default tokenizer class (which for Qwen2 replaces the saved pre-tokenizer).
 
@@ -354,40 +355,54 @@ def _load_tokenizer(path: Path, trust_remote_code: bool) -> Any:
         return None
 
 
-def _own_bos_token(source: str, trust_remote_code: bool) -> tuple[bool, str | None]:
-    """``(known, bos_token)`` of the tokenizer at ``source`` as saved, before TransformerLens
-    touched it; ``known`` is False when it cannot be read again."""
+def _own_tokenizer(source: str, trust_remote_code: bool) -> Any:
+    """The tokenizer at ``source`` as transformers loads it, before TransformerLens touched it
+    (None when it cannot be read again)."""
     path = Path(source)
     if path.is_dir():
-        fresh = _load_tokenizer(path, trust_remote_code)
-        return (fresh is not None), getattr(fresh, "bos_token", None)
+        return _load_tokenizer(path, trust_remote_code)
     from transformers import AutoTokenizer
 
     try:
-        fresh = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception:  # noqa: BLE001 - no second copy: leave the tokenizer as loaded
-        return False, None
-    return True, fresh.bos_token
+        return None
 
 
 def _keep_own_bos(model: Any, source: str, trust_remote_code: bool) -> None:
-    """Undo TransformerLens's EOS-for-BOS substitution on tokenizers that have no BOS.
+    """Give the model the checkpoint's own tokenizer, so it reads what ``tokenizer(text)``
+    gives: a BOS exactly when that tokenizer adds one.
 
-    TransformerLens sets ``tokenizer.bos_token = eos_token`` when a tokenizer has none, so every
-    prompt would gain a leading ``<|endoftext|>``; the checkpoint's own model never reads one.
+    TransformerLens replaces the tokenizer by one built with ``add_bos_token=True`` (GPT-2 and
+    SmolLM2 name a BOS they never add) and sets ``bos_token = eos_token`` when a tokenizer has
+    none (Qwen), so prompts would gain a leading token the Hugging Face model never reads.
     """
     tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None or tokenizer.bos_token is None:
+    if tokenizer is None:
         return
-    own = getattr(model, "_effective_depth_own_bos", None)
-    known = own is not None
-    if not known:
-        known, bos = _own_bos_token(source, trust_remote_code)
-        own = (bos,)
-    if known and own[0] is None:
-        tokenizer.bos_token = None
-        if hasattr(model.cfg, "default_prepend_bos"):
-            model.cfg.default_prepend_bos = False
+    own = getattr(model, "_effective_depth_own_tokenizer", None)
+    if own is None:
+        own = _own_tokenizer(source, trust_remote_code)
+    if own is None:  # cannot read it again: at least undo the EOS-for-BOS substitution
+        if tokenizer.bos_token is not None and tokenizer.bos_token == tokenizer.eos_token:
+            log.warning("could not reload the tokenizer of %s; its BOS may not be its own", source)
+        return
+    if own is not tokenizer:
+        own.padding_side = "right"
+        if own.pad_token is None and tokenizer.pad_token is not None:
+            own.pad_token = tokenizer.pad_token  # TransformerLens pads batches of text with it
+        if isinstance(getattr(type(model), "tokenizer", None), property) and hasattr(
+                model, "_tokenizer"):
+            # TransformerBridge's setter would wrap it with add_bos_token=True again and
+            # resize d_vocab to the tokenizer's: keep the model's, take the tokenizer as it is
+            model._tokenizer = own
+        else:
+            model.tokenizer = own
+    prepends = len(own.encode("")) > 0
+    model.cfg.tokenizer_prepends_bos = prepends
+    if hasattr(model.cfg, "default_prepend_bos"):
+        # TransformerLens's to_tokens then agrees with tokenizer(text)
+        model.cfg.default_prepend_bos = prepends
 
 
 def _load_hf_model(path: Path, dtype: torch.dtype, trust_remote_code: bool,
@@ -473,14 +488,14 @@ def _load_local_hooked(
             ) from exc
     cfg.model_name = path.name
     cfg.tokenizer_name = str(path) if tokenizer is not None else None
-    own_bos = getattr(tokenizer, "bos_token", None)
+    own_bos = tokenizer.bos_token if tokenizer is not None else None
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     if tokenizer is not None:
-        # TransformerLens may reload the tokenizer through AutoTokenizer (another class):
-        # keep the checkpoint's own, and remember its BOS before TransformerLens changed it
-        model.tokenizer = tokenizer
-        model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
-        model._effective_depth_own_bos = (own_bos,)
+        # TransformerLens may reload the tokenizer through AutoTokenizer (another class) and
+        # set an EOS as its BOS: keep the checkpoint's own (_keep_own_bos installs it)
+        if tokenizer.bos_token != own_bos:
+            tokenizer.bos_token = own_bos
+        model._effective_depth_own_tokenizer = tokenizer
     model.load_and_process_state_dict(state_dict, **processing)
     model.move_model_modules_to_device()
     model.effective_depth_params = hf_parameter_counts(hf_model)

@@ -1,7 +1,8 @@
 """The zoo's character-level tokenizer: one token per character of a small, fixed alphabet.
 
-Built in code as a real ``PreTrainedTokenizerFast`` (a WordLevel model over single characters),
-so zoo checkpoints save and load their tokenizer exactly like any Hugging Face model. Characters
+Built in code as a real ``PreTrainedTokenizerFast`` (a WordLevel model over single characters)
+whose post-processor puts ``<bos>`` in front, as the zoo models were trained, so zoo checkpoints
+save and load their tokenizer exactly like any Hugging Face model. Characters
 outside the alphabet are refused with a clear error rather than silently mapped to ``<unk>``:
 a model that never saw a character cannot say anything meaningful about it.
 """
@@ -20,7 +21,7 @@ ALPHABET = "0123456789+-*=;,.() "
 
 
 def build_char_tokenizer(alphabet: str = ALPHABET) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     if len(set(alphabet)) != len(alphabet):
@@ -32,6 +33,10 @@ def build_char_tokenizer(alphabet: str = ALPHABET) -> Any:
     # Split between every pair of characters, keeping each one as its own token.
     backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     backend.decoder = decoders.Fuse()
+    # the zoo models are trained with <bos> at position 0: the tokenizer adds it itself, so
+    # tokenizer(text) is what the model reads (the toolkit follows the tokenizer's own rule)
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", vocab["<bos>"])])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<bos>",

@@ -120,6 +120,8 @@ class Task:
 
     ``get_task(name, **params)`` returns an instance whose ``params`` attribute holds the
     validated values; ``examples(n)`` returns the first ``n`` examples (all when ``n`` is None).
+    After ``examples``, ``warnings`` holds ``{"code", "message"}`` of what the build had to
+    drop (source rows it could not use: ``rows_skipped``); a study stores and prints them.
     """
 
     name: ClassVar[str]
@@ -142,6 +144,7 @@ class Task:
             k: spec.coerce(self.name, k, values.get(k, spec.default))
             for k, spec in self.params.items()
         }
+        self.warnings: list[dict[str, str]] = []
         self.validate()
 
     def validate(self) -> None:
@@ -158,6 +161,7 @@ class Task:
         return None if self.difficulty_param is None else self.values[self.difficulty_param]
 
     def examples(self, n: int | None = None) -> list[Example]:
+        self.warnings = []
         out = self.build(n)
         return out if n is None else out[:n]
 

@@ -24,6 +24,7 @@ import os
 import random
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import TaskError
@@ -38,6 +39,7 @@ __all__ = [
     "last_boxed",
     "parse_gsm8k_answer",
     "load_rows",
+    "Unusable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -203,8 +205,20 @@ def load_rows(
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Unusable:
+    """What :meth:`_DatasetTask.convert` returns for a row it cannot use (as opposed to None,
+    a row the task's own filters leave out): ``reason`` completes "N of M ROWS rows ..."."""
+
+    reason: str
+
+
 class _DatasetTask(Task):
-    """Shared build loop: load, shuffle with a private RNG, convert until ``n`` examples."""
+    """Shared build loop: load, shuffle with a private RNG, convert until ``n`` examples.
+
+    Every row of the data set is converted, so that rows it cannot use (``Unusable``) are
+    counted over the whole set and reported as a ``rows_skipped`` warning per reason.
+    """
 
     hub_path: ClassVar[str]
     required_columns: ClassVar[tuple[str | tuple[str, ...], ...]]
@@ -214,8 +228,12 @@ class _DatasetTask(Task):
     def hub_configs(self) -> list[str | None]:
         return [None]
 
-    def convert(self, row: dict[str, Any], index: int) -> Example | None:
-        """The example of one row, or None when the row is unusable or filtered out."""
+    #: how the rows are named in the rows_skipped warning
+    rows_name: ClassVar[str] = "rows"
+
+    def convert(self, row: dict[str, Any], index: int) -> Example | Unusable | None:
+        """The example of one row; :class:`Unusable` (with the reason) when the row cannot be
+        used; None when the task's filters (level, hops, subject) leave it out."""
         raise NotImplementedError
 
     def filters(self) -> str:
@@ -236,23 +254,23 @@ class _DatasetTask(Task):
         # Seeded with the task name too, so two tasks with seed=0 do not share one permutation.
         random.Random(f"{self.name}:{self.seed}").shuffle(order)
         out: list[Example] = []
-        skipped = 0
+        unusable: dict[str, int] = {}
         for i in order:
-            if n is not None and len(out) >= n:
-                break
             ex = self.convert(rows[i], i)
-            if ex is None:
-                skipped += 1
-            else:
+            if isinstance(ex, Unusable):
+                unusable[ex.reason] = unusable.get(ex.reason, 0) + 1
+            elif ex is not None and (n is None or len(out) < n):
                 out.append(ex)
+        for reason, count in unusable.items():
+            message = f"{count} of {len(rows)} {self.rows_name} {reason}: skipped"
+            logger.warning("%s: %s", self.name, message)
+            self.warnings.append({"code": "rows_skipped", "message": message})
         if not out and n != 0:
             source = self.data_files or f"{self.hub_path} ({self.split})"
             why = f" matching {self.filters()}" if self.filters() else ""
             raise TaskError(
                 f"task {self.name!r}: no usable rows{why} in {source} ({len(rows)} rows read)"
             )
-        if skipped:
-            logger.debug("%s: skipped %d rows (filtered out or unusable)", self.name, skipped)
         return out
 
 
@@ -293,15 +311,18 @@ class GSM8KTask(_DatasetTask):
     hub_path = "openai/gsm8k"
     required_columns = ("question", "answer")
     example_file = "gsm8k_test.jsonl"
+    rows_name = "GSM8K rows"
 
     def hub_configs(self) -> list[str | None]:
         return ["main"]
 
-    def convert(self, row: dict[str, Any], index: int) -> Example | None:
+    def convert(self, row: dict[str, Any], index: int) -> Example | Unusable | None:
         parsed = parse_gsm8k_answer(str(row["answer"] or ""))
         question = str(row["question"] or "").strip()
-        if parsed is None or not question:
-            return None
+        if parsed is None:
+            return Unusable("have no '#### answer'")
+        if not question:
+            return Unusable("have an empty question")
         reasoning, final = parsed
         answer = (reasoning + "\n" if reasoning else "") + f"The final answer is {final}"
         return Example(
@@ -359,25 +380,26 @@ class HellaSwagTask(_DatasetTask):
     hub_path = "Rowan/hellaswag"
     required_columns = (("ctx", "ctx_a"), "endings", "label")
     example_file = "hellaswag_val.jsonl"
+    rows_name = "HellaSwag rows"
 
-    def convert(self, row: dict[str, Any], index: int) -> Example | None:
+    def convert(self, row: dict[str, Any], index: int) -> Example | Unusable | None:
         label = row.get("label")
         endings = row.get("endings") or []
         if label is None or str(label).strip() == "":
-            return None
+            return Unusable("have no label (the test split is unlabelled: use validation)")
         try:
             gold = int(label)
         except (TypeError, ValueError):
-            return None
+            return Unusable("have a label that is not an integer")
         if not 0 <= gold < len(endings):
-            return None
+            return Unusable("have a label outside their endings")
         context = row.get("ctx")
         if not context:
             parts = [str(row.get("ctx_a") or "").strip(), str(row.get("ctx_b") or "").strip()]
             context = " ".join(p for p in parts if p)
         context = str(context).strip()
         if not context:
-            return None
+            return Unusable("have an empty context")
         return Example(
             context,
             " " + str(endings[gold]).strip(),
@@ -415,14 +437,15 @@ class AIME24Task(_DatasetTask):
     hub_path = "HuggingFaceH4/aime_2024"
     required_columns = ("problem", "answer")
     example_file = "aime_2024.jsonl"
+    rows_name = "AIME rows"
 
-    def convert(self, row: dict[str, Any], index: int) -> Example | None:
+    def convert(self, row: dict[str, Any], index: int) -> Example | Unusable | None:
         problem = str(row["problem"] or "").strip()
-        if not problem or row["answer"] is None:
-            return None
-        answer = str(row["answer"]).strip()
+        if not problem:
+            return Unusable("have an empty problem")
+        answer = "" if row["answer"] is None else str(row["answer"]).strip()
         if not answer:
-            return None
+            return Unusable("have no answer")
         meta: dict[str, Any] = {
             "difficulty": None,
             "final": answer,
@@ -526,6 +549,7 @@ class MATHTask(_DatasetTask):
     hub_path = "EleutherAI/hendrycks_math"
     required_columns = ("problem", "level", "solution")
     example_file = "math_test.jsonl"
+    rows_name = "MATH rows"
 
     def hub_configs(self) -> list[str | None]:
         return [self.subject] if self.subject else list(MATH_SUBJECTS)
@@ -534,9 +558,11 @@ class MATHTask(_DatasetTask):
         parts = [f"{k}={self.values[k]!r}" for k in ("level", "subject") if self.values[k]]
         return " and ".join(parts)
 
-    def convert(self, row: dict[str, Any], index: int) -> Example | None:
+    def convert(self, row: dict[str, Any], index: int) -> Example | Unusable | None:
         level = _math_level(row["level"])
-        if level is None or (self.level is not None and level != self.level):
+        if level is None:
+            return Unusable("have no level 1-5 (e.g. 'Level ?')")
+        if self.level is not None and level != self.level:
             return None
         subject = _math_subject(row.get("type"))
         # Hub rows already come from the chosen config; local files need the filter here.
@@ -545,7 +571,7 @@ class MATHTask(_DatasetTask):
         problem = str(row["problem"] or "").strip()
         solution = str(row["solution"] or "").strip()
         if not problem or not solution:
-            return None
+            return Unusable("have an empty problem or solution")
         return Example(
             f"Problem: {problem}\nSolution: ",
             solution,
@@ -604,17 +630,22 @@ class MQuAKETask(_DatasetTask):
     hub_path = "henryzhongsc/MQuAKE-Remastered"
     required_columns = ("questions", "answer", ("single_hops", "orig", "orig_triples"))
     example_file = "MQuAKE-CF-3k.json"
+    rows_name = "MQuAKE cases"
 
     def filters(self) -> str:
         return "" if self.hops is None else f"hops={self.hops}"
 
-    def convert(self, row: dict[str, Any], index: int) -> Example | None:
+    def convert(self, row: dict[str, Any], index: int) -> Example | Unusable | None:
         hops = _mquake_hops(row)
-        if hops is None or (self.hops is not None and hops != self.hops):
+        if hops is None:
+            return Unusable("have no hop list (single_hops or orig triples)")
+        if self.hops is not None and hops != self.hops:
             return None
         questions = row.get("questions") or []
-        if len(questions) <= self.question or row.get("answer") in (None, ""):
-            return None
+        if len(questions) <= self.question:
+            return Unusable(f"have no question {self.question} (parameter question)")
+        if row.get("answer") in (None, ""):
+            return Unusable("have no answer")
         question = str(questions[self.question]).strip()
         answer = str(row["answer"]).strip()
         return Example(

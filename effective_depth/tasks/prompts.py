@@ -5,6 +5,9 @@ Two formats, chosen by the file's extension:
 * plain text (any extension but ``.jsonl``/``.ndjson``/``.json``): one prompt per non-empty
   line, answer ``""``. A line's trailing spaces are kept, since ``"Answer: "`` and
   ``"Answer:"`` tokenize differently.
+
+Lines end at ``\n`` (``\r\n`` accepted), as JSON Lines defines them: U+2028, U+0085 and the
+other characters ``str.splitlines`` would break at stay inside their line.
 * JSON Lines (``.jsonl``/``.ndjson``, or ``.json`` holding either JSON Lines or one JSON list):
   one object per record, ``{"prompt": ..., "answer": ..., "difficulty": ...}``; ``answer`` and
   ``difficulty`` are optional and any other keys are copied into ``meta``.
@@ -53,9 +56,19 @@ def _record_example(path: str, where: str, record: Any, source_id: int) -> Examp
     return Example(record["prompt"], str(answer), meta)
 
 
+def _lines(text: str) -> list[str]:
+    """Lines as JSON Lines defines them: split on ``\n`` only (a ``\r`` before it dropped),
+    never on U+2028, U+0085 or the other breaks ``str.splitlines`` knows, which JSON strings
+    (``json.dumps(..., ensure_ascii=False)``) and prompts may hold."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def _read_text(path: str, text: str) -> list[Example]:
     out = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_lines(text), start=1):
         if line.strip():
             out.append(Example(line, "", {"difficulty": None, "source_id": number}))
     return out
@@ -74,7 +87,7 @@ def _read_json(path: str, text: str) -> list[Example]:
             _record_example(path, f"item {i}", record, i) for i, record in enumerate(records, 1)
         ]
     out = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         try:
