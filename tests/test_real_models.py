@@ -41,6 +41,8 @@ PROMPTS = [
     Example("1 + 1 = 2\n5 + 2 = 7\n3 + 4 = 7\n2 + 6 =", " 8"),
     Example("4 + 1 = 5\n2 + 2 = 4\n6 + 3 = 9\n1 + 3 =", " 4"),
 ]
+#: erasure and integrated gradients compare the backends on this one (a few tokens)
+SHORT = Example("3 + 4 =", " 7")
 #: the one cut of the skip-effect comparison (positions [1, CUT) skipped, [CUT, T) measured)
 CUT = 12
 #: each backend's log-probabilities against Hugging Face's (float32 on CPU): measured 2e-5
@@ -75,6 +77,21 @@ def real(request):
     batch = encode_batch(hooked.tokenizer, PROMPTS)
     yield name, hf, hooked, bridge, batch
     del hf, hooked, bridge
+
+
+@pytest.fixture(scope="module")
+def measured(real):
+    """Each backend's contributions and logit lens on the 3 prompts and skip effects on prompt 0,
+    computed once (the comparisons with Hugging Face and between backends share them)."""
+    name, hf, hooked, bridge, batch = real
+    out = {}
+    for backend, model in (("hooked", hooked), ("bridge", bridge)):
+        out[backend] = {
+            "contributions": contributions(model, batch),
+            "logit_lens": logit_lens(model, batch, k=5),
+            "skip_effects": skip_effects(model, batch.select([0]), mode="future", cuts=[[CUT]]),
+        }
+    return out
 
 
 def _ids(batch, b):
@@ -124,15 +141,15 @@ def test_greedy_answers_few_shot_additions(real):
     assert right == len(PROMPTS), f"{name}: {right}/{len(PROMPTS)} greedy answers right"
 
 
-def test_contributions_equal_the_hf_reference(real):
+def test_contributions_equal_the_hf_reference(real, measured):
     name, hf, hooked, bridge, batch = real
-    for model in (hooked, bridge):
-        got = contributions(model, batch)
-        for b in range(batch.size):
-            want, _ = reference.hf_contributions(hf, _ids(batch, b))
+    for b in range(batch.size):
+        want, _ = reference.hf_contributions(hf, _ids(batch, b))
+        for backend in ("hooked", "bridge"):
+            got = measured[backend]["contributions"]
             for key, curve in want.items():
                 err = (got.curve(key, [b]) - curve).abs().max().item()
-                assert err <= TOL[name], (name, key, b, err)
+                assert err <= TOL[name], (name, backend, key, b, err)
 
 
 def test_sub_blocks_add_up_to_the_block(real):
@@ -145,50 +162,48 @@ def test_sub_blocks_add_up_to_the_block(real):
         assert (err / h_next.norm(dim=-1)).max().item() <= 1e-5, (name, layer)
 
 
-def test_logit_lens_equals_the_hf_reference(real):
+def test_logit_lens_equals_the_hf_reference(real, measured):
     name, hf, hooked, bridge, batch = real
-    for model in (hooked, bridge):
-        got = logit_lens(model, batch, k=5)
-        for b in range(batch.size):
-            kl, overlap = reference.hf_logit_lens(hf, _ids(batch, b), k=5)
-            curves = got.curves_of([b])
+    for b in range(batch.size):
+        kl, overlap = reference.hf_logit_lens(hf, _ids(batch, b), k=5)
+        for backend in ("hooked", "bridge"):
+            curves = measured[backend]["logit_lens"].curves_of([b])
             assert (curves["kl"] - kl).abs().max().item() <= TOL[name] * max(1.0, kl.abs().max())
             assert (curves["overlap"] - overlap).abs().max().item() <= 1e-6
 
 
-def test_skip_effects_equal_the_hf_reference(real):
+def test_skip_effects_equal_the_hf_reference(real, measured):
     name, hf, hooked, bridge, batch = real
-    b = 0
-    sub = batch.select([b])
-    want_layer, want_out = reference.hf_future_effects(hf, _ids(batch, b), CUT)
-    for model in (hooked, bridge):
-        got = skip_effects(model, sub, mode="future", cuts=[[CUT]])
+    want_layer, want_out = reference.hf_future_effects(hf, _ids(batch, 0), CUT)
+    for backend in ("hooked", "bridge"):
+        got = measured[backend]["skip_effects"]
         assert (got.layer_effect - want_layer).abs().max().item() <= TOL[name]
         assert (got.output_effect - want_out).abs().max().item() <= TOL[name]
     assert want_out.max() > 0.01  # skipping a block changes the output somewhere
 
 
-def test_bridge_equals_hooked_on_every_measurement(real):
+def test_bridge_equals_hooked_on_every_measurement(real, measured):
     name, hf, hooked, bridge, batch = real
     tol = TOL[name]
-    a, b = contributions(hooked, batch), contributions(bridge, batch)
+    a, b = measured["hooked"]["contributions"], measured["bridge"]["contributions"]
     for key in ("rel_attn", "rel_mlp", "rel_block", "cos_attn", "cos_mlp", "cos_resid"):
         assert (a.curve(key) - b.curve(key)).abs().max().item() <= tol, key
-    la, lb = logit_lens(hooked, batch), logit_lens(bridge, batch)
+    assert (a.angular_distance - b.angular_distance).abs().max().item() <= tol
+    la, lb = measured["hooked"]["logit_lens"], measured["bridge"]["logit_lens"]
     assert (la.kl - lb.kl).abs().max().item() <= tol * max(1.0, la.kl.abs().max().item())
     assert (la.overlap - lb.overlap).abs().max().item() <= 1e-6
-    sa = skip_effects(hooked, batch, mode="future", cuts=[[CUT]] * batch.size)
-    sb = skip_effects(bridge, batch, mode="future", cuts=[[CUT]] * batch.size)
+    sa, sb = measured["hooked"]["skip_effects"], measured["bridge"]["skip_effects"]
     assert (sa.layer_effect - sb.layer_effect).abs().max().item() <= tol
     assert (sa.output_effect - sb.output_effect).abs().max().item() <= tol
-    # erasure and integrated gradients on the shortest prompt, with few steps
-    sub = batch.select([2])
+    # erasure and integrated gradients on a one-line prompt (every block x token is a forward)
+    short = encode_batch(hooked.tokenizer, [SHORT])
     mu = mean_residuals(hooked, batch)
-    ea = residual_erasure(hooked, sub, mean_resid=mu)
-    eb = residual_erasure(bridge, sub, mean_resid=mu)
+    ea = residual_erasure(hooked, short, mean_resid=mu)
+    eb = residual_erasure(bridge, short, mean_resid=mu)
     assert (ea.maps[0][:, 1:] - eb.maps[0][:, 1:]).abs().max().item() <= tol
-    ia = integrated_gradients(hooked, sub, n_steps=4)
-    ib = integrated_gradients(bridge, sub, n_steps=4)
+    assert ea.maps[0][:, 1:].max() > 0.01
+    ia = integrated_gradients(hooked, short, n_steps=4)
+    ib = integrated_gradients(bridge, short, n_steps=4)
     scale = ia.maps[0].abs().max().item()
     assert (ia.maps[0] - ib.maps[0]).abs().max().item() <= tol * max(1.0, scale)
 
