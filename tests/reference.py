@@ -215,3 +215,134 @@ def integrated_gradients(model, tokens, answer_start, n_steps=32, block=16, weig
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face-only references (no TransformerLens): the same definitions computed from a plain
+# ``AutoModelForCausalLM`` with forward hooks on its own modules, for the real pretrained models.
+
+#: per model type: the modules whose *outputs* are what attention and the MLP add to the residual
+#: stream. Llama adds the projections' outputs; Gemma 3 normalises them first (its "sandwich"
+#: post-attention / post-feedforward norms), so the residual contribution is the norm's output.
+#: (Llama's module called ``post_attention_layernorm`` is the MLP's *input* norm: not used here.)
+HF_WRITERS = {
+    "llama": ("self_attn", "mlp"),
+    "gemma3_text": ("post_attention_layernorm", "post_feedforward_layernorm"),
+}
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+def hf_run(hf, ids, skip=None):
+    """One forward of the HF model on ``ids`` [1, T]: every residual boundary h_0..h_L (h_L before
+    the final norm), the attention and MLP writes of every block, and the output probabilities.
+
+    ``skip=(s, lo, hi)`` replaces block ``s``'s output by its input at positions [lo, hi)."""
+    layers = hf.model.layers
+    attn_name, mlp_name = HF_WRITERS[hf.config.model_type]
+    store = {"in": [None] * len(layers), "out": [None] * len(layers),
+             "attn": [None] * len(layers), "mlp": [None] * len(layers)}
+    handles = []
+
+    def pre(i):
+        def hook(module, args, kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            store["in"][i] = h.detach().clone()
+        return hook
+
+    def post(i):
+        def hook(module, args, kwargs, output):
+            out = _first(output)
+            if skip is not None and skip[0] == i:
+                out = out.clone()
+                out[:, skip[1]:skip[2]] = store["in"][i][:, skip[1]:skip[2]]
+                store["out"][i] = out.detach().clone()
+                return (out, *output[1:]) if isinstance(output, tuple) else out
+            store["out"][i] = out.detach().clone()
+            return None
+        return hook
+
+    def keep(kind, i):
+        def hook(module, args, output):
+            store[kind][i] = _first(output).detach().clone()
+        return hook
+
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_pre_hook(pre(i), with_kwargs=True))
+        handles.append(layer.register_forward_hook(post(i), with_kwargs=True))
+        handles.append(getattr(layer, attn_name).register_forward_hook(keep("attn", i)))
+        handles.append(getattr(layer, mlp_name).register_forward_hook(keep("mlp", i)))
+    try:
+        with torch.no_grad():
+            logits = hf(ids).logits
+    finally:
+        for h in handles:
+            h.remove()
+    resid = store["in"] + [store["out"][-1]]
+    return {"resid": [r.float() for r in resid], "attn": [a.float() for a in store["attn"]],
+            "mlp": [m.float() for m in store["mlp"]], "probs": torch.softmax(logits.float(), -1)}
+
+
+def hf_lens_log_probs(hf, h):
+    """The logit lens of a residual ``h``: the model's own final norm and unembedding."""
+    with torch.no_grad():
+        return torch.log_softmax(hf.lm_head(hf.model.norm(h.to(hf.lm_head.weight.dtype))).float(), -1)
+
+
+def hf_contributions(hf, ids):
+    """docs/methods.md §1 on one prompt (all positions), from the HF model alone."""
+    run = hf_run(hf, ids)
+    res = {k: [] for k in ("rel_attn", "rel_mlp", "rel_block", "cos_attn", "cos_mlp", "cos_block",
+                           "cos_resid")}
+    cos = torch.nn.functional.cosine_similarity
+    for layer in range(len(run["attn"])):
+        h, h_next = run["resid"][layer][0], run["resid"][layer + 1][0]
+        a, m = run["attn"][layer][0], run["mlp"][layer][0]
+        d = h_next - h
+
+        def rel(x, y):
+            return (x.norm(dim=-1) / y.norm(dim=-1).clamp(min=EPS)).mean().item()
+
+        res["rel_attn"].append(rel(a, h))
+        res["rel_mlp"].append(rel(m, h + a))
+        res["rel_block"].append(rel(d, h))
+        res["cos_attn"].append(cos(a, h, dim=-1, eps=EPS).mean().item())
+        res["cos_mlp"].append(cos(m, h + a, dim=-1, eps=EPS).mean().item())
+        res["cos_block"].append(cos(d, h, dim=-1, eps=EPS).mean().item())
+        res["cos_resid"].append(cos(h_next, h, dim=-1, eps=EPS).mean().item())
+    return {k: torch.tensor(v) for k, v in res.items()}, run
+
+
+def hf_logit_lens(hf, ids, k=5):
+    """KL(lens(h_l) || output) and top-k overlap per block input, means over all positions."""
+    run = hf_run(hf, ids)
+    log_p = hf_lens_log_probs(hf, run["resid"][-1])[0]
+    kls, overlaps = [], []
+    for layer in range(len(run["attn"])):
+        log_q = hf_lens_log_probs(hf, run["resid"][layer])[0]
+        kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+        kls.append(kl.mean().item())
+        tq, tp = log_q.topk(k, -1).indices, log_p.topk(k, -1).indices
+        overlaps.append(sum(len(set(a.tolist()) & set(b.tolist())) / k
+                            for a, b in zip(tq, tp)) / len(tq))
+    return torch.tensor(kls), torch.tensor(overlaps)
+
+
+def hf_future_effects(hf, ids, cut, skip_front=1):
+    """Future skip effects of every block at one cut ``t``: block ``s`` skipped at positions
+    [skip_front, t), effects measured at [t, T) (max over positions) -> ([L, L], [L])."""
+    clean = hf_run(hf, ids)
+    L, T = len(clean["attn"]), ids.shape[1]
+    layer, out = torch.zeros(L, L), torch.zeros(L)
+    sl = slice(cut, T)
+    for s in range(L):
+        new = hf_run(hf, ids, skip=(s, skip_front, cut))
+        for i in range(s + 1, L):
+            d_ref = (clean["resid"][i + 1] - clean["resid"][i])[0, sl]
+            d_new = (new["resid"][i + 1] - new["resid"][i])[0, sl]
+            rel = (d_new - d_ref).norm(dim=-1) / d_ref.norm(dim=-1).clamp(min=EPS)
+            layer[s, i] = rel.max().item()
+        out[s] = (new["probs"][0, sl] - clean["probs"][0, sl]).norm(dim=-1).max().item()
+    return layer, out

@@ -193,3 +193,22 @@ def test_official_name_loads_from_local_cache(tmp_path, monkeypatch):
     with torch.no_grad():
         diff = (tl(TOKENS).log_softmax(-1) - model(TOKENS).logits.log_softmax(-1)).abs().max()
     assert diff <= 1e-4
+
+
+def test_gemma3_of_an_unofficial_shape_is_refused_with_the_differences(tmp_path):
+    """Gemma-3 converts by official config only: a checkpoint of another shape must not be
+    loaded with a look-alike config (it would compute something else)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from effective_depth.models.tokenizer import build_char_tokenizer
+
+    cfg = Gemma3TextConfig(vocab_size=len(build_char_tokenizer()), hidden_size=64,
+                           intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=1, head_dim=16, sliding_window=8,
+                           layer_types=["sliding_attention", "full_attention"])
+    path = tmp_path / "gemma-tiny"
+    Gemma3ForCausalLM(cfg).save_pretrained(path)
+    build_char_tokenizer().save_pretrained(path)
+    with pytest.raises(ModelError, match=r"matches no official TransformerLens config.*"
+                                         r"google/gemma-3-270m: d_model 640 vs 64"):
+        load_model(path, device="cpu")

