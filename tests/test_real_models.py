@@ -110,10 +110,10 @@ def test_both_backends_equal_hugging_face_logits(real):
 
 
 def _prompt_ids(tok, text):
-    """The toolkit's token rule (docs/methods.md, "Tokens"): the tokenizer's own ids of the text,
-    its BOS in front when it defines one (Gemma: <bos>; SmolLM2's tokenizer names <|im_start|>)."""
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    return ([tok.bos_token_id] if tok.bos_token is not None else []) + ids
+    """The toolkit's token rule (docs/methods.md, "Tokens"): exactly the ids the checkpoint's own
+    tokenizer gives for the text (Gemma's adds <bos>; SmolLM2's names <|im_start|> as its BOS but
+    does not add it, so none is read)."""
+    return tok(text)["input_ids"]
 
 
 def test_tokens_follow_the_token_rule(real):
@@ -122,8 +122,8 @@ def test_tokens_follow_the_token_rule(real):
 
     tok = AutoTokenizer.from_pretrained(hooked.effective_depth_source["path"])
     assert _ids(batch, 0)[0].tolist() == _prompt_ids(tok, PROMPTS[0].text)
-    if name == "real/gemma-3-270m":  # what the Gemma tokenizer itself produces
-        assert _ids(batch, 0)[0].tolist() == tok(PROMPTS[0].text)["input_ids"]
+    bos_read = _ids(batch, 0)[0, 0].item() == tok.bos_token_id
+    assert bos_read == (name == "real/gemma-3-270m")
 
 
 def test_greedy_answers_few_shot_additions(real):
