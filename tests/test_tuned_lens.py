@@ -331,7 +331,8 @@ def test_a_study_warns_when_the_tuned_lens_is_worse_than_the_logit_lens(tmp_path
     res = _study(tmp_path, "run")
     heldout = res.results["metrics"]["tuned_lens"]["meta"]["heldout"]
     L = res.results["model"]["n_layers"]
-    assert heldout["unfit"] and heldout["worse_blocks"] == list(range(L))
+    worse = [b for b in range(L) if heldout["tuned_kl"][b] > heldout["logit_kl"][b]]
+    assert heldout["unfit"] and worse and heldout["worse_blocks"] == worse
     found = [w for w in res.results["warnings"] if w["code"] == "tuned_lens_unfit"]
     assert len(found) == 1, res.results["warnings"]
     assert sorted(found[0]["estimators"]) == ["ed_tuned_kl", "ed_tuned_overlap"]
