@@ -75,7 +75,8 @@ class StudyConfig:
     skip_front: int = 1
     include_front: bool = True
     lens_k: int | None = None
-    tuned_lens_steps: int = 250
+    tuned_lens_steps: int | None = None
+    tuned_lens_ridge: float = 0.01
     tuned_lens_examples: int = 1000
     tuned_lens_data: str | None = None
     skip_mode: str = "future"
@@ -132,7 +133,11 @@ class StudyConfig:
             (self.aggregate in ("max", "mean"), f"aggregate must be max or mean, got {self.aggregate!r}"),
             positive("n_cuts"), positive("lens_k"), positive("cut_stride"), positive("map_examples"),
             positive("ig_steps"), positive("n_reference"), positive("batch_size"),
-            positive("tuned_lens_steps"), positive("tuned_lens_examples"),
+            positive("tuned_lens_examples"),
+            (self.tuned_lens_steps is None or self.tuned_lens_steps >= 0,
+             f"tuned_lens_steps must be >= 0 (0: the closed-form fit alone; unset: as many as "
+             f"the fine-tuning budget allows), got {self.tuned_lens_steps}"),
+            (self.tuned_lens_ridge >= 0, f"tuned_lens_ridge must be >= 0, got {self.tuned_lens_ridge}"),
             (self.cut_start is None or self.cut_start > self.skip_front,
              f"cut_start must be > skip_front ({self.skip_front}), got {self.cut_start}"),
             (self.cut_margin is None or self.cut_margin >= 1,
@@ -723,13 +728,15 @@ def _load_or_fit(rd: RunDir, fit: Any, ctx: Any, want: dict[str, Any]) -> Any:
 
 
 def _dedupe(warnings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    seen, out = set(), []
+    kept: dict[tuple[Any, Any], dict[str, Any]] = {}
     for w in warnings:
         key = (w.get("code"), w.get("message"))
-        if key not in seen:
-            seen.add(key)
-            out.append(w)
-    return out
+        if key not in kept:
+            kept[key] = dict(w)
+        elif "estimators" in w:  # one warning about several estimators lists them all
+            names = list(kept[key].get("estimators", []))
+            kept[key]["estimators"] = names + [n for n in w["estimators"] if n not in names]
+    return list(kept.values())
 
 
 def _task_difficulty(task: Any, examples: Sequence[Any]) -> dict[str, Any]:

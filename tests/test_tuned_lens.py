@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
 
 import effective_depth as ed
 from effective_depth.engine import get_adapter
-from effective_depth.engine.batch import encode_batch
+from effective_depth.engine.batch import encode_batch, measured_mask
 from effective_depth.errors import ConfigError
 from effective_depth.metrics.logit_lens import logit_lens
 from effective_depth.metrics.tuned_lens import (
     Translators,
     TunedLens,
+    _Moments,
+    auto_steps,
     fit_translators,
+    heldout_check,
+    least_squares_translators,
     train_tuned_lens,
     tuned_lens,
 )
@@ -52,16 +57,23 @@ def test_translators_recover_an_exact_affine_map_of_the_final_residual(add4l):
     def draw(g):
         return resid[:, torch.randint(resid.shape[1], (1024,), generator=g)]
 
-    fitted = fit_translators(adapter, draw, steps=250, seed=0)
+    # the closed form (no ridge) solves it exactly; KL fine-tuning from the identity gets there too
+    moments = _Moments(L, d, "cpu")
+    moments.add(adapter, resid)
+    closed, losses = least_squares_translators(moments, ridge=0.0)
+    assert losses["fit"] < 1e-6 * losses["anchor"]
+    torch.testing.assert_close(closed.weight, torch.linalg.inv(maps), rtol=0, atol=1e-3)
+    fitted = fit_translators(adapter, draw, steps=250, lr=3e-3, seed=0)
     loss = fitted.info["loss"]
     assert len(loss) == 250 and loss[-1] < loss[0] / 100
     with torch.no_grad():
         log_p = adapter.lens_log_probs(h_final)
         for layer in range(L):
-            tuned = _kl(log_p, adapter.lens_log_probs(fitted(layer, resid[layer]))).mean()
             plain = _kl(log_p, adapter.lens_log_probs(resid[layer])).mean()
             assert plain > 0.05, (layer, plain)  # the map is far from the identity
-            assert tuned < 1e-3 and tuned < plain / 100, (layer, float(tuned), float(plain))
+            for lens in (closed, fitted):
+                tuned = _kl(log_p, adapter.lens_log_probs(lens(layer, resid[layer]))).mean()
+                assert tuned < 1e-3 and tuned < plain / 100, (layer, float(tuned), float(plain))
 
 
 @pytest.mark.parametrize("include_final", [False, True])
@@ -101,18 +113,44 @@ def test_held_out_tuned_kl_is_at_most_the_logit_lens_kl_at_every_layer(add4l):
     test_examples = ed.get_task("addition", digits=3, split="test").examples(60)
     held_out = encode_batch(add4l.tokenizer, test_examples)
     assert not {e.text for e in test_examples} & {e.text for e in train.examples}
+    plain = logit_lens(add4l, held_out, k=1)
+    closed = train_tuned_lens(add4l, train, steps=0, seed=0)  # the closed-form fit alone
     fitted = train_tuned_lens(add4l, train, steps=150, seed=0)
     assert fitted.info["cached_residuals"] and fitted.info["n_train"] == 400
-    plain = logit_lens(add4l, held_out, k=1)
-    tuned = tuned_lens(add4l, held_out, fitted, k=1)
-    assert (tuned.kl <= plain.kl).all(), (tuned.kl.tolist(), plain.kl.tolist())
-    # by a margin, not by rounding: the translators learned something at every block input
-    assert (tuned.kl < 0.9 * plain.kl).all(), (tuned.kl.tolist(), plain.kl.tolist())
+    # a fifth of the prompts set aside for validation, of which enough for 4 x 128 positions read
+    assert fitted.info["n_fit"] == 320 and fitted.info["validation"]["positions"] == 128
+    assert 128 / 12 < fitted.info["validation"]["n_prompts"] <= 80
+    assert closed.info["steps"] == 0 and closed.info["method"] == "least squares"
+    for lens in (closed, fitted):
+        assert lens.info["loss_fell"] and lens.info["identity_layers"] == []
+        tuned = tuned_lens(add4l, held_out, lens, k=1)
+        assert (tuned.kl <= plain.kl).all(), (tuned.kl.tolist(), plain.kl.tolist())
+        # by a margin, not by rounding: the translators learned something at every block input
+        assert (tuned.kl < 0.9 * plain.kl).all(), (tuned.kl.tolist(), plain.kl.tolist())
+    # fine-tuning improves on its start at every block input (validation prompts)
+    val = fitted.info["validation"]
+    assert all(t < s for t, s in zip(val["tuned_kl"], val["least_squares_kl"])), val
+    assert all(s < lg for s, lg in zip(val["least_squares_kl"], val["logit_kl"])), val
     # streaming (a clean pass per step, no residual cache) fits the same objective
     streamed = train_tuned_lens(add4l, train.select(list(range(100))), steps=30, seed=0, budget=0)
-    assert not streamed.info["cached_residuals"] and streamed.info["tokens_per_step"] == 1024
-    assert streamed.info["loss"][-1] < 0.8 * streamed.info["loss"][0]
+    assert not streamed.info["cached_residuals"]
+    assert streamed.info["tokens_per_step"] == min(1024, streamed.info["fit_positions"])
+    assert streamed.info["loss"][-1] < streamed.info["loss"][0]
     assert tuned_lens(add4l, held_out, streamed, k=1).kl.mean() < plain.kl.mean()
+
+
+def test_fine_tuning_stops_when_the_validation_kl_stops_falling(add4l):
+    adapter = get_adapter(add4l)
+    train = encode_batch(add4l.tokenizer, ed.get_task("addition", digits=3, split="train").examples(60))
+    resid = adapter.clean(train.tokens).resid[:, measured_mask(train.lengths, train.width)]
+    # validation on the training positions themselves, a learning rate of 0: nothing improves
+    fitted = fit_translators(adapter, lambda g: resid, steps=200, lr=0.0, validation=resid,
+                             eval_every=5, patience=2)
+    assert fitted.info["stopped"] == "converged" and fitted.info["steps"] == 10
+    torch.testing.assert_close(fitted.weight, Translators.identity(4, adapter.d_model).weight)
+    # the budget: real vocabularies get the closed form alone, the zoo the full 250 steps
+    assert auto_steps(30, 576, 49152, 1024) == 0 and auto_steps(18, 640, 262144, 1024) == 0
+    assert auto_steps(4, adapter.d_model, adapter.d_vocab, 1024) == 250
 
 
 def _study(tmp_path, out, force=True, **kw):
@@ -133,7 +171,15 @@ def test_study_stores_curves_estimates_and_the_cached_lens(tmp_path):
     entry = res.results["metrics"]["tuned_lens"]
     assert len(entry["curves"]["kl"]) == len(entry["curves"]["overlap"]) == L
     lens = entry["meta"]["lens"]
-    assert lens["reused"] is False and lens["steps"] == 15 and lens["data"]["source"] == "task"
+    assert lens["reused"] is False and lens["max_steps"] == 15 and lens["data"]["source"] == "task"
+    assert 1 <= lens["steps"] <= 15 and lens["ridge"] == 0.01
+    # the held-out check: both lenses' KL per block input on the analysed prompts
+    heldout = entry["meta"]["heldout"]
+    assert len(heldout["tuned_kl"]) == len(heldout["logit_kl"]) == L and heldout["n_prompts"] == 6
+    torch.testing.assert_close(torch.tensor(heldout["logit_kl"]),
+                               torch.tensor(res.results["metrics"]["logit_lens"]["curves"]["kl"][:L]),
+                               rtol=0, atol=1e-5)
+    assert heldout["unfit"] == bool(heldout["worse_blocks"])
     assert lens["data"]["params"]["split"] == "train" and lens["data"]["overlap"] == 0
     assert set(lens["fingerprint"]) == {"model", "data", "settings"}
     for name in ("ed_tuned_kl", "ed_tuned_overlap"):
@@ -146,7 +192,7 @@ def test_study_stores_curves_estimates_and_the_cached_lens(tmp_path):
     torch.testing.assert_close(loaded.kl, torch.tensor(entry["curves"]["kl"]))
     # the cache: safetensors + JSON with the loss curve and the fingerprints
     stored = _lens_file(res.path)
-    assert len(stored["info"]["loss"]) == 15 and stored["fingerprint"] == lens["fingerprint"]
+    assert len(stored["info"]["loss"]) == lens["steps"] and stored["fingerprint"] == lens["fingerprint"]
     assert lens["final_loss"] == stored["info"]["loss"][-1]
     raw = (res.path / "fitted" / "tuned_lens.safetensors").read_bytes()
     assert raw[:2] not in (b"\x80\x02", b"\x80\x04", b"PK")
@@ -166,7 +212,7 @@ def test_cached_lens_is_reused_and_retrained_when_a_fingerprint_changes(tmp_path
     # other settings -> retrained
     third = _study(tmp_path, "run", n_examples=5, tuned_lens_steps=10)
     assert third.results["metrics"]["tuned_lens"]["meta"]["lens"]["reused"] is False
-    assert len(_lens_file(third.path)["info"]["loss"]) == 10
+    assert _lens_file(third.path)["info"]["max_steps"] == 10
     # a corrupt cache is retrained, not trusted and not a crash
     w0.write_bytes(b"not a safetensors file")
     fourth = _study(tmp_path, "run", n_examples=5, tuned_lens_steps=10)
@@ -217,8 +263,10 @@ def test_training_data_must_exist_and_be_held_out(tmp_path):
     assert overlap > 0
     warnings = [w for w in res.results["warnings"] if w["code"] == "train_overlap"]
     assert len(warnings) == 1 and f"{overlap} of the 6 analysed examples" in warnings[0]["message"]
-    with pytest.raises(ConfigError, match="tuned_lens_steps must be >= 1"):
-        StudyConfig(tuned_lens_steps=0)
+    with pytest.raises(ConfigError, match="tuned_lens_steps must be >= 0"):
+        StudyConfig(tuned_lens_steps=-1)
+    with pytest.raises(ConfigError, match="tuned_lens_ridge must be >= 0"):
+        StudyConfig(tuned_lens_ridge=-0.1)
 
 
 def test_default_metrics_skip_the_tuned_lens_without_training_data(tmp_path):
@@ -242,3 +290,78 @@ def test_overlap_at_chance_names_the_tuned_estimator():
     assert code == "overlap_at_chance" and message.startswith("ed_tuned_overlap:")
     assert spec.checks(result, 0.3, 1000) == []
     assert get_metric("tuned_lens").fit.name == "tuned_lens"
+
+
+def test_heldout_check_flags_a_worse_lens_or_a_loss_that_did_not_fall():
+    meta = {"n_layers": 3, "n_prompts": 2, "k": 1}
+    plain = TunedLens(torch.tensor([[3.0, 2.0, 1.0, 0.0]] * 2), torch.zeros(2, 4), torch.ones(2),
+                      meta=meta)
+    better = TunedLens(torch.tensor([[2.0, 1.0, 0.5, 0.0]] * 2), torch.zeros(2, 4), torch.ones(2),
+                       meta=meta)
+    worse = TunedLens(torch.tensor([[2.0, 2.5, 0.5, 9.0]] * 2), torch.zeros(2, 4), torch.ones(2),
+                      meta=meta)
+    ok = heldout_check(better, plain, {"loss_fell": True})
+    assert ok["unfit"] is False and ok["worse_blocks"] == [] and ok["tuned_kl"] == [2.0, 1.0, 0.5]
+    assert ok["logit_kl"] == [3.0, 2.0, 1.0]  # block inputs only: h_L's row is not compared
+    bad = heldout_check(worse, plain, {"loss_fell": True})
+    assert bad["unfit"] is True and bad["worse_blocks"] == [1]
+    stalled = heldout_check(better, plain, {"loss_fell": False})
+    assert stalled["unfit"] is True and stalled["worse_blocks"] == []
+    specs = estimator_specs()
+    for check, text in ((bad, "block input(s) 1"), (stalled, "training loss did not fall")):
+        better.meta["heldout"] = check
+        for name in ("ed_tuned_kl", "ed_tuned_overlap"):
+            found = [c for c in specs[name].checks(better, 0.5, 1000) if c[0] == "tuned_lens_unfit"]
+            assert len(found) == 1 and text in found[0][1], found
+    better.meta["heldout"] = ok
+    assert specs["ed_tuned_kl"].checks(better, 0.5, 1000) == []
+
+
+def test_a_study_warns_when_the_tuned_lens_is_worse_than_the_logit_lens(tmp_path, monkeypatch):
+    def scrambled(model, batch, **kw):  # translators that destroy the residual
+        adapter = get_adapter(model)
+        gen = torch.Generator().manual_seed(0)
+        L, d = adapter.n_layers, adapter.d_model
+        return Translators(torch.randn(L, d, d, generator=gen), torch.zeros(L, d),
+                           {"steps": 0, "loss": [], "loss_fell": True})
+
+    # the module, not the function `tuned_lens` that effective_depth.metrics exports by that name
+    monkeypatch.setattr(sys.modules["effective_depth.metrics.tuned_lens"], "train_tuned_lens",
+                        scrambled)
+    res = _study(tmp_path, "run")
+    heldout = res.results["metrics"]["tuned_lens"]["meta"]["heldout"]
+    L = res.results["model"]["n_layers"]
+    worse = [b for b in range(L) if heldout["tuned_kl"][b] > heldout["logit_kl"][b]]
+    assert heldout["unfit"] and worse and heldout["worse_blocks"] == worse
+    found = [w for w in res.results["warnings"] if w["code"] == "tuned_lens_unfit"]
+    assert len(found) == 1, res.results["warnings"]
+    assert sorted(found[0]["estimators"]) == ["ed_tuned_kl", "ed_tuned_overlap"]
+    for name in ("ed_tuned_kl", "ed_tuned_overlap"):
+        assert found[0]["message"] in res.results["depth"][name]["notes"]
+
+
+def test_the_planner_projects_a_bounded_training_on_a_real_vocabulary():
+    from types import SimpleNamespace
+
+    from effective_depth.planner import count_work
+
+    # SmolLM2-135M's shape, 20 analysed prompts of 40 tokens
+    cfg = SimpleNamespace(n_layers=30, d_model=576, n_heads=9, d_head=64, d_vocab=49152, d_mlp=1536)
+    lengths, starts = [40] * 20, [39] * 20
+
+    def work(**options):
+        config = StudyConfig(metrics=("logit_lens", "tuned_lens"), **options)
+        return count_work(cfg, lengths, starts, [[]] * 20, config)
+
+    default = work()
+    lens, plain = default["tuned_lens"], default["logit_lens"]
+    assert "0 fine-tuning steps" in lens.note and "8192 fit positions" in lens.note
+    # training: 8192 fit positions and 512 validation positions through the blocks
+    assert lens.block_tokens == plain.block_tokens + 30 * (8192 + 512)
+    # the lens work beyond measuring: moments and validation KLs, well under the measurement's
+    assert plain.lens_rows < lens.lens_rows < 2 * plain.lens_rows
+    tuned = work(tuned_lens_steps=10)["tuned_lens"]
+    assert tuned.lens_rows - lens.lens_rows >= 3 * 10 * 1024 * 31  # fine-tuning, projected
+    # without the logit lens in the study, the held-out check measures it too
+    alone = count_work(cfg, lengths, starts, [[]] * 20, StudyConfig(metrics=("tuned_lens",)))
+    assert alone["tuned_lens"].block_tokens == lens.block_tokens + plain.block_tokens

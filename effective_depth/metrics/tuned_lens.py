@@ -41,16 +41,32 @@ from .base import check_skip_front
 from .logit_lens import LogitLens, lens_k_of, lens_rule, logit_lens, overlap_at_chance
 
 __all__ = ["TunedLens", "Translators", "tuned_lens", "train_tuned_lens", "fit_translators",
-           "tuned_lens_examples", "FIT_VERSION", "TOKENS_PER_STEP", "LEARNING_RATE"]
+           "least_squares_translators", "lens_kl_by_layer", "auto_steps", "heldout_check",
+           "unfit_message", "tuned_lens_examples", "FIT_VERSION", "TOKENS_PER_STEP",
+           "LEARNING_RATE", "RIDGE", "MAX_FIT_POSITIONS"]
 
 log = logging.getLogger(__name__)
 
 #: bumped whenever the training procedure changes: a cached lens of another version is retrained
-FIT_VERSION = 1
-#: positions (tokens) the translators are fitted on per step
+FIT_VERSION = 2
+#: positions (tokens) per KL fine-tuning step
 TOKENS_PER_STEP = 1024
-#: Adam's learning rate at step 0, decayed linearly to 0 at the last step
-LEARNING_RATE = 3e-3
+#: Adam's learning rate at step 0 of the fine-tuning, decayed linearly to 0 at the last step
+LEARNING_RATE = 1e-3
+#: the closed-form fit's ridge, relative to the mean second moment of the block input
+RIDGE = 1e-2
+#: at most this many training positions enter the closed-form fit (whole prompts, seeded order)
+MAX_FIT_POSITIONS = 8192
+#: share of the training prompts set aside for validation, and at most this many of their positions
+VALIDATION_FRACTION = 0.2
+VALIDATION_POSITIONS = 128
+#: fine-tuning: at most this many steps, and (``tuned_lens_steps`` not given) at most this many
+#: lens multiply-adds in all (:func:`auto_steps`)
+MAX_STEPS = 250
+FINE_TUNE_BUDGET = 2 * 10**11
+#: validation every this many steps; stop after this many evaluations without improvement
+EVAL_EVERY = 10
+PATIENCE = 2
 
 
 @dataclass
@@ -137,42 +153,156 @@ def _lens_summary(info: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- training
+def _weighted_lens_target(adapter: Adapter, h_final: Tensor) -> Tensor:
+    """Per-position weights ``w_t`` of the least-squares fit: ``1 / mean(h_L,t²)`` when the lens is
+    invariant to the scale of its input (a final RMSNorm or LayerNorm: only the direction of
+    ``h_L`` matters to it, so a position of large norm must not dominate the fit), else 1."""
+    x = h_final[: min(8, h_final.shape[0])].float()
+    if x.shape[0] and torch.allclose(adapter.lens_log_probs(x), adapter.lens_log_probs(3 * x),
+                                     atol=1e-3, rtol=0):
+        return 1.0 / h_final.double().pow(2).mean(-1).clamp(min=1e-12)
+    return torch.ones(h_final.shape[0], dtype=torch.float64, device=h_final.device)
+
+
+class _Moments:
+    """Weighted sufficient statistics of the affine fits ``A_l x + b_l ≈ y`` (float64): per layer
+    ``Σ w x̃ x̃ᵀ`` and ``Σ w x̃ yᵀ`` with ``x̃ = [x, 1]``, and ``Σ w ‖y‖²``."""
+
+    def __init__(self, n_layers: int, d: int, device: Any) -> None:
+        self.xx = torch.zeros(n_layers, d + 1, d + 1, dtype=torch.float64, device=device)
+        self.xy = torch.zeros(n_layers, d + 1, d, dtype=torch.float64, device=device)
+        self.yy = torch.zeros((), dtype=torch.float64, device=device)
+        self.n = 0
+
+    def add(self, adapter: Adapter, resid: Float[Tensor, "boundary n d_model"]) -> None:
+        y = resid[-1].double()
+        w = _weighted_lens_target(adapter, resid[-1])
+        ones = torch.ones(y.shape[0], 1, dtype=torch.float64, device=y.device)
+        wy = w[:, None] * y
+        self.yy += (wy * y).sum()
+        for layer in range(self.xx.shape[0]):
+            x = torch.cat([resid[layer].double(), ones], dim=1)
+            self.xx[layer] += (w[:, None] * x).T @ x
+            self.xy[layer] += x.T @ wy
+        self.n += int(y.shape[0])
+
+
+def least_squares_translators(moments: _Moments, ridge: float) -> tuple[Translators, dict[str, Any]]:
+    """The closed-form start: per layer, ``(A_l, b_l)`` minimising
+    ``Σ_t w_t ‖A_l h_l,t + b_l − h_L,t‖² + λ_l ‖A_l − c_l I‖²_F`` — ridge regression of the final
+    residual on the block input, shrunk towards ``c_l I`` (``c_l`` the best scalar multiple of the
+    identity, i.e. the logit lens up to a scale the final norm removes), ``λ_l = ridge ×`` the mean
+    diagonal of ``Σ w x xᵀ``. Solved in float64. Returns the translators and the fit's weighted
+    mean squared errors (of ``c_l I`` and of the fit, mean over layers)."""
+    L, d1, d = moments.xx.shape[0], moments.xx.shape[1], moments.xy.shape[2]
+    weight = torch.empty(L, d, d, dtype=torch.float64)
+    bias = torch.empty(L, d, dtype=torch.float64)
+    penalty = torch.ones(d1, dtype=torch.float64, device=moments.xx.device)
+    penalty[-1] = 0  # the bias is not shrunk
+    eye = torch.eye(d, dtype=torch.float64, device=moments.xx.device)
+    mse_anchor, mse_fit = [], []
+    total = max(float(moments.xx[0, -1, -1]), 1e-300)  # Σ w
+    for layer in range(L):
+        xx, xy = moments.xx[layer], moments.xy[layer]
+        c = float(torch.diagonal(xy[:d]).sum() / torch.diagonal(xx[:d, :d]).sum().clamp(min=1e-300))
+        c = max(c, 1e-6)
+        lam = ridge * float(torch.diagonal(xx[:d, :d]).mean())
+        lam = max(lam, 1e-10 * float(torch.diagonal(xx[:d, :d]).mean()))  # keeps it solvable
+        anchor = torch.cat([c * eye, torch.zeros(1, d, dtype=torch.float64, device=xx.device)])
+        lhs = xx + torch.diag(lam * penalty)
+        rhs = xy + lam * penalty[:, None] * anchor
+        W = torch.linalg.solve(lhs, rhs)  # [d+1, d]: x̃ᵀ W = A x + b
+
+        def mse(m: Tensor, xx: Tensor = xx, xy: Tensor = xy) -> float:
+            return float((torch.einsum("ij,ik,kj->", m, xx, m) - 2 * (m * xy).sum()
+                          + moments.yy) / total)
+
+        mse_anchor.append(mse(anchor))
+        mse_fit.append(mse(W))
+        weight[layer], bias[layer] = W[:d].T.cpu(), W[d].cpu()
+    losses = {"anchor": sum(mse_anchor) / L, "fit": sum(mse_fit) / L}
+    return Translators(weight.float(), bias.float(), {}), losses
+
+
+@torch.no_grad()
+def lens_kl_by_layer(adapter: Adapter, resid: Float[Tensor, "boundary n d_model"],
+                     translators: Translators | None, chunk: int = 64) -> list[float]:
+    """Mean ``KL(lens(t_l(h_l)) ‖ lens(h_L))`` per block input (the curves' direction, §3);
+    without translators, the logit lens's."""
+    L, n = resid.shape[0] - 1, resid.shape[1]
+    sums = [0.0] * L
+    for start in range(0, n, chunk):
+        sl = slice(start, min(start + chunk, n))
+        log_p = adapter.lens_log_probs(resid[-1, sl])
+        for layer in range(L):
+            h = resid[layer, sl]
+            if translators is not None:
+                h = translators(layer, h)
+            log_q = adapter.lens_log_probs(h)
+            sums[layer] += float((log_q.exp() * (log_q - log_p)).sum())
+    return [s / max(n, 1) for s in sums]
+
+
+def auto_steps(n_layers: int, d_model: int, d_vocab: int, positions: int) -> int:
+    """KL fine-tuning steps when ``tuned_lens_steps`` is not given: at most
+    :data:`MAX_STEPS`, and no more than keep the fine-tuning's lens work (forward and backward,
+    ``3 × L × positions × d_model × d_vocab`` multiply-adds a step) within :data:`FINE_TUNE_BUDGET`.
+    Zero for real vocabularies at 1024 positions a step: the closed-form fit alone."""
+    per_step = 3 * n_layers * max(positions, 1) * d_model * d_vocab
+    return int(min(MAX_STEPS, FINE_TUNE_BUDGET // per_step))
+
+
 def fit_translators(
     adapter: Adapter,
     draw: Callable[[torch.Generator], Float[Tensor, "boundary n d_model"]],
     *,
-    steps: int = 250,
+    steps: int = MAX_STEPS,
     lr: float = LEARNING_RATE,
     seed: int = 0,
+    start: Translators | None = None,
+    validation: Float[Tensor, "boundary n d_model"] | None = None,
+    eval_every: int = EVAL_EVERY,
+    patience: int = PATIENCE,
     progress: bool = False,
     budget: int = 64 * 2**20,
 ) -> Translators:
-    """Fit one affine translator per block input to ``min KL(p ‖ lens(A_l h_l + b_l))``.
+    """KL fine-tuning: fit each block input's translator to ``min KL(p ‖ lens(A_l h_l + b_l))``.
 
     ``draw(generator)`` returns one minibatch of residuals ``h_0..h_L`` at ``n`` positions; ``p``
-    is the lens of its ``h_L`` (the model's output). ``A_l = I + W_l`` with ``W_l = 0``,
-    ``b_l = 0`` at the start (the logit lens); Adam, learning rate ``lr`` decayed linearly to 0.
-    The model is frozen. The layers share no parameters, so their losses are summed and
-    backpropagated a group of layers at a time, the group as large as ``budget`` bytes of
+    is the lens of its ``h_L`` (the model's output). The translators start at ``start`` (default
+    the identity: the logit lens); Adam, learning rate ``lr`` decayed linearly to 0 over
+    ``steps``. The model is frozen. The layers share no parameters, so their losses are summed
+    and backpropagated a group of layers at a time, the group as large as ``budget`` bytes of
     ``layers × n × vocab`` log-probabilities allow (one layer at a time for real vocabularies).
     The recorded loss of a step is the mean over layers of the position-mean KL, before that
     step's update.
+
+    With ``validation`` residuals (positions not trained on), every ``eval_every`` steps each
+    layer's validation KL (the curves' direction) is measured; each layer keeps its best
+    translator so far (the start included), and training stops once no layer has improved for
+    ``patience`` evaluations in a row (``info["stopped"]``: ``"converged"`` or ``"max_steps"``).
     """
     if steps < 0:
         raise ConfigError(f"tuned-lens steps must be >= 0, got {steps}")
     L, d = adapter.n_layers, adapter.d_model
     device = adapter.device
-    delta = torch.zeros(L, d, d, device=device, requires_grad=True)
-    bias = torch.zeros(L, d, device=device, requires_grad=True)
-    opt = torch.optim.Adam([delta, bias], lr=lr)
+    init = start if start is not None else Translators.identity(L, d)
+    weight = init.weight.to(device).clone().requires_grad_(True)
+    bias = init.bias.to(device).clone().requires_grad_(True)
+    opt = torch.optim.Adam([weight, bias], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / max(steps, 1))
     gen = torch.Generator().manual_seed(seed)
-    eye = torch.eye(d, device=device)
     losses: list[float] = []
-    start, cpu0 = time.perf_counter(), time.process_time()
-    bar = tqdm(total=steps, desc="tuned lens: training", disable=not progress)
+    best_w, best_b = weight.detach().clone(), bias.detach().clone()
+    best_kl: list[float] | None = None
+    if validation is not None:
+        best_kl = lens_kl_by_layer(adapter, validation, Translators(best_w, best_b))
+    curve = [] if best_kl is None else [round(sum(best_kl) / L, 6)]
+    stale, stopped = 0, "max_steps" if steps else "no_steps"
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    bar = tqdm(total=steps, desc="tuned lens: fine-tuning", disable=not progress)
     with adapter.grad_enabled_inputs():
-        for _ in range(steps):
+        for step in range(steps):
             resid = draw(gen).detach()
             n = resid.shape[1]
             with torch.no_grad():
@@ -184,7 +314,7 @@ def fit_translators(
             for lo in range(0, L, group):
                 layers = slice(lo, min(lo + group, L))
                 h = resid[layers].float()  # [g, n, d]
-                t = torch.baddbmm(bias[layers, None, :], h, (eye + delta[layers]).transpose(1, 2))
+                t = torch.baddbmm(bias[layers, None, :], h, weight[layers].transpose(1, 2))
                 log_q = adapter.lens_log_probs(t.to(resid.dtype))  # [g, n, V]
                 kl = (p * (log_p - log_q)).sum(-1).mean(-1).sum()
                 (kl / L).backward()
@@ -193,21 +323,47 @@ def fit_translators(
             opt.step()
             sched.step()
             bar.update(1)
+            if best_kl is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                now = lens_kl_by_layer(adapter, validation,
+                                       Translators(weight.detach(), bias.detach()))
+                improved = False
+                for layer in range(L):
+                    if now[layer] < best_kl[layer] * (1 - 1e-4):
+                        best_kl[layer] = now[layer]
+                        best_w[layer], best_b[layer] = weight[layer].detach().clone(), bias[layer].detach().clone()
+                        improved = True
+                curve.append(round(sum(now) / L, 6))
+                stale = 0 if improved else stale + 1
+                if stale >= patience:
+                    stopped = "converged"
+                    break
     bar.close()
-    weight = (eye + delta.detach()).cpu()
-    info = {"steps": steps, "lr": lr, "loss": [round(x, 6) for x in losses],
-            "seconds": round(time.perf_counter() - start, 3),
+    if best_kl is None:
+        best_w, best_b = weight.detach(), bias.detach()
+    info = {"steps": len(losses), "max_steps": steps, "lr": lr, "stopped": stopped,
+            "loss": [round(x, 6) for x in losses], "validation_curve": curve,
+            "seconds": round(time.perf_counter() - t0, 3),
             "cpu_seconds": round(time.process_time() - cpu0, 3)}
-    return Translators(weight, bias.detach().cpu(), info)
+    return Translators(best_w.cpu(), best_b.cpu(), info)
+
+
+def _split_rows(n: int, seed: int) -> tuple[list[int], list[int]]:
+    """Training prompts for the fit and for validation (every ``1/VALIDATION_FRACTION``-th of a
+    seeded permutation, at least one when there are two or more prompts)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = 0 if n < 2 else max(1, round(n * VALIDATION_FRACTION))
+    return sorted(order[n_val:]), sorted(order[:n_val])
 
 
 def train_tuned_lens(
     model: Any,
     batch: Batch,
     *,
-    steps: int = 250,
+    steps: int | None = None,
+    ridge: float = RIDGE,
     lr: float = LEARNING_RATE,
     tokens_per_step: int = TOKENS_PER_STEP,
+    max_positions: int = MAX_FIT_POSITIONS,
     skip_front: int = 1,
     include_front: bool = True,
     seed: int = 0,
@@ -215,15 +371,25 @@ def train_tuned_lens(
     progress: bool = False,
     budget: int | None = None,
 ) -> Translators:
-    """Train the translators on the model's own residuals of ``batch`` (training examples), at
+    """Fit the translators on the model's own residuals of ``batch`` (training examples), at
     every position the lens will measure (``skip_front``/``include_front`` as in the measurement).
 
-    Each step fits on ``tokens_per_step`` positions (all of them when there are fewer). When the
-    residuals of every training position fit in ``budget`` bytes (default: the sweep's memory
-    budget, half the free GPU memory or 1 GiB on CPU) one clean pass caches them and each step
-    draws positions without replacement (a fresh permutation per epoch); otherwise each step runs
-    a clean pass on as many prompts, drawn the same way, as make ``tokens_per_step`` positions
-    on average.
+    1. A seeded fifth of the prompts is set aside for validation (at most
+       :data:`VALIDATION_POSITIONS` positions of them); the rest are the fit prompts, taken in a
+       seeded order until :data:`MAX_FIT_POSITIONS` positions (``max_positions``).
+    2. **Closed form**: one clean pass over the fit prompts accumulates the weighted moments, and
+       :func:`least_squares_translators` solves the ridge regression of ``h_L`` on each ``h_l``.
+    3. **Per-layer choice**: a layer whose closed-form translator has a higher validation KL than
+       the identity keeps the identity (``info["identity_layers"]``).
+    4. **KL fine-tuning** (:func:`fit_translators`) from there, at most ``steps`` steps of
+       ``tokens_per_step`` positions (``None``: :func:`auto_steps`), stopped when the validation
+       KL stops falling. The fit residuals stay in memory when they fit in ``budget`` bytes (the
+       sweep's budget by default); otherwise each step runs a clean pass on as many fit prompts
+       as give ``tokens_per_step`` positions on average.
+
+    ``info`` records the validation KL per block input of the logit lens and of the result
+    (``validation``), the closed-form fit's loss (``ls_loss``: weighted MSE of ``c_l I`` and of
+    the fit) and whether the training loss fell (``loss_fell``).
     """
     from ..engine.sweep import default_memory_budget
     from .base import prompt_chunks
@@ -231,53 +397,125 @@ def train_tuned_lens(
     check_skip_front(skip_front)
     if batch.size == 0:
         raise ConfigError("the tuned lens needs at least one training example")
+    if ridge < 0:
+        raise ConfigError(f"tuned_lens_ridge must be >= 0, got {ridge}")
     adapter = get_adapter(model)
+    L, d = adapter.n_layers, adapter.d_model
     mask = measured_mask(batch.lengths, batch.width, skip_front, include_front)
-    n_positions = int(mask.sum())
-    if n_positions == 0:
+    per_prompt = mask.sum(1).tolist()
+    if sum(per_prompt) == 0:
         raise ConfigError(f"the tuned lens's {batch.size} training examples have no measured "
                           f"position (skip_front={skip_front}, include_front={include_front})")
-    budget = default_memory_budget(adapter.device) if budget is None else budget
-    elem = torch.finfo(adapter.dtype).bits // 8
-    cached = (adapter.n_layers + 1) * n_positions * adapter.d_model * elem <= budget
-
-    def permuted(n: int, size: int) -> Callable[[torch.Generator], Tensor]:
-        order = torch.empty(0, dtype=torch.long)
-
-        def take(gen: torch.Generator) -> Tensor:
-            nonlocal order
-            if len(order) < size:
-                order = torch.cat([order, torch.randperm(n, generator=gen)])
-            out, order = order[:size], order[size:]
-            return out
-
-        return take
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    fit_rows, val_rows = _split_rows(batch.size, seed)
+    order = torch.randperm(len(fit_rows), generator=torch.Generator().manual_seed(seed + 1))
+    chosen, n_fit = [], 0
+    for i in order.tolist():
+        if n_fit >= max_positions:
+            break
+        chosen.append(fit_rows[i])
+        n_fit += int(per_prompt[fit_rows[i]])
+    fit_rows = sorted(chosen)
+    fit = batch.select(fit_rows)
+    chosen, n_val = [], 0
+    for i in val_rows:  # enough validation prompts for a spread of VALIDATION_POSITIONS positions
+        if n_val >= 4 * VALIDATION_POSITIONS:
+            break
+        chosen.append(i)
+        n_val += int(per_prompt[i])
+    val_rows = chosen
 
     def residuals(sub: Batch) -> Tensor:
         sub_mask = measured_mask(sub.lengths, sub.width, skip_front, include_front)
         clean = adapter.clean(sub.tokens)
         return clean.resid[:, sub_mask.to(clean.resid.device)]  # [L+1, positions, d_model]
 
-    if cached:
-        store = torch.cat([residuals(sub) for _, sub in prompt_chunks(batch, batch_size)], dim=1)
-        take = permuted(n_positions, min(tokens_per_step, n_positions))
-
-        def draw(gen: torch.Generator) -> Tensor:
-            return store[:, take(gen).to(store.device)]
+    n_steps = auto_steps(L, d, adapter.d_vocab, min(tokens_per_step, n_fit)) if steps is None \
+        else steps
+    budget = default_memory_budget(adapter.device) if budget is None else budget
+    elem = torch.finfo(adapter.dtype).bits // 8
+    keep = n_steps > 0 and (L + 1) * n_fit * d * elem <= budget
+    moments = _Moments(L, d, adapter.device)
+    kept = []
+    bar = tqdm(total=fit.size, desc="tuned lens: least squares", disable=not progress)
+    for rows, sub in prompt_chunks(fit, batch_size):
+        resid = residuals(sub)
+        moments.add(adapter, resid)
+        if keep:
+            kept.append(resid)
+        bar.update(len(rows))
+    bar.close()
+    start, ls_loss = least_squares_translators(moments, ridge)
+    del moments
+    # validation residuals: held-out training prompts, or (one prompt only) the fit ones
+    if val_rows:
+        val = torch.cat([residuals(sub) for _, sub in prompt_chunks(batch.select(val_rows),
+                                                                     batch_size)], dim=1)
     else:
-        per_prompt = n_positions / batch.size
-        size = min(batch.size, max(1, round(tokens_per_step / per_prompt)))
-        take = permuted(batch.size, size)
+        val = residuals(fit)
+    if val.shape[1] > VALIDATION_POSITIONS:
+        pick = torch.randperm(val.shape[1], generator=torch.Generator().manual_seed(seed + 2))
+        val = val[:, pick[:VALIDATION_POSITIONS].sort().values.to(val.device)]
+    logit_kl = lens_kl_by_layer(adapter, val, None)
+    ls_kl = lens_kl_by_layer(adapter, val, start)
+    identity_layers = [layer for layer in range(L) if not ls_kl[layer] < logit_kl[layer]]
+    ident = Translators.identity(L, d)
+    for layer in identity_layers:
+        start.weight[layer], start.bias[layer] = ident.weight[layer], ident.bias[layer]
+        ls_kl[layer] = logit_kl[layer]
+    translators = start
+    tuned = {"info": {"steps": 0, "max_steps": n_steps, "stopped": "no_steps", "loss": [],
+                      "validation_curve": []}}
+    if n_steps > 0:
+        if keep:
+            store = torch.cat(kept, dim=1)
+            take = _permuted(store.shape[1], min(tokens_per_step, store.shape[1]))
 
-        def draw(gen: torch.Generator) -> Tensor:
-            return residuals(batch.select(take(gen).tolist()))
+            def draw(gen: torch.Generator) -> Tensor:
+                return store[:, take(gen).to(store.device)]
+        else:
+            size = min(fit.size, max(1, round(tokens_per_step / max(n_fit / fit.size, 1))))
+            take = _permuted(fit.size, size)
 
-    translators = fit_translators(adapter, draw, steps=steps, lr=lr, seed=seed, progress=progress)
-    translators.info.update({"tokens_per_step": min(tokens_per_step, n_positions),
-                             "n_train": batch.size, "train_positions": n_positions,
-                             "cached_residuals": cached, "skip_front": skip_front,
-                             "include_front": include_front})
+            def draw(gen: torch.Generator) -> Tensor:
+                return residuals(fit.select(take(gen).tolist()))
+
+        translators = fit_translators(adapter, draw, steps=n_steps, lr=lr, seed=seed, start=start,
+                                      validation=val, progress=progress)
+        tuned = {"info": translators.info}
+    kept.clear()
+    final_kl = lens_kl_by_layer(adapter, val, translators) if n_steps > 0 else ls_kl
+    loss = tuned["info"]["loss"]
+    loss_fell = ls_loss["fit"] < ls_loss["anchor"] and (not loss or loss[-1] < loss[0])
+    translators.info = {
+        **tuned["info"], "method": "least squares + KL fine-tuning" if loss else "least squares",
+        "ridge": ridge, "ls_loss": {k: round(v, 6) for k, v in ls_loss.items()},
+        "loss_fell": bool(loss_fell), "identity_layers": identity_layers,
+        "validation": {"n_prompts": len(val_rows), "positions": int(val.shape[1]),
+                       "logit_kl": [round(x, 6) for x in logit_kl],
+                       "least_squares_kl": [round(x, 6) for x in ls_kl],
+                       "tuned_kl": [round(x, 6) for x in final_kl]},
+        "tokens_per_step": min(tokens_per_step, n_fit), "n_train": batch.size,
+        "n_fit": fit.size, "fit_positions": n_fit, "train_positions": int(sum(per_prompt)),
+        "cached_residuals": keep, "skip_front": skip_front, "include_front": include_front,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "cpu_seconds": round(time.process_time() - cpu0, 3),
+    }
     return translators
+
+
+def _permuted(n: int, size: int) -> Callable[[torch.Generator], Tensor]:
+    """Draws of ``size`` indices of ``0..n-1`` without replacement, a fresh permutation per epoch."""
+    order = torch.empty(0, dtype=torch.long)
+
+    def take(gen: torch.Generator) -> Tensor:
+        nonlocal order
+        if len(order) < size:
+            order = torch.cat([order, torch.randperm(n, generator=gen)])
+        out, order = order[:size], order[size:]
+        return out
+
+    return take
 
 
 # ---------------------------------------------------------------------------------- study hooks
@@ -304,24 +542,78 @@ def tuned_lens_examples(task: Any, examples: Sequence[Any], config: Any) -> tupl
 
 
 def _settings(config: Any) -> dict[str, Any]:
-    return {"version": FIT_VERSION, "steps": config.tuned_lens_steps, "lr": LEARNING_RATE,
-            "tokens_per_step": TOKENS_PER_STEP, "seed": config.seed, "skip_front": config.skip_front,
-            "include_front": config.include_front}
+    return {"version": FIT_VERSION, "steps": config.tuned_lens_steps, "ridge": config.tuned_lens_ridge,
+            "lr": LEARNING_RATE, "tokens_per_step": TOKENS_PER_STEP,
+            "max_positions": MAX_FIT_POSITIONS, "seed": config.seed,
+            "skip_front": config.skip_front, "include_front": config.include_front}
 
 
 def _fit(ctx: Any) -> Translators:
     cfg = ctx.config
-    return train_tuned_lens(ctx.model, ctx.train, steps=cfg.tuned_lens_steps, skip_front=cfg.skip_front,
+    return train_tuned_lens(ctx.model, ctx.train, steps=cfg.tuned_lens_steps,
+                            ridge=cfg.tuned_lens_ridge, skip_front=cfg.skip_front,
                             include_front=cfg.include_front, seed=cfg.seed,
                             batch_size=cfg.batch_size, progress=ctx.progress)
 
 
+def heldout_check(tuned: TunedLens, plain: LogitLens, info: dict[str, Any]) -> dict[str, Any]:
+    """The tuned lens against the logit lens on the analysed prompts (never trained on: the study
+    warns with ``train_overlap`` otherwise), per block input: ``tuned_kl`` and ``logit_kl``, the
+    blocks where the tuned lens is worse, and whether the training loss fell. ``unfit`` when
+    either fails."""
+    L = int(tuned.meta["n_layers"])
+    t_kl, l_kl = tuned.kl[:L].tolist(), plain.kl[:L].tolist()
+    worse = [layer for layer in range(L) if t_kl[layer] > l_kl[layer] * (1 + 1e-6) + 1e-9]
+    fell = bool(info.get("loss_fell", True))
+    return {"prompts": "analysed", "n_prompts": tuned.n_prompts,
+            "tuned_kl": [round(x, 6) for x in t_kl], "logit_kl": [round(x, 6) for x in l_kl],
+            "worse_blocks": worse, "loss_fell": fell, "unfit": bool(worse) or not fell}
+
+
+def _same_positions(a: Any, b: Any) -> bool:
+    keys = ("n_prompts", "n_layers", "skip_front", "include_front")
+    return all(a.meta.get(k) == b.meta.get(k) for k in keys)
+
+
 def _run(ctx: Any) -> TunedLens:
-    result = tuned_lens(ctx.model, ctx.batch, ctx.fitted, k=lens_k_of(ctx), skip_front=ctx.config.skip_front,
-                        include_front=ctx.config.include_front, batch_size=ctx.config.batch_size,
-                        progress=ctx.progress)
+    cfg = ctx.config
+    options = dict(k=lens_k_of(ctx), skip_front=cfg.skip_front, include_front=cfg.include_front,
+                   batch_size=cfg.batch_size, progress=ctx.progress)
+    result = tuned_lens(ctx.model, ctx.batch, ctx.fitted, **options)
     result.meta["lens"]["data"] = dict(ctx.train_info or {})
+    plain = ctx.done.get("logit_lens")
+    if plain is None or not _same_positions(plain, result):
+        plain = logit_lens(ctx.model, ctx.batch, **options)
+    result.meta["heldout"] = check = heldout_check(result, plain, ctx.fitted.info)
+    if check["unfit"]:
+        log.warning("%s", unfit_message(result))
     return result
+
+
+def unfit_message(result: TunedLens) -> str:
+    """The ``tuned_lens_unfit`` warning's text, or "" when the held-out check passed."""
+    check = result.meta.get("heldout") or {}
+    if not check.get("unfit"):
+        return ""
+    why = []
+    if check.get("worse_blocks"):
+        blocks = check["worse_blocks"]
+        shown = ", ".join(map(str, blocks[:8])) + (" ..." if len(blocks) > 8 else "")
+        why.append(f"its held-out KL is above the logit lens's at block input(s) {shown}")
+    if not check.get("loss_fell", True):
+        why.append("its training loss did not fall")
+    return ("tuned_lens_unfit: the tuned lens is not trustworthy here (" + "; ".join(why)
+            + "); ed_tuned_kl and ed_tuned_overlap read its curves: compare them with the logit "
+            "lens (meta.heldout), or train on more data (tuned_lens_examples, tuned_lens_data)")
+
+
+def _unfit_check(result: TunedLens, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
+    message = unfit_message(result)
+    return [("tuned_lens_unfit", message)] if message else []
+
+
+def _overlap_checks(result: TunedLens, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
+    return overlap_at_chance("ed_tuned_overlap")(result, tau, d_vocab) + _unfit_check(result, tau, d_vocab)
 
 
 def _toolkit_rule(kind: str, curve_of: str) -> Any:
@@ -332,23 +624,40 @@ def _toolkit_rule(kind: str, curve_of: str) -> Any:
 
 
 def _cost(w: Workload) -> MeasurementCost:
-    """Training (when no cached lens is reused): a clean pass over ``tuned_lens_examples``
-    training prompts, taken to be as long as the analysed ones on average, then per step
-    ``TOKENS_PER_STEP`` positions projected at every block input, forward and backward (counted
-    as three lens rows each). Measuring: the logit lens's work (a clean pass and ``L+1`` lens rows
-    per measured position)."""
-    L, n_train = w.L, w.config.tuned_lens_examples
-    mean_t = sum(w.lengths) / max(1, len(w.lengths))
-    train_tokens = int(n_train * mean_t)
-    per_step = min(TOKENS_PER_STEP, train_tokens)
-    measured = sum((L + 2) * w.measured_tokens(b) for b in w.every)
+    """Training (when no cached lens is reused), with training prompts taken to be as long as the
+    analysed ones on average: clean passes over the fit prompts (at most ``MAX_FIT_POSITIONS``
+    positions) and the validation prompts; the closed-form moments in float64, counted as lens-row
+    equivalents (``2 (d+1)²`` multiply-adds per position and layer, float64 at half speed); the
+    validation KLs (``L+1`` lens rows per validation position and evaluation); the fine-tuning
+    steps, ``TOKENS_PER_STEP`` positions at every block input, forward and backward (three lens
+    rows each). Measuring: the logit lens's work, twice when the logit lens is not also measured
+    (the held-out check needs its curve)."""
+    s, L, cfg = w.shape, w.L, w.config
+    mean_t = max(1.0, sum(w.lengths) / max(1, len(w.lengths)))
+    n_val = 0 if cfg.tuned_lens_examples < 2 else max(1, round(cfg.tuned_lens_examples
+                                                               * VALIDATION_FRACTION))
+    fit_tokens = min(int((cfg.tuned_lens_examples - n_val) * mean_t), MAX_FIT_POSITIONS)
+    val_tokens = min(int(n_val * mean_t), 4 * VALIDATION_POSITIONS) or fit_tokens
+    val_pos = min(val_tokens, VALIDATION_POSITIONS)
+    per_step = min(TOKENS_PER_STEP, fit_tokens)
+    steps = cfg.tuned_lens_steps
+    if steps is None:
+        steps = auto_steps(L, s.d_model, s.d_vocab, per_step)
+    evaluations = 3 + -(-steps // EVAL_EVERY)
+    moments = 4 * L * fit_tokens * (s.d_model + 1) ** 2 // max(1, s.d_model * s.d_vocab)
+    measure = sum((L + 2) * w.measured_tokens(b) for b in w.every)
+    times = 1 if "logit_lens" in tuple(cfg.metrics) else 2
+    fit_prompts = -(-fit_tokens // int(mean_t)) + -(-val_tokens // int(mean_t))
     return MeasurementCost(
-        "tuned_lens", block_tokens=w.clean(w.every) + L * train_tokens,
-        block_calls=w.clean_calls(w.every) + L * -(-n_train // w.config.batch_size),
-        lens_rows=measured + 3 * w.config.tuned_lens_steps * per_step * (L + 1),
-        lens_stat_rows=measured,
-        note="training counted with training prompts as long as the analysed ones; "
-             "nothing when the run directory holds a matching fitted lens")
+        "tuned_lens",
+        block_tokens=times * w.clean(w.every) + L * (fit_tokens + val_tokens),
+        block_calls=times * w.clean_calls(w.every) + L * -(-fit_prompts // cfg.batch_size),
+        lens_rows=times * measure + moments + evaluations * (L + 1) * val_pos
+        + 3 * steps * per_step * (L + 1),
+        lens_stat_rows=times * measure + evaluations * (L + 1) * val_pos,
+        note=f"training: {fit_tokens} fit positions, {steps} fine-tuning steps (counted with "
+             "training prompts as long as the analysed ones); nothing when the run directory "
+             "holds a matching fitted lens")
 
 
 register_metric(MetricSpec(
@@ -362,9 +671,10 @@ register_metric(MetricSpec(
                 load=Translators.from_tensors),
     estimators=(
         EstimatorSpec("ed_tuned_kl", TunedLens.name, _toolkit_rule("ed_kl", "kl_of"), 0.5,
-                      "the first block input whose tuned-lens KL falls below tau x its maximum"),
+                      "the first block input whose tuned-lens KL falls below tau x its maximum",
+                      checks=_unfit_check),
         EstimatorSpec("ed_tuned_overlap", TunedLens.name, _toolkit_rule("ed_overlap", "overlap_of"), 0.3,
                       "the first block input whose tuned-lens top-k overlap exceeds tau",
-                      checks=overlap_at_chance("ed_tuned_overlap")),
+                      checks=_overlap_checks),
     ),
 ))

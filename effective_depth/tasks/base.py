@@ -190,7 +190,7 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 def _ensure_registered() -> None:
     # The task modules register on import; import them lazily so that `tasks.base` stays light.
-    from . import arithmetic, datasets, prompts  # noqa: F401
+    from . import arithmetic, datasets, fewshot, prompts  # noqa: F401
 
 
 def get_task(name: str, **params: Any) -> Task:
