@@ -114,11 +114,12 @@ def comparison_panels(comparison: Mapping[str, Any]) -> list[Panel]:
 
 def _skip_key(run: Run) -> tuple[str, ...]:
     """What must agree for two runs' skip effects to differ in their mode only."""
-    res, cfg = run.results, run.config.get("config", {})
+    res = run.results
+    cfg = run.config.get("config", {}).get("options", {}).get("skip_effects", {})
     task = res.get("task", {})
     return (str(res.get("model", {}).get("name")), str(task.get("name")),
             json.dumps(task.get("params"), sort_keys=True, default=str), str(task.get("difficulty")),
-            str(cfg.get("skip_component", "block")), str(cfg.get("aggregate", "max")))
+            str(cfg.get("component", "block")), str(cfg.get("aggregate", "max")))
 
 
 def skip_mode_panels(runs: Sequence[Run]) -> list[Panel]:
@@ -128,7 +129,8 @@ def skip_mode_panels(runs: Sequence[Run]) -> list[Panel]:
     for i, run in enumerate(runs):
         if "skip_effects" not in run.completed:
             continue
-        mode = run.config.get("config", {}).get("skip_mode", "future")
+        mode = run.config.get("config", {}).get("options", {}).get("skip_effects", {}).get(
+            "mode", "future")
         groups.setdefault(_skip_key(run), {}).setdefault(mode, i)
     panels = []
     for n, by_mode in enumerate(g for g in groups.values() if set(SKIP_MODES) <= set(g)):
@@ -253,9 +255,12 @@ def _depth_percent(score: Mapping[str, Any]) -> str:
 
 def config_table(run: Run) -> str:
     """Every field of the StudyConfig that produced the run, and the library versions."""
-    cfg = run.config.get("config", {})
+    from ..options import flatten_options
+
+    cfg = dict(run.config.get("config", {}))
+    options = flatten_options(cfg.pop("options", None) or {})
     env = run.config.get("environment", {})
-    pairs = [*cfg.items(), *((f"version: {k}", v) for k, v in env.items())]
+    pairs = [*cfg.items(), *options.items(), *((f"version: {k}", v) for k, v in env.items())]
     return _kv_table(pairs, "config")
 
 
