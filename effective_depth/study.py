@@ -143,9 +143,10 @@ class StudyConfig:
 
     def __getattr__(self, name: str) -> Any:
         # the flat names of earlier versions, read from the measurement's options
-        if name in FLAT_OPTIONS:
+        options = self.__dict__.get("options", {})
+        if name in FLAT_OPTIONS and FLAT_OPTIONS[name][0] in options:
             measurement, field_name = FLAT_OPTIONS[name]
-            return getattr(self.__dict__["options"][measurement], field_name)
+            return getattr(options[measurement], field_name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
