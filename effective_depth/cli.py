@@ -167,17 +167,22 @@ def metrics_cmd() -> None:
     """List the registered measurements and the effective-depth estimators each one feeds."""
     from rich.table import Table
 
+    from .options import option_fields
     from .registry import metric_specs
 
     table = Table(title="Measurements (run order)", show_lines=True)
-    for col in ("measurement", "description", "needs", "estimators (default threshold)"):
+    for col in ("measurement", "description", "needs", "options (--set NAME.OPTION=...)",
+                "estimators (default threshold)"):
         table.add_column(col)
     for spec in metric_specs():
         needs = ", ".join(n for n, flag in (("answers", spec.needs_answers),
                                             ("reference prompts", spec.needs_reference)) if flag)
+        needs = ", ".join(x for x in (needs, *(f"after {r}" for r in spec.requires)) if x)
         ests = "\n".join(f"{e.name} ({e.threshold})" if e.threshold is not None else e.name
                          for e in spec.estimators)
-        table.add_row(spec.name, spec.description, needs or "-", ests or "-")
+        options = "-" if spec.options is None else "\n".join(
+            f"{name}={default}" for name, _, default, _ in option_fields(spec.options))
+        table.add_row(spec.name, spec.description, needs or "-", options, ests or "-")
     _console().print(table)
 
 

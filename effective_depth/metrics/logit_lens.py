@@ -156,7 +156,7 @@ class LogitLensOptions(MetricOptions):
     """The logit lens's options (``--set logit_lens.k=1``)."""
 
     k: int | None = field(default=None, metadata={
-        "help": "top-k of the overlap curve (default: min(5, max(1, vocabulary // 50)))"})
+        "help": "top-k of the overlap curve; none: min(5, max(1, vocabulary // 50))"})
 
     def validate(self) -> None:
         self.require_positive("k")

@@ -416,11 +416,12 @@ class SkipEffectsOptions(MetricOptions):
         "help": "how a prompt's effects over positions are reduced"})
     n_cuts: int = field(default=4, metadata={"help": "cut positions per prompt (future mode)"})
     cut_start: int | None = field(default=None, metadata={
-        "help": "first possible cut position (default: the methods' rule, 8)"})
+        "help": "first possible cut position; all three cut_* none: the rule fits "
+                "each prompt (docs/methods.md §2)"})
     cut_stride: int | None = field(default=None, metadata={
-        "help": "spacing of possible cut positions (default 8)"})
+        "help": "spacing of possible cut positions; none: 8"})
     cut_margin: int | None = field(default=None, metadata={
-        "help": "tokens kept after the last possible cut (default 4)"})
+        "help": "tokens kept after the last possible cut; none: 4"})
 
     def validate(self) -> None:
         self.require_positive("n_cuts", "cut_stride", "cut_margin")
