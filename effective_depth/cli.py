@@ -238,7 +238,8 @@ def _settings(values: tuple[str, ...]) -> dict[str, Any]:
         except KeyError:  # a core option (model, n_boot, ...): StudyConfig checks it
             out[key] = _parse_value(text)
             continue
-        out[f"{measurement}.{name}"] = value
+        # a flat name stays flat: the config reads it into every option it stood for
+        out[key if "." not in key else f"{measurement}.{name}"] = value
     if "metrics" in out and isinstance(out["metrics"], str):
         out["metrics"] = _split_metrics((out["metrics"],))
     return out

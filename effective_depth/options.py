@@ -150,9 +150,10 @@ def _convert(text: str, hint: Any) -> Any:
     return text
 
 
-def parse_option(measurement: str, cls: type, name: str, text: str) -> Any:
+def parse_option(measurement: str, cls: type, name: str, text: str, label: str = "") -> Any:
     """The value of ``--set MEASUREMENT.NAME=TEXT``, converted to the field's type; an unknown
-    field or a value of the wrong type is an error naming the valid ones."""
+    field or a value of the wrong type is an error naming the valid ones (and ``label``, the
+    name the user wrote, when it was a flat one)."""
     fields = {n: hint for n, hint, _, _ in option_fields(cls)}
     if name not in fields:
         raise ConfigError(f"{measurement} has no option {name!r}{close_matches(name, fields)} "
@@ -160,8 +161,8 @@ def parse_option(measurement: str, cls: type, name: str, text: str) -> Any:
     try:
         return _convert(text, fields[name])
     except ValueError:
-        raise ConfigError(f"{measurement}.{name} must be {describe_type(fields[name])}, got "
-                          f"{text!r}") from None
+        what = f"{label} ({measurement}.{name})" if label else f"{measurement}.{name}"
+        raise ConfigError(f"{what} must be {describe_type(fields[name])}, got {text!r}") from None
 
 
 def parse_setting(key: str, text: str) -> tuple[str, str, Any]:
@@ -170,10 +171,12 @@ def parse_setting(key: str, text: str) -> tuple[str, str, Any]:
     from .registry import metric_specs
 
     with_options = {s.name: s.options for s in metric_specs() if s.options is not None}
+    label = ""
     if "." not in key:
         if key not in FLAT_OPTIONS:
             raise KeyError(key)  # not a measurement's option: the caller tries the core options
         measurement, name = FLAT_OPTIONS[key]
+        label = key
     else:
         measurement, name = key.split(".", 1)
     if measurement not in with_options:
@@ -181,7 +184,8 @@ def parse_setting(key: str, text: str) -> tuple[str, str, Any]:
         raise ConfigError(f"no measurement with options named {measurement!r}"
                           f"{close_matches(measurement, names)} Measurements with options: "
                           f"{', '.join(names)}")
-    return measurement, name, parse_option(measurement, with_options[measurement], name, text)
+    return measurement, name, parse_option(measurement, with_options[measurement], name, text,
+                                           label)
 
 
 def nest_flat(data: Mapping[str, Any], where: str = "config", note: bool = True) -> dict[str, Any]:

@@ -162,6 +162,18 @@ class StudyConfig:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where} must be a mapping of option names to values, got "
                               f"{type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in data if k not in known and k not in FLAT_OPTIONS
+                         and "." not in k)
+        if unknown:  # close names among the core options and every measurement's options
+            from .registry import metric_specs
+
+            names = known | set(FLAT_OPTIONS) | {
+                f"{s.name}.{f.name}" for s in metric_specs() if s.options is not None
+                for f in dataclasses.fields(s.options)}
+            raise ConfigError(f"unknown study options {unknown}{close_matches(unknown[0], names)} "
+                              f"Valid: {', '.join(sorted(known))}, and MEASUREMENT.OPTION "
+                              "(listed by effective-depth run --help)")
         data = nest_flat(data, where)
         if isinstance(data.get("metrics"), str):
             data["metrics"] = _split(data["metrics"])

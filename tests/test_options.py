@@ -123,8 +123,13 @@ def test_set_parses_typed_values_and_names_what_is_wrong():
     got = _settings(("skip_effects.mode=current", "integrated_gradients.steps=8",
                      "skip_effects.cut_start=none", "cut_margin=2", "n_boot=50"))
     assert got == {"skip_effects.mode": "current", "integrated_gradients.steps": 8,
-                   "skip_effects.cut_start": None, "skip_effects.cut_margin": 2, "n_boot": 50}
+                   "skip_effects.cut_start": None, "cut_margin": 2, "n_boot": 50}
     assert type(got["integrated_gradients.steps"]) is int
+    # a flat name keeps meaning all it meant: map_examples set both maps' counts
+    both = StudyConfig.from_dict(_settings(("map_examples=1",)))
+    assert both.options["erasure"].map_examples == both.options["integrated_gradients"].map_examples == 1
+    with pytest.raises(ConfigError, match=r"lens_k \(logit_lens.k\) must be int\|none, got '2.5'"):
+        _settings(("lens_k=2.5",))
     # a string option stays a string even when it looks like a number
     assert _settings(("tuned_lens.data=123",)) == {"tuned_lens.data": "123"}
     with pytest.raises(ConfigError, match="'skip_efects'.*did you mean.*skip_effects"):
