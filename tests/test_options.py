@@ -27,10 +27,11 @@ from effective_depth.study import StudyConfig
 #: the config.json fields of a run written before options were nested (the flat format)
 FLAT_FIELDS = ("model", "task", "task_params", "metrics", "n_examples", "seed", "thresholds",
                "rules", "skip_front", "include_front", "lens_k", "tuned_lens_steps",
-               "tuned_lens_examples", "tuned_lens_data", "skip_mode", "skip_component",
+               "tuned_lens_ridge", "tuned_lens_examples", "tuned_lens_data", "skip_mode", "skip_component",
                "aggregate", "n_cuts", "cut_start", "cut_stride", "cut_margin", "map_examples",
                "ig_steps", "ig_rule", "n_reference", "n_boot", "ci_level", "device", "dtype",
-               "backend", "process_weights", "batch_size", "allow_lossy_tokenization")
+               "backend", "process_weights", "batch_size", "allow_lossy_tokenization",
+               "chat_template", "system_prompt")
 
 
 def flat_dict(config: StudyConfig) -> dict:
