@@ -167,17 +167,22 @@ def metrics_cmd() -> None:
     """List the registered measurements and the effective-depth estimators each one feeds."""
     from rich.table import Table
 
+    from .options import option_fields
     from .registry import metric_specs
 
     table = Table(title="Measurements (run order)", show_lines=True)
-    for col in ("measurement", "description", "needs", "estimators (default threshold)"):
+    for col in ("measurement", "description", "needs", "options (--set NAME.OPTION=...)",
+                "estimators (default threshold)"):
         table.add_column(col)
     for spec in metric_specs():
         needs = ", ".join(n for n, flag in (("answers", spec.needs_answers),
                                             ("reference prompts", spec.needs_reference)) if flag)
+        needs = ", ".join(x for x in (needs, *(f"after {r}" for r in spec.requires)) if x)
         ests = "\n".join(f"{e.name} ({e.threshold})" if e.threshold is not None else e.name
                          for e in spec.estimators)
-        table.add_row(spec.name, spec.description, needs or "-", ests or "-")
+        options = "-" if spec.options is None else "\n".join(
+            f"{name}={default}" for name, _, default, _ in option_fields(spec.options))
+        table.add_row(spec.name, spec.description, needs or "-", options, ests or "-")
     _console().print(table)
 
 
@@ -216,6 +221,56 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+def _settings(values: tuple[str, ...]) -> dict[str, Any]:
+    """``--set`` pairs: a measurement's option (``skip_effects.mode=current``, or its flat name
+    of earlier versions, ``skip_mode=current``) converted to its field's type and kept as a
+    dotted key; any other key is a core study option, parsed as a number, boolean or string."""
+    from .options import parse_setting
+
+    out: dict[str, Any] = {}
+    for item in values:
+        if "=" not in item:
+            raise click.BadParameter(f"expected NAME=VALUE or MEASUREMENT.OPTION=VALUE, got "
+                                     f"{item!r}", param_hint="--set")
+        key, text = (part.strip() for part in item.split("=", 1))
+        try:
+            measurement, name, value = parse_setting(key, text)
+        except KeyError:  # a core option (model, n_boot, ...): StudyConfig checks it
+            out[key] = _parse_value(text)
+            continue
+        # a flat name stays flat: the config reads it into every option it stood for
+        out[key if "." not in key else f"{measurement}.{name}"] = value
+    if "metrics" in out and isinstance(out["metrics"], str):
+        out["metrics"] = _split_metrics((out["metrics"],))
+    return out
+
+
+def _options_help() -> str:
+    """The ``--set`` options of every registered measurement, for ``run --help``."""
+    from .options import describe_type, option_fields
+    from .registry import metric_specs
+
+    lines = ["Measurement options (--set MEASUREMENT.OPTION=VALUE, repeatable):", ""]
+    for spec in metric_specs():
+        if spec.options is None:
+            continue
+        for name, hint, default, text in option_fields(spec.options):
+            lines.append(f"  {spec.name}.{name}={describe_type(hint)}  "
+                         f"{text} (default: {default})")
+    return "\n".join(lines)
+
+
+class _RunCommand(click.Command):
+    """``run``/``plan``: the help ends with every measurement's options, read from their
+    dataclasses when the help is shown (so ``effective-depth --help`` stays instant)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        formatter.write("\n")
+        for line in _options_help().splitlines():
+            formatter.write(f"{line}\n")
+
+
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in values:
@@ -250,7 +305,7 @@ def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
     return StudyConfig.from_dict(data)
 
 
-@main.command("run")
+@main.command("run", cls=_RunCommand)
 @click.option("--model", "-m", default=None, help="Zoo name, TransformerLens name, hub id or local "
               "checkpoint directory (default: the bundled default zoo model).")
 @click.option("--task", "-t", default=None, help="Task name (default: the zoo model's own task). "
@@ -265,16 +320,20 @@ def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
 @click.option("--seed", type=int, default=None, help="Seed of cuts and bootstrap (default 0).")
 @click.option("--threshold", "thresholds", multiple=True, metavar="ESTIMATOR=TAU",
               help="Estimator threshold, e.g. --threshold ed_kl=0.5 (repeatable).")
-@click.option("--skip-mode", type=click.Choice(["future", "current"]), default=None)
-@click.option("--skip-component", type=click.Choice(["block", "attn", "mlp", "local"]), default=None)
-@click.option("--aggregate", type=click.Choice(["max", "mean"]), default=None)
+@click.option("--skip-mode", default=None, metavar="MODE",
+              help="Alias of --set skip_effects.mode=MODE.")
+@click.option("--skip-component", default=None, metavar="COMPONENT",
+              help="Alias of --set skip_effects.component=COMPONENT.")
+@click.option("--aggregate", default=None, metavar="MAX|MEAN",
+              help="Alias of --set skip_effects.aggregate=VALUE.")
 @click.option("--n-boot", type=int, default=None, help="Bootstrap resamples (default 1000).")
 @click.option("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available).")
 @click.option("--dtype", default=None, help="float32, bfloat16, ... (default: bf16 on CUDA, fp32 on CPU).")
 @click.option("--backend", type=click.Choice(["hooked", "bridge"]), default=None)
 @click.option("--set", "settings", multiple=True, metavar="OPTION=VALUE",
-              help="Any other study option, e.g. --set cut_start=4 --set ig_steps=64 (repeatable; "
-              "see docs/cli.md for the list).")
+              help="A measurement's option, e.g. --set skip_effects.cut_start=4 --set "
+              "integrated_gradients.steps=64 (listed below), or any other study option, e.g. "
+              "--set n_boot=200 (repeatable; docs/cli.md).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="A JSON/YAML file of study options; command-line options override it.")
 @click.option("--allow-lossy-tokenization", "allow_lossy", is_flag=True, default=None,
@@ -310,9 +369,9 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
     set_threads(threads)
     options: dict[str, Any] = {
         "model": model, "task": task, "n_examples": n_examples, "seed": seed,
-        "skip_mode": skip_mode, "skip_component": skip_component, "aggregate": aggregate,
         "n_boot": n_boot, "device": device, "dtype": dtype, "backend": backend,
         "allow_lossy_tokenization": allow_lossy, **_chat_options(chat_template, system_prompt),
+        **_skip_aliases(skip_mode, skip_component, aggregate),
     }
     if params:
         options["task_params"] = _pairs(params, "--param")
@@ -320,15 +379,20 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
         options["thresholds"] = _pairs(thresholds, "--threshold")
     if metrics:
         options["metrics"] = _split_metrics(metrics)
-    extra = _pairs(settings, "--set")
-    if "metrics" in extra and isinstance(extra["metrics"], str):
-        extra["metrics"] = _split_metrics((extra["metrics"],))
+    extra = _settings(settings)
     options = {**extra, **{k: v for k, v in options.items() if v is not None}}
     config = _study_config(config_file, options)
     start = time.perf_counter()
     result = run_study(config, out, force=force, progress=not quiet, dashboard=not no_dashboard)
     elapsed = time.perf_counter() - start
     _print_summary(result.results, result.path, elapsed, result.reused)
+
+
+def _skip_aliases(mode: str | None, component: str | None, aggregate: str | None
+                  ) -> dict[str, Any]:
+    """``--skip-mode`` etc.: aliases of ``--set skip_effects.…``, typed and checked the same way."""
+    flags = {"mode": mode, "component": component, "aggregate": aggregate}
+    return _settings(tuple(f"skip_effects.{k}={v}" for k, v in flags.items() if v is not None))
 
 
 def plan_cmd(**options: Any) -> None:
@@ -341,12 +405,12 @@ def plan_cmd(**options: Any) -> None:
     from .planner import plan_study
 
     set_threads(options.pop("threads", None))
-    for key, what in (("params", "--param"), ("thresholds", "--threshold"), ("settings", "--set")):
+    for key, what in (("params", "--param"), ("thresholds", "--threshold")):
         options[key] = _pairs(options[key], what) if options[key] else {}
     metrics = _split_metrics(options.pop("metrics")) or None
-    extra = options.pop("settings")
-    if "metrics" in extra and isinstance(extra["metrics"], str):
-        extra["metrics"] = _split_metrics((extra["metrics"],))
+    extra = _settings(options.pop("settings"))
+    options.update(_skip_aliases(options.pop("skip_mode"), options.pop("skip_component"),
+                                 options.pop("aggregate")))
     values = {"task_params": options.pop("params") or None, "thresholds": options.pop("thresholds") or None,
               "metrics": metrics, "allow_lossy_tokenization": options.pop("allow_lossy"),
               **_chat_options(options.pop("chat_template"), options.pop("system_prompt")),
@@ -387,7 +451,8 @@ def _register_plan_command() -> None:
     """`plan` takes exactly `run`'s options (minus those about writing results)."""
     skip = {"force", "no_dashboard", "quiet", "out"}
     params = [p for p in run_cmd.params if p.name not in skip]
-    main.add_command(click.Command("plan", callback=plan_cmd, params=params, help=plan_cmd.__doc__), "plan")
+    main.add_command(_RunCommand("plan", callback=plan_cmd, params=params, help=plan_cmd.__doc__),
+                     "plan")
 
 
 _register_plan_command()

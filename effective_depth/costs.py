@@ -1,8 +1,8 @@
 """Cost models: what one measurement of a study will compute, counted before it runs.
 
 Each measurement declares its own cost model as ``MetricSpec.cost``, a function of a
-:class:`Workload` (the model's shape, the prompts' lengths, answer starts and cut positions, the
-study's config) that returns a :class:`MeasurementCost`. The planner (``effective_depth.planner``)
+:class:`Workload` (the model's shape, the prompts' lengths, answer starts and the inputs the
+measurements drew (cut positions), the study's config) that returns a :class:`MeasurementCost`. The planner (``effective_depth.planner``)
 adds FLOPs, memory and a projected time; a measurement without a cost model is reported as "not
 modelled" rather than as free.
 
@@ -17,7 +17,7 @@ top-k over the vocabulary, which on a large vocabulary costs as much as the proj
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,8 @@ class MeasurementCost:
     ``lens_stat_rows`` projected rows that also get the logit lens's KL and top-k;
     ``block_calls`` (``grad_block_calls``) block invocations, forward (and backward).
     ``sweeps``: it runs the ablation sweep, whose activations the memory budget bounds;
-    ``extra_bytes``: memory it holds beyond the clean cache (e.g. per-component outputs)."""
+    ``extra_bytes``: memory it holds beyond the clean cache (e.g. per-component outputs);
+    ``skipped``: the study will not run it (``note`` says why), so it counts nothing."""
 
     name: str
     block_tokens: int = 0
@@ -46,6 +47,7 @@ class MeasurementCost:
     note: str = ""
     sweeps: bool = False
     extra_bytes: int = 0
+    skipped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -83,7 +85,8 @@ class Workload:
     shape: ModelShape
     lengths: Sequence[int]
     answer_starts: Sequence[int]
-    cuts: Sequence[Sequence[int]]
+    #: the per-example inputs the measurements draw (``effective_depth.prepare.draw_inputs``)
+    inputs: Mapping[str, Sequence[Any]]
     config: Any
     #: the sweep's activation budget in bytes (the engine's default on CPU: 1 GiB)
     budget: int = 1 << 30
@@ -91,6 +94,15 @@ class Workload:
     @property
     def L(self) -> int:  # noqa: N802 - the papers' symbol
         return self.shape.n_layers
+
+    @property
+    def cuts(self) -> Sequence[Sequence[int]]:
+        """The skip-effect cut positions of every prompt (none when not drawn)."""
+        return self.inputs.get("cuts") or [[] for _ in self.lengths]
+
+    def options(self, measurement: str) -> Any:
+        """A measurement's options in the study's config."""
+        return self.config.options[measurement]
 
     @property
     def every(self) -> list[int]:

@@ -56,6 +56,8 @@ def _accepts(hint: Any, value: Any) -> bool:
         return True
     if origin in (typing.Union, types.UnionType):
         return any(_accepts(h, value) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in typing.get_args(hint))
     if hint is type(None) or hint is None:
         return value is None
     base = origin or hint
@@ -80,6 +82,8 @@ def _describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(hint))
     base = origin or hint
     if base in (tuple, list):
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]

@@ -6,6 +6,9 @@ A grid file (YAML or JSON)::
     base:                           # StudyConfig options shared by every cell
       n_examples: 40
       metrics: [contributions, logit_lens, skip_effects, behaviour]
+      options:                      # each measurement's own options (docs/cli.md)
+        skip_effects: {mode: current}
+        integrated_gradients: {steps: 64}
     models: [zoo/add-2l, zoo/add-4l, zoo/add-8l, zoo/add-12l]
     tasks:
       - name: addition              # or null: each zoo model's own task
@@ -111,7 +114,7 @@ def grid_from_dict(data: Mapping[str, Any], root: Path | None = None) -> Grid:
             if key is not None:
                 params[key] = value
             cfg = StudyConfig.from_dict({**base, "model": model, "task": task.get("name"),
-                                         "task_params": params})
+                                         "task_params": params}, "grid base")
             configs.append(cfg)
     pairs = [tuple(p) for p in data.get("pairs") or []]
     if any(len(p) != 2 for p in pairs):

@@ -1,7 +1,9 @@
 """What a study will cost, before it runs: block-forwards, FLOPs, memory and a projected time.
 
 ``plan_study(config)`` builds the study's prompts exactly as ``run_study`` would (same task, same
-tokenizer, same cuts), asks each measurement's cost model (``MetricSpec.cost``, see
+tokenizer, and the same :func:`effective_depth.prepare.prepare_study` and
+:func:`~effective_depth.prepare.draw_inputs`: the measurements the study skips are not counted, and
+the cut positions are the study's), asks each measurement's cost model (``MetricSpec.cost``, see
 :mod:`effective_depth.costs`) for the work it will do, and turns that into time with a short
 *calibration pass* on the current device: clean forwards of a real prompt, batched as wide as
 the sweep batches its rows (seconds per block-token), one block on one token (seconds per block
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,17 +73,26 @@ class Plan:
         return d
 
 
-def count_work(cfg: Any, lengths: list[int], answer_starts: list[int], cuts: list[list[int]],
-               config: Any, itemsize: int = 4, budget: int = 1 << 30) -> dict[str, MeasurementCost]:
+def count_work(cfg: Any, lengths: list[int], answer_starts: list[int],
+               inputs: Mapping[str, Sequence[Any]] | Sequence[Sequence[int]], config: Any,
+               itemsize: int = 4, budget: int = 1 << 30, skipped: Mapping[str, str] | None = None
+               ) -> dict[str, MeasurementCost]:
     """Block-tokens, block calls and lens rows of every measurement of ``config`` (no model
-    needed), from each measurement's own cost model; ``budget`` is the sweep's memory budget."""
+    needed), from each measurement's own cost model; ``budget`` is the sweep's memory budget.
+    ``inputs`` are the drawn per-example inputs (a list is taken as the cut positions); a
+    measurement in ``skipped`` (``name -> reason``) counts nothing and says why."""
     from .registry import get_metric
 
-    work = Workload(ModelShape.of(cfg, itemsize), lengths, answer_starts, cuts, config, budget)
+    if not isinstance(inputs, Mapping):
+        inputs = {"cuts": list(inputs)}
+    work = Workload(ModelShape.of(cfg, itemsize), lengths, answer_starts, inputs, config, budget)
     out: dict[str, MeasurementCost] = {}
     for name in config.metrics:
         spec = get_metric(name)
-        if spec.cost is None:  # say so rather than project zero
+        if skipped and name in skipped:
+            out[name] = MeasurementCost(name, skipped=True,
+                                        note=f"skipped by the study: {skipped[name]}")
+        elif spec.cost is None:  # say so rather than project zero
             out[name] = MeasurementCost(name, note="not modelled: this measurement declares no cost model")
         else:
             out[name] = spec.cost(work)
@@ -158,9 +170,9 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
 def plan_study(config: Any, calibration: bool = True) -> Plan:
     """The cost plan of ``config``: load the model, build the prompts, count, calibrate."""
     from .engine.batch import encode_batch
-    from .metrics.skip_effects import draw_cuts
     from .models.chat import chat_format
     from .models.loading import load_model
+    from .prepare import draw_inputs, prepare_study
     from .study import resolve_task
     from .tasks import get_task
 
@@ -169,6 +181,7 @@ def plan_study(config: Any, calibration: bool = True) -> Plan:
     examples = task.examples(config.n_examples)
     if not examples:
         raise ConfigError(f"task {task_name} with {task_params} produced no examples")
+    prep = prepare_study(config, task, examples)  # the study's own decisions
     model = load_model(config.model, device=config.device, dtype=config.dtype,
                        backend=config.backend, process_weights=config.process_weights)
     if model.tokenizer is None:
@@ -177,16 +190,17 @@ def plan_study(config: Any, calibration: bool = True) -> Plan:
     batch = encode_batch(model.tokenizer, examples, allow_lossy=config.allow_lossy_tokenization,
                          chat=chat)
     lengths = batch.lengths.tolist()
-    cuts = [draw_cuts(int(n), config.n_cuts, f"{config.seed}:{b}", config.cut_start,
-                      config.cut_stride, config.cut_margin, config.skip_front)
-            for b, n in enumerate(lengths)]
+    inputs = draw_inputs(prep.specs, batch, config)
     calib = calibrate(model, batch.tokens[:1, : lengths[0]]) if calibration else {}
-    return plan_from(model, config, lengths, batch.answer_start.tolist(), cuts, calib)
+    return plan_from(model, config, lengths, batch.answer_start.tolist(), inputs, calib,
+                     skipped=prep.skipped)
 
 
 def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[int],
-              cuts: list[list[int]], calib: dict[str, float]) -> Plan:
-    """The plan for prompts of the given lengths (used by :func:`plan_study` and benchmarks)."""
+              inputs: Mapping[str, Sequence[Any]] | Sequence[Sequence[int]],
+              calib: dict[str, float], skipped: Mapping[str, str] | None = None) -> Plan:
+    """The plan for prompts of the given lengths (used by :func:`plan_study` and benchmarks);
+    ``inputs`` as in :func:`count_work`."""
     from .engine.sweep import default_memory_budget
 
     cfg = model.cfg
@@ -195,7 +209,7 @@ def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[i
     s = ModelShape.of(cfg, itemsize)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     budget = getattr(config, "memory_budget", None) or default_memory_budget(param.device)
-    work = count_work(cfg, lengths, answer_starts, cuts, config, itemsize, budget)
+    work = count_work(cfg, lengths, answer_starts, inputs, config, itemsize, budget, skipped)
     mean_T = sum(lengths) / max(1, len(lengths))
     plan = Plan(str(config.model), s.n_layers, s.d_model, s.d_vocab, len(lengths), mean_T, weights,
                 str(param.device), str(param.dtype).removeprefix("torch."), calib)
@@ -204,6 +218,9 @@ def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[i
     lens_bytes = 4 * 256 * s.d_vocab * 4
     per_bt = 2 * s.block_params + 4 * s.n_heads * s.d_head * mean_T / 2
     for m in work.values():
+        if m.skipped:  # the study will not run it: no work, no memory, no time
+            plan.measurements.append(m)
+            continue
         m.flops = per_bt * (m.block_tokens + 3 * m.grad_block_tokens) + 2 * s.d_model * s.d_vocab * m.lens_rows
         m.peak_bytes = int(clean_cache + m.extra_bytes + lens_bytes + (budget if m.sweeps else 0))
         if calib:

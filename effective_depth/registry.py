@@ -31,6 +31,7 @@ __all__ = [
     "registered",
     "metric_specs",
     "metric_names",
+    "dependency_order",
     "get_metric",
     "estimator_specs",
     "default_thresholds",
@@ -44,8 +45,9 @@ Rule = tuple[int | None, str | None]
 @dataclass(frozen=True)
 class StudyContext:
     """What a study hands a measurement's ``run``: the loaded model, the encoded examples, the
-    study's config, the per-example inputs the measurement asked for (``inputs``), the erasure-
-    style reference prompts when the spec asked for them, and the results finished so far. A
+    study's config, the measurement's own options (``options``), the per-example inputs the
+    measurements asked for (``inputs``), the reference prompts when the spec draws them, and the
+    results finished so far (``done``: at least those of ``requires`` that are in the study). A
     measurement with a :class:`FitSpec` also gets its training examples (``train``, encoded, with
     ``train_info`` saying where they came from) and the fitted object (``fitted``)."""
 
@@ -60,10 +62,14 @@ class StudyContext:
     train: Any = None
     train_info: Mapping[str, Any] | None = None
     fitted: Any = None
+    options: Any = None
 
-    def map_batch(self) -> Any:
-        """The first ``config.map_examples`` examples: the ones that get a per-token map."""
-        return self.batch.select(list(range(min(self.config.map_examples, self.batch.size))))
+    def map_batch(self, n: int | None = None) -> Any:
+        """The first ``n`` examples (default: the options' ``map_examples``): the ones that get
+        a per-token map."""
+        if n is None:
+            n = self.options.map_examples
+        return self.batch.select(list(range(min(n, self.batch.size))))
 
 
 @dataclass(frozen=True)
@@ -120,13 +126,19 @@ class MetricSpec:
 
     - ``run(ctx)``: the measurement on a :class:`StudyContext`, returning a result object with
       ``meta``, ``curves()``, ``tensors()``, ``entry()`` and a ``from_entry`` classmethod.
-    - ``order``: where it runs in a study (lower first; a measurement may read the results of
-      earlier ones from ``ctx.done``).
+    - ``options``: its options, a frozen :class:`effective_depth.options.MetricOptions`
+      subclass (defaults, help and validation); the study's ``config.options[name]`` holds one,
+      handed to ``run`` as ``ctx.options``; ``--set NAME.FIELD=VALUE`` sets a field.
+    - ``requires``: measurements whose results it reads from ``ctx.done`` when they are in the
+      study: a study runs them first (dependency order; otherwise the order of registration).
     - ``needs_answers``: it reads the examples' answers (skipped, with a warning, when a study's
       examples have none).
-    - ``needs_reference``: it needs further examples of the task (``ctx.reference``).
+    - ``reference(task, examples, config)``: further prompts it needs (erasure's reference
+      prompts): ``(examples, info, warnings)``, encoded and handed back as ``ctx.reference``.
     - ``inputs(batch, config)``: per-example inputs to draw before measuring and record in
       ``inputs.json`` (e.g. cut positions), handed back as ``ctx.inputs``.
+    Both are drawn by :func:`effective_depth.prepare.prepare_study` and
+    :func:`effective_depth.prepare.draw_inputs`, which the study and the planner share.
     - ``summaries(result, config)``: top-level additions to ``results.json`` (e.g. the depth
       score under ``depth``, the accuracy).
     - ``scores``: scalar scores of a prompt sample, ``fn(result, idx) -> float`` (stored under
@@ -141,10 +153,12 @@ class MetricSpec:
     name: str
     result_type: type
     run: Callable[[StudyContext], Any]
-    order: int = 100
     description: str = ""
+    options: type | None = None
+    requires: tuple[str, ...] = ()
     needs_answers: bool = False
-    needs_reference: bool = False
+    reference: Callable[[Any, Sequence[Any], Any],
+                        tuple[list[Any], Mapping[str, Any], list[str]]] | None = None
     estimators: tuple[EstimatorSpec, ...] = ()
     inputs: Callable[[Any, Any], Mapping[str, list[Any]]] | None = None
     summaries: Callable[[Any, Any], Mapping[str, Any]] | None = None
@@ -152,6 +166,20 @@ class MetricSpec:
         default_factory=dict)
     cost: Callable[[Any], Any] | None = None
     fit: FitSpec | None = None
+    #: deprecated and ignored: declare ``requires`` instead
+    order: int | None = None
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.reference is not None
+
+    def options_of(self, config: Any) -> Any:
+        """This measurement's options in ``config`` (None when it declares none; the defaults
+        when ``config`` was made before the measurement was registered)."""
+        if self.options is None:
+            return None
+        value = config.options.get(self.name)
+        return self.options() if value is None else value
 
 
 _REGISTRY: dict[str, MetricSpec] = {}
@@ -161,6 +189,18 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
     """Add a measurement; a name (or an estimator name) registered twice is an error."""
     if spec.name in _REGISTRY:
         raise ConfigError(f"a measurement named {spec.name!r} is already registered")
+    if spec.options is not None:
+        from .options import MetricOptions
+
+        if not (isinstance(spec.options, type) and issubclass(spec.options, MetricOptions)):
+            raise ConfigError(f"{spec.name}: options must be a MetricOptions dataclass, got "
+                              f"{spec.options!r}")
+        if not spec.options.__dict__.get("measurement"):
+            spec.options.measurement = spec.name  # how its errors and --set name its fields
+        try:
+            spec.options()
+        except (TypeError, ConfigError) as exc:
+            raise ConfigError(f"{spec.name}: its options need valid defaults ({exc})") from None
     taken = {e.name for s in _REGISTRY.values() for e in s.estimators}
     for est in spec.estimators:
         if est.metric != spec.name:
@@ -190,9 +230,35 @@ def _load_builtin() -> None:
 
 
 def metric_specs() -> list[MetricSpec]:
-    """Every registered measurement, in study order."""
+    """Every registered measurement, in study order: each after those it ``requires``,
+    otherwise in the order they were registered."""
     _load_builtin()
-    return sorted(_REGISTRY.values(), key=lambda s: (s.order, s.name))
+    return dependency_order(list(_REGISTRY.values()))
+
+
+def dependency_order(specs: Sequence[MetricSpec]) -> list[MetricSpec]:
+    """``specs`` with every measurement after the ones it ``requires`` (stable: otherwise in the
+    given order); a cycle is an error naming it. Requirements outside ``specs`` are ignored."""
+    by_name = {s.name: s for s in specs}
+    out: list[MetricSpec] = []
+    state: dict[str, int] = {}  # 1: being visited, 2: placed
+
+    def visit(spec: MetricSpec, path: tuple[str, ...]) -> None:
+        if state.get(spec.name) == 2:
+            return
+        if state.get(spec.name) == 1:
+            raise ConfigError(f"measurements require each other in a cycle: "
+                              f"{' -> '.join((*path, spec.name))}")
+        state[spec.name] = 1
+        for name in spec.requires:
+            if name in by_name:
+                visit(by_name[name], (*path, spec.name))
+        state[spec.name] = 2
+        out.append(spec)
+
+    for spec in specs:
+        visit(spec, ())
+    return out
 
 
 def metric_names() -> tuple[str, ...]:

@@ -295,7 +295,14 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         if not isinstance(value, dict):
             raise ResultsError(f"{rd.path / name} holds a JSON {type(value).__name__}, not the "
                                "mapping a run writes; rerun the study with --force")
-    return Run(rd.path, parts[CONFIG], parts[INPUTS], parts[RESULTS], rd.load_tensors())
+    config = parts[CONFIG]
+    if isinstance(config.get("config"), dict):
+        # a config.json of an earlier version has flat measurement options: read them nested
+        from .options import nest_flat
+
+        config = {**config, "config": nest_flat(config["config"], str(rd.path / CONFIG),
+                                                note=False)}
+    return Run(rd.path, config, parts[INPUTS], parts[RESULTS], rd.load_tensors())
 
 
 def find_runs(paths: Sequence[str | os.PathLike[str]], *, complete_only: bool = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -18,10 +19,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from warnings import warn
 
 from .errors import ConfigError, ResultsError, close_matches
 from .fingerprint import inputs_fingerprint, model_fingerprint
 from .frozen import check_field_types, from_dict
+from .options import FLAT_OPTIONS, flatten_options, nest_flat
 from .results import (
     CONFIG,
     FORMAT_VERSION,
@@ -34,7 +37,8 @@ from .results import (
     metric_from_store,
 )
 
-__all__ = ["StudyConfig", "run_study", "resolve_task", "default_out_dir", "StudyResult"]
+__all__ = ["StudyConfig", "run_study", "resolve_task", "default_out_dir", "StudyResult",
+           "config_differences"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,12 @@ class StudyConfig:
     """Everything a study depends on; saved as ``config.json`` beside the results.
 
     ``task=None`` takes the task the zoo model was trained on (from its card); ``metrics=()``
-    every registered measurement (``effective_depth.registry``).
+    every registered measurement (``effective_depth.registry``). ``options`` maps a measurement's
+    name to its options (``effective_depth.options``): given as objects or mappings, missing ones
+    take their defaults, so every registered measurement with options has an entry. The flat
+    names of earlier versions (``skip_mode``, ``ig_steps``:
+    :data:`effective_depth.options.FLAT_OPTIONS`) are still accepted as keywords, keys and
+    attributes.
     """
 
     model: str = "zoo/add-4l"
@@ -74,22 +83,6 @@ class StudyConfig:
     rules: str = "toolkit"
     skip_front: int = 1
     include_front: bool = True
-    lens_k: int | None = None
-    tuned_lens_steps: int | None = None
-    tuned_lens_ridge: float = 0.01
-    tuned_lens_examples: int = 1000
-    tuned_lens_data: str | None = None
-    skip_mode: str = "future"
-    skip_component: str = "block"
-    aggregate: str = "max"
-    n_cuts: int = 4
-    cut_start: int | None = None
-    cut_stride: int | None = None
-    cut_margin: int | None = None
-    map_examples: int = 3
-    ig_steps: int = 256
-    ig_rule: str = "adaptive"
-    n_reference: int = 10
     n_boot: int = 1000
     ci_level: float = 0.95
     device: str | None = None
@@ -102,6 +95,7 @@ class StudyConfig:
     #: Jinja file or template text), with an optional system turn
     chat_template: bool | str = False
     system_prompt: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.metrics, (list, str)):
@@ -127,21 +121,7 @@ class StudyConfig:
             (0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}"),
             (self.rules in RULE_SETS, f"rules must be one of {', '.join(RULE_SETS)}, got {self.rules!r}"),
             (self.skip_front >= 0, f"skip_front must be >= 0, got {self.skip_front}"),
-            (self.skip_mode in ("future", "current"), f"skip_mode must be future or current, got {self.skip_mode!r}"),
-            (self.skip_component in ("block", "attn", "mlp", "local"),
-             f"skip_component must be block, attn, mlp or local, got {self.skip_component!r}"),
-            (self.aggregate in ("max", "mean"), f"aggregate must be max or mean, got {self.aggregate!r}"),
-            positive("n_cuts"), positive("lens_k"), positive("cut_stride"), positive("map_examples"),
-            positive("ig_steps"), positive("n_reference"), positive("batch_size"),
-            positive("tuned_lens_examples"),
-            (self.tuned_lens_steps is None or self.tuned_lens_steps >= 0,
-             f"tuned_lens_steps must be >= 0 (0: the closed-form fit alone; unset: as many as "
-             f"the fine-tuning budget allows), got {self.tuned_lens_steps}"),
-            (self.tuned_lens_ridge >= 0, f"tuned_lens_ridge must be >= 0, got {self.tuned_lens_ridge}"),
-            (self.cut_start is None or self.cut_start > self.skip_front,
-             f"cut_start must be > skip_front ({self.skip_front}), got {self.cut_start}"),
-            (self.cut_margin is None or self.cut_margin >= 1,
-             f"cut_margin must be >= 1, got {self.cut_margin}"),
+            positive("batch_size"),
             (self.n_boot >= 0, f"n_boot must be >= 0, got {self.n_boot}"),
             (0 < self.ci_level < 1, f"ci_level must be in (0, 1), got {self.ci_level}"),
             (self.backend in ("hooked", "bridge"), f"backend must be hooked or bridge, got {self.backend!r}"),
@@ -149,12 +129,10 @@ class StudyConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        from .metrics.quadrature import check_rule
         from .models.chat import chat_format
 
         chat_format(self.chat_template, self.system_prompt)  # a bad value fails here
-
-        check_rule(self.ig_rule, self.ig_steps)
+        object.__setattr__(self, "options", _measurement_options(self.options, self))
         known = default_thresholds()
         for k, v in self.thresholds.items():
             if k not in known:
@@ -163,20 +141,95 @@ class StudyConfig:
             if not 0 < float(v) < 1:
                 raise ConfigError(f"threshold {k} must be in (0, 1), got {v}")
 
+    def __getattr__(self, name: str) -> Any:
+        # the flat names of earlier versions, read from the measurement's options
+        options = self.__dict__.get("options", {})
+        if name in FLAT_OPTIONS and FLAT_OPTIONS[name][0] in options:
+            measurement, field_name = FLAT_OPTIONS[name]
+            return getattr(options[measurement], field_name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``config.json``): core fields, then ``options`` nested by measurement."""
         d = dataclasses.asdict(self)
         d["metrics"] = list(self.metrics)
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StudyConfig:
-        data = dict(data)
+    def from_dict(cls, data: Mapping[str, Any], where: str = "study options") -> StudyConfig:
+        """A config from its JSON form; flat option names of earlier versions and dotted keys
+        (``skip_effects.mode``) are read into ``options``."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where} must be a mapping of option names to values, got "
+                              f"{type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in data if k not in known and k not in FLAT_OPTIONS
+                         and "." not in k)
+        if unknown:  # close names among the core options and every measurement's options
+            from .registry import metric_specs
+
+            names = known | set(FLAT_OPTIONS) | {
+                f"{s.name}.{f.name}" for s in metric_specs() if s.options is not None
+                for f in dataclasses.fields(s.options)}
+            raise ConfigError(f"unknown study options {unknown}{close_matches(unknown[0], names)} "
+                              f"Valid: {', '.join(sorted(known))}, and MEASUREMENT.OPTION "
+                              "(listed by effective-depth run --help)")
+        data = nest_flat(data, where)
         if isinstance(data.get("metrics"), str):
             data["metrics"] = _split(data["metrics"])
         return from_dict(cls, data, "study options", tuples=("metrics",))
 
     def replace(self, **changes: Any) -> StudyConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _accept_flat_options(init: Callable[..., None]) -> Callable[..., None]:
+    """``StudyConfig(ig_steps=64, skip_mode="current")``: the flat keywords of earlier versions
+    (deprecated) are moved into ``options`` before the dataclass's own ``__init__`` runs."""
+
+    @functools.wraps(init)
+    def __init__(self: StudyConfig, *args: Any, **kwargs: Any) -> None:
+        flat = {k: kwargs.pop(k) for k in list(kwargs) if k in FLAT_OPTIONS}
+        if flat:
+            warn(f"StudyConfig({', '.join(flat)}=...): flat measurement options are "
+                          "deprecated; use options={measurement: {...}}", DeprecationWarning,
+                          stacklevel=2)
+            kwargs["options"] = nest_flat({"options": kwargs.get("options") or {}, **flat},
+                                          "StudyConfig")["options"]
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+StudyConfig.__init__ = _accept_flat_options(StudyConfig.__init__)  # type: ignore[method-assign]
+
+
+def _measurement_options(given: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
+    """Every registered measurement's options object (defaults where not given), validated
+    against the study's core options; an unknown measurement is an error with close names."""
+    from .registry import metric_specs
+
+    given = dict(given)
+    out: dict[str, Any] = {}
+    for spec in metric_specs():
+        if spec.options is None:
+            continue
+        value = given.pop(spec.name, None)
+        if value is None:
+            value = spec.options()
+        elif isinstance(value, Mapping):
+            value = spec.options.from_dict(value, f"{spec.name} options")
+        elif not isinstance(value, spec.options):
+            raise ConfigError(f"options of {spec.name} must be a {spec.options.__name__} or a "
+                              f"mapping, got {type(value).__name__}")
+        value.check(config)
+        out[spec.name] = value
+    if given:
+        name = sorted(given)[0]
+        raise ConfigError(f"no measurement with options named {name!r}"
+                          f"{close_matches(name, out)} Measurements with options: "
+                          f"{', '.join(out)}")
+    return out
 
 
 def resolve_task(config: StudyConfig) -> tuple[str, dict[str, Any]]:
@@ -279,15 +332,44 @@ def _check_existing(out: Path, config: StudyConfig, force: bool) -> None:
     if not isinstance(old, dict):
         raise ResultsError(f"{rd.path / CONFIG} is not a run config (it holds a "
                            f"{type(old).__name__}); rerun with --force")
-    cfg = config.to_dict()
-    if old.get("hash") != config_hash(cfg):
-        before = old.get("config", {}) if isinstance(old.get("config"), dict) else {}
-        diffs = sorted(k for k in set(before) | set(cfg)
-                       if before.get(k) != cfg.get(k) and k != "device")
+    diffs = config_differences(old, config, where=str(rd.path / CONFIG))
+    if diffs:
         raise ResultsError(
-            f"{rd.path} holds a run with a different config (differs in: {', '.join(diffs) or '?'}); "
+            f"{rd.path} holds a run with a different config (differs in: {', '.join(diffs)}); "
             "choose another --out, or pass --force to discard it"
         )
+
+
+def config_differences(stored: Mapping[str, Any], config: StudyConfig,
+                       where: str = "config.json") -> list[str]:
+    """The options in which the run config ``stored`` (a ``config.json`` mapping) differs from
+    ``config``; empty when it is the same config.
+
+    The same hash is the same config. A ``config.json`` of an earlier version (flat measurement
+    options, options added since) is read as a config of today, its defaults filled in, and
+    compared option by option, so that an older run resumes without recomputing and a run with
+    other options is never reused.
+    """
+    cfg = config.to_dict()
+    if stored.get("hash") == config_hash(cfg):
+        return []
+    before = stored.get("config", {}) if isinstance(stored.get("config"), Mapping) else {}
+    try:
+        before = StudyConfig.from_dict(before, where).to_dict()
+    except ConfigError as exc:  # an unreadable config is another config: say what differs
+        log.info("%s is not a config of this version (%s)", where, exc)
+        before = nest_flat(before, where)
+
+    def flat(d: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in d.items() if k != "options"}
+        out.update(flatten_options(d.get("options") or {}))
+        return {k: v for k, v in out.items() if k not in ("device", "out", "progress")}
+
+    old, new = flat(before), flat(cfg)
+    diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not diffs:
+        log.info("%s was written by an earlier version; it is the same config", where)
+    return diffs
 
 
 def _prepare_dir(rd: RunDir, config: StudyConfig, fingerprint: dict[str, Any], force: bool,
@@ -353,57 +435,6 @@ def run_lock(path: Path) -> Iterator[None]:
         lock.release()
 
 
-def _answers_state(examples: Sequence[Any], config: StudyConfig) -> tuple[str, ...]:
-    """The measurements to skip because the examples have no answers (an error when the user
-    asked for one of them explicitly, or when only some examples have answers)."""
-    missing = [i for i, ex in enumerate(examples) if not ex.answer]
-    if not missing:
-        return ()
-    if len(missing) < len(examples):
-        lines = ", ".join(str(examples[i].meta.get("source_id", i)) for i in missing[:10])
-        raise ConfigError(
-            f"{len(missing)} of {len(examples)} examples have no answer (lines/items {lines}"
-            f"{' ...' if len(missing) > 10 else ''}); give every example an answer, or none"
-        )
-    from .registry import get_metric, metric_names
-
-    needing = tuple(m for m in config.metrics if get_metric(m).needs_answers)
-    if needing and config.metrics != metric_names():
-        raise ConfigError(
-            f"{', '.join(needing)} need answers, and the examples have none (a .txt prompts file "
-            "has prompts only); use a .jsonl file with \"answer\" fields, or other --metrics"
-        )
-    return needing
-
-
-def _reference_examples(task: Any, config: StudyConfig, examples: Sequence[Any],
-                        warnings: list[dict[str, Any]]) -> tuple[list[Any], dict[str, Any]]:
-    """The erasure's reference prompts: ``n_reference`` further examples of the task; fewer (or
-    the analysed ones) only with a warning, and what was used is recorded."""
-    n, want = len(examples), config.n_reference
-    further = list(task.examples(n + want))[n:]
-    if len(further) >= want:
-        return further[:want], {"source": "task", "n": want,
-                                "description": f"examples {n + 1}..{n + want} of the task"}
-    if further:
-        message = (f"erasure reference: the task supplies only {len(further)} examples beyond the "
-                   f"{n} analysed (n_reference={want}); the mean residual uses those "
-                   f"{len(further)}")
-        info = {"source": "task", "n": len(further),
-                "description": f"examples {n + 1}..{n + len(further)} of the task"}
-        used = further
-    else:
-        used = list(examples[:want])
-        message = (f"erasure reference: the task supplies no examples beyond the {n} analysed; "
-                   f"the mean residual uses the first {len(used)} analysed prompts themselves. "
-                   "Lower n_examples to keep reference and analysed prompts apart")
-        info = {"source": "analysed", "n": len(used),
-                "description": f"analysed examples 1..{len(used)}"}
-    log.warning(message)
-    warnings.append({"code": "erasure_reference", "message": message})
-    return used, info
-
-
 def run_study(
     config: StudyConfig,
     out: str | os.PathLike[str] | None = None,
@@ -425,7 +456,7 @@ def run_study(
     each measurement's own bar nested below it; ``on_step`` is called with every such label.
     """
     from .models.loading import resolve_spec
-    from .registry import get_metric
+    from .prepare import prepare_study
     from .tasks import get_task
 
     # every mistake the user can make is caught before anything is written
@@ -445,18 +476,13 @@ def run_study(
                    f"{config.n_examples}; all {len(examples)} are analysed")
         log.warning(message)
         warnings.append({"code": "few_examples", "message": message})
-    skipped = _answers_state(examples, config)
-    specs = [get_metric(m) for m in config.metrics if m not in skipped]
-    if skipped:
-        message = (f"skipped {', '.join(skipped)}: they need answers and the examples have none")
-        log.warning(message)
-        warnings.append({"code": "no_answers", "message": message})
-    specs, train_examples, no_data = _fit_examples(task, examples, config, specs, warnings)
-    skipped += no_data
-    steps = StudySteps(len(specs) + 1, progress, on_step)
+    # the same decisions the planner makes: what runs, what is skipped and why, what it needs
+    prep = prepare_study(config, task, examples)
+    warnings += prep.warnings
+    steps = StudySteps(len(prep.specs) + 1, progress, on_step)
     try:
         return _run_measurements(config, out_path, force, dashboard, after_metric, steps, task,
-                                 task_name, examples, warnings, skipped, specs, train_examples)
+                                 task_name, examples, warnings, prep)
     finally:
         steps.close()
 
@@ -464,8 +490,7 @@ def run_study(
 def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboard: bool,
                       after_metric: Callable[[str], None] | None, steps: StudySteps, task: Any,
                       task_name: str, examples: Sequence[Any], warnings: list[dict[str, Any]],
-                      skipped: tuple[str, ...], specs: Sequence[Any],
-                      train_examples: dict[str, Any]) -> StudyResult:
+                      prep: Any) -> StudyResult:
     """The body of :func:`run_study` once the config, task and examples are known."""
     from .depth import estimate_all, reliability_warnings
     from .engine.batch import bos_read, encode_batch
@@ -473,6 +498,7 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
     from .models.loading import load_model
     from .models.params import parameter_counts
     from .per_prompt import per_prompt_estimates
+    from .prepare import draw_inputs
     from .registry import StudyContext, metric_names
 
     progress = steps.enabled
@@ -491,17 +517,19 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
         log.warning(w["message"])
         warnings.append(w)
     _check_context(model, batch, config)
-    reference, reference_examples, reference_info = None, [], None
+    specs, skipped = prep.specs, tuple(prep.skipped)
+    # the reference prompts the measurements drew (erasure's), encoded
+    references: dict[str, tuple[Any, list[Any], dict[str, Any]]] = {}
     reference_ids: list[list[int]] = []
-    if any(spec.needs_reference for spec in specs):
-        reference_examples, reference_info = _reference_examples(task, config, examples, warnings)
-        reference = encode_batch(model.tokenizer, reference_examples, device=device,
-                                 allow_lossy=config.allow_lossy_tokenization, chat=chat)
-        _check_context(model, reference, config, what="reference example")
-        reference_ids = [reference.token_ids(b) for b in range(reference.size)]
+    for name, (ref_examples, ref_info) in prep.reference.items():
+        encoded = encode_batch(model.tokenizer, ref_examples, device=device,
+                               allow_lossy=config.allow_lossy_tokenization, chat=chat)
+        _check_context(model, encoded, config, what="reference example")
+        references[name] = (encoded, ref_examples, ref_info)
+        reference_ids += [encoded.token_ids(b) for b in range(encoded.size)]
     # what the fitted measurements train on (the tuned lens): encoded and fingerprinted
     train: dict[str, tuple[Any, dict[str, Any], str]] = {}
-    for name, (train_list, info) in train_examples.items():
+    for name, (train_list, info) in prep.train.items():
         encoded = encode_batch(model.tokenizer, train_list, device=device,
                                allow_lossy=config.allow_lossy_tokenization, chat=chat)
         _check_context(model, encoded, config, what=f"{name} training example")
@@ -511,10 +539,7 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
         ids = [encoded.token_ids(b) for b in range(encoded.size)]
         train[name] = (encoded, info, inputs_fingerprint(ids, encoded.answer_start.tolist()))
     # per-example inputs the measurements draw up front (cut positions): recorded in inputs.json
-    drawn: dict[str, list[Any]] = {}
-    for spec in specs:
-        if spec.inputs is not None:
-            drawn.update(spec.inputs(batch, config))
+    drawn = draw_inputs(specs, batch, config)
     L = int(model.cfg.n_layers)
     fingerprint = {
         "model": model_fingerprint(getattr(model, "effective_depth_source", {})),
@@ -538,8 +563,9 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
                           **({"answer_start": int(batch.answer_start[b])} if ex.answer else {}),
                           **{key: values[b] for key, values in drawn.items()}}
                          for b, ex in enumerate(examples)],
-            "reference": None if reference_info is None else {
-                **reference_info, "examples": [ex.to_dict() for ex in reference_examples]},
+            # one measurement draws reference prompts today (erasure); inputs.json keeps its form
+            "reference": next(({**info, "examples": [ex.to_dict() for ex in ref]}
+                               for _, ref, info in references.values()), None),
         })
         results.update({
             "format": FORMAT_VERSION,
@@ -569,8 +595,9 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
                 steps.finish()
                 continue
             steps.step(name)
-            ctx = StudyContext(model, batch, config, drawn, reference, reference_info, dict(done),
-                               progress)
+            encoded_ref, _, ref_info = references.get(name, (None, None, None))
+            ctx = StudyContext(model, batch, config, drawn, encoded_ref, ref_info, dict(done),
+                               progress, options=spec.options_of(config))
             start = time.perf_counter()  # a fit counts as part of its measurement's time
             if spec.fit is not None:
                 encoded, info, data_fp = train[name]
@@ -647,46 +674,6 @@ class StudySteps:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def _fit_examples(task: Any, examples: Sequence[Any], config: StudyConfig, specs: list[Any],
-                  warnings: list[dict[str, Any]]
-                  ) -> tuple[list[Any], dict[str, Any], tuple[str, ...]]:
-    """The training examples of every measurement that fits something first (the tuned lens).
-
-    A measurement the user named whose training data cannot be found is an error; one that runs
-    only because every measurement was asked for is skipped with a warning. Training examples
-    that are also analysed make the curves not held out: a warning says how many.
-    """
-    from .registry import metric_names
-
-    kept, out, skipped = [], {}, []
-    for spec in specs:
-        if spec.fit is None:
-            kept.append(spec)
-            continue
-        try:
-            train, info = spec.fit.examples(task, examples, config)
-        except ConfigError as exc:
-            if config.metrics != metric_names():
-                raise
-            message = f"skipped {spec.name}: {exc}"
-            log.warning(message)
-            warnings.append({"code": "no_train_data", "message": message})
-            skipped.append(spec.name)
-            continue
-        if not train:
-            raise ConfigError(f"{spec.name}: the training data ({dict(info)}) holds no examples")
-        shared = {ex.text for ex in examples} & {ex.text for ex in train}
-        if shared:
-            message = (f"{spec.name}: {len(shared)} of the {len(examples)} analysed examples are "
-                       f"among its {len(train)} training examples, so its curves are not held out; "
-                       "analyse another split (e.g. --param split=test) or train on other data")
-            log.warning(message)
-            warnings.append({"code": "train_overlap", "message": message})
-        kept.append(spec)
-        out[spec.name] = (list(train), {**info, "overlap": len(shared)})
-    return kept, out, tuple(skipped)
 
 
 def _load_or_fit(rd: RunDir, fit: Any, ctx: Any, want: dict[str, Any]) -> Any:

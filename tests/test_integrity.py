@@ -333,7 +333,8 @@ def test_an_example_longer_than_the_context_is_an_error(tmp_path):
 @pytest.mark.parametrize("setting,message", [
     ("n_examples=abc", "n_examples must be an integer, got 'abc'"),
     ("n_boot=1.5", "n_boot must be an integer, got 1.5"),
-    ("lens_k=2.5", "lens_k must be an integer or null, got 2.5"),
+    ("lens_k=2.5", "lens_k (logit_lens.k) must be int|none, got '2.5'"),
+    ("logit_lens.k=2.5", "logit_lens.k must be int|none, got '2.5'"),
     ("batch_size=true", "batch_size must be an integer, got True"),
     ("ci_level=high", "ci_level must be a number"),
     ("rules=paper", "rules must be one of toolkit, reference"),

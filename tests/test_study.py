@@ -281,7 +281,8 @@ def test_cli_run_config_file_and_set(tmp_path, tiny_model):
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "config.json").read_text())["config"]
     assert saved["n_examples"] == 2  # the command line overrides the file
-    assert saved["cut_start"] == 4 and saved["cut_stride"] == 2 and saved["task"] == "multistep"
+    skips = saved["options"]["skip_effects"]  # the flat names of --set land in the options
+    assert skips["cut_start"] == 4 and skips["cut_stride"] == 2 and saved["task"] == "multistep"
     cuts = [ex["cuts"] for ex in json.loads((out / "inputs.json").read_text())["examples"]]
     assert all(c and min(c) >= 4 and all((x - 4) % 2 == 0 for x in c) for c in cuts)
     bad = CliRunner().invoke(main, ["run", "--model", tiny_model, "--set", "cut_strt=4"])

@@ -253,7 +253,7 @@ def test_training_data_must_exist_and_be_held_out(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("12+34=\n56+78=\n")
     # asked for explicitly with no train split: an error naming the fix, nothing written
-    with pytest.raises(ConfigError, match="has no train split.*tuned_lens_data"):
+    with pytest.raises(ConfigError, match="has no train split.*tuned_lens.data"):
         run_study(StudyConfig(model="zoo/add-2l", task="prompts", task_params={"path": str(prompts)},
                               metrics=("tuned_lens",)), tmp_path / "a", progress=False, dashboard=False)
     assert not (tmp_path / "a" / "config.json").exists()
@@ -263,9 +263,9 @@ def test_training_data_must_exist_and_be_held_out(tmp_path):
     assert overlap > 0
     warnings = [w for w in res.results["warnings"] if w["code"] == "train_overlap"]
     assert len(warnings) == 1 and f"{overlap} of the 6 analysed examples" in warnings[0]["message"]
-    with pytest.raises(ConfigError, match="tuned_lens_steps must be >= 0"):
+    with pytest.raises(ConfigError, match="tuned_lens.steps must be >= 0"):
         StudyConfig(tuned_lens_steps=-1)
-    with pytest.raises(ConfigError, match="tuned_lens_ridge must be >= 0"):
+    with pytest.raises(ConfigError, match="tuned_lens.ridge must be >= 0"):
         StudyConfig(tuned_lens_ridge=-0.1)
 
 

@@ -204,9 +204,9 @@ def _cost(w: Workload) -> MeasurementCost:
             m.lens_rows += (2 * L + 1) * w.answer_tokens(b)
             starts += [int(s) for s in lowest]
         m.block_calls += w.sweep_calls(starts, w.width(c))
-    config = w.config
-    reused = ("skip_effects" in config.metrics and config.skip_mode == "current"
-              and config.skip_component == "block")
+    skips = w.options("skip_effects")
+    reused = ("skip_effects" in w.config.metrics and skips.mode == "current"
+              and skips.component == "block")
     if not reused:
         m.block_tokens += w.clean(w.every, batch_size=8)
         m.block_calls += w.clean_calls(w.every, batch_size=8)
@@ -245,7 +245,7 @@ register_metric(MetricSpec(
     name=Behaviour.name,
     cost=_cost,
     result_type=Behaviour,
-    order=40,
+    requires=("skip_effects",),
     description="exact-match accuracy after every early exit and every pruning prefix",
     run=_run,
     needs_answers=True,

@@ -195,7 +195,6 @@ register_metric(MetricSpec(
     name=Contributions.name,
     cost=_cost,
     result_type=Contributions,
-    order=10,
     description="relative norms and cosines of every block's writes to the residual stream",
     run=lambda ctx: contributions(ctx.model, ctx.batch, skip_front=ctx.config.skip_front,
                                   include_front=ctx.config.include_front,

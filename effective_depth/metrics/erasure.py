@@ -14,7 +14,8 @@ exactly 0 without running anything. The first ``skip_front`` positions are never
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -27,6 +28,7 @@ from ..engine.batch import Batch, BatchLike, as_batch
 from ..engine.interventions import ReplaceResidual, compile_plan
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
+from ..options import MetricOptions
 from ..progress import tqdm
 from ..registry import MetricSpec, register_metric
 from .base import TokenMaps, check_skip_front, lens_prob_distance, prompt_chunks
@@ -171,6 +173,44 @@ def _erasure_chunk(
     return list(enumerate(maps))
 
 
+@dataclass(frozen=True)
+class ErasureOptions(MetricOptions):
+    """Residual erasure's options (``--set erasure.n_reference=20``); docs/methods.md §4."""
+
+    n_reference: int = field(default=10, metadata={
+        "help": "further examples of the task whose mean residual replaces the erased one"})
+    map_examples: int = field(default=3, metadata={
+        "help": "examples that get a map (the first ones analysed)"})
+
+    def validate(self) -> None:
+        self.require_positive("n_reference", "map_examples")
+
+
+def reference_examples(task: Any, examples: Sequence[Any], config: Any
+                       ) -> tuple[list[Any], dict[str, Any], list[str]]:
+    """The reference prompts: ``n_reference`` further examples of the task; fewer (or the
+    analysed ones) only with a warning, and what was used is recorded."""
+    n, want = len(examples), config.options[Erasure.name].n_reference
+    further = list(task.examples(n + want))[n:]
+    if len(further) >= want:
+        return further[:want], {"source": "task", "n": want,
+                                "description": f"examples {n + 1}..{n + want} of the task"}, []
+    if further:
+        message = (f"erasure reference: the task supplies only {len(further)} examples beyond the "
+                   f"{n} analysed (n_reference={want}); the mean residual uses those "
+                   f"{len(further)}")
+        info = {"source": "task", "n": len(further),
+                "description": f"examples {n + 1}..{n + len(further)} of the task"}
+        return further, info, [message]
+    used = list(examples[:want])
+    message = (f"erasure reference: the task supplies no examples beyond the {n} analysed; "
+               f"the mean residual uses the first {len(used)} analysed prompts themselves. "
+               "Lower n_examples to keep reference and analysed prompts apart")
+    info = {"source": "analysed", "n": len(used),
+            "description": f"analysed examples 1..{len(used)}"}
+    return used, info, [message]
+
+
 def _run(ctx: Any) -> Erasure:
     sub = ctx.map_batch()
     result = residual_erasure(ctx.model, sub, reference=ctx.reference,
@@ -184,9 +224,9 @@ def _cost(w: Workload) -> MeasurementCost:
     the last answer-predicting one and every boundary ``l``, blocks ``l..L-1`` on the positions
     from ``t`` on (rows erased at the final residual share their chunk, so the last block runs
     every position from ``t``), and two lens rows per answer-predicting position after ``t``."""
-    L, sf = w.L, w.config.skip_front
-    idx = w.first(w.config.map_examples)
-    ref = w.first(min(w.config.n_reference, len(w.lengths)))
+    L, sf, opts = w.L, w.config.skip_front, w.options(Erasure.name)
+    idx = w.first(opts.map_examples)
+    ref = w.first(min(opts.n_reference, len(w.lengths)))
     m = MeasurementCost("erasure", block_tokens=w.clean(idx) + w.clean(ref), sweeps=True,
                         block_calls=w.clean_calls(idx) + w.clean_calls(ref))
     for c in w.chunks(w.config.batch_size, idx):
@@ -208,9 +248,9 @@ register_metric(MetricSpec(
     name=Erasure.name,
     cost=_cost,
     result_type=Erasure,
-    order=50,
+    options=ErasureOptions,
     description="residual erasure maps of the first map_examples examples",
     run=_run,
     needs_answers=True,
-    needs_reference=True,
+    reference=reference_examples,
 ))

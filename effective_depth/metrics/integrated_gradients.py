@@ -18,7 +18,7 @@ are taken with respect to activations only (parameters stay frozen).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -32,11 +32,12 @@ from ..engine.batch import Batch, BatchLike, as_batch
 from ..engine.interventions import Plan
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
+from ..options import MetricOptions
 from ..progress import tqdm
 from ..registry import MetricSpec, register_metric
 from .adaptive_quadrature import ADAPTIVE_TOL, adaptive_quadrature, coarse_nodes
 from .base import TokenMaps
-from .quadrature import ADAPTIVE, check_rule, quadrature
+from .quadrature import ADAPTIVE, RULES, check_rule, quadrature
 
 __all__ = ["IntegratedGradients", "integrated_gradients", "DEFAULT_RULE", "DEFAULT_STEPS", "GAP_TOL"]
 
@@ -150,7 +151,7 @@ def gap_warnings(gap: Tensor, rule: str, n_steps: int) -> list[dict[str, Any]]:
         f"integrated gradients: the attributions of {n_bad} of {gap.numel()} (example, block) "
         f"maps do not sum to F(x) - F(baseline) within {GAP_TOL} (worst {worst:.3g}, example "
         f"{b}, block {layer}): the quadrature ({rule}, {n_steps} nodes) has not resolved the "
-        "integrand; raise ig_steps or use ig_rule='adaptive'")}]
+        "integrand; raise integrated_gradients.steps or use integrated_gradients.rule=adaptive")}]
 
 
 def answer_probability(adapter: Any, h: Tensor, ids: Tensor, chunk: int = 256) -> Tensor:
@@ -266,10 +267,27 @@ class _Paths:
                                                                        dtype=torch.float64)
 
 
+@dataclass(frozen=True)
+class IntegratedGradientsOptions(MetricOptions):
+    """Integrated gradients' options (``--set integrated_gradients.steps=64``);
+    docs/methods.md §5."""
+
+    steps: int = field(default=DEFAULT_STEPS, metadata={
+        "help": "quadrature nodes on the path (adaptive: at most this many)"})
+    rule: str = field(default=DEFAULT_RULE, metadata={
+        "help": "quadrature rule: " + ", ".join(sorted([*RULES, ADAPTIVE]))})
+    map_examples: int = field(default=3, metadata={
+        "help": "examples that get a map (the first ones analysed)"})
+
+    def validate(self) -> None:
+        check_rule(self.rule, self.steps)
+        self.require_positive("map_examples")
+
+
 def _run(ctx: Any) -> IntegratedGradients:
     sub = ctx.map_batch()
-    return integrated_gradients(ctx.model, sub, n_steps=ctx.config.ig_steps,
-                                rule=ctx.config.ig_rule, progress=ctx.progress)
+    return integrated_gradients(ctx.model, sub, n_steps=ctx.options.steps,
+                                rule=ctx.options.rule, progress=ctx.progress)
 
 
 def _cost(w: Workload) -> MeasurementCost:
@@ -279,11 +297,12 @@ def _cost(w: Workload) -> MeasurementCost:
     a fixed rule; for ``adaptive`` (whose count depends on the integrand) the typical count
     :data:`ADAPTIVE_TYPICAL_EVALS`, at most ``ig_steps`` (exact below 5 nodes). A rule without the node ``α = 0``
     (``gauss_legendre``) adds one forward per block for ``F(x̄)``."""
-    L, steps, rule = w.L, w.config.ig_steps, w.config.ig_rule
+    opts = w.options(IntegratedGradients.name)
+    L, steps, rule = w.L, opts.steps, opts.rule
     if rule == ADAPTIVE:  # below 5 nodes: the coarse pass alone, exactly
         steps = len(coarse_nodes(steps)) if steps < 5 else min(steps, ADAPTIVE_TYPICAL_EVALS)
     m = MeasurementCost("integrated_gradients", sweeps=True)
-    for b in w.first(w.config.map_examples):
+    for b in w.first(opts.map_examples):
         T = int(w.lengths[b])
         m.block_tokens += L * T
         m.block_calls += L
@@ -301,7 +320,7 @@ register_metric(MetricSpec(
     name=IntegratedGradients.name,
     cost=_cost,
     result_type=IntegratedGradients,
-    order=60,
+    options=IntegratedGradientsOptions,
     description="integrated-gradient maps of the answer probability over every block output",
     run=_run,
     needs_answers=True,

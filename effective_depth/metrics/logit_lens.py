@@ -15,7 +15,7 @@ processed in chunks of ``chunk`` tokens: peak memory is a few ``chunk × vocab``
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -27,6 +27,7 @@ from ..costs import MeasurementCost, Workload
 from ..engine.adapter import get_adapter
 from ..engine.batch import BatchLike, as_batch, measured_mask
 from ..errors import ConfigError
+from ..options import MetricOptions
 from ..progress import tqdm
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import ed_kl, ed_overlap, first_hit_reference
@@ -150,14 +151,26 @@ def default_lens_k(d_vocab: int) -> int:
     return min(5, max(1, d_vocab // 50))
 
 
+@dataclass(frozen=True)
+class LogitLensOptions(MetricOptions):
+    """The logit lens's options (``--set logit_lens.k=1``)."""
+
+    k: int | None = field(default=None, metadata={
+        "help": "top-k of the overlap curve; none: min(5, max(1, vocabulary // 50))"})
+
+    def validate(self) -> None:
+        self.require_positive("k")
+
+
 def lens_k_of(ctx: Any) -> int:
-    """A study's top-k of the overlap: ``lens_k``, or :func:`default_lens_k` of the vocabulary."""
+    """A study's top-k of the overlap: ``logit_lens.k``, or :func:`default_lens_k` of the
+    vocabulary (the tuned lens reads the same option)."""
     d_vocab = int(get_adapter(ctx.model).d_vocab)
-    k = ctx.config.lens_k
+    k = ctx.config.options[LogitLens.name].k
     if k is None:
         k = default_lens_k(d_vocab)
     elif k > d_vocab:
-        raise ConfigError(f"lens_k={k} exceeds the model's vocabulary ({d_vocab})")
+        raise ConfigError(f"logit_lens.k={k} exceeds the model's vocabulary ({d_vocab})")
     return k
 
 
@@ -216,7 +229,7 @@ register_metric(MetricSpec(
     name=LogitLens.name,
     cost=_cost,
     result_type=LogitLens,
-    order=20,
+    options=LogitLensOptions,
     description="the logit lens: KL to the output and top-k overlap at every block input",
     run=_run,
     estimators=(

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from jaxtyping import Float
@@ -40,14 +40,22 @@ from ..engine.batch import Batch, BatchLike, as_batch, measured_mask
 from ..engine.interventions import LocalSkip, PatchContribution, compile_plan
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
+from ..options import MetricOptions
 from ..progress import tqdm
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import bootstrap_indices, ed_skip, percentile_ci
 from .base import EPS, MetricResult, check_skip_front, lens_prob_distance, prompt_chunks
 
-__all__ = ["SkipEffects", "skip_effects", "draw_cuts", "cut_rule", "depth_score", "SKIP_COMPONENTS"]
+__all__ = ["SkipEffects", "SkipEffectsOptions", "skip_effects", "draw_cuts", "cut_rule",
+           "depth_score", "SKIP_COMPONENTS"]
 
-SKIP_COMPONENTS = ("block", "attn", "mlp", "local")
+#: what a skip removes, how positions are chosen, how effects over positions are reduced
+Component = Literal["block", "attn", "mlp", "local"]
+Mode = Literal["future", "current"]
+Aggregate = Literal["max", "mean"]
+SKIP_COMPONENTS: tuple[str, ...] = get_args(Component)
+SKIP_MODES: tuple[str, ...] = get_args(Mode)
+AGGREGATES: tuple[str, ...] = get_args(Aggregate)
 
 
 #: the reference scripts' cut rule: ``range(8, T - 4, 8)`` (start, stride, margin)
@@ -235,12 +243,12 @@ def skip_effects(
     model: Any,
     batch: BatchLike,
     *,
-    mode: Literal["future", "current"] = "future",
-    component: Literal["block", "attn", "mlp", "local"] = "block",
+    mode: Mode = "future",
+    component: Component = "block",
     n_cuts: int = 4,
     seed: int = 0,
     skip_front: int = 1,
-    aggregate: Literal["max", "mean"] = "max",
+    aggregate: Aggregate = "max",
     cuts: Sequence[Sequence[int]] | None = None,
     cut_start: int | None = None,
     cut_stride: int | None = None,
@@ -257,7 +265,7 @@ def skip_effects(
     """
     batch = as_batch(model, batch, what="skip_effects")
     check_skip_front(skip_front)
-    if mode not in ("future", "current"):
+    if mode not in SKIP_MODES:
         raise ConfigError(f"mode must be 'future' or 'current', got {mode!r}")
     if component not in SKIP_COMPONENTS:
         raise ConfigError(f"component must be one of {SKIP_COMPONENTS}, got {component!r}")
@@ -396,22 +404,52 @@ def _require_a_cut(cuts: Sequence[Sequence[int]], batch: Batch, skip_front: int)
         )
 
 
+@dataclass(frozen=True)
+class SkipEffectsOptions(MetricOptions):
+    """Skip effects' options (``--set skip_effects.mode=current``); docs/methods.md §3."""
+
+    mode: Mode = field(default="future", metadata={
+        "help": "future: effects on positions after a random cut; current: on every position"})
+    component: Component = field(default="block", metadata={
+        "help": "what is skipped: the whole block, its attention, its MLP, or local attention"})
+    aggregate: Aggregate = field(default="max", metadata={
+        "help": "how a prompt's effects over positions are reduced"})
+    n_cuts: int = field(default=4, metadata={"help": "cut positions per prompt (future mode)"})
+    cut_start: int | None = field(default=None, metadata={
+        "help": "first possible cut position; all three cut_* none: the rule fits "
+                "each prompt (docs/methods.md §2)"})
+    cut_stride: int | None = field(default=None, metadata={
+        "help": "spacing of possible cut positions; none: 8"})
+    cut_margin: int | None = field(default=None, metadata={
+        "help": "tokens kept after the last possible cut; none: 4"})
+
+    def validate(self) -> None:
+        self.require_positive("n_cuts", "cut_stride", "cut_margin")
+
+    def check(self, config: Any) -> None:
+        if self.cut_start is not None and self.cut_start <= config.skip_front:
+            raise ConfigError(f"{self.qualified('cut_start')} must be > skip_front "
+                              f"({config.skip_front}), got {self.cut_start}")
+
+
 def _study_cuts(batch: Batch, config: Any) -> dict[str, list[Any]]:
-    if config.skip_mode == "current":
+    """The cut positions of every prompt, drawn before anything runs (``inputs.json``)."""
+    opts = config.options[SkipEffects.name]
+    if opts.mode == "current":
         return {"cuts": [[] for _ in range(batch.size)]}
-    cuts = [draw_cuts(int(n), config.n_cuts, f"{config.seed}:{b}", config.cut_start,
-                      config.cut_stride, config.cut_margin, config.skip_front)
+    cuts = [draw_cuts(int(n), opts.n_cuts, f"{config.seed}:{b}", opts.cut_start,
+                      opts.cut_stride, opts.cut_margin, config.skip_front)
             for b, n in enumerate(batch.lengths.tolist())]
     _require_a_cut(cuts, batch, config.skip_front)  # before the study writes anything
     return {"cuts": cuts}
 
 
 def _run(ctx: Any) -> SkipEffects:
-    config, cuts = ctx.config, ctx.inputs["cuts"]
-    return skip_effects(ctx.model, ctx.batch, mode=config.skip_mode,
-                        component=config.skip_component, n_cuts=config.n_cuts, seed=config.seed,
-                        skip_front=config.skip_front, aggregate=config.aggregate,
-                        cuts=cuts if config.skip_mode == "future" else None,
+    config, opts, cuts = ctx.config, ctx.options, ctx.inputs["cuts"]
+    return skip_effects(ctx.model, ctx.batch, mode=opts.mode,
+                        component=opts.component, n_cuts=opts.n_cuts, seed=config.seed,
+                        skip_front=config.skip_front, aggregate=opts.aggregate,
+                        cuts=cuts if opts.mode == "future" else None,
                         batch_size=config.batch_size, progress=ctx.progress)
 
 
@@ -458,7 +496,7 @@ def _cost(w: Workload) -> MeasurementCost:
         width = w.width(c)
         starts = []
         for b in c:
-            for t in (w.cuts[b] if w.config.skip_mode == "future" else [None]):
+            for t in (w.cuts[b] if w.options(SkipEffects.name).mode == "future" else [None]):
                 m.block_tokens += L * (L - 1) // 2 * width
                 m.lens_rows += L * 2 * (int(w.lengths[b]) - (t or 0))
                 starts += [s + 1 for s in range(L)]
@@ -471,7 +509,7 @@ register_metric(MetricSpec(
     name=SkipEffects.name,
     cost=_cost,
     result_type=SkipEffects,
-    order=30,
+    options=SkipEffectsOptions,
     description="layer-skip effects on later blocks and on the output (future or current)",
     run=_run,
     inputs=_study_cuts,

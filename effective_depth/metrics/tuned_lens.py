@@ -35,6 +35,7 @@ from ..costs import MeasurementCost, Workload
 from ..engine.adapter import Adapter, get_adapter
 from ..engine.batch import Batch, BatchLike, measured_mask
 from ..errors import ConfigError
+from ..options import MetricOptions
 from ..progress import tqdm
 from ..registry import EstimatorSpec, FitSpec, MetricSpec, register_metric
 from .base import check_skip_front
@@ -60,7 +61,7 @@ MAX_FIT_POSITIONS = 8192
 #: share of the training prompts set aside for validation, and at most this many of their positions
 VALIDATION_FRACTION = 0.2
 VALIDATION_POSITIONS = 128
-#: fine-tuning: at most this many steps, and (``tuned_lens_steps`` not given) at most this many
+#: fine-tuning: at most this many steps, and (``tuned_lens.steps`` not given) at most this many
 #: lens multiply-adds in all (:func:`auto_steps`)
 MAX_STEPS = 250
 FINE_TUNE_BUDGET = 2 * 10**11
@@ -244,7 +245,7 @@ def lens_kl_by_layer(adapter: Adapter, resid: Float[Tensor, "boundary n d_model"
 
 
 def auto_steps(n_layers: int, d_model: int, d_vocab: int, positions: int) -> int:
-    """KL fine-tuning steps when ``tuned_lens_steps`` is not given: at most
+    """KL fine-tuning steps when ``tuned_lens.steps`` is not given: at most
     :data:`MAX_STEPS`, and no more than keep the fine-tuning's lens work (forward and backward,
     ``3 × L × positions × d_model × d_vocab`` multiply-adds a step) within :data:`FINE_TUNE_BUDGET`.
     Zero for real vocabularies at 1024 positions a step: the closed-form fit alone."""
@@ -519,22 +520,46 @@ def _permuted(n: int, size: int) -> Callable[[torch.Generator], Tensor]:
 
 
 # ---------------------------------------------------------------------------------- study hooks
+@dataclass(frozen=True)
+class TunedLensOptions(MetricOptions):
+    """The tuned lens's options (``--set tuned_lens.steps=500``); its top-k is the logit lens's
+    ``logit_lens.k``."""
+
+    steps: int | None = field(default=None, metadata={
+        "help": "fine-tuning steps after the closed-form fit; 0: the closed-form fit alone; "
+                "none: as many as the fine-tuning budget allows"})
+    ridge: float = field(default=0.01, metadata={"help": "ridge of the closed-form fit"})
+    examples: int = field(default=1000, metadata={"help": "training examples drawn"})
+    data: str | None = field(default=None, metadata={
+        "help": "a prompts file (.txt/.jsonl) to train on; none: the task's train split"})
+
+    def validate(self) -> None:
+        self.require_positive("examples")
+        if self.steps is not None and self.steps < 0:
+            raise ConfigError(f"{self.qualified('steps')} must be >= 0 (0: the closed-form fit "
+                              f"alone; unset: as many as the fine-tuning budget allows), got "
+                              f"{self.steps}")
+        if self.ridge < 0:
+            raise ConfigError(f"{self.qualified('ridge')} must be >= 0, got {self.ridge}")
+
+
 def tuned_lens_examples(task: Any, examples: Sequence[Any], config: Any) -> tuple[list[Any], dict[str, Any]]:
-    """The training examples: the prompts file ``tuned_lens_data`` when given, else the task's
+    """The training examples: the prompts file ``tuned_lens.data`` when given, else the task's
     ``train`` split (tasks with a train/test ``split`` parameter); anything else is an error that
     says what to give."""
     from ..tasks import get_task
 
-    n = config.tuned_lens_examples
-    if config.tuned_lens_data:
-        source = get_task("prompts", path=config.tuned_lens_data)
+    opts = config.options[TunedLens.name]
+    n = opts.examples
+    if opts.data:
+        source = get_task("prompts", path=opts.data)
         out = source.examples(n)
-        return out, {"source": "file", "path": str(config.tuned_lens_data), "n": len(out)}
+        return out, {"source": "file", "path": str(opts.data), "n": len(out)}
     split = type(task).params.get("split")
     if split is None or not split.choices or "train" not in split.choices:
         raise ConfigError(
             f"the tuned lens trains on held-out examples, and task {task.name!r} has no train "
-            "split; give a prompts file of training text with --set tuned_lens_data=FILE "
+            "split; give a prompts file of training text with --set tuned_lens.data=FILE "
             "(.txt or .jsonl), or leave tuned_lens out of --metrics")
     params = {**task.values, "split": "train"}
     out = type(task)(**params).examples(n)
@@ -542,7 +567,8 @@ def tuned_lens_examples(task: Any, examples: Sequence[Any], config: Any) -> tupl
 
 
 def _settings(config: Any) -> dict[str, Any]:
-    return {"version": FIT_VERSION, "steps": config.tuned_lens_steps, "ridge": config.tuned_lens_ridge,
+    opts = config.options[TunedLens.name]
+    return {"version": FIT_VERSION, "steps": opts.steps, "ridge": opts.ridge,
             "lr": LEARNING_RATE, "tokens_per_step": TOKENS_PER_STEP,
             "max_positions": MAX_FIT_POSITIONS, "seed": config.seed,
             "skip_front": config.skip_front, "include_front": config.include_front}
@@ -550,8 +576,8 @@ def _settings(config: Any) -> dict[str, Any]:
 
 def _fit(ctx: Any) -> Translators:
     cfg = ctx.config
-    return train_tuned_lens(ctx.model, ctx.train, steps=cfg.tuned_lens_steps,
-                            ridge=cfg.tuned_lens_ridge, skip_front=cfg.skip_front,
+    return train_tuned_lens(ctx.model, ctx.train, steps=ctx.options.steps,
+                            ridge=ctx.options.ridge, skip_front=cfg.skip_front,
                             include_front=cfg.include_front, seed=cfg.seed,
                             batch_size=cfg.batch_size, progress=ctx.progress)
 
@@ -632,15 +658,15 @@ def _cost(w: Workload) -> MeasurementCost:
     steps, ``TOKENS_PER_STEP`` positions at every block input, forward and backward (three lens
     rows each). Measuring: the logit lens's work, twice when the logit lens is not also measured
     (the held-out check needs its curve)."""
-    s, L, cfg = w.shape, w.L, w.config
+    s, L, cfg, opts = w.shape, w.L, w.config, w.options(TunedLens.name)
     mean_t = max(1.0, sum(w.lengths) / max(1, len(w.lengths)))
-    n_val = 0 if cfg.tuned_lens_examples < 2 else max(1, round(cfg.tuned_lens_examples
+    n_val = 0 if opts.examples < 2 else max(1, round(opts.examples
                                                                * VALIDATION_FRACTION))
-    fit_tokens = min(int((cfg.tuned_lens_examples - n_val) * mean_t), MAX_FIT_POSITIONS)
+    fit_tokens = min(int((opts.examples - n_val) * mean_t), MAX_FIT_POSITIONS)
     val_tokens = min(int(n_val * mean_t), 4 * VALIDATION_POSITIONS) or fit_tokens
     val_pos = min(val_tokens, VALIDATION_POSITIONS)
     per_step = min(TOKENS_PER_STEP, fit_tokens)
-    steps = cfg.tuned_lens_steps
+    steps = opts.steps
     if steps is None:
         steps = auto_steps(L, s.d_model, s.d_vocab, per_step)
     evaluations = 3 + -(-steps // EVAL_EVERY)
@@ -664,7 +690,7 @@ register_metric(MetricSpec(
     name=TunedLens.name,
     cost=_cost,
     result_type=TunedLens,
-    order=25,
+    options=TunedLensOptions,
     description="the tuned lens: the logit lens through affine translators trained to match the output",
     run=_run,
     fit=FitSpec("tuned_lens", examples=tuned_lens_examples, settings=_settings, fit=_fit,

@@ -114,11 +114,19 @@ def comparison_panels(comparison: Mapping[str, Any]) -> list[Panel]:
 
 def _skip_key(run: Run) -> tuple[str, ...]:
     """What must agree for two runs' skip effects to differ in their mode only."""
-    res, cfg = run.results, run.config.get("config", {})
+    res, cfg = run.results, _skip_options(run)
     task = res.get("task", {})
     return (str(res.get("model", {}).get("name")), str(task.get("name")),
             json.dumps(task.get("params"), sort_keys=True, default=str), str(task.get("difficulty")),
-            str(cfg.get("skip_component", "block")), str(cfg.get("aggregate", "max")))
+            str(cfg.get("component", "block")), str(cfg.get("aggregate", "max")))
+
+
+def _skip_options(run: Run) -> dict[str, Any]:
+    """The skip-effect options a run was made with (flat names of earlier versions read too)."""
+    from ..options import nest_flat
+
+    options = nest_flat(run.config.get("config", {}), note=False).get("options", {})
+    return dict(options.get("skip_effects", {}))
 
 
 def skip_mode_panels(runs: Sequence[Run]) -> list[Panel]:
@@ -128,7 +136,7 @@ def skip_mode_panels(runs: Sequence[Run]) -> list[Panel]:
     for i, run in enumerate(runs):
         if "skip_effects" not in run.completed:
             continue
-        mode = run.config.get("config", {}).get("skip_mode", "future")
+        mode = _skip_options(run).get("mode", "future")
         groups.setdefault(_skip_key(run), {}).setdefault(mode, i)
     panels = []
     for n, by_mode in enumerate(g for g in groups.values() if set(SKIP_MODES) <= set(g)):
@@ -253,9 +261,12 @@ def _depth_percent(score: Mapping[str, Any]) -> str:
 
 def config_table(run: Run) -> str:
     """Every field of the StudyConfig that produced the run, and the library versions."""
-    cfg = run.config.get("config", {})
+    from ..options import flatten_options
+
+    cfg = dict(run.config.get("config", {}))
+    options = flatten_options(cfg.pop("options", None) or {})
     env = run.config.get("environment", {})
-    pairs = [*cfg.items(), *((f"version: {k}", v) for k, v in env.items())]
+    pairs = [*cfg.items(), *options.items(), *((f"version: {k}", v) for k, v in env.items())]
     return _kv_table(pairs, "config")
 
 
