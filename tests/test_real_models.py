@@ -127,18 +127,25 @@ def test_tokens_follow_the_token_rule(real):
 
 
 def test_greedy_answers_few_shot_additions(real):
-    name, hf, hooked, bridge, batch = real
+    """Greedy answers of the Hugging Face model on the first 6 held-out prompts of the default
+    task (fewshot_addition, 1 digit, 3 shots), read with the toolkit's token rule. Measured:
+    SmolLM2 5/6, Gemma-3 4/6 (72% and 82% on 50 held-out prompts); a model loaded or tokenized
+    wrongly answers next to none."""
     from transformers import AutoTokenizer
 
+    from effective_depth.tasks import get_task
+
+    name, hf, hooked, bridge, batch = real
     tok = AutoTokenizer.from_pretrained(hooked.effective_depth_source["path"])
+    examples = get_task("fewshot_addition", digits=1, split="test").examples(6)
     right = 0
-    for ex in PROMPTS:
+    for ex in examples:
         ids = torch.tensor([_prompt_ids(tok, ex.prompt)])
         with torch.no_grad():
-            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3,
                               do_sample=False)
-        right += tok.decode(out[0, ids.shape[1]:]).startswith(ex.answer)
-    assert right == len(PROMPTS), f"{name}: {right}/{len(PROMPTS)} greedy answers right"
+        right += tok.decode(out[0, ids.shape[1]:]).split("\n")[0].strip() == ex.answer
+    assert right >= 4, f"{name}: {right}/{len(examples)} greedy answers right"
 
 
 def test_contributions_equal_the_hf_reference(real, measured):
