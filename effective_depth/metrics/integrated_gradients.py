@@ -147,11 +147,14 @@ def gap_warnings(gap: Tensor, rule: str, n_steps: int) -> list[dict[str, Any]]:
         return []
     b, layer = divmod(int(gap.abs().argmax()), gap.shape[1])
     n_bad = int((gap.abs() > GAP_TOL).sum())
+    fix = ("raise integrated_gradients.steps (the adaptive rule's node budget per path)"
+           if rule == ADAPTIVE else
+           "raise integrated_gradients.steps or use integrated_gradients.rule=adaptive")
     return [{"code": "ig_completeness_gap", "message": (
         f"integrated gradients: the attributions of {n_bad} of {gap.numel()} (example, block) "
         f"maps do not sum to F(x) - F(baseline) within {GAP_TOL} (worst {worst:.3g}, example "
         f"{b}, block {layer}): the quadrature ({rule}, {n_steps} nodes) has not resolved the "
-        "integrand; raise integrated_gradients.steps or use integrated_gradients.rule=adaptive")}]
+        f"integrand; {fix}")}]
 
 
 def answer_probability(adapter: Any, h: Tensor, ids: Tensor, chunk: int = 256) -> Tensor:
