@@ -23,17 +23,24 @@ def setup():
     return model, batch
 
 
+def _shared_runs(model, batch, sub, cuts):
+    """The measurements both work-count tests run: name -> (batch, study options, measure)."""
+    return {
+        "contributions": (batch, {}, lambda: M.contributions(model, batch)),
+        "logit_lens": (batch, {}, lambda: M.logit_lens(model, batch)),
+        "skip_effects": (batch, {"n_cuts": 2}, lambda: M.skip_effects(model, batch, cuts=cuts)),
+        "erasure": (sub, {"map_examples": 2, "n_reference": 2},
+                    lambda: M.residual_erasure(model, sub, reference=sub)),
+    }
+
+
 def test_planned_block_tokens_equal_the_engine_count(setup):
     model, batch = setup
     lengths, starts = batch.lengths.tolist(), batch.answer_start.tolist()
     cuts = [draw_cuts(int(n), 2, f"0:{b}", 4, 4, 2) for b, n in enumerate(lengths)]
     sub = batch.select([0, 1])
     runs = {
-        "contributions": (batch, {}, lambda: M.contributions(model, batch)),
-        "logit_lens": (batch, {}, lambda: M.logit_lens(model, batch)),
-        "skip_effects": (batch, {"n_cuts": 2}, lambda: M.skip_effects(model, batch, cuts=cuts)),
-        "erasure": (sub, {"map_examples": 2, "n_reference": 2},
-                    lambda: M.residual_erasure(model, sub, reference=sub)),
+        **_shared_runs(model, batch, sub, cuts),
         "integrated_gradients": (sub, {"map_examples": 2, "ig_steps": 3},
                                  lambda: M.integrated_gradients(model, sub, n_steps=3)),
         "behaviour": (batch, {}, lambda: M.behaviour(model, batch, order=[3, 2, 1, 0])),
@@ -89,11 +96,7 @@ def test_planned_block_calls_follow_the_engine(setup):
     cuts = [draw_cuts(int(n), 2, f"0:{b}", 4, 4, 2) for b, n in enumerate(batch.lengths.tolist())]
     sub = batch.select([0, 1])
     runs = {
-        "contributions": (batch, {}, lambda: M.contributions(model, batch)),
-        "logit_lens": (batch, {}, lambda: M.logit_lens(model, batch)),
-        "skip_effects": (batch, {"n_cuts": 2}, lambda: M.skip_effects(model, batch, cuts=cuts)),
-        "erasure": (sub, {"map_examples": 2, "n_reference": 2},
-                    lambda: M.residual_erasure(model, sub, reference=sub)),
+        **_shared_runs(model, batch, sub, cuts),
         "behaviour": (batch, {"metrics": ("skip_effects", "behaviour"), "skip_mode": "current"},
                       lambda: M.behaviour(model, batch, order=[1, 2, 3, 0])),
     }
