@@ -10,6 +10,7 @@ import torch
 
 from effective_depth import ModelError, load_model
 from effective_depth.models import resolve_spec
+from effective_depth.models.loading import transposed_mlp_layout
 from tests.helpers import ARCHS, tiny_hf_model
 
 TOKENS = torch.tensor([[1, 5, 6, 14, 7, 8, 17, 9, 10, 11, 12], [1, 9, 9, 14, 4, 5, 17, 6, 7, 8, 13]])
@@ -212,3 +213,25 @@ def test_gemma3_of_an_unofficial_shape_is_refused_with_the_differences(tmp_path)
     with pytest.raises(ModelError, match=r"matches no official TransformerLens config.*"
                                          r"google/gemma-3-270m: d_model 640 vs 64"):
         load_model(path, device="cpu")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_gated_mlp_weights_are_stored_in_the_layout_their_forward_reads(tiny_checkpoints, arch):
+    """TransformerLens's GatedMLP multiplies by ``W.T.contiguous()``: after loading, ``W.T`` is
+    already contiguous (no per-call copy), and every block's output is bit-identical to the same
+    block with ordinary row-major weights."""
+    model = load_model(tiny_checkpoints[arch], device="cpu")
+    mlps = [b.mlp for b in model.blocks]
+    assert all(type(m).__name__ == "GatedMLP" for m in mlps)
+    for m in mlps:
+        for name in ("W_gate", "W_in", "W_out"):
+            w = getattr(m, name)
+            assert w.T.is_contiguous() and not w.is_contiguous()
+            assert w.T.contiguous().data_ptr() == w.data_ptr()  # no copy
+    x = torch.randn(2, 7, model.cfg.d_model)
+    relaid = [m(x) for m in mlps]
+    for m in mlps:
+        for name in ("W_gate", "W_in", "W_out"):
+            getattr(m, name).data = getattr(m, name).data.contiguous()
+    assert all(torch.equal(a, m(x)) for a, m in zip(relaid, mlps))
+    assert transposed_mlp_layout(model) == 3 * len(mlps)  # and it relays them again

@@ -273,6 +273,8 @@ def load_model(
                                        n_devices, trust_remote_code)
     _keep_own_bos(model, resolved.path or resolved.name, trust_remote_code)
     model.eval()
+    if backend != "bridge":
+        transposed_mlp_layout(model)
     for p in model.parameters():
         p.requires_grad_(False)
     model.effective_depth_source = {
@@ -284,6 +286,25 @@ def load_model(
         **_gguf_source(resolved.path),
     }
     return model
+
+
+def transposed_mlp_layout(model: Any) -> int:
+    """Store each gated MLP's weights in the memory layout its forward reads, so that
+    TransformerLens 3.9's ``GatedMLP.forward`` — which multiplies by ``W.T.contiguous()`` —
+    finds ``W.T`` already contiguous instead of copying three ``d_model × d_mlp`` matrices on
+    every call (7% of integrated gradients' time on SmolLM2-135M). The values, shapes and
+    products are unchanged (``F.linear`` receives the same contiguous matrix as before); only the
+    strides of the parameters differ. Returns the number of matrices relaid."""
+    n = 0
+    for module in model.modules():
+        if type(module).__name__ != "GatedMLP":
+            continue
+        for name in ("W_gate", "W_in", "W_out"):
+            w = getattr(module, name, None)
+            if isinstance(w, torch.nn.Parameter) and w.dim() == 2 and w.is_contiguous():
+                w.data = w.data.T.contiguous().T
+                n += 1
+    return n
 
 
 def _gguf_source(path: str | None) -> dict[str, Any]:
