@@ -239,7 +239,9 @@ def equal_accuracy(model, batch, ref=("trapezoid", 1024), tols=(3e-2, 3e-3),
     runs = {"default": run(DEFAULT_RULE, DEFAULT_STEPS)}
     runs.update({f"adaptive_tol_{tol:g}": run("adaptive", 256, tol=tol) for tol in tols})
     runs["riemann_left_256"] = run("riemann_left", 256)
-    key = json.dumps({"rule": ref[0], "steps": ref[1], "tokens": [batch.token_ids(b) for b in range(batch.size)]})
+    ref_kw = {"tol": ref[2]} if len(ref) > 2 else {}
+    key = json.dumps({"rule": ref[0], "steps": ref[1], **ref_kw,
+                      "tokens": [batch.token_ids(b) for b in range(batch.size)]})
     if reference_file is not None and reference_file.exists() and \
             load_file(str(reference_file)).get("key") is not None:
         tensors = load_file(str(reference_file))
@@ -250,7 +252,7 @@ def equal_accuracy(model, batch, ref=("trapezoid", 1024), tols=(3e-2, 3e-3),
         t_ref = meta["seconds"]
         print(f"  reference {ref[0]}-{ref[1]} read from {reference_file}", flush=True)
     else:
-        reference, t_ref = run(*ref)
+        reference, t_ref = run(ref[0], ref[1], **ref_kw)
         if reference_file is not None:
             meta = json.dumps({"meta": {k: v for k, v in reference.meta.items() if k != "warnings"},
                                "str_tokens": reference.str_tokens, "seconds": t_ref})
@@ -258,7 +260,7 @@ def equal_accuracy(model, batch, ref=("trapezoid", 1024), tols=(3e-2, 3e-3),
                        "key": torch.tensor(list(key.encode()), dtype=torch.uint8),
                        "meta": torch.tensor(list(meta.encode()), dtype=torch.uint8)}, str(reference_file))
     out = {k: entry(*v, reference) for k, v in runs.items()}
-    out["reference"] = {"rule": ref[0], "steps": ref[1], "seconds": t_ref,
+    out["reference"] = {"rule": ref[0], "steps": ref[1], **ref_kw, "seconds": t_ref,
                         "gap": float(reference.gaps.abs().max()),
                         "max_abs_attribution": max(m.abs().max().item() for m in reference.maps)}
     out["examples"], out["n_layers"] = batch.size, reference.n_layers
@@ -279,6 +281,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--reference", default="trapezoid-1024",
                         help="--equal-accuracy: the fine reference rule, RULE-N")
+    parser.add_argument("--reference-tol", type=float, default=None,
+                        help="--equal-accuracy: the tolerance of an adaptive reference "
+                             "(--reference adaptive-1024 --reference-tol 1e-4)")
     parser.add_argument("--tols", type=lambda s: tuple(float(x) for x in s.split(",") if x),
                         default=(3e-2, 3e-3), help="--equal-accuracy: adaptive tolerances besides the default")
     parser.add_argument("--examples", type=int, default=3, help="--equal-accuracy: examples per model")
@@ -291,9 +296,10 @@ def main(argv=None) -> dict:
 
     names = args.models.split(",")
     if args.equal_accuracy:
-        ref = tuple(args.reference.split("-"))
+        rule, steps = args.reference.split("-")
+        ref = (rule, int(steps)) + ((args.reference_tol,) if args.reference_tol else ())
         return main_equal_accuracy(names, dict(p.split("=", 1) for p in args.model_path), args.json,
-                                   ref=(ref[0], int(ref[1])), tols=args.tols, n=args.examples,
+                                   ref=ref, tols=args.tols, n=args.examples,
                                    reference_dir=args.reference_dir)
     grid, scalar_grid, zoo_ref = GRID, SCALAR_GRID, ("trapezoid", 1024)
     if args.quick:
@@ -333,7 +339,8 @@ def main_equal_accuracy(names: list[str], paths: dict[str, str], json_path: Path
         ref_file = None
         if reference_dir is not None:
             reference_dir.mkdir(parents=True, exist_ok=True)
-            ref_file = reference_dir / f"{name.replace('/', '_')}-{ref[0]}-{ref[1]}-{n}.safetensors"
+            tag = "-".join(str(x) for x in ref)
+            ref_file = reference_dir / f"{name.replace('/', '_')}-{tag}-{n}.safetensors"
         entry = equal_accuracy(*zoo_batch(name, n, paths.get(name)), ref=ref, tols=tols,
                                reference_file=ref_file)
         entry["load_average"] = os.getloadavg()

@@ -283,3 +283,30 @@ def test_behaviour_equals_greedy_decoding_under_intervene():
     # not a vacuous agreement: some examples are solved by the full model, and pruning all
     # blocks solves none
     assert exit_ok[:, L].any() and not prune_ok[:, L].any()
+
+
+@pytest.mark.parametrize("budget", [512 << 20, 0])
+def test_clean_lens_probs_are_the_lens_of_the_clean_residual(models, batch, budget):
+    """The cached reference side of the output distances: any (prompt, position) asked for —
+    repeated, in any order, kept in the table or (budget 0) recomputed — equals the lens of that
+    clean residual, and a distance against it equals one against the residuals themselves."""
+    from effective_depth.engine import get_adapter
+    from effective_depth.metrics.base import CleanLensProbs, lens_prob_distance
+
+    adapter = get_adapter(models["qwen2"])
+    h = adapter.clean(batch.tokens).resid[-1]
+    probs = CleanLensProbs(adapter, h, budget=budget)
+    assert (probs.table is None) == (budget == 0)
+    prompts = torch.tensor([1, 0, 1, 1, 0])
+    positions = torch.tensor([3, 5, 3, 0, 7])
+    expected = adapter.lens_probs(h[prompts, positions])
+    torch.testing.assert_close(probs.rows(prompts, positions), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(probs.rows(prompts.flip(0), positions.flip(0)), expected.flip(0),
+                               rtol=0, atol=1e-6)
+    if probs.table is not None:
+        assert int(probs.done.sum()) == 4  # the four distinct positions, each computed once
+    h_new = h[prompts, positions] + 0.5 * torch.randn(len(prompts), h.shape[-1])
+    d_cached = lens_prob_distance(adapter, h_new, probs.at(prompts, positions), chunk=2)
+    d_plain = lens_prob_distance(adapter, h_new, h[prompts, positions], chunk=2)
+    torch.testing.assert_close(d_cached, d_plain, rtol=0, atol=1e-6)
+    assert float(d_plain.min()) > 0

@@ -23,6 +23,7 @@ __all__ = [
     "token_mean",
     "prompt_chunks",
     "lens_prob_distance",
+    "CleanLensProbs",
     "EPS",
     "check_skip_front",
     "TokenMaps",
@@ -59,19 +60,67 @@ def prompt_chunks(batch: Batch, size: int) -> Iterator[tuple[list[int], Batch]]:
 def lens_prob_distance(
     adapter: Adapter,
     h_new: Float[Tensor, "n d_model"],
-    h_ref: Float[Tensor, "n d_model"],
+    h_ref: Float[Tensor, "n d_model"] | Any,
     chunk: int = 256,
 ) -> Float[Tensor, " n"]:
     """``‖softmax(lens(h_new)) − softmax(lens(h_ref))‖₂`` per row, in float32, chunked so that
-    only ``chunk × vocab`` probabilities exist at a time."""
+    only ``chunk × vocab`` probabilities exist at a time. ``h_ref`` is the reference residuals, or
+    a callable ``rows -> probabilities`` (a :class:`CleanLensProbs` bound to the rows'
+    positions), so that a clean position compared with many intervened rows is unembedded
+    once."""
     out = []
     for i in range(0, h_new.shape[0], chunk):
         p_new = adapter.lens_probs(h_new[i : i + chunk])
-        p_ref = adapter.lens_probs(h_ref[i : i + chunk].to(h_new.device))
+        if callable(h_ref):
+            p_ref = h_ref(slice(i, i + chunk)).to(p_new.device)
+        else:
+            p_ref = adapter.lens_probs(h_ref[i : i + chunk].to(h_new.device))
         out.append((p_new - p_ref).norm(dim=-1))
     if not out:
         return torch.zeros(0, device=h_new.device)
     return torch.cat(out)
+
+
+#: the most memory :class:`CleanLensProbs` keeps (bytes); beyond it rows are recomputed
+CLEAN_PROBS_BUDGET = 512 << 20
+
+
+class CleanLensProbs:
+    """``softmax(lens(h_L))`` of a clean pass's (prompt, position)s, each computed on first use
+    and kept (when the whole ``[prompt, position, vocab]`` table fits in ``budget`` bytes; else
+    recomputed per request). A sweep compares every intervened row with the same clean
+    positions: with the table, the reference side of :func:`lens_prob_distance` costs one
+    unembedding per position instead of one per row."""
+
+    def __init__(self, adapter: Adapter, h_final: Float[Tensor, "prompt pos d_model"],
+                 budget: int = CLEAN_PROBS_BUDGET, chunk: int = 256) -> None:
+        self.adapter, self.h, self.chunk = adapter, h_final, chunk
+        B, T = int(h_final.shape[0]), int(h_final.shape[1])
+        self.width = T
+        self.table: Tensor | None = None
+        if B * T * int(adapter.d_vocab) * 4 <= budget:
+            self.table = torch.empty(B, T, int(adapter.d_vocab), dtype=torch.float32,
+                                     device=h_final.device)
+            self.done = torch.zeros(B, T, dtype=torch.bool, device=h_final.device)
+
+    def rows(self, prompts: Tensor, positions: Tensor) -> Tensor:
+        """The probabilities ``[n, vocab]`` at ``(prompts[i], positions[i])``."""
+        prompts, positions = (x.to(self.h.device) for x in (prompts, positions))
+        if self.table is None:
+            return self.adapter.lens_probs(self.h[prompts, positions])
+        need = ~self.done[prompts, positions]
+        if bool(need.any()):
+            keys = torch.unique(prompts[need] * self.width + positions[need])
+            for i in range(0, len(keys), self.chunk):
+                k = keys[i : i + self.chunk]
+                p, t = k // self.width, k % self.width
+                self.table[p, t] = self.adapter.lens_probs(self.h[p, t])
+                self.done[p, t] = True
+        return self.table[prompts, positions]
+
+    def at(self, prompts: Tensor, positions: Tensor) -> Any:
+        """The reference of :func:`lens_prob_distance` for rows at ``(prompts, positions)``."""
+        return lambda sl: self.rows(prompts[sl], positions[sl])
 
 
 def lens_argmax(adapter: Adapter, h: Float[Tensor, "... d_model"], chunk: int = 256) -> Tensor:

@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from ..options import MetricOptions
 from ..progress import tqdm
 from ..registry import MetricSpec, register_metric
-from .base import TokenMaps, check_skip_front, lens_prob_distance, prompt_chunks
+from .base import CleanLensProbs, TokenMaps, check_skip_front, lens_prob_distance, prompt_chunks
 
 __all__ = ["Erasure", "residual_erasure", "mean_residuals"]
 
@@ -146,6 +146,8 @@ def _erasure_chunk(
                 spec = ReplaceResidual(boundary, mu[boundary], positions=[t])
                 rows.append(Row((j, boundary, t), j, compile_plan([spec], adapter, clean, j)))
 
+    clean_probs = CleanLensProbs(adapter, clean.resid[-1])
+
     def on_final(chunk: Chunk, h_final: Tensor) -> None:
         sel_row, sel_prompt, sel_pos = [], [], []
         for r, (j, _boundary, t) in enumerate(chunk.keys):
@@ -159,7 +161,7 @@ def _erasure_chunk(
         r_idx = torch.tensor(sel_row, device=h_final.device)
         p_idx = torch.tensor(sel_prompt, device=device)
         t_idx = torch.tensor(sel_pos, device=device)
-        ref = clean.resid[-1][p_idx, t_idx].to(h_final.device)
+        ref = clean_probs.at(p_idx, t_idx)
         dist = lens_prob_distance(adapter, h_final[r_idx, chunk.columns(t_idx).to(h_final.device)], ref)
         best = torch.zeros(len(chunk), device=dist.device).scatter_reduce(
             0, r_idx, dist, reduce="amax", include_self=True

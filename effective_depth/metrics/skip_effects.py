@@ -44,7 +44,14 @@ from ..options import MetricOptions
 from ..progress import tqdm
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import bootstrap_indices, ed_skip, percentile_ci
-from .base import EPS, MetricResult, check_skip_front, lens_prob_distance, prompt_chunks
+from .base import (
+    EPS,
+    CleanLensProbs,
+    MetricResult,
+    check_skip_front,
+    lens_prob_distance,
+    prompt_chunks,
+)
 
 __all__ = ["SkipEffects", "SkipEffectsOptions", "skip_effects", "draw_cuts", "cut_rule",
            "depth_score", "SKIP_COMPONENTS"]
@@ -358,12 +365,14 @@ def _skip_chunk(
         mask = torch.stack([measure[k][chunk.positions] for _, k in active]).to(rel.device)
         _accumulate(out, "layer", [(rows[k[0]], k[2], layer) for _, k in active], rel, mask)
 
+    clean_probs = CleanLensProbs(adapter, clean.resid[-1])
+
     def on_final(chunk: Chunk, h_final: Tensor) -> None:
         mask = torch.stack([measure[k][chunk.positions] for k in chunk.keys]).to(h_final.device)
-        ref = chunk.take(clean.resid[-1]).to(h_final.device)
         sel = mask.nonzero(as_tuple=True)
+        ref = clean_probs.at(chunk.prompts[sel[0]], chunk.positions[sel[1]])
         dist = torch.zeros(mask.shape, device=h_final.device)
-        dist[sel] = lens_prob_distance(adapter, h_final[sel], ref[sel]).to(dist.device)
+        dist[sel] = lens_prob_distance(adapter, h_final[sel], ref).to(dist.device)
         _accumulate(out, "output", [(rows[k[0]], k[2]) for k in chunk.keys], dist, mask)
         for (j, _c, s), m in zip(chunk.keys, mask):
             out["counts"][rows[j], s] += float(m.sum())
