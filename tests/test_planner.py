@@ -116,3 +116,31 @@ def test_planned_block_calls_follow_the_engine(setup):
                     (name, counter.block_calls, planned.block_calls)
     finally:
         counter.close()
+
+
+def test_planned_lens_rows_equal_the_rows_unembedded(setup, monkeypatch):
+    """Skip effects and erasure unembed every intervened row once and each clean reference
+    position once (CleanLensProbs): the planner's lens rows equal the rows the adapter really
+    projects onto the vocabulary."""
+    from effective_depth.engine.adapter import Adapter
+
+    model, batch = setup
+    cuts = [draw_cuts(int(n), 2, f"0:{b}", 4, 4, 2) for b, n in enumerate(batch.lengths.tolist())]
+    sub = batch.select([0, 1])
+    rows = [0]
+    plain = Adapter.lens_logits
+
+    def counting(self, x):
+        rows[0] += x.numel() // x.shape[-1]
+        return plain(self, x)
+
+    monkeypatch.setattr(Adapter, "lens_logits", counting)
+    for name, (b, options, fn) in _shared_runs(model, batch, sub, cuts).items():
+        if name not in ("skip_effects", "erasure"):
+            continue
+        rows[0] = 0
+        fn()
+        planned = count_work(model.cfg, b.lengths.tolist(), b.answer_start.tolist(),
+                             cuts if name == "skip_effects" else [],
+                             StudyConfig(metrics=(name,), **options))[name]
+        assert rows[0] == planned.lens_rows > 0, (name, rows[0], planned.lens_rows)

@@ -225,7 +225,8 @@ def _cost(w: Workload) -> MeasurementCost:
     """Clean passes of the mapped and the reference prompts; then for every position ``t`` up to
     the last answer-predicting one and every boundary ``l``, blocks ``l..L-1`` on the positions
     from ``t`` on (rows erased at the final residual share their chunk, so the last block runs
-    every position from ``t``), and two lens rows per answer-predicting position after ``t``."""
+    every position from ``t``), and a lens row per answer-predicting position after ``t``, plus
+    one per clean answer-predicting position (unembedded once: :class:`~.base.CleanLensProbs`)."""
     L, sf, opts = w.L, w.config.skip_front, w.options(Erasure.name)
     idx = w.first(opts.map_examples)
     ref = w.first(min(opts.n_reference, len(w.lengths)))
@@ -238,8 +239,9 @@ def _cost(w: Workload) -> MeasurementCost:
             n, start = int(w.lengths[b]), int(w.answer_starts[b])
             for t in range(sf, n - 1):
                 m.block_tokens += sum(L - bd for bd in range(L + 1)) * (width - t)
-                m.lens_rows += (L + 1) * 2 * (n - 1 - max(t, start - 1))
+                m.lens_rows += (L + 1) * (n - 1 - max(t, start - 1))
                 groups.setdefault(t, []).extend(range(L + 1))
+            m.lens_rows += max(n - start, 0)
         # one sweep group per erased position: short suffix rows, many block calls
         for t, starts in groups.items():
             m.block_calls += w.sweep_calls(starts, width - t, t)

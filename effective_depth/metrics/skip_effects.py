@@ -496,8 +496,9 @@ def _few_cuts(result: SkipEffects, tau: float | None, d_vocab: int | None) -> li
 
 def _cost(w: Workload) -> MeasurementCost:
     """A clean pass; then for every prompt, cut (or once, in "all" mode) and skipped block ``s``
-    the blocks ``s+1..L-1`` on the batch's padded width, and two lens rows per block and position
-    from the cut on (with and without the skip)."""
+    the blocks ``s+1..L-1`` on the batch's padded width, and a lens row per block and position
+    from the cut on (with the skip), plus one per clean position from the first cut on (the
+    reference side, unembedded once: :class:`~.base.CleanLensProbs`)."""
     L, front = w.L, w.config.skip_front
     m = MeasurementCost("skip_effects", block_tokens=w.clean(w.every), sweeps=True,
                         block_calls=w.clean_calls(w.every))
@@ -505,10 +506,13 @@ def _cost(w: Workload) -> MeasurementCost:
         width = w.width(c)
         starts = []
         for b in c:
-            for t in (w.cuts[b] if w.options(SkipEffects.name).mode == "future" else [None]):
+            cuts = w.cuts[b] if w.options(SkipEffects.name).mode == "future" else [None]
+            for t in cuts:
                 m.block_tokens += L * (L - 1) // 2 * width
-                m.lens_rows += L * 2 * (int(w.lengths[b]) - (t or 0))
+                m.lens_rows += L * (int(w.lengths[b]) - (t or 0))
                 starts += [s + 1 for s in range(L)]
+            if cuts:
+                m.lens_rows += int(w.lengths[b]) - min(t or 0 for t in cuts)
         # every row changes positions from skip_front on: one sweep group per prompt chunk
         m.block_calls += w.sweep_calls(starts, width - front, front)
     return m
