@@ -519,14 +519,17 @@ def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: l
               default=None, metavar="[FILE]",
               help="Every cell in its model's chat format (overrides the grid's base).")
 @click.option("--system-prompt", default=None, help="A system turn for --chat-template.")
+@click.option("--model", "only_models", multiple=True, metavar="MODEL",
+              help="Run only this model of the grid (repeatable); its cells are those of the "
+              "whole grid, reused when the whole grid runs later.")
 def sweep_cmd(config_file: str, executor: str, address: str | None,
               threads: int | None = None, chat_template: str | None = None,
-              system_prompt: str | None = None) -> None:
+              system_prompt: str | None = None, only_models: tuple[str, ...] = ()) -> None:
     """Run a grid of studies (models x tasks x difficulty levels) and compare them."""
     from .grid import load_grid, run_grid
 
     chat = {k: v for k, v in _chat_options(chat_template, system_prompt).items() if v is not None}
-    grid = load_grid(config_file, base=chat)
+    grid = load_grid(config_file, base=chat, models=only_models)
     console = _console()
     console.print(f"{len(grid.cells)} studies -> {grid.out}")
 

@@ -153,13 +153,26 @@ def validated_cells(configs: Sequence[StudyConfig], out: Path) -> list[GridCell]
     return cells
 
 
-def load_grid(path: str | os.PathLike[str], base: Mapping[str, Any] | None = None) -> Grid:
-    """The grid in ``path``; ``base`` overrides study options of its ``base`` (CLI flags)."""
+def load_grid(path: str | os.PathLike[str], base: Mapping[str, Any] | None = None,
+              models: Sequence[str] | None = None) -> Grid:
+    """The grid in ``path``; ``base`` overrides study options of its ``base`` (CLI flags);
+    ``models`` keeps only those of the grid's models (their cells write where the whole grid's
+    would, so a later run of the whole grid reuses them)."""
     path = Path(path)
     data = read_config_file(path)
     given = data.get("base") or {}
     if base and isinstance(given, Mapping):  # a malformed base is grid_from_dict's error
         data = {**data, "base": {**given, **base}}
+    if models:
+        listed = data.get("models")
+        if not isinstance(listed, Sequence) or isinstance(listed, str):
+            raise ConfigError(f"{path} lists no models to choose from (--model {models[0]})")
+        unknown = [m for m in models if m not in listed]
+        if unknown:
+            raise ConfigError(f"{', '.join(unknown)} not among the models of {path}: "
+                              f"{', '.join(map(str, listed))}")
+        pairs = [p for p in data.get("pairs") or [] if all(m in models for m in p)]
+        data = {**data, "models": [m for m in listed if m in models], "pairs": pairs}
     return grid_from_dict(data)
 
 

@@ -305,3 +305,26 @@ def test_an_integrated_gradients_gap_warning_reaches_results_json(tmp_path, tiny
     again = run_study(config, tmp_path / "run", progress=False, dashboard=False)
     assert again.reused == ["integrated_gradients"]
     assert [w["code"] for w in again.results["warnings"]].count("ig_completeness_gap") == 1
+
+
+def test_grid_of_chosen_models_writes_the_whole_grids_cells(tmp_path):
+    """`sweep --model M` keeps M's cells (same directories as the whole grid's) and the pairs
+    among the chosen models; an unknown model is an error listing the grid's models."""
+    import yaml
+
+    from effective_depth.errors import ConfigError
+    from effective_depth.grid import load_grid
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({
+        "out": str(tmp_path / "grid"), "models": ["zoo/add-4l", "zoo/add-12l", "zoo/add-2l"],
+        "tasks": [{"name": "addition", "levels": {"digits": [2, 3]}}],
+        "pairs": [["zoo/add-4l", "zoo/add-12l"], ["zoo/add-2l", "zoo/add-4l"]]}))
+    whole = load_grid(path)
+    some = load_grid(path, models=["zoo/add-12l", "zoo/add-4l"])
+    assert len(whole.cells) == 6 and len(some.cells) == 4
+    assert {c.out for c in some.cells} < {c.out for c in whole.cells}
+    assert {c.config.model for c in some.cells} == {"zoo/add-4l", "zoo/add-12l"}
+    assert some.pairs == [("zoo/add-4l", "zoo/add-12l")]
+    with pytest.raises(ConfigError, match="zoo/add-8l not among the models.*zoo/add-2l"):
+        load_grid(path, models=["zoo/add-8l"])
