@@ -461,15 +461,19 @@ _register_plan_command()
 def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: list[str]) -> None:
     from rich.table import Table
 
+    from .registry import score_specs
+
     model, task = results.get("model", {}), results.get("task", {})
     params = ", ".join(f"{k}={v}" for k, v in task.get("params", {}).items())
     title = f"Effective depth: {model.get('name')} ({model.get('n_layers')} blocks) on {task.get('name')}({params})"
     table = Table(title=title)
     for col in ("estimator", "block", "ratio", "95% CI", "note"):
         table.add_column(col)
-    for name, est in results.get("depth", {}).items():
-        if name == "depth_score":
-            continue
+    scores = score_specs()
+    depth = results.get("depth", {})
+    for name, est in depth.items():
+        if name in scores or not isinstance(est, dict) or "layer" not in est:
+            continue  # a scalar score: shown below, by its own declaration
         notes = list(est.get("notes") or [])
         if est.get("layer") is None:
             table.add_row(name, "-", "-", "-", "; ".join([f"undefined: {est.get('reason')}", *notes]))
@@ -480,18 +484,12 @@ def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: l
         if undefined:
             notes.insert(0, f"undefined in {undefined:.0%} of resamples")
         table.add_row(name, str(est["layer"]), f"{est['ratio']:.3f}", ci_text, "; ".join(notes))
-    score = results.get("depth", {}).get("depth_score")
     console = _console()
     console.print(table)
-    if score and score.get("value") is not None:
-        from .stats import depth_score_fraction
-
-        ci = score.get("ci") or [float("nan")] * 2
-        L = int(score.get("n_layers", 0))
-        share = [depth_score_fraction(v, L) for v in (score["value"], *ci)]
-        blocks = f"block {score['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] of blocks 0..{L - 2}"
-        console.print("depth score (Csordás): " + (blocks if None in share else
-                      f"{share[0]:.1%} of the depth [{share[1]:.1%}, {share[2]:.1%}] ({blocks})"))
+    for name, spec in scores.items():
+        line = spec.text(depth.get(name) or {})
+        if line is not None:
+            console.print(line)
     if results.get("accuracy") is not None:
         console.print(f"exact-match accuracy: {100 * results['accuracy']:.1f}% "
                       f"on {task.get('n_examples')} examples")

@@ -146,7 +146,8 @@ class _RunRules:
         """The registered scalar score ``name`` (e.g. Csordás's depth score) on prompts ``idx``."""
         from .registry import score_specs
 
-        metric, fn = score_specs()[name]
+        spec = score_specs()[name]
+        metric, fn = spec.metric, spec.fn
         if metric not in self.run.completed:
             return None
         if metric not in self._results:
@@ -197,6 +198,7 @@ def compare_runs(
     if bad:
         raise ConfigError(f"unknown estimators {bad}; choose from {', '.join(known)}")
     from .per_prompt import run_per_prompt
+    from .registry import score_specs
 
     rules = {id(r): _RunRules(r) for r in loaded}
     out: dict[str, Any] = {"estimators": ests, "runs": [], "scale": [], "training": [],
@@ -211,7 +213,8 @@ def compare_runs(
             **_params(res),
             "difficulty": r.difficulty,
             "estimates": {e: _estimate(r, e) for e in ests},
-            "depth_score": res.get("depth", {}).get("depth_score"),
+            # every registered score under its own name (e.g. "depth_score")
+            **{name: res.get("depth", {}).get(name) for name in score_specs()},
             "accuracy": res.get("accuracy"),
             "per_prompt": {e: pp.summary() for e, pp in run_per_prompt(r).items() if e in ests},
         })
@@ -433,7 +436,8 @@ def _difficulty_rows(loaded: list[Run], rules: dict[int, _RunRules], ests: list[
             })
         from .registry import score_specs
 
-        for score, (metric, _) in score_specs().items():
+        for score, spec in score_specs().items():
+            metric = spec.metric
             # scalar scores such as Csordás et al.'s depth score get the same trend test
             if not all(metric in r.completed for r in members):
                 continue

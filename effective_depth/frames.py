@@ -130,7 +130,8 @@ def estimate_rows(run: Any) -> list[dict[str, Any]]:
         is_estimator = "layer" in entry
         ci = entry.get("ci") or (None, None)
         layer_ci = entry.get("layer_ci") or (None, None)
-        measurement = ests[name].metric if name in ests else scores.get(name, (None,))[0]
+        measurement = (ests[name].metric if name in ests else
+                       scores[name].metric if name in scores else None)
         value = entry.get("ratio") if is_estimator else entry.get("value")
         rows.append({
             **keys, "n_layers": n_layers, "estimator": name,

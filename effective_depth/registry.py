@@ -15,8 +15,9 @@ This module imports nothing heavy: the built-in measurements register themselves
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError, close_matches
@@ -24,6 +25,7 @@ from .errors import ConfigError, close_matches
 __all__ = [
     "MetricSpec",
     "EstimatorSpec",
+    "ScoreSpec",
     "FitSpec",
     "StudyContext",
     "register_metric",
@@ -101,6 +103,122 @@ class EstimatorSpec:
 
 
 @dataclass(frozen=True)
+class ScoreSpec:
+    """A scalar score of a prompt sample (Csordás's depth score) and how it is shown.
+
+    ``fn(result, idx)`` computes it from a measurement's result on the prompts ``idx`` (None:
+    all); the study stores ``{"value", "ci", "n_boot", "n_layers"}`` under ``depth.<name>``.
+    Every place that shows a score (the CLI summary, notebook views, the dashboard's run table,
+    the comparison's scale figure) renders it through the methods below, so a newly registered
+    score is shown everywhere without a change there.
+
+    - ``title``: its short name in tables ("depth score"); ``source``: whose definition it is
+      (shown in parentheses in ``label``).
+    - ``unit``: what one step of its value is ("block").
+    - ``span(n_layers)``: the range ``(lo, hi)`` its value can take on a model of ``n_layers``
+      blocks; when given (and ``hi > lo``), the score is also shown as a share of that range,
+      ``(value − lo) / (hi − lo)``, "of the depth". None: the value alone.
+    """
+
+    name: str
+    fn: Callable[[Any, Sequence[int] | None], float | None]
+    title: str = ""
+    source: str = ""
+    unit: str = "value"
+    span: Callable[[int], tuple[float, float]] | None = None
+    description: str = ""
+    #: the measurement it reads (set by :func:`register_metric`)
+    metric: str = ""
+
+    @property
+    def label(self) -> str:
+        """"depth score (Csordás)": the title with its source."""
+        title = self.title or self.name
+        return f"{title} ({self.source})" if self.source else title
+
+    @property
+    def short(self) -> str:
+        return self.title or self.name
+
+    @property
+    def has_share(self) -> bool:
+        return self.span is not None
+
+    def range_of(self, n_layers: int) -> tuple[float, float] | None:
+        if self.span is None:
+            return None
+        lo, hi = self.span(int(n_layers))
+        return float(lo), float(hi)
+
+    def share(self, value: float | None, n_layers: int) -> float | None:
+        """``value`` as a share of its range on ``n_layers`` blocks; None when the score is
+        undefined, has no range, or the range is a single point (nothing to be a share of)."""
+        span = self.range_of(n_layers)
+        if value is None or span is None or math.isnan(float(value)) or span[1] <= span[0]:
+            return None
+        return (float(value) - span[0]) / (span[1] - span[0])
+
+    def shares(self, entry: Mapping[str, Any], n_layers: int | None = None
+               ) -> tuple[float, list[float] | None] | None:
+        """The stored ``entry``'s value and CI as shares (CI None when it has none)."""
+        L = _n_layers(entry, n_layers)
+        value = self.share(entry.get("value"), L)
+        if value is None:
+            return None
+        ci = [self.share(float(c), L) for c in entry.get("ci") or []]
+        return value, (ci if len(ci) == 2 and None not in ci else None)  # type: ignore[return-value]
+
+    def _range_text(self, n_layers: int) -> str:
+        span = self.range_of(n_layers)
+        return "" if span is None else f" of {self.unit}s {span[0]:g}..{span[1]:g}"
+
+    def share_text(self, entry: Mapping[str, Any], n_layers: int | None = None) -> str:
+        """"25.0% [20.0%, 30.0%] of blocks 0..10" (the dashboard's and notebook's cell); "—"
+        when the score has no share."""
+        L = _n_layers(entry, n_layers)
+        shares = self.shares(entry, L)
+        if shares is None:
+            return "—"
+        value, ci = shares
+        bounds = "" if ci is None else f" [{ci[0]:.1%}, {ci[1]:.1%}]"
+        return f"{value:.1%}{bounds}{self._range_text(L)}"
+
+    def text(self, entry: Mapping[str, Any], n_layers: int | None = None) -> str | None:
+        """One line for the CLI: "depth score (Csordás): 25.0% of the depth [20.0%, 30.0%]
+        (block 2.500 [2.000, 3.000] of blocks 0..10)"; None when nothing is stored."""
+        if not entry or entry.get("value") is None:
+            return None
+        L = _n_layers(entry, n_layers)
+        ci = list(entry.get("ci") or [float("nan")] * 2)
+        value = (f"{self.unit} {entry['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+                 f"{self._range_text(L)}")
+        shares = self.shares(entry, L)
+        if shares is None:
+            return f"{self.label}: {value}"
+        share, sci = shares
+        bounds = "" if sci is None else f" [{sci[0]:.1%}, {sci[1]:.1%}]"
+        return f"{self.label}: {share:.1%} of the depth{bounds} ({value})"
+
+    def table_rows(self, entry: Mapping[str, Any] | None, n_layers: int | None = None
+                   ) -> list[tuple[str, Any]]:
+        """(label, value) rows for a run's summary table: the share (when it has a range), the
+        value, and its CI."""
+        entry = entry or {}
+        rows: list[tuple[str, Any]] = []
+        if self.has_share:
+            rows.append((f"{self.short} (% of depth)", self.share_text(entry, n_layers)))
+        ci = entry.get("ci")
+        rows += [(f"{self.short} ({self.unit})", entry.get("value")),
+                 (f"{self.short} CI", "—" if not ci else f"[{float(ci[0]):.3f}, {float(ci[1]):.3f}]")]
+        return rows
+
+
+def _n_layers(entry: Mapping[str, Any], n_layers: int | None) -> int:
+    """The model's number of blocks: the one stored with the score, else ``n_layers``."""
+    return int(entry.get("n_layers") or n_layers or 0)
+
+
+@dataclass(frozen=True)
 class FitSpec:
     """Something a measurement must train before it measures (the tuned lens's translators),
     cached in the run directory as ``fitted/<name>.safetensors`` + ``fitted/<name>.json``.
@@ -141,9 +259,10 @@ class MetricSpec:
     :func:`effective_depth.prepare.draw_inputs`, which the study and the planner share.
     - ``summaries(result, config)``: top-level additions to ``results.json`` (e.g. the depth
       score under ``depth``, the accuracy).
-    - ``scores``: scalar scores of a prompt sample, ``fn(result, idx) -> float`` (stored under
-      ``depth.<name>`` by ``summaries``), which ``compare`` gives the same difficulty trend test
-      as the estimators.
+    - ``scores``: :class:`ScoreSpec` s, scalar scores of a prompt sample with how they are shown
+      (stored under ``depth.<name>`` by ``summaries``), which ``compare`` gives the same
+      difficulty trend test as the estimators. A mapping ``{name: fn}`` still works (shown by
+      its name alone).
     - ``cost(workload)``: its cost model, a :class:`effective_depth.costs.MeasurementCost` of the
       block-tokens, backward block-tokens and lens rows it will compute (``effective-depth
       plan``); without one the planner reports the measurement as not modelled.
@@ -162,12 +281,20 @@ class MetricSpec:
     estimators: tuple[EstimatorSpec, ...] = ()
     inputs: Callable[[Any, Any], Mapping[str, list[Any]]] | None = None
     summaries: Callable[[Any, Any], Mapping[str, Any]] | None = None
-    scores: Mapping[str, Callable[[Any, Sequence[int] | None], float | None]] = field(
-        default_factory=dict)
+    scores: Sequence[ScoreSpec] | Mapping[str, Callable[[Any, Sequence[int] | None],
+                                                        float | None]] = ()
     cost: Callable[[Any], Any] | None = None
     fit: FitSpec | None = None
     #: deprecated and ignored: declare ``requires`` instead
     order: int | None = None
+
+    @property
+    def score_specs(self) -> tuple[ScoreSpec, ...]:
+        """Its scores as :class:`ScoreSpec` s (a ``{name: fn}`` mapping wrapped), each naming
+        this measurement."""
+        items = (tuple(ScoreSpec(n, fn) for n, fn in self.scores.items())
+                 if isinstance(self.scores, Mapping) else tuple(self.scores))
+        return tuple(s if s.metric == self.name else replace(s, metric=self.name) for s in items)
 
     @property
     def needs_reference(self) -> bool:
@@ -202,6 +329,10 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
         except (TypeError, ConfigError) as exc:
             raise ConfigError(f"{spec.name}: its options need valid defaults ({exc})") from None
     taken = {e.name for s in _REGISTRY.values() for e in s.estimators}
+    taken |= {sc.name for s in _REGISTRY.values() for sc in s.score_specs}
+    for score in spec.score_specs:
+        if score.name in taken or score.name in {e.name for e in spec.estimators}:
+            raise ConfigError(f"a score or estimator named {score.name!r} is already registered")
     for est in spec.estimators:
         if est.metric != spec.name:
             raise ConfigError(f"estimator {est.name} reads {est.metric!r}, not {spec.name!r}")
@@ -280,9 +411,10 @@ def estimator_specs() -> dict[str, EstimatorSpec]:
     return {e.name: e for s in metric_specs() for e in s.estimators}
 
 
-def score_specs() -> dict[str, tuple[str, Callable[[Any, Sequence[int] | None], float | None]]]:
-    """Every registered scalar score: name -> (measurement, function of result and sample)."""
-    return {name: (s.name, fn) for s in metric_specs() for name, fn in s.scores.items()}
+def score_specs() -> dict[str, ScoreSpec]:
+    """Every registered scalar score by name (its ``metric``, ``fn`` and how it is shown), in
+    study order of their measurements."""
+    return {sc.name: sc for s in metric_specs() for sc in s.score_specs}
 
 
 def default_thresholds() -> dict[str, float]:

@@ -90,11 +90,17 @@ def _estimate_dict(value: Any) -> dict[str, Any]:
 
 def estimates_html(estimates: Mapping[str, Any], caption: str | None = "Effective depth") -> str:
     """Estimates (``Estimate`` objects or their dicts) and scalar scores, one row each."""
+    from .registry import score_specs
+
+    scores = score_specs()
     rows = []
     for name, value in estimates.items():
         est = _estimate_dict(value)
-        if "layer" not in est:  # a scalar score (the depth score)
-            rows.append([name, "-", "-", est.get("value"), est.get("ci"), ""])
+        if "layer" not in est:  # a scalar score, shown as its ScoreSpec declares
+            spec = scores.get(name)
+            note = "" if spec is None or not spec.has_share else spec.share_text(est)
+            rows.append([spec.label if spec else name, "-", "-", est.get("value"), est.get("ci"),
+                         note])
             continue
         notes = list(est.get("notes") or [])
         if est.get("layer") is None:

@@ -200,7 +200,10 @@ def curve_band(
 def depth_score_fraction(value: float | None, n_layers: int) -> float | None:
     """Csordás's depth score as a fraction of the depth: the score is a centre of mass over
     the skipped blocks ``0..L−2`` (the last block has no later block to affect), so the
-    fraction is ``score / (L − 2)``; None when undefined or ``L < 3`` (a single candidate block)."""
+    fraction is ``score / (L − 2)``; None when undefined or ``L < 3`` (a single candidate block).
+
+    Kept for callers of earlier versions: renderers use the score's own declaration,
+    ``effective_depth.metrics.skip_effects.DEPTH_SCORE.share``, which gives the same number."""
     if value is None or math.isnan(value) or n_layers < 3:
         return None
     return float(value) / (n_layers - 2)

@@ -332,8 +332,61 @@ def test_export_with_kaleido(tmp_path):
     assert "<svg" in path.read_text()[:500]
 
 
+def _toy_score_spec():
+    """A measurement registered here, in a test file, with one score and how it is shown."""
+    from effective_depth.registry import MetricSpec, ScoreSpec
+
+    score = ScoreSpec("toy_score", lambda result, idx: 1.0, title="toy score", source="a test",
+                      unit="step", span=lambda L: (1, L + 1),
+                      description="a score that only this test registers")
+    return MetricSpec(name="toy_measure", result_type=object, run=lambda ctx: None,
+                      scores=(score,))
+
+
+def test_a_registered_score_is_shown_by_every_renderer(runs, capsys):
+    """A score registered from a test file reaches the CLI summary, the notebook views, the
+    dashboard's run table, the comparison table and the comparison's scale figure, each in
+    the one form its ScoreSpec declares: value 4 on a span 1..13 (L = 12) is 25% of it."""
+    from effective_depth.cli import _print_summary
+    from effective_depth.compare import compare_runs
+    from effective_depth.registry import registered, score_specs
+    from effective_depth.reprs import estimates_html, run_html
+    from effective_depth.viz.compare_figures import scale_figure
+    from effective_depth.viz.dashboard import summary_table
+
+    entry = {"value": 4.0, "ci": [3.4, 4.6], "n_boot": 10, "n_layers": 12}
+    run = copy.copy(runs[0])
+    run.results = {**run.results, "depth": {**run.results["depth"], "toy_score": entry}}
+    with registered(_toy_score_spec()):
+        assert score_specs()["toy_score"].metric == "toy_measure"
+        _print_summary(run.results, "runs/x", 1.0, [])
+        out = capsys.readouterr().out
+        assert ("toy score (a test): 25.0% of the depth [20.0%, 30.0%] "
+                "(step 4.000 [3.400, 4.600] of steps 1..13)") in out
+        assert "toy_score" not in out  # not a row of the estimator table
+        assert "<td>25.0% [20.0%, 30.0%] of steps 1..13</td>" in summary_table(run)
+        assert "<th>toy score (step)</th><td>4</td>" in summary_table(run)
+        view = estimates_html({"toy_score": entry})
+        assert "toy score (a test)" in view and "25.0% [20.0%, 30.0%] of steps 1..13" in view
+        assert "toy score (a test)" in run_html(run)
+        comparison = compare_runs([run], n_boot=5)
+        assert comparison["runs"][0]["toy_score"] == entry
+        traces = {t.name: t for t in scale_figure(comparison).data}
+        toy = traces["toy score (% of depth)"]
+        assert (list(toy.x), list(toy.y)) == ([12], [pytest.approx(0.25)])
+        assert list(toy.error_y.arrayminus) == pytest.approx([0.05])
+        assert list(toy.error_y.array) == pytest.approx([0.05])
+        # the depth score is rendered by the same declaration, next to it
+        assert "depth score (% of depth)" in traces
+    # unregistered again: nothing shows it
+    _print_summary(run.results, "runs/x", 1.0, [])
+    assert "toy score" not in capsys.readouterr().out
+    assert "toy score" not in summary_table(run)
+
+
 def test_depth_score_is_a_share_of_the_depth_everywhere(runs, capsys):
-    """One unit in the CLI, the Run table and the scale figure: score / (L − 2), then the block."""
+    """One unit in the CLI and the Run table: score / (L − 2), then the block; L = 2 leaves a
+    single candidate block and no share."""
     from effective_depth.cli import _print_summary
     from effective_depth.viz.dashboard import summary_table
 
@@ -348,6 +401,7 @@ def test_depth_score_is_a_share_of_the_depth_everywhere(runs, capsys):
                                             "depth_score": results["depth"]["depth_score"]}}
     table = summary_table(run)
     assert "<td>25.0% [20.0%, 30.0%] of blocks 0..10</td>" in table
+    assert "<th>depth score CI</th><td>[2.000, 3.000]</td>" in table
     short = {**results, "model": {"name": "m", "n_layers": 2},
              "depth": {"depth_score": {"value": 0.0, "ci": [0.0, 0.0], "n_layers": 2}}}
     _print_summary(short, "runs/x", 1.0, [])  # L = 2: a single candidate block, no share

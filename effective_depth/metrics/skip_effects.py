@@ -42,7 +42,7 @@ from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
 from ..options import MetricOptions
 from ..progress import tqdm
-from ..registry import EstimatorSpec, MetricSpec, register_metric
+from ..registry import EstimatorSpec, MetricSpec, ScoreSpec, register_metric
 from ..stats import bootstrap_indices, ed_skip, percentile_ci
 from .base import (
     EPS,
@@ -518,6 +518,15 @@ def _cost(w: Workload) -> MeasurementCost:
     return m
 
 
+#: how the depth score is computed from a sample and shown: a centre of mass over the skipped
+#: blocks 0..L-2 (the last block has no later block to affect), so also a share of that range
+DEPTH_SCORE = ScoreSpec(
+    "depth_score", lambda result, idx: depth_score(result.layer_effect_of(idx)),
+    title="depth score", source="Csordás", unit="block", span=lambda L: (0, L - 2),
+    description="centre of mass of the mean future effect of each skipped block "
+                "(Csordás et al.)")
+
+
 register_metric(MetricSpec(
     name=SkipEffects.name,
     cost=_cost,
@@ -532,5 +541,5 @@ register_metric(MetricSpec(
                               notes=_ed_skip_notes),),
     summaries=lambda result, config: {"depth": {"depth_score": depth_score_estimate(
         result, n_boot=config.n_boot, seed=config.seed, level=config.ci_level)}},
-    scores={"depth_score": lambda result, idx: depth_score(result.layer_effect_of(idx))},
+    scores=(DEPTH_SCORE,),
 ))

@@ -25,7 +25,6 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..stats import depth_score_fraction
 from .figures import PALETTE, TEMPLATE, text
 
 __all__ = ["COMPARISON_FIGURES", "ComparisonFigure", "comparison_figures", "scale_figure",
@@ -137,21 +136,30 @@ def _params_text(row: Mapping[str, Any]) -> str:
     return f"{total:,} parameters (Hugging Face count), {non_emb:,} non-embedding"
 
 
-def _depth_score_rows(comparison: Comparison) -> list[dict[str, Any]]:
-    """Per run with a depth score: the depth score as a share of the depth, with its CI."""
-    rows = []
-    for run in comparison.get("runs", []):
-        score = run.get("depth_score") or {}
-        L = int(run.get("n_layers") or score.get("n_layers") or 0)
-        value = depth_score_fraction(score.get("value"), L)
-        if value is None:
+def _score_rows(comparison: Comparison) -> dict[str, list[dict[str, Any]]]:
+    """Per registered score with a range (a :class:`~effective_depth.registry.ScoreSpec` with
+    ``span``), the runs that store it: the score as a share of the depth, with its CI."""
+    from ..registry import score_specs
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, spec in score_specs().items():
+        if not spec.has_share:
             continue
-        ci = [depth_score_fraction(float(c), L) for c in score.get("ci") or []]
-        rows.append({"model": run.get("model"), "n_layers": L, "n_params": run.get("n_params"),
-                     "task": run.get("task"), "difficulty": run.get("difficulty"),
-                     "ratio": value, "ci": ci if len(ci) == 2 and None not in ci else None,
-                     "block": score.get("value")})
-    return rows
+        rows = []
+        for run in comparison.get("runs", []):
+            score = run.get(name) or {}
+            L = int(score.get("n_layers") or run.get("n_layers") or 0)
+            shares = spec.shares(score, L)
+            if shares is None:
+                continue
+            span = spec.range_of(L)
+            rows.append({"model": run.get("model"), "n_layers": L, "n_params": run.get("n_params"),
+                         "task": run.get("task"), "difficulty": run.get("difficulty"),
+                         "ratio": shares[0], "ci": shares[1], "block": score.get("value"),
+                         "span": f"{span[0]:g}..{span[1]:g}" if span else ""})
+        if rows:
+            out[name] = sorted(rows, key=lambda r: (r["n_layers"], _label(r.get("model"))))
+    return out
 
 
 def scale_figure(comparison: Comparison) -> go.Figure:
@@ -166,10 +174,14 @@ def scale_figure(comparison: Comparison) -> go.Figure:
     groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["estimator"], *(_label(r.get(k)) for k in extra)), []).append(r)
-    scores = _depth_score_rows(comparison)
+    from ..registry import score_specs
+
+    specs = score_specs()
+    scores = _score_rows(comparison)
+    score_title = ("scores" if len(scores) != 1 else specs[next(iter(scores))].label)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32], horizontal_spacing=0.1,
                         subplot_titles=("effective-depth ratio by estimator",
-                                        "depth score (Csordás), % of depth"))
+                                        f"{score_title}, % of depth"))
     all_x = [r.get("n_layers") for r in rows]
     offsets = _offsets(len(groups), all_x)
     for i, (key, members) in enumerate(groups.items()):
@@ -185,24 +197,27 @@ def scale_figure(comparison: Comparison) -> go.Figure:
                           "ratio %{y:.3f}, CI %{customdata[2]}<extra>%{fullData.name}</extra>",
             **_style(i),
         ), row=1, col=1)
-    if scores:
-        scores = sorted(scores, key=lambda r: (r["n_layers"], _label(r.get("model"))))
-        values = [r["ratio"] for r in scores]
+    for j, (name, members) in enumerate(scores.items()):
+        spec = specs[name]
+        values = [r["ratio"] for r in members]
         fig.add_trace(go.Scatter(
-            x=[r["n_layers"] for r in scores], y=values, mode="lines+markers",
-            name="depth score (% of depth)", error_y=_errors(values, [r["ci"] for r in scores]),
+            x=[r["n_layers"] for r in members], y=values, mode="lines+markers",
+            name=text(f"{spec.short} (% of depth)"),
+            error_y=_errors(values, [r["ci"] for r in members]),
             customdata=[[text(_label(r.get("model"))), _pct_ci(r["ci"]), f"{r['block']:.2f}",
-                         r["n_layers"] - 2] for r in scores],
-            hovertemplate="%{customdata[0]}<br>%{x} blocks<br>depth score %{y:.1%}, CI "
-                          "%{customdata[1]}<br>(block %{customdata[2]} of 0..%{customdata[3]})"
-                          "<extra>depth score</extra>",
-            **_style(len(groups)),
+                         r["span"]] for r in members],
+            hovertemplate="%{customdata[0]}<br>%{x} blocks<br>" + text(spec.short)
+                          + " %{y:.1%}, CI %{customdata[1]}<br>(" + text(spec.unit)
+                          + " %{customdata[2]} of %{customdata[3]})<extra>"
+                          + text(spec.short) + "</extra>",
+            **_style(len(groups) + j),
         ), row=1, col=2)
     fig = _finish(fig, "Scale: effective-depth ratio against model depth", "", "", height=500)
-    ticks = _integer_ticks([*all_x, *(r["n_layers"] for r in scores)])
+    ticks = _integer_ticks([*all_x, *(r["n_layers"] for rs in scores.values() for r in rs)])
     fig.update_xaxes(title_text="number of blocks L", **ticks)
     fig.update_yaxes(title_text="effective-depth ratio (e + 1) / L", range=[0, 1.05], row=1, col=1)
-    fig.update_yaxes(title_text="centre of mass of future effects / (L − 2)", range=[0, 1.05],
+    fig.update_yaxes(title_text="; ".join(f"{specs[n].short} as a share of its range"
+                                          for n in scores) or "share of the depth", range=[0, 1.05],
                      tickformat=".0%", row=1, col=2)
     fig.update_layout(margin={"t": 90})
     return fig

@@ -36,7 +36,6 @@ from plotly.utils import PlotlyJSONEncoder
 
 from ..errors import ConfigError, EffectiveDepthError
 from ..results import Run, atomic_write_text, load_run
-from ..stats import depth_score_fraction
 from .compare_figures import COMPARISON_FIGURES
 from .figures import SKIP_MODES, ed_summary_figure, figure_specs, skip_modes_figure
 from .per_prompt import per_prompt_panels  # also registers its comparison figures
@@ -230,33 +229,26 @@ def ed_table(run: Run) -> str:
 
 
 def summary_table(run: Run) -> str:
-    """Model, task, accuracy and depth score of a run."""
+    """Model, task, accuracy and every registered score of a run (each shown as its
+    :class:`~effective_depth.registry.ScoreSpec` declares)."""
+    from ..registry import score_specs
+
     res = run.results
     model, task = res.get("model", {}), res.get("task", {})
-    score = res.get("depth", {}).get("depth_score") or {}
+    depth = res.get("depth", {})
+    scores = [row for spec in score_specs().values()
+              for row in spec.table_rows(depth.get(spec.name), model.get("n_layers"))]
     pairs = [
         ("model", model.get("name")), ("architecture", model.get("architecture")),
         ("blocks", model.get("n_layers")), ("d_model", model.get("d_model")),
         ("parameters", model.get("n_params")), ("task", task.get("name")),
         ("task parameters", task.get("params")), ("difficulty", task.get("difficulty")),
         ("examples", task.get("n_examples")), ("accuracy", res.get("accuracy")),
-        ("depth score (% of depth)", _depth_percent(score)),
-        ("depth score (block)", score.get("value")), ("depth score CI", _ci(score.get("ci"))),
+        *scores,
         ("finished", ", ".join(run.completed)), ("status", res.get("status", "incomplete")),
         ("run directory", str(run.path)),
     ]
     return _kv_table(pairs, "summary")
-
-
-def _depth_percent(score: Mapping[str, Any]) -> str:
-    """Csordás's depth score as a share of the depth, with its CI (the unit the CLI prints)."""
-    L = int(score.get("n_layers") or 0)
-    value = depth_score_fraction(score.get("value"), L)
-    if value is None:
-        return "—"
-    ci = [depth_score_fraction(float(c), L) for c in score.get("ci") or []]
-    bounds = "" if len(ci) != 2 or None in ci else f" [{ci[0]:.1%}, {ci[1]:.1%}]"
-    return f"{value:.1%}{bounds} of blocks 0..{L - 2}"
 
 
 def config_table(run: Run) -> str:

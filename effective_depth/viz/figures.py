@@ -41,9 +41,9 @@ from ..metrics.contributions import Contributions
 from ..metrics.erasure import Erasure
 from ..metrics.integrated_gradients import IntegratedGradients
 from ..metrics.logit_lens import LogitLens
-from ..metrics.skip_effects import SkipEffects
+from ..metrics.skip_effects import DEPTH_SCORE, SkipEffects
 from ..metrics.tuned_lens import TunedLens
-from ..stats import curve_band, depth_score_fraction
+from ..stats import curve_band
 
 __all__ = [
     "FIGURES",
@@ -552,10 +552,11 @@ def colour_scale(values: Sequence[Tensor], scale: str = "log", clip: float | Non
 
 def _depth_score_text(result: SkipEffects) -> str:
     score = result.depth_score if result.meta.get("mode", "future") == "future" else float("nan")
-    frac = depth_score_fraction(score, result.n_layers)
+    frac = DEPTH_SCORE.share(score, result.n_layers)
     if frac is None:
         return ""
-    return f"; depth score {frac:.0%} of the depth (block {score:.2f} of 0..{result.n_layers - 2})"
+    lo, hi = DEPTH_SCORE.range_of(result.n_layers)  # type: ignore[misc]
+    return f"; {DEPTH_SCORE.short} {frac:.0%} of the depth (block {score:.2f} of {lo:g}..{hi:g})"
 
 
 def _layer_effect_heatmap(result: SkipEffects, transform: Callable[[Tensor], Tensor],
