@@ -80,6 +80,8 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
+from . import reprs as _reprs  # noqa: E402, F401 - registers the notebook views (effective_depth.display)
+
 if "IPython" in __import__("sys").modules:  # a notebook: no "IProgress not found" from tqdm.auto
     from .progress import quiet_missing_widgets
 

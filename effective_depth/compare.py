@@ -25,18 +25,18 @@ import itertools
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .depth import (
     bootstrap_indices,
-    estimator_rules,
     percentile_ci,
     prompt_spearman_bootstrap,
     spearman_bootstrap,
 )
 from .errors import ConfigError
+from .estimation import RunRules
 from .results import Run, load_run
 
 __all__ = ["compare_runs", "comparison_tables", "write_comparison", "estimator_names",
@@ -119,51 +119,6 @@ def _model(run: Run) -> str:
     return str(run.results.get("model", {}).get("name") or run.config.get("config", {}).get("model"))
 
 
-class _RunRules:
-    """Estimator rules of one run, rebuilt from its stored per-prompt data (lazily)."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self._rules: dict[str, Callable[[Any], Any]] | None = None
-        self._results: dict[str, Any] = {}
-
-    @property
-    def rules(self) -> dict[str, Callable[[Any], Any]]:
-        if self._rules is None:
-            from .registry import estimator_specs
-
-            needed = {spec.metric for spec in estimator_specs().values()}
-            metrics = {m: self.run.metric(m) for m in self.run.completed if m in needed}
-            cfg = self.run.config.get("config", {})
-            self._rules = estimator_rules(metrics, cfg.get("thresholds", {}),
-                                          cfg.get("rules", "toolkit"))
-        return self._rules
-
-    def n_prompts(self) -> int:
-        return int(self.run.results.get("task", {}).get("n_examples", 0))
-
-    def score(self, name: str, idx: Any) -> float | None:
-        """The registered scalar score ``name`` (e.g. Csordás's depth score) on prompts ``idx``."""
-        from .registry import score_specs
-
-        spec = score_specs()[name]
-        metric, fn = spec.metric, spec.fn
-        if metric not in self.run.completed:
-            return None
-        if metric not in self._results:
-            self._results[metric] = self.run.metric(metric)
-        value = fn(self._results[metric], idx)
-        return None if value is None or math.isnan(value) else value
-
-    def ratio(self, estimator: str, idx: Any) -> float | None:
-        rule = self.rules.get(estimator)
-        if rule is None:
-            return None
-        layer, _ = rule(idx)
-        L = int(self.run.results["model"]["n_layers"])
-        return None if layer is None else (layer + 1) / L
-
-
 def _estimate(run: Run, estimator: str) -> dict[str, Any]:
     """The run's estimate, or a stand-in whose ``reason`` says why it has none."""
     return run.estimate_entry(estimator)
@@ -200,7 +155,7 @@ def compare_runs(
     from .per_prompt import run_per_prompt
     from .registry import score_specs
 
-    rules = {id(r): _RunRules(r) for r in loaded}
+    rules = {id(r): RunRules(r) for r in loaded}
     out: dict[str, Any] = {"estimators": ests, "runs": [], "scale": [], "training": [],
                            "difficulty": [], "prompt_difficulty": [], "agreement": [],
                            "skipped": skipped}
@@ -299,7 +254,7 @@ def estimator_agreement(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-    rules: dict[int, _RunRules] | None = None,
+    rules: dict[int, RunRules] | None = None,
 ) -> list[dict[str, Any]]:
     """Rank agreement between estimators, as flat rows ``{"scope", "over", "a", "b", "rho",
     "ci", "n", "reason"}``:
@@ -320,7 +275,7 @@ def estimator_agreement(
         pp = {k: v for k, v in run_per_prompt(r).items() if k in ests}
         for row in prompt_agreement(pp, n_boot=n_boot, seed=seed, level=level):
             rows.append({"scope": "prompts", "over": r.label, "run": str(r.path), **row})
-    rules = rules or {id(r): _RunRules(r) for r in loaded}
+    rules = rules or {id(r): RunRules(r) for r in loaded}
     groups: dict[tuple[str, Any], list[Run]] = defaultdict(list)
     for r in loaded:
         groups[(_task_key(r), r.difficulty)].append(r)
@@ -331,7 +286,7 @@ def estimator_agreement(
     return rows
 
 
-def _model_agreement(members: list[Run], rules: dict[int, _RunRules], ests: list[str], task: str,
+def _model_agreement(members: list[Run], rules: dict[int, RunRules], ests: list[str], task: str,
                      difficulty: Any, n_boot: int, seed: int, level: float) -> list[dict[str, Any]]:
     import numpy as np
 
@@ -368,7 +323,7 @@ def _model_agreement(members: list[Run], rules: dict[int, _RunRules], ests: list
     return rows
 
 
-def _training_rows(loaded: list[Run], rules: dict[int, _RunRules], base_name: str, trained_name: str,
+def _training_rows(loaded: list[Run], rules: dict[int, RunRules], base_name: str, trained_name: str,
                    ests: list[str], n_boot: int, seed: int, level: float) -> list[dict[str, Any]]:
     bases = [r for r in loaded if _model(r) == base_name]
     trained = [r for r in loaded if _model(r) == trained_name]
@@ -410,7 +365,7 @@ def _training_rows(loaded: list[Run], rules: dict[int, _RunRules], base_name: st
     return rows
 
 
-def _difficulty_rows(loaded: list[Run], rules: dict[int, _RunRules], ests: list[str],
+def _difficulty_rows(loaded: list[Run], rules: dict[int, RunRules], ests: list[str],
                      n_boot: int, seed: int, level: float) -> list[dict[str, Any]]:
     groups = _difficulty_groups(loaded)
     rows = []

@@ -18,6 +18,9 @@ An estimator turns a per-layer curve into a block index ``e`` (0-based) and the 
                together with accuracy within ``ε``; ``e = L − k − 1``
 =============  ==============================================================================
 
+The estimates are made by :mod:`effective_depth.estimation` (re-exported here); this module adds
+the trend tests (Spearman's ρ with a bootstrap CI) and the reliability warnings.
+
 Every estimate comes with a percentile bootstrap CI over prompts: resample prompts with
 replacement, recompute the curve from the per-prompt data, re-apply the rule. Resamples in which
 the rule is undefined are counted (``undefined_fraction``) and left out of the interval.
@@ -27,15 +30,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+# the estimates themselves are made in one place, effective_depth.estimation; kept here under
+# their earlier names
+from .estimation import Estimate, bootstrap_estimate, estimate_all, estimator_rules
 from .registry import default_thresholds, estimator_specs
 from .stats import (
-    REFERENCE_NOTE,
     RULE_SETS,
     Rule,
     bootstrap_indices,
@@ -69,91 +72,6 @@ __all__ = [
     "default_thresholds",
     "RULE_SETS",
 ]
-
-
-@dataclass
-class Estimate:
-    """One effective-depth estimate: ``layer`` and ``ratio = (layer + 1) / n_layers`` with a
-    bootstrap CI of the ratio, or ``layer = None`` and the ``reason``."""
-
-    name: str
-    n_layers: int
-    layer: int | None
-    reason: str | None = None
-    ci: tuple[float, float] | None = None
-    layer_ci: tuple[float, float] | None = None
-    undefined_fraction: float | None = None
-    n_boot: int = 0
-    params: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ratio(self) -> float | None:
-        return None if self.layer is None else (self.layer + 1) / self.n_layers
-
-    @property
-    def defined(self) -> bool:
-        return self.layer is not None
-
-    def _repr_html_(self) -> str:
-        from .reprs import estimates_html
-
-        return estimates_html({self.name: self}, caption=None)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ratio"] = self.ratio
-        for key in ("ci", "layer_ci"):
-            if d[key] is not None:
-                d[key] = [float(v) for v in d[key]]
-        if self.layer is None:
-            d = {"layer": None, "reason": self.reason, **{k: v for k, v in d.items()
-                                                           if k not in ("layer", "reason")}}
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Estimate:
-        keys = {f for f in cls.__dataclass_fields__}
-        kw = {k: v for k, v in d.items() if k in keys}
-        for key in ("ci", "layer_ci"):
-            if kw.get(key) is not None:
-                kw[key] = tuple(kw[key])
-        return cls(**kw)
-
-
-def bootstrap_estimate(
-    name: str,
-    rule: Callable[[Sequence[int] | None], Rule],
-    n_prompts: int,
-    n_layers: int,
-    *,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-    params: dict[str, Any] | None = None,
-) -> Estimate:
-    """Point estimate on all prompts plus a percentile CI over ``n_boot`` prompt resamples.
-
-    ``rule(idx)`` recomputes the curve from the prompts ``idx`` (None: all) and applies the rule.
-    """
-    layer, reason = rule(None)
-    est = Estimate(name, n_layers, layer, reason, params=dict(params or {}), n_boot=n_boot)
-    if n_boot <= 0 or n_prompts == 0:
-        return est
-    layers: list[float] = []
-    undefined = 0
-    for idx in bootstrap_indices(n_prompts, n_boot, seed):
-        lay, _ = rule(idx.tolist())
-        if lay is None:
-            undefined += 1
-        else:
-            layers.append(float(lay))
-    est.undefined_fraction = undefined / n_boot
-    if layer is not None and layers:
-        lo, hi = percentile_ci(layers, level, discrete=True)  # type: ignore[misc]
-        est.layer_ci = (lo, hi)
-        est.ci = ((lo + 1) / n_layers, (hi + 1) / n_layers)
-    return est
 
 
 def _rank(x: np.ndarray) -> np.ndarray:
@@ -248,52 +166,6 @@ def prompt_spearman_bootstrap(
     out["ratios"] = [float(np.median(d)) if d else None for d in defined]
     out["n_prompts"] = [len(v) for v in values]
     out["n_defined"] = [len(d) for d in defined]
-    return out
-
-
-#: which measurement each estimator needs
-def estimator_rules(metrics: Mapping[str, Any], thresholds: Mapping[str, float] | None = None,
-                    rules: str = "toolkit") -> dict[str, Callable[[Sequence[int] | None], Rule]]:
-    """The rule of every registered estimator whose measurement is in ``metrics`` (name ->
-    result object), as a function of a prompt sample (indices, or None for all prompts)."""
-    if rules not in RULE_SETS:
-        raise ConfigError(f"rules must be one of {', '.join(RULE_SETS)}, got {rules!r}")
-    th = {**default_thresholds(), **(thresholds or {})}
-    return {name: spec.rule(metrics[spec.metric], th.get(name), rules)
-            for name, spec in estimator_specs().items() if spec.metric in metrics}
-
-
-def estimate_all(
-    metrics: Mapping[str, Any],
-    *,
-    thresholds: Mapping[str, float] | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-    rules: str = "toolkit",
-) -> dict[str, Estimate]:
-    """Every estimator whose measurement is present in ``metrics`` (name -> result object).
-
-    ``rules="reference"`` applies ``ed_kl`` and ``ed_overlap`` as the seed notebook of Hu et al.
-    2025 does (see :data:`RULE_SETS`); such an estimate says so in its ``params`` and, when it
-    is -1, in its ``notes``.
-    """
-    th = {**default_thresholds(), **(thresholds or {})}
-    specs = estimator_specs()
-    out: dict[str, Estimate] = {}
-    for name, rule in estimator_rules(metrics, th, rules).items():
-        source = metrics[specs[name].metric]
-        L = int(source.meta["n_layers"])
-        params: dict[str, Any] = {"threshold": th[name]} if name in th else {}
-        if rules == "reference" and name in ("ed_kl", "ed_overlap"):
-            params["rules"] = "reference"
-        est = bootstrap_estimate(name, rule, source.n_prompts, L, n_boot=n_boot, seed=seed,
-                                 level=level, params=params)
-        if est.layer == -1:
-            est.notes.append(REFERENCE_NOTE)
-        if specs[name].notes is not None:
-            est.notes.extend(specs[name].notes(source))
-        out[name] = est
     return out
 
 

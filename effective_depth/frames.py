@@ -20,7 +20,6 @@ only the standard library; :func:`run_frame` and :func:`runs_to_frame` need pand
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,7 +78,7 @@ def curve_rows(run: Any, *, n_boot: int | None = None, level: float | None = Non
     """
     import numpy as np
 
-    from .stats import bootstrap_indices
+    from .stats import curve_bands
 
     cfg = run.config.get("config", {})
     n_boot = int(cfg.get("n_boot", 1000) if n_boot is None else n_boot)
@@ -93,17 +92,8 @@ def curve_rows(run: Any, *, n_boot: int | None = None, level: float | None = Non
         if not curves:
             continue
         n_prompts = result.n_prompts
-        bands: dict[str, Any] = {}
-        if n_boot and n_prompts > 1:
-            samples = [result.curves_of(idx.tolist())
-                       for idx in bootstrap_indices(n_prompts, n_boot, seed)]
-            if all(s is not None for s in samples):
-                alpha = (1 - level) / 2
-                for curve in curves:
-                    stack = np.stack([np.asarray(s[curve], dtype=float) for s in samples])
-                    with warnings.catch_warnings():  # a layer undefined in every resample: NaN
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        bands[curve] = np.nanquantile(stack, [alpha, 1 - alpha], axis=0)
+        bands = (curve_bands(result.curves_of, n_prompts, n_boot=n_boot, seed=seed, level=level)
+                 if n_boot else None) or {}
         for curve, values in curves.items():
             band = bands.get(curve)
             for layer, value in enumerate(np.asarray(values, dtype=float).tolist()):

@@ -22,127 +22,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from .depth import bootstrap_indices, percentile_ci, spearman
 from .errors import ConfigError
-from .registry import default_thresholds, estimator_specs
-from .stats import RULE_SETS, Rule
+
+# per-prompt depths are made by effective_depth.estimation; kept here under their earlier names
+from .estimation import PerPrompt, per_prompt_estimates
+from .registry import estimator_specs
 
 __all__ = ["PerPrompt", "per_prompt_estimates", "run_per_prompt", "prompt_agreement",
            "rank_agreement"]
-
-
-@dataclass
-class PerPrompt:
-    """One estimator applied to every prompt on its own: ``layers[i]`` is prompt ``i``'s block
-    (0-based), or None with ``reasons[i]``."""
-
-    name: str
-    n_layers: int
-    layers: list[int | None]
-    reasons: list[str | None]
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if len(self.layers) != len(self.reasons):
-            raise ValueError(f"{self.name}: {len(self.layers)} layers for {len(self.reasons)} reasons")
-
-    @property
-    def n_prompts(self) -> int:
-        return len(self.layers)
-
-    @property
-    def ratios(self) -> list[float | None]:
-        return [None if x is None else (x + 1) / self.n_layers for x in self.layers]
-
-    @property
-    def defined(self) -> list[float]:
-        """The ratios of the prompts where the estimator is defined."""
-        return [r for r in self.ratios if r is not None]
-
-    def summary(self) -> dict[str, Any]:
-        """Count, median and quartiles of the per-prompt ratios; undefined prompts by reason."""
-        d = np.asarray(self.defined, dtype=float)
-        q = (np.quantile(d, [0.25, 0.5, 0.75]).tolist() if len(d) else [None] * 3)
-        return {"n_prompts": self.n_prompts, "n_defined": int(len(d)),
-                "median": q[1], "q1": q[0], "q3": q[2],
-                "mean": float(d.mean()) if len(d) else None,
-                "min": float(d.min()) if len(d) else None,
-                "max": float(d.max()) if len(d) else None,
-                "undefined": dict(Counter(r for r in self.reasons if r is not None))}
-
-    def to_dict(self) -> dict[str, Any]:
-        undefined: dict[str, list[int]] = {}
-        for i, why in enumerate(self.reasons):
-            if why is not None:
-                undefined.setdefault(why, []).append(i)
-        return {"n_layers": self.n_layers, "layers": list(self.layers), "ratios": self.ratios,
-                "undefined": undefined, "params": dict(self.params), "summary": self.summary()}
-
-    @classmethod
-    def from_dict(cls, name: str, d: Mapping[str, Any]) -> PerPrompt:
-        layers = list(d["layers"])
-        reasons: list[str | None] = [None] * len(layers)
-        for why, idx in (d.get("undefined") or {}).items():
-            for i in idx:
-                reasons[i] = why
-        return cls(name, int(d["n_layers"]), layers, reasons, dict(d.get("params") or {}))
-
-
-def _one_prompt_rule(spec: Any, result: Any, tau: float | None, rules: str
-                     ) -> Callable[[int], Rule] | None:
-    if spec.per_prompt is False:
-        return None
-    if callable(spec.per_prompt):
-        return spec.per_prompt(result, tau, rules)
-    sample_rule = spec.rule(result, tau, rules)
-    return lambda i: sample_rule([i])
-
-
-def per_prompt_estimates(
-    metrics: Mapping[str, Any],
-    *,
-    thresholds: Mapping[str, float] | None = None,
-    rules: str = "toolkit",
-    only: Sequence[str] | None = None,
-) -> dict[str, PerPrompt]:
-    """Every registered estimator that reads one prompt (``EstimatorSpec.per_prompt``) and whose
-    measurement is in ``metrics``, applied to each prompt alone.
-
-    A prompt whose own curve cannot be read (e.g. NaN, or no cut position for ``ed_skip``) is
-    undefined with the reason; it never stops the others.
-    """
-    if rules not in RULE_SETS:
-        raise ConfigError(f"rules must be one of {', '.join(RULE_SETS)}, got {rules!r}")
-    th = {**default_thresholds(), **(thresholds or {})}
-    out: dict[str, PerPrompt] = {}
-    for name, spec in estimator_specs().items():
-        if spec.metric not in metrics or (only is not None and name not in only):
-            continue
-        result = metrics[spec.metric]
-        fn = _one_prompt_rule(spec, result, th.get(name), rules)
-        if fn is None:
-            continue
-        layers: list[int | None] = []
-        reasons: list[str | None] = []
-        for i in range(result.n_prompts):
-            try:
-                layer, why = fn(i)
-            except ConfigError as exc:  # this prompt's curve is unreadable; the others are not
-                layer, why = None, str(exc)
-            layers.append(layer)
-            reasons.append(None if layer is not None else (why or "undefined"))
-        params: dict[str, Any] = {"threshold": th[name]} if name in th else {}
-        if rules == "reference" and name in ("ed_kl", "ed_overlap"):
-            params["rules"] = "reference"
-        out[name] = PerPrompt(name, int(result.meta["n_layers"]), layers, reasons, params)
-    return out
 
 
 def run_per_prompt(run: Any) -> dict[str, PerPrompt]:

@@ -90,6 +90,10 @@ class EstimatorSpec:
 
     ``notes(result)`` returns what a reader must know to read the estimate (stored in its
     ``notes``), e.g. a range it cannot leave by construction.
+
+    ``reference_rules``: the rule has a second form under the reference rule set
+    (``rules="reference"``, the seed notebook of Hu et al. 2025: ``ed_kl``, ``ed_overlap``); its
+    estimates then record ``params["rules"] = "reference"``.
     """
 
     name: str
@@ -100,6 +104,7 @@ class EstimatorSpec:
     checks: Callable[[Any, float | None, int | None], list[tuple[str, str]]] | None = None
     per_prompt: bool | Callable[[Any, float | None, str], Callable[[int], Rule]] = True
     notes: Callable[[Any], list[str]] | None = None
+    reference_rules: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """Notebook views: the compact HTML tables that ``_repr_html_`` shows for runs, studies,
 measurement results and estimates.
 
-Every value is escaped. This module imports nothing above ``metrics`` at import time (the
-measurements use it), and plotly only inside :func:`run_html`, through ``effective_depth.viz``,
-for the one figure a run view carries (the effective depth by estimator).
+Every value is escaped. The objects of lower layers (results, estimates, runs) reach these views
+through :mod:`effective_depth.display`, where this module registers them when it is imported
+(the package's ``__init__`` imports it): they never import this module. It imports only the
+standard library at import time, and plotly only inside :func:`run_html`, through
+``effective_depth.viz``, for the one figure a run view carries (the effective depth by
+estimator).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from .display import register_html
 
 __all__ = ["fmt", "table", "result_html", "estimates_html", "run_html", "FIGURES"]
 
@@ -158,3 +163,8 @@ def run_html(run: Any, extra: str = "") -> str:
                      f'{html.escape(str(w.get("message")))}</div>')
     parts.append(_figure_html(depth))
     return "".join(parts)
+
+
+register_html("result", result_html)
+register_html("estimate", lambda est: estimates_html({est.name: est}, caption=None))
+register_html("run", run_html)

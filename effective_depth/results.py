@@ -261,7 +261,7 @@ class Run:
                 "with --force to add it")
 
     def estimates(self) -> dict[str, Any]:
-        from .depth import Estimate
+        from .estimation import Estimate
 
         return {k: Estimate.from_dict(v) for k, v in self.results.get("depth", {}).items()
                 if k.startswith("ed_")}
@@ -277,9 +277,9 @@ class Run:
         return run_frame(self, kind, **options)
 
     def _repr_html_(self) -> str:
-        from .reprs import run_html
+        from .display import render_html
 
-        return run_html(self)
+        return render_html("run", self)
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:

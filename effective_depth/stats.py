@@ -33,6 +33,7 @@ __all__ = [
     "bootstrap_indices",
     "percentile_ci",
     "curve_band",
+    "curve_bands",
     "depth_score_fraction",
 ]
 
@@ -171,22 +172,42 @@ def percentile_ci(
 
 
 
-def curve_band(
-    curve_of: Any, n_prompts: int, *, n_boot: int = 200, seed: int = 0, level: float = 0.95
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Pointwise percentile bootstrap band of a per-layer curve over prompts.
+def curve_bands(
+    curves_of: Any, n_prompts: int, *, n_boot: int = 200, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """Pointwise percentile bootstrap bands of several per-layer curves over prompts, from one
+    set of prompt resamples: the one place a curve's band is computed (the figures' shaded bands
+    and the ``curves`` tables' ``ci_lo`` / ``ci_hi`` both come from here).
 
-    ``curve_of(idx)`` recomputes the curve from the prompts ``idx`` (a list of indices, with
-    repeats), exactly as the estimators' CIs do; the band at each layer is the
-    ``(1 − level) / 2`` and ``(1 + level) / 2`` quantiles of ``n_boot`` resampled curves (NaN where
-    every resample is NaN). None with fewer than two prompts or ``n_boot = 0``: no spread to show.
+    ``curves_of(idx)`` recomputes the curves (``{name: curve}``) from the prompts ``idx`` (a list
+    of indices, with repeats), exactly as the estimators' CIs do; the band of a curve at each
+    layer is the ``(1 − level) / 2`` and ``(1 + level) / 2`` quantiles of ``n_boot`` resampled
+    curves (NaN where every resample is NaN). None with fewer than two prompts, ``n_boot = 0``,
+    or when a resample has no curves (the result cannot resample prompts).
     """
     if n_prompts < 2 or n_boot <= 0:
         return None
-    samples = np.stack([
-        torch.as_tensor(curve_of(idx.tolist())).detach().double().cpu().numpy().reshape(-1)
-        for idx in bootstrap_indices(n_prompts, n_boot, seed)
-    ])
+    samples = [curves_of(idx.tolist()) for idx in bootstrap_indices(n_prompts, n_boot, seed)]
+    if any(s is None for s in samples):
+        return None
+    return {name: _band(np.stack([_as_row(s[name]) for s in samples]), level)
+            for name in samples[0]}
+
+
+def curve_band(
+    curve_of: Any, n_prompts: int, *, n_boot: int = 200, seed: int = 0, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The band of one curve (:func:`curve_bands` of ``{"curve": curve_of(idx)}``)."""
+    bands = curve_bands(lambda idx: {"curve": curve_of(idx)}, n_prompts, n_boot=n_boot,
+                        seed=seed, level=level)
+    return None if bands is None else bands["curve"]
+
+
+def _as_row(curve: Any) -> np.ndarray:
+    return torch.as_tensor(curve).detach().double().cpu().numpy().reshape(-1)
+
+
+def _band(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     alpha = (1 - level) / 2
     lo = np.full(samples.shape[1], np.nan)
     hi = np.full(samples.shape[1], np.nan)

@@ -183,9 +183,9 @@ class MetricResult:
 
     def _repr_html_(self) -> str:
         """A compact table in notebooks: the parameters and one row per curve."""
-        from ..reprs import result_html
+        from ..display import render_html
 
-        return result_html(self)
+        return render_html("result", self)
 
 
 @dataclass

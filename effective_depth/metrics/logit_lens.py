@@ -234,9 +234,10 @@ register_metric(MetricSpec(
     run=_run,
     estimators=(
         EstimatorSpec("ed_kl", LogitLens.name, lens_rule("ed_kl", "kl_of"), 0.5,
-                      "the first block input whose lens KL falls below tau x its maximum"),
+                      "the first block input whose lens KL falls below tau x its maximum",
+                      reference_rules=True),
         EstimatorSpec("ed_overlap", LogitLens.name, lens_rule("ed_overlap", "overlap_of"), 0.3,
                       "the first block input whose top-k overlap exceeds tau",
-                      checks=overlap_at_chance("ed_overlap")),
+                      checks=overlap_at_chance("ed_overlap"), reference_rules=True),
     ),
 ))
