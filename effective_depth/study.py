@@ -300,7 +300,7 @@ def _environment() -> dict[str, Any]:
     import torch
     import transformers
 
-    from . import __version__
+    from ._version import __version__
 
     def dist(name: str) -> str:
         try:

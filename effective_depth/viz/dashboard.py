@@ -417,7 +417,7 @@ def build_dashboard_html(runs: Sequence[RunLike], comparison: Mapping[str, Any] 
     With several runs and no ``comparison``, one is computed with
     :func:`effective_depth.compare.compare_runs` (when that module is available).
     """
-    from .. import __version__
+    from .._version import __version__
 
     loaded = load_runs(runs)
     if comparison is None and len(loaded) > 1:
