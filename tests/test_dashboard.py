@@ -22,8 +22,8 @@ from effective_depth.viz.dashboard import build_dashboard_html, run_panels, writ
 HOSTILE_TOKEN = "</script><script>alert(1)</script>"
 HOSTILE_MODEL = '"><img src=x onerror=alert(1)>'
 
-#: a dashboard is plotly.js plus this much (two tiny runs are about 60 KB)
-MAX_OVERHEAD = 400 * 1024
+#: a dashboard page beside plotly.js, its figures' data and the template: tables, CSS and JS
+MAX_CHROME = 64 * 1024
 
 _RUNS: dict[str, list[Path]] = {}
 
@@ -247,9 +247,23 @@ def test_ed_table(runs):
     assert "95% CI" in table
 
 
-def test_size_is_sane(multi_html):
-    size = len(multi_html.encode())
-    assert len(get_plotlyjs().encode()) < size < len(get_plotlyjs().encode()) + MAX_OVERHEAD
+def test_the_page_weighs_plotly_once_the_figures_and_one_template(multi_html, plain_html):
+    """What a dashboard is made of: plotly.js once, each figure's own data once, the plotly
+    template once for all figures (none inline), and a page around them (tables, CSS, JS) that
+    does not grow with the figures: two pages of the same runs differ in their chrome only by
+    the escaped strings, never by a figure's worth of data."""
+    sizes = []
+    for page in (multi_html, plain_html):
+        rest = _without_plotlyjs(page)
+        specs = _figure_specs(rest)
+        raw_templates = re.search(r'id="plotly-templates">(.*?)</script>', rest, re.S).group(1)
+        templates = json.loads(raw_templates)
+        assert len(templates) == 1 and {s["template"] for s in specs.values()} == set(templates)
+        assert all("template" not in s["layout"] for s in specs.values())
+        chrome = len(rest) - sum(map(len, _figure_specs_raw(rest))) - len(raw_templates)
+        sizes.append(chrome)
+        assert 0 < chrome < MAX_CHROME, chrome
+    assert abs(sizes[0] - sizes[1]) < 4 * 1024  # only the hostile strings differ
 
 
 def test_given_comparison_is_used(runs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,8 +112,18 @@ def test_bootstrap_ci_contains_estimate_and_is_reproducible():
     assert all(float(v).is_integer() for v in est.layer_ci)
     again = bootstrap_estimate("ed_kl", _kl_rule(per_prompt), 30, 8, n_boot=300, seed=1)
     assert again.to_dict() == est.to_dict()
+    # an independent reference for another seed: resample the 30 prompts 300 times from numpy's
+    # generator seeded 2, take the first block of each mean curve below half its maximum, and
+    # the 2.5% / 97.5% order statistics of those blocks
     other = bootstrap_estimate("ed_kl", _kl_rule(per_prompt), 30, 8, n_boot=300, seed=2)
-    assert other.layer == est.layer
+    curves = per_prompt.double().numpy()
+    first = [int(np.argmax(c < 0.5 * c.max())) for c in
+             (curves[i].mean(0) for i in np.random.default_rng(2).integers(0, 30, size=(300, 30)))]
+    lo, hi = np.quantile(first, [0.025, 0.975], method="inverted_cdf")
+    full = curves.mean(0)
+    assert other.layer == int(np.argmax(full < 0.5 * full.max())) == est.layer
+    assert other.layer_ci == (lo, hi) and other.ci == ((lo + 1) / 8, (hi + 1) / 8)
+    assert other.undefined_fraction == 0.0
 
 
 def test_identical_prompts_give_zero_width_ci():
@@ -139,19 +150,45 @@ def test_spearman_known_values():
     assert math.isnan(spearman([1, 2, 3], [5, 5, 5]))
 
 
+def _spearman_reference(x, y):
+    """Spearman's rho by its definition: Pearson's r of average ranks (O(n^2), no library)."""
+    def ranks(v):
+        return np.array([sum(w < a for w in v) + (sum(w == a for w in v) + 1) / 2 for a in v])
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / math.sqrt((rx**2).sum() * (ry**2).sum()))
+
+
 def test_spearman_bootstrap_over_levels():
+    """Each level's ratio is the mean of its prompts' values, recomputed on every resample; the
+    CI resamples prompts within every level (numpy's generator seeded seed + 7919 × level
+    index), as an independent computation here does."""
     levels = [1, 2, 3]
-    fns = [lambda idx, v=v: v for v in (0.2, 0.5, 0.9)]  # ratios that rise with difficulty
-    out = spearman_bootstrap(levels, fns, [5, 5, 5], n_boot=50)
-    assert out["rho"] == pytest.approx(1.0)
-    assert out["ci"] == [pytest.approx(1.0), pytest.approx(1.0)]
+    values = [np.array([0.1, 0.2, 0.6]), np.array([0.3, 0.4, 0.5]), np.array([0.35, 0.6, 0.7])]
+    fns = [lambda idx, v=v: float(v.mean() if idx is None else v[idx].mean()) for v in values]
+    out = spearman_bootstrap(levels, fns, [3, 3, 3], n_boot=200, seed=5, level=0.9)
+    assert out["rho"] == pytest.approx(1.0)  # means 0.3, 0.4, 0.55 rise with the level
+    assert out["ratios"] == pytest.approx([0.3, 0.4, 0.55])
+    draws = [np.random.default_rng(5 + 7919 * i).integers(0, 3, size=(200, 3)) for i in range(3)]
+    rhos = [_spearman_reference(levels, [values[i][draws[i][b]].mean() for i in range(3)])
+            for b in range(200)]
+    defined = [r for r in rhos if not math.isnan(r)]
+    assert out["ci"] == pytest.approx(list(np.quantile(defined, [0.05, 0.95])))
+    assert out["undefined_fraction"] == pytest.approx(1 - len(defined) / 200)
+    assert out["ci"][0] < 0 < out["ci"][1] <= 1  # three prompts a level: a wide interval
     assert percentile_ci([1.0, 2.0, 3.0], 0.5) == (1.5, 2.5)
 
 
 def test_spearman_bootstrap_undefined_for_constant_ratios():
+    """A constant ratio over the levels has no rho, and no interval, even where resamples vary
+    (level 3 reads 0.6 on every resample: rho 0.87 there, never reported)."""
     fns = [lambda idx: 0.5, lambda idx: 0.5, lambda idx: 0.5 if idx is None else 0.6]
     out = spearman_bootstrap([1, 2, 3], fns, [4, 4, 4], n_boot=20)
     assert out["rho"] is None and out["ci"] is None
+    assert out["ratios"] == [0.5, 0.5, 0.5] and out["undefined_fraction"] == 0.0
 
 
 def test_depth_score_estimate_on_a_hand_built_matrix():

@@ -193,16 +193,30 @@ def test_incomplete_and_stub_runs_are_skipped_with_a_note(tmp_path):
     assert (tmp_path / "d.html").is_file() and "note: skipped" in dash.output
 
 
-def test_compare_rows_carry_their_run_directory(tmp_path):
+def test_compare_rows_carry_their_run_directory(tmp_path, monkeypatch):
     from effective_depth.compare import compare_runs
 
     a = _run(tmp_path / "a", metrics=("logit_lens",)).path
     b = _run(tmp_path / "b", metrics=("logit_lens",), seed=1).path
     comparison = compare_runs([a, b], n_boot=10)
     assert {r["run"] for r in comparison["scale"]} == {str(a), str(b)}
-    result = CliRunner().invoke(main, ["compare", str(a), str(b), "--n-boot", "10"])
+    monkeypatch.chdir(tmp_path)  # short run directories: the printed cells are not cut
+    result = CliRunner().invoke(main, ["compare", "a", "b", "--n-boot", "10"])
     assert result.exit_code == 0, result.output
-    assert "run" in result.output.splitlines()[2] or str(a)[-20:] in result.output
+    # one model in both runs: the printed scale table's first column is the run directory,
+    # and every row of it names the run its estimate comes from
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Scale: effective depth per model" in line)
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("└"))
+    header = next(line for line in lines[start:end] if line.startswith("┃"))
+    columns = [c.strip() for c in header.split("┃")[1:-1]]
+    assert columns[:3] == ["run", "model", "n_layers"]
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in lines[start:end]
+             if line.startswith("│")]
+    rows = [row for row in cells if row[0]]  # a long reason wraps onto lines of its own
+    printed = sorted((row[0], row[columns.index("estimator")]) for row in rows)
+    assert printed == sorted((Path(r["run"]).name, r["estimator"]) for r in comparison["scale"])
+    assert {p for p, _ in printed} == {"a", "b"}
 
 
 def test_a_failed_load_leaves_no_run_directory(tmp_path, monkeypatch):

@@ -50,6 +50,28 @@ def _pearson_of_ranks(x: list[float], y: list[float]) -> float:
     return float((rx * ry).sum() / math.sqrt((rx**2).sum() * (ry**2).sum()))
 
 
+def _prompt_rho_ci(levels, values, n_boot, seed, level=0.95):
+    """The prompt-level test's CI, computed here from its definition: resample the prompts of
+    level i with numpy's generator seeded ``seed + 7919 i``, pool (level, value) pairs of the
+    defined prompts, take Spearman's rho of every resample (undefined with fewer than two pairs
+    or a constant side), and the percentile interval of the defined ones."""
+    draws = [np.random.default_rng(seed + 7919 * i).integers(0, len(v), size=(n_boot, len(v)))
+             for i, v in enumerate(values)]
+    rhos = []
+    for b in range(n_boot):
+        x, y = [], []
+        for lv, v, d in zip(levels, values, draws):
+            for j in d[b]:
+                if v[j] is not None:
+                    x.append(lv)
+                    y.append(v[j])
+        rhos.append(float("nan") if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2
+                    else _pearson_of_ranks(x, y))
+    alpha = (1 - level) / 2
+    defined = [r for r in rhos if not math.isnan(r)]
+    return list(np.quantile(defined, [alpha, 1 - alpha]))
+
+
 def test_lens_estimators_per_prompt_on_hand_built_curves():
     # ed_overlap (tau 0.3): the first block input above 0.3; ed_kl (tau 0.5): the first below
     # half the prompt's own maximum
@@ -149,8 +171,8 @@ def test_prompt_level_spearman_on_a_hand_built_case():
     assert out["rho"] == pytest.approx(22.75 / math.sqrt(25 * 26.5))
     assert out["n_prompts"] == [3, 2, 3] and out["n_defined"] == [2, 2, 3]
     assert out["ratios"] == [0.375, 0.625, 1.0]  # medians per level
-    lo, hi = out["ci"]
-    assert -1 <= lo <= out["rho"] <= hi <= 1
+    assert out["ci"] == pytest.approx(_prompt_rho_ci(levels, values, 300, 0))
+    assert out["ci"][0] < out["rho"] < out["ci"][1]  # resamples of 2-3 prompts vary
 
 
 def test_prompt_level_spearman_is_negative_when_harder_prompts_are_shallower():
@@ -226,7 +248,8 @@ def test_compare_has_the_prompt_level_difficulty_test():
     assert row["rho"] == pytest.approx(_pearson_of_ranks(x, y))
     assert row["medians"] == [0.5, 1.0]
     assert row["n_defined"] == [3, 3]
-    assert row["rho_ci"][0] <= row["rho"] <= row["rho_ci"][1]
+    # the per-prompt ratios of the two runs, pooled by level, resampled within levels
+    assert row["rho_ci"] == pytest.approx(_prompt_rho_ci([2, 3], [y[:3], y[3:]], 200, 0))
 
 
 def test_agreement_over_models_of_a_grid():

@@ -4,7 +4,6 @@ on every block), and the `plan` command prints it."""
 from __future__ import annotations
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 import effective_depth as ed
@@ -36,7 +35,7 @@ def _shared_runs(model, batch, sub, cuts):
 
 def test_planned_block_tokens_equal_the_engine_count(setup):
     model, batch = setup
-    lengths, starts = batch.lengths.tolist(), batch.answer_start.tolist()
+    lengths = batch.lengths.tolist()
     cuts = [draw_cuts(int(n), 2, f"0:{b}", 4, 4, 2) for b, n in enumerate(lengths)]
     sub = batch.select([0, 1])
     runs = {
@@ -46,10 +45,12 @@ def test_planned_block_tokens_equal_the_engine_count(setup):
         "behaviour": (batch, {}, lambda: M.behaviour(model, batch, order=[3, 2, 1, 0])),
     }
     counter = WorkCounter(model)
+    seen = {}
     try:
         for name, (b, options, fn) in runs.items():
             counter.reset()
             fn()
+            seen[name] = counter.block_tokens
             config = StudyConfig(metrics=(name,), **options)
             planned = count_work(model.cfg, b.lengths.tolist(), b.answer_start.tolist(),
                                  cuts if name == "skip_effects" else [], config)[name]
@@ -60,18 +61,41 @@ def test_planned_block_tokens_equal_the_engine_count(setup):
                 assert counter.block_tokens == total, (name, counter.block_tokens, total)
     finally:
         counter.close()
-    assert lengths and starts
+    # the counter really counted (0 == 0 would pass otherwise): contributions is one clean pass,
+    # every block over every padded position of the 5 prompts
+    assert seen["contributions"] == model.cfg.n_layers * batch.size * batch.width
+    assert all(seen[name] > 0 for name in runs)
 
 
-def test_plan_command_prints_every_measurement():
+def test_plan_command_prints_the_planned_numbers(monkeypatch):
+    """`plan` prints, per measurement and in total, the numbers the planner computes for the
+    configuration the options build (here without the timing calibration)."""
+    from effective_depth import planner
     from effective_depth.cli import main
 
-    result = CliRunner().invoke(main, ["plan", "--model", "zoo/add-4l", "-n", "4", "--set", "ig_steps=4"])
+    real = planner.plan_study
+    seen = {}
+
+    def plan_without_timing(config, calibration=True):
+        seen["config"] = config
+        return real(config, calibration=False)
+
+    monkeypatch.setattr(planner, "plan_study", plan_without_timing)
+    result = CliRunner().invoke(main, ["plan", "--model", "zoo/add-4l", "-n", "4", "--set",
+                                       "ig_steps=4"])
     assert result.exit_code == 0, result.output
-    for name in ("contributions", "logit_lens", "skip_effects", "behaviour", "erasure",
-                 "integrated_gradients", "total", "projected time"):
-        assert name in result.output
-    assert torch.get_num_threads() >= 1
+    config = seen["config"]
+    assert config.n_examples == 4 and config.options["integrated_gradients"].steps == 4
+    plan = real(config, calibration=False)
+    names = ["contributions", "logit_lens", "tuned_lens", "skip_effects", "behaviour",
+             "erasure", "integrated_gradients"]
+    assert [m.name for m in plan.measurements] == [n for n in names if n in config.metrics]
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines()
+            if line.count("│") > 2}
+    for m in [*plan.measurements, plan.total]:
+        cells = [c.strip() for c in rows[m.name].split("│")[2:5]]
+        assert cells == [f"{m.block_tokens:,}", f"{m.grad_block_tokens:,}", f"{m.lens_rows:,}"], m.name
+    assert plan.total.block_tokens == sum(m.block_tokens for m in plan.measurements) > 0
 
 
 def test_a_measurement_without_a_cost_model_is_not_projected_as_free():
@@ -101,10 +125,12 @@ def test_planned_block_calls_follow_the_engine(setup):
                       lambda: M.behaviour(model, batch, order=[1, 2, 3, 0])),
     }
     counter = WorkCounter(model)
+    seen = {}
     try:
         for name, (b, options, fn) in runs.items():
             counter.reset()
             fn()
+            seen[name] = counter.block_tokens
             config = StudyConfig(**{"metrics": (name,), **options})
             planned = count_work(model.cfg, b.lengths.tolist(), b.answer_start.tolist(),
                                  cuts if name == "skip_effects" else [], config)[name]

@@ -415,6 +415,41 @@ DEFAULTS = {
 }
 
 
+#: what each figure must plot: the result's own numbers, every finite one of them
+PLOTTED = {
+    (Contributions, "relative"): lambda r: [r.curves_of()[k] for k in CONTRIBUTION_CURVES
+                                             if k.startswith("rel")],
+    (Contributions, "cosines"): lambda r: [r.curves_of()[k] for k in CONTRIBUTION_CURVES
+                                            if k.startswith("cos")],
+    (Contributions, "angular"): lambda r: [r.angular_distance],
+    (LogitLens, "lens"): lambda r: [r.kl_of(), r.overlap_of()],
+    (TunedLens, "lens"): lambda r: [r.kl_of(), r.overlap_of()],
+    (SkipEffects, "layer_effect"): lambda r: [r.layer_effect[torch.ones(L, L).triu(1).bool()]],
+    (SkipEffects, "output_effect"): lambda r: [r.output_effect],
+    (Behaviour, "behaviour"): lambda r: [r.accuracy_by_exit(), r.accuracy_by_prune()],
+    (Erasure, "map"): lambda r: [r.maps[0]],
+    (IntegratedGradients, "map"): lambda r: [r.maps[0]],
+}
+
+
+def _numbers(value) -> list[float]:
+    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        items = value.tolist() if hasattr(value, "tolist") else value
+        return [x for v in items for x in _numbers(v)]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)]
+    return []
+
+
+def _not_plotted(fig: go.Figure, expected) -> list[float]:
+    """The finite values of ``expected`` that no trace of ``fig`` holds (y, z or customdata,
+    to 5 significant digits)."""
+    shown = {f"{v:.5g}" for t in fig.data for key in ("y", "z", "customdata")
+             for v in _numbers(getattr(t, key, None))}
+    want = [float(v) for t in expected for v in torch.as_tensor(t).flatten().tolist()]
+    return [v for v in want if v == v and f"{v:.5g}" not in shown]
+
+
 def test_figure_for_dispatches_every_result_type(contributions, lens, tuned, skips, behaviour, erasure,
                                                 gradients):
     results = [contributions, lens, tuned, skips, behaviour, erasure, gradients]
@@ -428,7 +463,12 @@ def test_figure_for_dispatches_every_result_type(contributions, lens, tuned, ski
             assert next(iter(_curves(default))) == first_trace
         for other in figure_specs(result):
             fig = figure_for(result, kind=other)
-            assert isinstance(fig, go.Figure) and fig.data
+            expected = PLOTTED[(type(result), other)](result)
+            missing = _not_plotted(fig, expected)
+            assert missing == [], (type(result).__name__, other, missing[:5])
+    assert _not_plotted(go.Figure(go.Scatter(y=[0.5])), [torch.tensor([0.5, 2.0])]) == [2.0]
+    # every registered figure has its data named above: a new one must say what it plots
+    assert set(PLOTTED) == {(cls, kind) for cls in FIGURES for kind in FIGURES[cls]}
     # the layer-effect heatmap is the default of SkipEffects, the output bars are not
     assert figure_for(skips).data[0].type == "heatmap"
     # the tuned lens marks its own estimators, never the logit lens's
