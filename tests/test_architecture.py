@@ -307,6 +307,7 @@ def test_layer_assignment_is_exact_before_package_wide():
     assert layer_of("vizier") is None and layer_of("metricsx.base") is None
 
 
+@pytest.mark.slow
 def test_importing_engine_and_metrics_loads_nothing_above_them():
     """At run time too: importing the engine and every measurement loads no module of a layer
     above the measurements' (nor plotly or click)."""

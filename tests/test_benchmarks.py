@@ -19,6 +19,9 @@ from benchmarks.run import (
 from effective_depth import metrics
 from effective_depth.engine import Batch
 
+#: end to end on models (the fast tier, -m 'not slow', leaves these to the full run)
+pytestmark = pytest.mark.slow
+
 L, D, T = 2, 32, 20
 
 

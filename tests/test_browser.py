@@ -27,7 +27,7 @@ from effective_depth.viz import figure_for
 from effective_depth.viz.dashboard import write_dashboard
 from tests.test_dashboard import HOSTILE_MODEL, HOSTILE_TOKEN, hostile, study_runs
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = os.environ.get("EFFECTIVE_DEPTH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -41,6 +41,7 @@ def _run(model: str, curves: dict[str, list[float]], kinds: list[str], prompts: 
     return Run(Path(model), {"config": {"model": model}}, inputs, results, tensors)
 
 
+@pytest.mark.slow
 def test_paired_training_difference_on_a_hand_built_pair():
     prompts = [f"{i}+{i}=" for i in range(len(KINDS))]
     base = _run("base", BASE, KINDS, prompts)

@@ -19,6 +19,9 @@ from effective_depth.errors import ConfigError, ResultsError
 from effective_depth.results import Run, load_run
 from effective_depth.viz.dashboard import build_dashboard_html, run_panels, write_dashboard
 
+#: end to end on models (the fast tier, -m 'not slow', leaves these to the full run)
+pytestmark = pytest.mark.slow
+
 HOSTILE_TOKEN = "</script><script>alert(1)</script>"
 HOSTILE_MODEL = '"><img src=x onerror=alert(1)>'
 

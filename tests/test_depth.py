@@ -191,6 +191,7 @@ def test_spearman_bootstrap_undefined_for_constant_ratios():
     assert out["ratios"] == [0.5, 0.5, 0.5] and out["undefined_fraction"] == 0.0
 
 
+@pytest.mark.slow
 def test_depth_score_estimate_on_a_hand_built_matrix():
     """Prompts of two kinds: skipping block 0 matters to later blocks (centre of mass 0), or
     skipping block 2 does (centre 2). With token-weighted means and one count per skipped block,

@@ -14,6 +14,7 @@ def _blocks(name):
     return re.findall(r"```python\n(.*?)```", (DOCS / name).read_text(), flags=re.S)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["hook_scripting.md"])
 def test_guide_code_runs(name, capsys):
     blocks = _blocks(name)
@@ -45,6 +46,7 @@ def test_docs_are_self_contained_and_name_real_tasks():
         assert code in methods and code in (DOCS / "failure_modes.md").read_text()
 
 
+@pytest.mark.slow
 def test_extending_guide_registers_and_runs_its_measurement(tmp_path, monkeypatch, capsys):
     from effective_depth.registry import metric_names, unregister_metric
 

@@ -17,6 +17,9 @@ from effective_depth import metrics as M
 from effective_depth.depth import estimate_all
 from effective_depth.engine import encode_batch
 
+#: end to end on models (the fast tier, -m 'not slow', leaves these to the full run)
+pytestmark = pytest.mark.slow
+
 #: (bfloat16, float16) tolerance, relative to max |float32 value|
 TOLERANCE = {
     "contributions": (0.005, 0.001),

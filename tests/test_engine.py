@@ -78,6 +78,7 @@ def _resumed_logits(model, specs, tokens):
     return torch.stack(outs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
 @pytest.mark.parametrize("layer", [0, 1, 2])
 def test_skip_hooks_equals_resume_equals_hf_without_layer(models, tiny_checkpoints, batch, arch, layer):
@@ -94,6 +95,7 @@ def test_skip_hooks_equals_resume_equals_hf_without_layer(models, tiny_checkpoin
     assert (clean - hooked).abs().max() > 1e-3  # the skip did something
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
 def test_every_intervention_hooks_equal_plans(models, batch, arch):
     model = models[arch]
@@ -123,6 +125,7 @@ def test_every_intervention_hooks_equal_plans(models, batch, arch):
         assert (hooked - resumed).abs().max() <= TOL, specs
 
 
+@pytest.mark.slow
 def test_skip_nothing_changes_nothing(models, batch):
     model = models["qwen2"]
     empty = torch.zeros(batch.width, dtype=torch.bool)
@@ -135,6 +138,7 @@ def test_skip_nothing_changes_nothing(models, batch):
     assert (resumed - clean).abs().max() <= TOL
 
 
+@pytest.mark.slow
 def test_user_hooks_fire_and_ours_are_removed_after_an_exception(models, batch):
     model = models["qwen2"]
     adapter = get_adapter(model)
@@ -166,6 +170,7 @@ def test_user_hooks_fire_and_ours_are_removed_after_an_exception(models, batch):
         model.reset_hooks(including_permanent=True)
 
 
+@pytest.mark.slow
 def test_padded_batch_equals_one_prompt_at_a_time(models, batch):
     model = models["qwen2"]
     adapter = get_adapter(model)
@@ -176,6 +181,7 @@ def test_padded_batch_equals_one_prompt_at_a_time(models, batch):
         assert (clean.resid[:, b, :n] - alone.resid[:, 0]).abs().max() <= TOL
 
 
+@pytest.mark.slow
 def test_suffix_runs_equal_full_runs(models, batch):
     model = models["qwen2"]
     adapter = get_adapter(model)
@@ -217,6 +223,7 @@ class ScaleMLP(Intervention):
         return [Patch("mlp", self.layer, self.positions, fn=lambda m: m * self.factor)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
 def test_a_custom_intervention_written_once_works_both_ways(models, batch, arch):
     model = models[arch]
@@ -245,6 +252,7 @@ def test_a_custom_intervention_written_once_works_both_ways(models, batch, arch)
         assert (hooked - _resumed_logits(model, specs, tokens)).abs().max() <= TOL, specs
 
 
+@pytest.mark.slow
 def test_patches_fold_into_the_resumed_residual(models, batch):
     model = models["qwen2"]
     adapter = get_adapter(model)
@@ -265,6 +273,7 @@ def test_patches_fold_into_the_resumed_residual(models, batch):
         plan.start = 0  # type: ignore[misc]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
 def test_local_skip_combined_with_later_patches(models, batch, arch):
     model = models[arch]
@@ -294,6 +303,7 @@ def test_where_replaces_only_the_masked_positions():
         where(torch.ones(3, 3, dtype=torch.bool), torch.zeros(4), old)
 
 
+@pytest.mark.slow
 def test_bridge_hooks_and_resumed_plans_equal_hooked_transformer(tiny_checkpoints, models, batch):
     """The same patches, spelled as the bridge's hooks by the adapter, in a forward pass and in
     the bridge's resumed fallback (a full forward with the residual overwritten)."""

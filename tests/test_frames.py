@@ -60,6 +60,7 @@ def run_dir(tmp_path_factory):
         yield out
 
 
+@pytest.mark.slow
 def test_curves_frame_values_and_bootstrap_bands(run_dir):
     run = ed.load_run(run_dir)  # the fixture keeps the toy measurements registered
     frame = run.to_frame("curves")
@@ -97,6 +98,7 @@ def test_curves_frame_values_and_bootstrap_bands(run_dir):
     assert frame["ci_lo"].dtype == float and frame["value"].dtype == float
 
 
+@pytest.mark.slow
 def test_estimates_frame_has_numeric_intervals(run_dir):
     run = ed.load_run(run_dir)
     frame = run.to_frame("estimates")
@@ -120,6 +122,7 @@ def test_estimates_frame_has_numeric_intervals(run_dir):
     assert score["kind"] == "score" and score["measurement"] == "skip_effects"
 
 
+@pytest.mark.slow
 def test_comparison_csvs_have_numeric_intervals_one_row_per_level(tmp_path):
     runs = []
     for digits in (2, 3):
@@ -167,6 +170,7 @@ def test_tidy_comparison_splits_every_interval():
     assert training == [{"diff": 0.25, "diff_ci_lo": 0.0, "diff_ci_hi": 0.5}]
 
 
+@pytest.mark.slow
 def test_export_command_writes_what_runs_to_frame_builds(run_dir, tmp_path):
     want = runs_to_frame([run_dir], "estimates")
     runner = CliRunner()
@@ -190,6 +194,7 @@ def test_export_command_writes_what_runs_to_frame_builds(run_dir, tmp_path):
     assert res.exit_code != 0 and "--kind comparison" in res.output
 
 
+@pytest.mark.slow
 def test_frames_without_pandas_name_the_extra(run_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     run = ed.load_run(run_dir)

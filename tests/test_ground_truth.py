@@ -13,6 +13,9 @@ from effective_depth.metrics import behaviour, contributions, logit_lens, prune_
 from effective_depth.models.zoo import zoo_entry
 from effective_depth.tasks import get_task
 
+#: end to end on models (the fast tier, -m 'not slow', leaves these to the full run)
+pytestmark = pytest.mark.slow
+
 K = 2
 MODEL = "zoo/add-4l"
 

@@ -15,6 +15,9 @@ from effective_depth.metrics.integrated_gradients import DEFAULT_RULE, DEFAULT_S
 from effective_depth.study import StudyConfig
 from effective_depth.tasks import Example
 
+#: end to end on models (the fast tier, -m 'not slow', leaves these to the full run)
+pytestmark = pytest.mark.slow
+
 REF = ("gauss_legendre", 64)
 
 

@@ -98,6 +98,7 @@ def _chat_ids(tok, prompt, system=None):
 
 
 # ------------------------------------------------------------------------------ chat templates
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["qwen", "r1"])
 @pytest.mark.parametrize("system", [None, "Solve the problem step by step."])
 def test_chat_template_reads_apply_chat_template_then_the_answer(which, system, request):
@@ -127,6 +128,7 @@ def test_chat_template_reads_apply_chat_template_then_the_answer(which, system, 
     assert batch.warnings == []
 
 
+@pytest.mark.slow
 def test_chat_template_from_a_file_and_the_study_options(tmp_path, qwen):
     path = tmp_path / "t.jinja"
     path.write_text(R1_TEMPLATE.replace("<think>\\n", ""))
@@ -210,6 +212,7 @@ def test_add_bos_token_style_tokenizers_follow_their_own_setting():
     assert encode_example(without, ex) == (without(ex.text)["input_ids"], 5)
 
 
+@pytest.mark.slow
 def test_zoo_tokenizer_adds_its_bos_and_the_zoo_model_is_unchanged():
     from effective_depth import load_model
 
@@ -239,6 +242,7 @@ def test_smollm2_tokenizer_reads_no_bos_and_its_own_chat_template():
         "4", add_special_tokens=False)["input_ids"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (MANUAL / "gemma-3-270m").is_dir(), reason="no Gemma-3 copy")
 def test_gemma_tokenizer_adds_bos_once():
     from transformers import AutoTokenizer
@@ -329,6 +333,7 @@ def _run(args):
     return result
 
 
+@pytest.mark.slow
 def test_a_chat_template_study_records_its_tokens(tmp_path, r1_dir, r1):
     from transformers import AutoTokenizer
 
@@ -374,6 +379,7 @@ def test_a_plain_study_records_answer_start_and_warns_of_a_double_bos(tmp_path, 
     assert config["tokens"]["bos_read"] is True and config["tokens"]["chat_template"] is False
 
 
+@pytest.mark.slow
 def test_a_study_stores_and_prints_the_rows_it_skipped(tmp_path, r1_dir, monkeypatch):
     pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -423,6 +429,7 @@ def test_sweep_chat_template_overrides_the_grid_base(tmp_path):
             for c in chat.cells] == [(True, "Be brief.", 2)] * 2
 
 
+@pytest.mark.slow
 def test_plan_and_run_take_chat_template_and_name_a_missing_template(tmp_path):
     from click.testing import CliRunner
 

@@ -38,6 +38,7 @@ def _run(out: Path, **kw):
 
 # --- 1. stale results ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_an_edited_prompts_file_is_recomputed_not_reused(tmp_path):
     data = _prompts(tmp_path / "edit.jsonl", [("12+34=", "46"), ("50+25=", "75")])
     params = {"task": "prompts", "task_params": {"path": str(data)}}
@@ -56,6 +57,7 @@ def test_an_edited_prompts_file_is_recomputed_not_reused(tmp_path):
     assert any(w["code"] == "inputs_changed" for w in run.results["warnings"])
 
 
+@pytest.mark.slow
 def test_changed_model_weights_are_recomputed(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -117,6 +119,7 @@ def test_a_bert_checkpoint_under_the_bridge_is_a_model_error(tmp_path):
 
 # --- 4. concurrent writers ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_writer_gets_a_clear_error(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -142,6 +145,7 @@ def test_a_second_writer_gets_a_clear_error(tmp_path):
 
 # --- 5. the erasure reference -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_erasure_reference_is_recorded_and_warned_when_short(tmp_path):
     rows = [(f"{a}+{a}=", str(2 * a)) for a in range(10, 16)]
     data = _prompts(tmp_path / "six.jsonl", rows)
@@ -166,6 +170,7 @@ def test_erasure_reference_is_recorded_and_warned_when_short(tmp_path):
 
 # --- 6. incomplete runs -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_incomplete_and_stub_runs_are_skipped_with_a_note(tmp_path):
     good = _run(tmp_path / "runs" / "good", metrics=("logit_lens",)).path
     stub = tmp_path / "runs" / "stub"
@@ -193,6 +198,7 @@ def test_incomplete_and_stub_runs_are_skipped_with_a_note(tmp_path):
     assert (tmp_path / "d.html").is_file() and "note: skipped" in dash.output
 
 
+@pytest.mark.slow
 def test_compare_rows_carry_their_run_directory(tmp_path, monkeypatch):
     from effective_depth.compare import compare_runs
 
@@ -226,6 +232,7 @@ def test_a_failed_load_leaves_no_run_directory(tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_results_json_holding_a_list_is_a_results_error(tmp_path):
     path = _run(tmp_path / "run", metrics=("logit_lens",)).path
     (path / "results.json").write_text("[1, 2]")
@@ -254,6 +261,7 @@ def test_cut_rule_fits_the_prompt_and_keeps_methods_for_long_prompts(length, exp
     assert cut_rule(length, 4, start=4) == (4, 8, 4)  # explicit values are used as given
 
 
+@pytest.mark.slow
 def test_default_run_fits_the_default_model(tmp_path):
     res = _run(tmp_path / "run", metrics=("logit_lens", "skip_effects"), n_examples=8)
     inputs = json.loads((tmp_path / "run" / "inputs.json").read_text())
@@ -266,6 +274,7 @@ def test_default_run_fits_the_default_model(tmp_path):
     assert two.results["completed"] == ["skip_effects"]
 
 
+@pytest.mark.slow
 def test_chance_level_and_missing_intervals_are_warned(tmp_path):
     res = _run(tmp_path / "run", metrics=("logit_lens",), lens_k=5, n_boot=0, n_examples=4)
     codes = {w["code"] for w in res.results["warnings"]}
@@ -323,6 +332,7 @@ def test_reference_rules_reproduce_the_notebook():
 
 # --- crashes and unclear errors -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_txt_prompts_file_runs_and_skips_what_needs_answers(tmp_path):
     data = tmp_path / "p.txt"
     data.write_text("12+34=\n50+25=\n")
@@ -386,6 +396,7 @@ def test_grid_cells_are_validated_before_the_first_runs(tmp_path):
     assert not (tmp_path / "g").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_grid_cell_is_reported_and_the_rest_compared(tmp_path):
     from effective_depth.grid import grid_from_dict, run_grid
 
@@ -406,6 +417,7 @@ def test_a_failing_grid_cell_is_reported_and_the_rest_compared(tmp_path):
     assert len(comparison["runs"]) == 2
 
 
+@pytest.mark.slow
 def test_erasure_progress_bar_reaches_its_total(tmp_path, monkeypatch):
     import effective_depth.metrics.erasure as erasure_mod
     from effective_depth import load_model
@@ -432,6 +444,7 @@ def test_erasure_progress_bar_reaches_its_total(tmp_path, monkeypatch):
     assert bars and bars[0].n == bars[0].total
 
 
+@pytest.mark.slow
 def test_config_records_the_installed_transformer_lens_version(tmp_path):
     path = _run(tmp_path / "run", metrics=("logit_lens",)).path
     env = json.loads((path / "config.json").read_text())["environment"]

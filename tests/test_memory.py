@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -46,6 +47,7 @@ def test_lens_keeps_the_unembed_hook_points():
     assert seen == ["in"] and torch.count_nonzero(out) == 0
 
 
+@pytest.mark.slow
 def test_early_exit_top_tokens_are_taken_a_chunk_of_rows_at_a_time():
     from effective_depth.metrics.base import lens_argmax
 
@@ -61,6 +63,7 @@ def test_early_exit_top_tokens_are_taken_a_chunk_of_rows_at_a_time():
     assert largest < 6 * row_bytes
 
 
+@pytest.mark.slow
 def test_ig_answer_probability_holds_one_chunk_of_log_probs_through_backward():
     from effective_depth.metrics.integrated_gradients import answer_probability
 

@@ -43,6 +43,7 @@ def _one(batch, b):
     return batch.tokens[b : b + 1, :n]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("include_front", [True, False])
 def test_contributions_match_reference(models, batch, arch, include_front):
@@ -59,6 +60,7 @@ def test_contributions_match_reference(models, batch, arch, include_front):
     assert (ang - ang.T).abs().max() <= TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_future_skip_effects_match_reference(models, batch, arch):
     model = models[arch]
@@ -79,6 +81,7 @@ def test_future_skip_effects_match_reference(models, batch, arch):
     assert got.output_effect.max() > 0
 
 
+@pytest.mark.slow
 def test_current_effects_and_mean_aggregation(models, batch):
     model = models["qwen2"]
     got = skip_effects(model, batch, mode="current", aggregate="mean")
@@ -93,6 +96,7 @@ def test_current_effects_and_mean_aggregation(models, batch):
     assert (got.output_effect <= got.output_effect_of(aggregate="max") + TOL).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_logit_lens_matches_reference(models, batch, arch):
     model = models[arch]
@@ -103,6 +107,7 @@ def test_logit_lens_matches_reference(models, batch, arch):
     assert (got.overlap - overlap).abs().max() <= TOL
 
 
+@pytest.mark.slow
 def test_lens_of_final_residual_is_the_output(models, batch):
     got = logit_lens(models["qwen2"], batch, include_final=True)
     assert got.kl[-1].abs().item() <= 1e-6
@@ -110,6 +115,7 @@ def test_lens_of_final_residual_is_the_output(models, batch):
     assert got.kl.shape[0] == models["qwen2"].cfg.n_layers + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_erasure_matches_reference(models, batch, arch):
     model = models[arch]
@@ -124,6 +130,7 @@ def test_erasure_matches_reference(models, batch, arch):
     assert got.str_tokens[0][0] == "<bos>" and len(got.str_tokens[0]) == m.shape[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_integrated_gradients_match_reference(models, batch, arch):
     model = models[arch]
@@ -133,6 +140,7 @@ def test_integrated_gradients_match_reference(models, batch, arch):
     assert (got.maps[0] - want).abs().max() <= TOL
 
 
+@pytest.mark.slow
 def test_zeroed_block_has_no_contribution_and_no_effect(tiny_checkpoints, batch):
     model = load_model(tiny_checkpoints["qwen2"], device="cpu")
     block = model.blocks[1]
@@ -151,6 +159,7 @@ def test_zeroed_block_has_no_contribution_and_no_effect(tiny_checkpoints, batch)
         assert s.output_effect[0].item() > 0
 
 
+@pytest.mark.slow
 def test_padding_gives_per_prompt_results(models, batch):
     model = models["qwen2"]
     together = contributions(model, batch)
@@ -179,6 +188,7 @@ def test_depth_score_known_values():
     assert depth_score(torch.zeros(3)) != depth_score(torch.zeros(3))  # NaN: no effect anywhere
 
 
+@pytest.mark.slow
 def test_bridge_backend_gives_the_same_measurements(tiny_checkpoints, models, batch):
     """The bridge cannot resume at a block: the engine falls back to full forwards with the
     residual overwritten by a hook. The numbers must not change."""
@@ -202,6 +212,7 @@ def test_bridge_backend_gives_the_same_measurements(tiny_checkpoints, models, ba
     assert (ia.maps[0] - ib.maps[0]).abs().max() <= tol
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("component", ["mlp", "local"])
 def test_mlp_and_local_skip_effects_match_reference(models, batch, component):
     model = models["qwen2"]
@@ -244,6 +255,7 @@ def _greedy(forward, prompt, n):
     return seq[len(prompt):]
 
 
+@pytest.mark.slow
 def test_behaviour_equals_greedy_decoding_under_intervene():
     """The input of ed_task / ed_prune is teacher-forced exact match; it must equal real greedy
     decoding, with the pruned blocks skipped by hooks and the early exits read by the lens."""

@@ -31,6 +31,7 @@ def _tl_outputs(model):
     return logits.log_softmax(-1), cache
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
 def test_default_load_matches_hf_residuals_and_logprobs(tiny_checkpoints, arch, backend):
@@ -52,6 +53,7 @@ def test_default_load_matches_hf_residuals_and_logprobs(tiny_checkpoints, arch, 
     assert model.effective_depth_source["backend"] == backend
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
 def test_weight_processing_keeps_logprobs(tiny_checkpoints, arch, backend):
@@ -62,6 +64,7 @@ def test_weight_processing_keeps_logprobs(tiny_checkpoints, arch, backend):
     assert (logp - hf_logp).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow
 def test_fold_ln_alone_keeps_residual_stream(tiny_checkpoints):
     path = tiny_checkpoints["qwen2"]
     model = load_model(path, device="cpu", fold_ln=True)
@@ -72,6 +75,7 @@ def test_fold_ln_alone_keeps_residual_stream(tiny_checkpoints):
         assert (cache[f"blocks.{layer}.hook_resid_pre"] - hidden[layer]).abs().max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_centering_changes_residual_only_when_asked(tiny_checkpoints):
     path = tiny_checkpoints["gpt2"]
     plain = load_model(path, device="cpu")
@@ -103,6 +107,7 @@ def _fake_hub_cache(cache, repo_id, source):
     return snap
 
 
+@pytest.mark.slow
 def test_unofficial_hub_id_loads_its_own_config_from_cache(tmp_path, monkeypatch):
     import huggingface_hub.constants as hub_constants
 

@@ -61,6 +61,7 @@ def test_example_notebook_executes_and_shows_tables(tmp_path):
     assert (tmp_path / "runs" / "notebook" / "results.json").is_file()
 
 
+@pytest.mark.slow
 def test_views_escape_and_stay_compact(model, tmp_path):
     from effective_depth.reprs import result_html
 
@@ -80,6 +81,7 @@ def test_views_escape_and_stay_compact(model, tmp_path):
     assert "computed: logit_lens" in html and ">ed_kl<" in html and ">ed_overlap<" in html
 
 
+@pytest.mark.slow
 def test_measurements_take_strings_lists_and_token_tensors(model):
     batch = ed.encode_batch(model.tokenizer, [ed.Example("12+34=", ""), ed.Example("5+6=", "")])
     want = ed.logit_lens(model, batch)
@@ -120,6 +122,7 @@ def test_progress_without_ipywidgets_is_the_text_bar(monkeypatch):
     assert progress.tqdm_class() is std_tqdm
 
 
+@pytest.mark.slow
 def test_study_steps_name_each_measurement(tmp_path):
     labels: list[str] = []
     cfg = ed.StudyConfig(model="zoo/add-2l", metrics=("contributions", "logit_lens"),
@@ -147,6 +150,7 @@ def test_sweep_eta_uses_the_finished_computed_cells():
                                     "2.2 min/cell, ETA 6.7 min")
 
 
+@pytest.mark.slow
 def test_sweep_bar_labels_name_the_running_cell(tmp_path):
     from effective_depth.grid import _run_local, grid_from_dict
 

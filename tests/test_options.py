@@ -81,6 +81,7 @@ def test_flat_names_are_read_into_the_options():
                                   "skip_mode": "current"}).options["skip_effects"].mode == "current"
 
 
+@pytest.mark.slow
 def test_the_experiment_files_still_read():
     from pathlib import Path
 
@@ -163,6 +164,7 @@ def _study(tmp_path, **kw):
     return cfg
 
 
+@pytest.mark.slow
 def test_a_run_directory_of_the_flat_format_loads_and_resumes_without_recomputing(tmp_path):
     cfg = _study(tmp_path, options={"skip_effects": {"n_cuts": 2}})
     out = tmp_path / "run"
@@ -198,6 +200,7 @@ def test_a_run_directory_of_the_flat_format_loads_and_resumes_without_recomputin
 
 
 # --- the study and the planner decide alike -----------------------------------------------------
+@pytest.mark.slow
 def test_plan_does_not_count_what_the_study_skips(tmp_path):
     from effective_depth.planner import plan_study
     from effective_depth.prepare import prepare_study
@@ -270,6 +273,7 @@ POWER = MetricSpec(name="toy_power", result_type=PowerNorm, run=_power_run, opti
                    requires=("logit_lens",), description="a norm of one token's residual")
 
 
+@pytest.mark.slow
 def test_a_measurement_registered_here_gets_its_options_on_the_command_line(tmp_path):
     with registered(POWER):
         assert _settings(("toy_power.power=3",)) == {"toy_power.power": 3}

@@ -27,6 +27,7 @@ def _save(path, tied: bool):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["hooked", "bridge"])
 @pytest.mark.parametrize("tied", [True, False])
 def test_counts_equal_hugging_face(tmp_path, backend, tied):

@@ -238,6 +238,7 @@ def test_run_per_prompt_reads_stored_blocks_and_recomputes_missing_ones():
     assert run_per_prompt(old)["ed_overlap"].layers == [1, 3, 2]
 
 
+@pytest.mark.slow
 def test_compare_has_the_prompt_level_difficulty_test():
     easy = _lens_run("m", L, [[0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]], 2)
     hard = _lens_run("m", L, [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]], 3)
@@ -279,6 +280,7 @@ def test_agreement_over_models_of_a_grid():
                 if r["scope"] == "models"]
 
 
+@pytest.mark.slow
 def test_a_study_stores_per_prompt_depths_and_the_cli_reports_agreement(tmp_path):
     import json
 
@@ -308,6 +310,7 @@ def test_a_study_stores_per_prompt_depths_and_the_cli_reports_agreement(tmp_path
     assert (tmp_path / "agree" / "agreement.csv").read_text().startswith("scope,over,run,a,b,")
 
 
+@pytest.mark.slow
 def test_figures_show_the_per_prompt_values_and_the_agreement_matrix():
     from effective_depth.viz.compare_figures import COMPARISON_FIGURES
     from effective_depth.viz.per_prompt import agreement_figure, per_prompt_figure

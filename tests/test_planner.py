@@ -33,6 +33,7 @@ def _shared_runs(model, batch, sub, cuts):
     }
 
 
+@pytest.mark.slow
 def test_planned_block_tokens_equal_the_engine_count(setup):
     model, batch = setup
     lengths = batch.lengths.tolist()
@@ -67,6 +68,7 @@ def test_planned_block_tokens_equal_the_engine_count(setup):
     assert all(seen[name] > 0 for name in runs)
 
 
+@pytest.mark.slow
 def test_plan_command_prints_the_planned_numbers(monkeypatch):
     """`plan` prints, per measurement and in total, the numbers the planner computes for the
     configuration the options build (here without the timing calibration)."""
@@ -112,6 +114,7 @@ def test_a_measurement_without_a_cost_model_is_not_projected_as_free():
     assert work["logit_lens"].block_tokens == 2 * 5 and work["logit_lens"].lens_rows == 4 * 5
 
 
+@pytest.mark.slow
 def test_planned_block_calls_follow_the_engine(setup):
     """Short rows cost calls, not tokens: the planned block calls (forward calls; the backward
     ones of integrated gradients are not hooked) equal the engine's where its chunking is

@@ -26,6 +26,7 @@ def essential_last():
     return model, encode_batch(model.tokenizer, examples)
 
 
+@pytest.mark.slow
 def test_last_block_is_essential_and_middle_is_not(essential_last):
     model, batch = essential_last
     last_first = behaviour(model, batch, order=[2, 1, 0]).accuracy_by_prune()
@@ -34,6 +35,7 @@ def test_last_block_is_essential_and_middle_is_not(essential_last):
     assert middle_first[1] == 1.0                         # skipping the middle one costs nothing
 
 
+@pytest.mark.slow
 def test_prune_order_does_not_remove_an_essential_last_block_first(essential_last):
     model, batch = essential_last
     L = model.cfg.n_layers
@@ -54,6 +56,7 @@ def test_prune_order_does_not_remove_an_essential_last_block_first(essential_las
     assert result.curves()["prune_order"] == result.prune_order
 
 
+@pytest.mark.slow
 def test_current_mode_skip_effects_are_reused(essential_last):
     model, batch = essential_last
     current = skip_effects(model, batch, mode="current", aggregate="mean")
@@ -64,6 +67,7 @@ def test_current_mode_skip_effects_are_reused(essential_last):
         current.output_effect_of(aggregate="mean").tolist())
 
 
+@pytest.mark.slow
 def test_ed_skip_future_ceiling_is_noted(essential_last):
     model, batch = essential_last
     L = model.cfg.n_layers

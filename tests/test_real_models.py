@@ -32,7 +32,7 @@ from effective_depth.metrics import (
 from effective_depth.tasks import Example
 from tests import reference
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 REAL = ("real/smollm2-135m-instruct", "real/gemma-3-270m")
 #: hand-written few-shot additions (the answers are the next characters after the prompt)

@@ -67,6 +67,7 @@ TOY = MetricSpec(name="toy_norm", result_type=LastTokenNorm, run=_toy_run, order
                  estimators=(EstimatorSpec("ed_toy", "toy_norm", _largest_norm, threshold=0.5),))
 
 
+@pytest.mark.slow
 def test_a_measurement_registered_here_runs_in_a_study(tmp_path):
     with registered(TOY):
         assert metric_names()[-1] == "toy_norm" and "ed_toy" in estimator_specs()

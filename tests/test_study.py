@@ -28,6 +28,7 @@ def _config(model, **kw):
     return StudyConfig(**base)
 
 
+@pytest.mark.slow
 def test_run_directory_holds_the_documented_files(tmp_path, tiny_model):
     res = run_study(_config(tiny_model), tmp_path / "run", progress=False, dashboard=False)
     path = res.path
@@ -72,6 +73,7 @@ def test_run_directory_holds_the_documented_files(tmp_path, tiny_model):
             assert f.read_bytes()[:2] not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"PK"), f.name
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_equals_an_uninterrupted_run(tmp_path, tiny_model):
     config = _config(tiny_model)
     full = run_study(config, tmp_path / "full", progress=False, dashboard=False)
@@ -100,6 +102,7 @@ def test_killed_run_resumes_and_equals_an_uninterrupted_run(tmp_path, tiny_model
         torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.slow
 def test_changed_config_and_corrupt_results_are_clear_errors(tmp_path, tiny_model):
     path = tmp_path / "run"
     run_study(_config(tiny_model, metrics=("contributions",)), path, progress=False, dashboard=False)
@@ -129,6 +132,7 @@ def test_config_validation():
     assert StudyConfig.from_dict(cfg.to_dict()) == cfg
 
 
+@pytest.mark.slow
 def test_cli_run_writes_files_and_prints_the_table(tmp_path, tiny_model):
     out = tmp_path / "cli-run"
     result = CliRunner().invoke(main, [
@@ -191,6 +195,7 @@ def _grid(tmp_path, model):
     })
 
 
+@pytest.mark.slow
 def test_local_grid_and_comparison(tmp_path, tiny_model):
     from effective_depth.grid import run_grid
 
@@ -205,6 +210,7 @@ def test_local_grid_and_comparison(tmp_path, tiny_model):
     assert all(r["levels"] in ([2, 3], [1, 2]) for r in trends)
 
 
+@pytest.mark.slow
 def test_ray_grid_equals_local_grid(tmp_path, tiny_model):
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
     from effective_depth.grid import run_grid
@@ -270,6 +276,7 @@ def test_experiment_configs_parse():
     assert load_grid(root / "zoo_training.yaml").pairs == [("zoo/add-4l", "zoo/add-4l-scratch")]
 
 
+@pytest.mark.slow
 def test_cli_run_config_file_and_set(tmp_path, tiny_model):
     cfg = tmp_path / "study.yaml"
     cfg.write_text("task: multistep\ntask_params: {steps: 4, format: scratchpad}\nn_examples: 3\n"
@@ -290,6 +297,7 @@ def test_cli_run_config_file_and_set(tmp_path, tiny_model):
     assert "did you mean 'cut_start'" in bad.output
 
 
+@pytest.mark.slow
 def test_an_integrated_gradients_gap_warning_reaches_results_json(tmp_path, tiny_model, monkeypatch):
     import importlib
 

@@ -76,6 +76,7 @@ REAL = [os.path.expanduser(f"~/.cache/effective_depth/manual/{name}")
         for name in ("smollm2-135m-instruct", "gemma-3-270m")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", REAL, ids=["smollm2", "gemma3"])
 def test_answers_start_on_a_clean_token_boundary_for_real_tokenizers(path):
     if not os.path.isdir(path):

@@ -32,6 +32,7 @@ def _run(tmp_path, *extra):
     return json.loads((out / "config.json").read_text())["environment"]
 
 
+@pytest.mark.slow
 def test_run_threads_are_set_and_recorded(tmp_path):
     torch.set_num_threads(2)
     env = _run(tmp_path, "--threads", "1")
@@ -53,6 +54,7 @@ def test_bad_threads_is_a_one_line_error(tmp_path):
         devices.set_threads(0)
 
 
+@pytest.mark.slow
 def test_sweep_and_plan_take_threads(tmp_path):
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({

@@ -88,6 +88,7 @@ def test_multi_digit_answer_is_one_token_per_digit(bpe):
     assert [bpe.decode([i]) for i in ids[n_prompt:]] == [" ", "7", "2", "1"]
 
 
+@pytest.mark.slow
 def test_qwen_without_bos_reads_exactly_the_hf_tokens(bpe, tmp_path):
     """The issue's reproduction: byte-level BPE PreTrainedTokenizerFast with an EOS and no
     BOS/UNK. Before: every prompt failed ("contains tokens unknown") because TransformerLens
@@ -163,6 +164,7 @@ def test_lossy_tokenization_is_an_error_naming_the_characters():
     assert encode_batch(model.tokenizer, [Example("12+34=", "46")]).warnings == []
 
 
+@pytest.mark.slow
 def test_lossy_tokenization_in_a_study_and_the_cli(tmp_path):
     from click.testing import CliRunner
 

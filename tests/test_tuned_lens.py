@@ -41,6 +41,7 @@ def _kl(log_p, log_q):
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+@pytest.mark.slow
 def test_translators_recover_an_exact_affine_map_of_the_final_residual(add4l):
     # residuals built by hand: h_l = M_l h_L + c_l with random, well-conditioned M_l, h_L the
     # model's real final residuals; A_l = M_l^-1, b_l = -M_l^-1 c_l decodes every layer exactly
@@ -76,6 +77,7 @@ def test_translators_recover_an_exact_affine_map_of_the_final_residual(add4l):
                 assert tuned < 1e-3 and tuned < plain / 100, (layer, float(tuned), float(plain))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("include_final", [False, True])
 def test_identity_translators_reproduce_the_logit_lens(add4l, include_final):
     examples = ed.get_task("addition", digits=3, split="test").examples(10)
@@ -102,12 +104,14 @@ def test_identity_translators_reproduce_the_logit_lens(add4l, include_final):
         assert spec.rule(hand, spec.threshold, "reference")(None) == (3, None)
 
 
+@pytest.mark.slow
 def test_translators_for_another_model_are_refused(add4l):
     batch = encode_batch(add4l.tokenizer, ed.get_task("addition", digits=3).examples(2))
     with pytest.raises(ConfigError, match="for 3 blocks of width 128.*train them on this model"):
         tuned_lens(add4l, batch, Translators.identity(3, 128))
 
 
+@pytest.mark.slow
 def test_held_out_tuned_kl_is_at_most_the_logit_lens_kl_at_every_layer(add4l):
     train = encode_batch(add4l.tokenizer, ed.get_task("addition", digits=3, split="train").examples(400))
     test_examples = ed.get_task("addition", digits=3, split="test").examples(60)
@@ -139,6 +143,7 @@ def test_held_out_tuned_kl_is_at_most_the_logit_lens_kl_at_every_layer(add4l):
     assert tuned_lens(add4l, held_out, streamed, k=1).kl.mean() < plain.kl.mean()
 
 
+@pytest.mark.slow
 def test_fine_tuning_stops_when_the_validation_kl_stops_falling(add4l):
     adapter = get_adapter(add4l)
     train = encode_batch(add4l.tokenizer, ed.get_task("addition", digits=3, split="train").examples(60))
@@ -165,6 +170,7 @@ def _lens_file(path):
     return json.loads((path / "fitted" / "tuned_lens.json").read_text())
 
 
+@pytest.mark.slow
 def test_study_stores_curves_estimates_and_the_cached_lens(tmp_path):
     res = _study(tmp_path, "run")
     L = res.results["model"]["n_layers"]
@@ -198,6 +204,7 @@ def test_study_stores_curves_estimates_and_the_cached_lens(tmp_path):
     assert raw[:2] not in (b"\x80\x02", b"\x80\x04", b"PK")
 
 
+@pytest.mark.slow
 def test_cached_lens_is_reused_and_retrained_when_a_fingerprint_changes(tmp_path):
     first = _study(tmp_path, "run")
     w0 = ed.load_run(first.path).path / "fitted" / "tuned_lens.safetensors"
@@ -220,6 +227,7 @@ def test_cached_lens_is_reused_and_retrained_when_a_fingerprint_changes(tmp_path
     assert load_file(str(w0))["weight"].shape == weights["weight"].shape
 
 
+@pytest.mark.slow
 def test_changed_model_files_or_training_data_retrain_the_lens(tmp_path):
     model = tmp_path / "add-2l"
     shutil.copytree(zoo_entry("zoo/add-2l").path, model)
@@ -249,6 +257,7 @@ def test_changed_model_files_or_training_data_retrain_the_lens(tmp_path):
     assert _lens_file(changed.path)["fingerprint"]["model"] != after["model"]
 
 
+@pytest.mark.slow
 def test_training_data_must_exist_and_be_held_out(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("12+34=\n56+78=\n")
@@ -269,6 +278,7 @@ def test_training_data_must_exist_and_be_held_out(tmp_path):
         StudyConfig(tuned_lens_ridge=-0.1)
 
 
+@pytest.mark.slow
 def test_default_metrics_skip_the_tuned_lens_without_training_data(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
@@ -317,6 +327,7 @@ def test_heldout_check_flags_a_worse_lens_or_a_loss_that_did_not_fall():
     assert specs["ed_tuned_kl"].checks(better, 0.5, 1000) == []
 
 
+@pytest.mark.slow
 def test_a_study_warns_when_the_tuned_lens_is_worse_than_the_logit_lens(tmp_path, monkeypatch):
     def scrambled(model, batch, **kw):  # translators that destroy the residual
         adapter = get_adapter(model)
@@ -340,6 +351,7 @@ def test_a_study_warns_when_the_tuned_lens_is_worse_than_the_logit_lens(tmp_path
         assert found[0]["message"] in res.results["depth"][name]["notes"]
 
 
+@pytest.mark.slow
 def test_the_planner_projects_a_bounded_training_on_a_real_vocabulary():
     from types import SimpleNamespace
 

@@ -450,6 +450,7 @@ def _not_plotted(fig: go.Figure, expected) -> list[float]:
     return [v for v in want if v == v and f"{v:.5g}" not in shown]
 
 
+@pytest.mark.slow
 def test_figure_for_dispatches_every_result_type(contributions, lens, tuned, skips, behaviour, erasure,
                                                 gradients):
     results = [contributions, lens, tuned, skips, behaviour, erasure, gradients]

@@ -34,6 +34,7 @@ def test_zoo_is_bundled_and_small():
     assert ZOO_DIR.is_dir()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_model_matches_hf_and_its_card(name):
     from transformers import AutoModelForCausalLM
@@ -55,6 +56,7 @@ def test_zoo_model_matches_hf_and_its_card(name):
         assert abs(measured[int(level)] - claimed) <= 0.01, (name, level, measured, claimed)
 
 
+@pytest.mark.slow
 def test_trainer_loss_goes_down_and_writes_a_loadable_checkpoint(tmp_path):
     recipe = Recipe(name="micro", n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64,
                     digits=(1,), steps=60, batch_size=32, lr=3e-3, warmup=5, eval_every=30,

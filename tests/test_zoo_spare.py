@@ -25,6 +25,7 @@ def test_the_family_is_one_width_and_one_easy_task():
         {(64, 256, 4, (2,), "direct", "addition")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BUNDLED)
 def test_spare_model_is_small_and_solves_the_whole_test_split(name):
     from transformers import AutoModelForCausalLM
