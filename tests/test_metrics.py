@@ -297,6 +297,7 @@ def test_behaviour_equals_greedy_decoding_under_intervene():
     assert exit_ok[:, L].any() and not prune_ok[:, L].any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budget", [512 << 20, 0])
 def test_clean_lens_probs_are_the_lens_of_the_clean_residual(models, batch, budget):
     """The cached reference side of the output distances: any (prompt, position) asked for —

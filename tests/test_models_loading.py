@@ -220,6 +220,7 @@ def test_gemma3_of_an_unofficial_shape_is_refused_with_the_differences(tmp_path)
         load_model(path, device="cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_gated_mlp_weights_are_stored_in_the_layout_their_forward_reads(tiny_checkpoints, arch):
     """TransformerLens's GatedMLP multiplies by ``W.T.contiguous()``: after loading, ``W.T`` is

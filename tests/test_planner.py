@@ -147,6 +147,7 @@ def test_planned_block_calls_follow_the_engine(setup):
         counter.close()
 
 
+@pytest.mark.slow
 def test_planned_lens_rows_equal_the_rows_unembedded(setup, monkeypatch):
     """Skip effects and erasure unembed every intervened row once and each clean reference
     position once (CleanLensProbs): the planner's lens rows equal the rows the adapter really
