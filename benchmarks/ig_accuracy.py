@@ -297,6 +297,8 @@ def main(argv=None) -> dict:
     names = args.models.split(",")
     if args.equal_accuracy:
         rule, steps = args.reference.split("-")
+        if args.reference_tol is not None and rule != "adaptive":
+            parser.error(f"--reference-tol applies to an adaptive reference, not {rule}")
         ref = (rule, int(steps)) + ((args.reference_tol,) if args.reference_tol else ())
         return main_equal_accuracy(names, dict(p.split("=", 1) for p in args.model_path), args.json,
                                    ref=ref, tols=args.tols, n=args.examples,
