@@ -146,9 +146,13 @@ def run_html(run: Any, extra: str = "") -> str:
             ["status", res.get("status") or run.incomplete_reason()]]
     if res.get("accuracy") is not None:
         head.append(["exact-match accuracy", f"{100 * res['accuracy']:.1f}%"])
-    timing = res.get("timing", {})
-    head.append(["measurements", ", ".join(f"{m} ({fmt(timing.get(m))} s)" for m in run.completed)
-                 or "none"])
+    timing, used = res.get("timing", {}), res.get("resources", {})
+
+    def cost(m: str) -> str:
+        rss = used.get(m, {}).get("peak_rss_gib")
+        return f"{fmt(timing.get(m))} s" + ("" if rss is None else f", peak RSS {fmt(rss)} GiB")
+
+    head.append(["measurements", ", ".join(f"{m} ({cost(m)})" for m in run.completed) or "none"])
     if extra:
         head.append(["this call", extra])
     dashboard = run.path / "dashboard.html"

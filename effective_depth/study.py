@@ -25,6 +25,7 @@ from .errors import ConfigError, ResultsError, close_matches
 from .fingerprint import inputs_fingerprint, model_fingerprint
 from .frozen import check_field_types, from_dict
 from .options import FLAT_OPTIONS, flatten_options, nest_flat
+from .resources import ResourceMeter
 from .results import (
     CONFIG,
     FORMAT_VERSION,
@@ -580,6 +581,7 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
         })
         results.setdefault("metrics", {})
         results.setdefault("timing", {})
+        results.setdefault("resources", {})
         done: dict[str, Any] = {}
         stored = rd.load_tensors()
         reused, computed = [], []
@@ -598,20 +600,22 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
             encoded_ref, _, ref_info = references.get(name, (None, None, None))
             ctx = StudyContext(model, batch, config, drawn, encoded_ref, ref_info, dict(done),
                                progress, options=spec.options_of(config))
-            start = time.perf_counter()  # a fit counts as part of its measurement's time
-            if spec.fit is not None:
-                encoded, info, data_fp = train[name]
-                ctx = dataclasses.replace(ctx, train=encoded, train_info=info)
-                want = {"model": fingerprint["model"], "data": data_fp,
-                        "settings": dict(spec.fit.settings(config))}
-                ctx = dataclasses.replace(ctx, fitted=_load_or_fit(rd, spec.fit, ctx, want))
-            result = spec.run(ctx)
-            elapsed = time.perf_counter() - start
+            with ResourceMeter(device) as meter:  # a fit counts as part of its measurement
+                if spec.fit is not None:
+                    encoded, info, data_fp = train[name]
+                    ctx = dataclasses.replace(ctx, train=encoded, train_info=info)
+                    want = {"model": fingerprint["model"], "data": data_fp,
+                            "settings": dict(spec.fit.settings(config))}
+                    ctx = dataclasses.replace(ctx, fitted=_load_or_fit(rd, spec.fit, ctx, want))
+                result = spec.run(ctx)
+            assert meter.use is not None
+            elapsed = meter.use.seconds
             for w in result.meta.get("warnings", []):  # a measurement's own warnings
                 log.warning(w["message"])
             rd.update_tensors(f"metrics.{name}", result.tensors())
             results["metrics"][name] = result.entry()
             results["timing"][name] = round(elapsed, 3)
+            results["resources"][name] = meter.use.to_dict()
             results["completed"] = [m for m in order if m in results["completed"] or m == name]
             rd.write_json(RESULTS, results)
             done[name] = result

@@ -30,7 +30,7 @@ DOC = "docs/architecture.md"
 #: the layers, lowest first: module names (relative to the package) or packages (``name.*``).
 #: A module may import its own layer and the ones below. docs/architecture.md says what each holds.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("_version", "errors", "progress", "frozen", "display")),
+    ("base", ("_version", "errors", "progress", "frozen", "display", "resources")),
     ("numerics", ("stats",)),
     ("models", ("models", "models.*", "tasks", "tasks.*")),
     ("engine", ("engine", "engine.*")),

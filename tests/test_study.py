@@ -41,6 +41,12 @@ def test_run_directory_holds_the_documented_files(tmp_path, tiny_model):
     assert len(results["metrics"]["logit_lens"]["curves"]["kl"]) == L
     assert len(results["metrics"]["logit_lens"]["curves"]["overlap"]) == L
     assert len(results["metrics"]["skip_effects"]["curves"]["output_effect"]) == L
+    # every measurement's wall time and peak memory (the process holds at least the weights)
+    assert set(results["resources"]) == set(METRICS)
+    for name, used in results["resources"].items():
+        assert used["seconds"] == results["timing"][name] >= 0
+        if used["rss_kind"] == "sampled":
+            assert used["peak_rss_gib"] > 0.05 and used["peak_cuda_gib"] is None
     # the stored estimates are those of the stored per-prompt data (recomputed from the loaded
     # measurements with the run's bootstrap settings), with ratio = (layer + 1) / L
     from effective_depth.depth import estimate_all
