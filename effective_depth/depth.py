@@ -171,10 +171,13 @@ def prompt_spearman_bootstrap(
 
 def depth_score_estimate(skips: Any, *, n_boot: int = 1000, seed: int = 0,
                          level: float = 0.95) -> dict[str, Any]:
-    """Csordás's depth score (centre of mass of future effects) with a bootstrap CI."""
-    from .metrics.skip_effects import depth_score_estimate as estimate
+    """Csordás's depth score (centre of mass of future effects) with a bootstrap CI: the
+    registered score :data:`~effective_depth.metrics.skip_effects.DEPTH_SCORE` estimated as every
+    score is (:func:`effective_depth.estimation.score_estimate`)."""
+    from .estimation import score_estimate
+    from .metrics.skip_effects import DEPTH_SCORE
 
-    return estimate(skips, n_boot=n_boot, seed=seed, level=level)
+    return score_estimate(DEPTH_SCORE, skips, n_boot=n_boot, seed=seed, level=level)
 
 
 #: fewer prompts than this make a bootstrap CI a statement about a handful of examples

@@ -4,6 +4,8 @@
 * the **run-level** estimate: a registered estimator's rule on all prompts, with a percentile
   bootstrap CI over prompts (:func:`estimate_all`, :func:`bootstrap_estimate`);
 * the **per-prompt** depth: the same rule read on one prompt (:func:`per_prompt_estimates`);
+* the registered **scores** (Csordás's depth score) on all prompts with a percentile bootstrap
+  CI (:func:`score_estimates`);
 * the **comparisons**' use of both: the rules and scores of a loaded run as functions of a prompt
   sample, so that trend tests and agreement resample prompts (:class:`RunRules`).
 
@@ -40,6 +42,8 @@ __all__ = [
     "estimator_rules",
     "estimate_all",
     "per_prompt_estimates",
+    "score_estimate",
+    "score_estimates",
     "RunRules",
 ]
 
@@ -215,6 +219,32 @@ def estimate_all(
             est.notes.extend(b.spec.notes(b.result))
         out[b.name] = est
     return out
+
+
+def _finite(value: Any) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def score_estimate(spec: Any, result: Any, *, n_boot: int = 1000, seed: int = 0,
+                   level: float = 0.95) -> dict[str, Any]:
+    """One registered score (a :class:`~effective_depth.registry.ScoreSpec`) of ``result`` on
+    all prompts, with a percentile bootstrap CI over prompts (the same resamples as every
+    estimator's): ``{"value", "ci", "n_boot", "n_layers"}`` (``value`` None where undefined)."""
+    point = spec.fn(result, None)
+    values = [spec.fn(result, idx.tolist())
+              for idx in bootstrap_indices(result.n_prompts, n_boot, seed)] if n_boot else []
+    ci = percentile_ci(values, level)
+    return {"value": _finite(point), "ci": None if ci is None else list(ci), "n_boot": n_boot,
+            "n_layers": int(result.meta["n_layers"])}
+
+
+def score_estimates(metrics: Mapping[str, Any], *, n_boot: int = 1000, seed: int = 0,
+                    level: float = 0.95) -> dict[str, dict[str, Any]]:
+    """Every registered score whose measurement is in ``metrics`` (name -> result object), as
+    :func:`score_estimate` gives it; stored by the study under ``depth.<score>``."""
+    return {name: score_estimate(spec, metrics[spec.metric], n_boot=n_boot, seed=seed,
+                                 level=level)
+            for name, spec in score_specs().items() if spec.metric in metrics}
 
 
 @dataclass

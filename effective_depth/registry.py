@@ -112,7 +112,9 @@ class ScoreSpec:
     """A scalar score of a prompt sample (Csordás's depth score) and how it is shown.
 
     ``fn(result, idx)`` computes it from a measurement's result on the prompts ``idx`` (None:
-    all); the study stores ``{"value", "ci", "n_boot", "n_layers"}`` under ``depth.<name>``.
+    all); the study estimates it with a bootstrap CI over prompts
+    (:func:`effective_depth.estimation.score_estimates`) and stores ``{"value", "ci", "n_boot",
+    "n_layers"}`` under ``depth.<name>``.
     Every place that shows a score (the CLI summary, notebook views, the dashboard's run table,
     the comparison's scale figure) renders it through the methods below, so a newly registered
     score is shown everywhere without a change there.
@@ -262,10 +264,11 @@ class MetricSpec:
       ``inputs.json`` (e.g. cut positions), handed back as ``ctx.inputs``.
     Both are drawn by :func:`effective_depth.prepare.prepare_study` and
     :func:`effective_depth.prepare.draw_inputs`, which the study and the planner share.
-    - ``summaries(result, config)``: top-level additions to ``results.json`` (e.g. the depth
-      score under ``depth``, the accuracy).
+    - ``summaries(result, config)``: top-level additions to ``results.json`` (e.g. the
+      accuracy).
     - ``scores``: :class:`ScoreSpec` s, scalar scores of a prompt sample with how they are shown
-      (stored under ``depth.<name>`` by ``summaries``), which ``compare`` gives the same
+      (estimated with a bootstrap CI by :func:`effective_depth.estimation.score_estimates` and
+      stored under ``depth.<name>``), which ``compare`` gives the same
       difficulty trend test as the estimators. A mapping ``{name: fn}`` still works (shown by
       its name alone).
     - ``cost(workload)``: its cost model, a :class:`effective_depth.costs.MeasurementCost` of the

@@ -495,6 +495,7 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
     """The body of :func:`run_study` once the config, task and examples are known."""
     from .depth import estimate_all, reliability_warnings
     from .engine.batch import bos_read, encode_batch
+    from .estimation import score_estimates
     from .models.chat import chat_format
     from .models.loading import load_model
     from .models.params import parameter_counts
@@ -629,6 +630,8 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
         warnings += reliability_warnings(done, estimates, thresholds=config.thresholds,
                                          n_boot=config.n_boot, d_vocab=int(model.cfg.d_vocab))
         results["depth"] = {k: v.to_dict() for k, v in estimates.items()}
+        results["depth"].update(score_estimates(done, n_boot=config.n_boot, seed=config.seed,
+                                                level=config.ci_level))
         results["per_prompt"] = {k: v.to_dict() for k, v in per_prompt_estimates(
             done, thresholds=config.thresholds, rules=config.rules).items()}
         for spec in specs:

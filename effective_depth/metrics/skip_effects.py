@@ -43,7 +43,7 @@ from ..errors import ConfigError
 from ..options import MetricOptions
 from ..progress import tqdm
 from ..registry import EstimatorSpec, MetricSpec, ScoreSpec, register_metric
-from ..stats import bootstrap_indices, ed_skip, percentile_ci
+from ..stats import ed_skip
 from .base import (
     EPS,
     CleanLensProbs,
@@ -392,17 +392,6 @@ def _accumulate(out: dict[str, Tensor], kind: str, targets: list[tuple], values:
         sm[target] += row_sum[i]
 
 
-def depth_score_estimate(skips: SkipEffects, *, n_boot: int = 1000, seed: int = 0,
-                         level: float = 0.95) -> dict[str, Any]:
-    """Csordás's depth score (centre of mass of future effects) with a bootstrap CI."""
-    point = depth_score(skips.layer_effect)
-    values = [depth_score(skips.layer_effect_of(idx.tolist()))
-              for idx in bootstrap_indices(skips.n_prompts, n_boot, seed)] if n_boot else []
-    ci = percentile_ci(values, level)
-    return {"value": None if point != point else point, "ci": None if ci is None else list(ci),
-            "n_boot": n_boot, "n_layers": skips.n_layers}
-
-
 def _require_a_cut(cuts: Sequence[Sequence[int]], batch: Batch, skip_front: int) -> None:
     if not any(cuts):
         raise ConfigError(
@@ -539,7 +528,5 @@ register_metric(MetricSpec(
                               "the last block whose skip changes the output by more than tau "
                               "x the largest output effect", checks=_few_cuts,
                               notes=_ed_skip_notes),),
-    summaries=lambda result, config: {"depth": {"depth_score": depth_score_estimate(
-        result, n_boot=config.n_boot, seed=config.seed, level=config.ci_level)}},
     scores=(DEPTH_SCORE,),
 ))
