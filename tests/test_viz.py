@@ -5,6 +5,8 @@ of the estimated depth, and dispatch through the figure registry. Results are bu
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
+from typing import ClassVar
 
 import plotly.graph_objects as go
 import pytest
@@ -22,6 +24,7 @@ from effective_depth.metrics import (
     SkipEffects,
     TunedLens,
 )
+from effective_depth.metrics.base import MetricResult
 from effective_depth.stats import bootstrap_indices
 from effective_depth.viz import figure_for
 from effective_depth.viz.compare_figures import (
@@ -429,6 +432,7 @@ PLOTTED = {
     (Behaviour, "behaviour"): lambda r: [r.accuracy_by_exit(), r.accuracy_by_prune()],
     (Erasure, "map"): lambda r: [r.maps[0]],
     (IntegratedGradients, "map"): lambda r: [r.maps[0]],
+    (MetricResult, "curves"): lambda r: list(r.curves_of().values()),
 }
 
 
@@ -450,11 +454,51 @@ def _not_plotted(fig: go.Figure, expected) -> list[float]:
     return [v for v in want if v == v and f"{v:.5g}" not in shown]
 
 
+@dataclass
+class _Sums(MetricResult):
+    """A measurement with no figure of its own, per-prompt sums of one curve (2 prompts)."""
+
+    name: ClassVar[str] = "toy_sums"
+    sums: torch.Tensor
+
+    def curves(self):
+        return {"toy": self.sums.mean(0).tolist(), "label": "not a curve"}
+
+    def curves_of(self, idx=None):
+        return {"toy": self.sums[idx].mean(0) if idx is not None else self.sums.mean(0)}
+
+
+@dataclass
+class _Plain(MetricResult):
+    name: ClassVar[str] = "toy_plain"
+
+    def curves(self):
+        return {"a": [1.0, 3.0], "b": [2.5, 0.5], "flag": [True, False]}
+
+
+def test_a_result_without_a_figure_gets_its_curves_drawn():
+    """The fallback figure of any MetricResult: every stored numeric curve, with bootstrap
+    bands where the result recomputes its curves on a prompt sample, none where it cannot."""
+    sums = torch.tensor([[1.0, 2.0, 4.0], [3.0, 2.0, 0.0]])
+    fig = figure_for(_Sums(sums, meta={"n_prompts": 2, "n_layers": 3}))
+    lines = {t.name: list(t.y) for t in fig.data if t.mode == "lines+markers"}
+    assert lines == {"toy": [2.0, 2.0, 2.0]}
+    band = [t for t in fig.data if t.fill == "tonexty"]
+    assert len(band) == 1  # resamples of 2 prompts: the band spans both prompts' values
+    upper = next(t for t in fig.data if t.name == "toy: CI upper")
+    assert list(band[0].y) == pytest.approx([1.0, 2.0, 0.0])
+    assert list(upper.y) == pytest.approx([3.0, 2.0, 4.0])
+    assert "toy_sums" in fig.layout.title.text
+    plain = figure_for(_Plain(meta={"n_prompts": 4, "n_layers": 2}))
+    assert {t.name: list(t.y) for t in plain.data} == {"a": [1.0, 3.0], "b": [2.5, 0.5]}
+    assert "no CI bands" in plain.layout.title.subtitle.text
+
+
 @pytest.mark.slow
 def test_figure_for_dispatches_every_result_type(contributions, lens, tuned, skips, behaviour, erasure,
                                                 gradients):
     results = [contributions, lens, tuned, skips, behaviour, erasure, gradients]
-    assert set(FIGURES) == set(DEFAULTS)
+    assert set(FIGURES) == set(DEFAULTS) | {MetricResult}  # MetricResult: any other result
     for result in results:
         kind, first_trace = DEFAULTS[type(result)]
         assert list(figure_specs(result))[0] == kind

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..depth import Estimate
 from ..errors import ConfigError, close_matches
+from ..metrics.base import MetricResult
 from ..metrics.behaviour import Behaviour
 from ..metrics.contributions import Contributions
 from ..metrics.erasure import Erasure
@@ -51,6 +52,7 @@ __all__ = [
     "register_figure",
     "figure_specs",
     "figure_for",
+    "curves_figure",
     "relative_contributions_figure",
     "cosines_figure",
     "angular_distance_figure",
@@ -343,6 +345,27 @@ _COS = {
     "cos_block": "cos(d_l, h_l)",
     "cos_resid": "cos(h_{l+1}, h_l)",
 }
+
+
+@register_figure(MetricResult, "curves", "Per-block curves")
+def curves_figure(result: MetricResult, n_boot: int = BAND_BOOT) -> go.Figure:
+    """Every per-block curve a measurement stores (:meth:`MetricResult.curves_of`), with
+    bootstrap CI bands where the result can recompute its curves on a prompt sample: the figure
+    of a measurement that registers none of its own (a new measurement shows up on the dashboard
+    without one)."""
+    curves = result.curves_of() or {}
+    resamples = result.n_prompts >= 2 and result.curves_of([0]) is not None
+    fig = go.Figure()
+    for i, (key, values) in enumerate(curves.items()):
+        x = list(range(len(values)))
+        _curve(fig, x, lambda idx, key=key: result.curves_of(idx)[key], result.n_prompts, key,
+               f"index %{{x}}<br>{html.escape(key)} = %{{y:.4g}}", PALETTE[i % len(PALETTE)],
+               value=":.4g", n_boot=n_boot if resamples else 0)
+    if curves:
+        fig.update_xaxes(**_integer_ticks(max(len(v) for v in curves.values())))
+    band = band_text(result.n_prompts, n_boot) if resamples else "no CI bands (no per-prompt data)"
+    return _finish(fig, f"{html.escape(result.name)}: its stored curves", "block l (curve index)",
+                   "value", subtitle=band)
 
 
 @register_figure(Contributions, "relative", "Relative contributions")
