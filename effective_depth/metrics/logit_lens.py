@@ -31,7 +31,7 @@ from ..options import MetricOptions
 from ..progress import tqdm
 from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import ed_kl, ed_overlap, first_hit_reference
-from .base import MetricResult, check_skip_front, prompt_chunks, token_mean
+from .base import MetricResult, check_skip_front, lens_rows, prompt_chunks, token_mean
 
 __all__ = ["LogitLens", "logit_lens"]
 
@@ -89,7 +89,7 @@ def logit_lens(
     k: int = 5,
     skip_front: int = 1,
     include_front: bool = True,
-    chunk: int = 32,
+    chunk: int | None = None,
     batch_size: int = 8,
     include_final: bool = False,
     progress: bool = False,
@@ -100,6 +100,7 @@ def logit_lens(
 
     ``include_final`` also taps ``h_L`` (a sanity row: KL 0, overlap 1). ``translate(l, h)``, when
     given, maps each block input ``h_l`` (l < L) before the lens: the tuned lens's translators.
+    ``chunk``: (prompt, position)s unembedded at a time (default: :func:`.base.lens_rows`).
     """
     batch = as_batch(model, batch, what="logit_lens")
     check_skip_front(skip_front)
@@ -108,6 +109,7 @@ def logit_lens(
         raise ConfigError(f"k must be in 1..{adapter.d_vocab}, got {k}")
     L = adapter.n_layers
     taps = L + 1 if include_final else L
+    chunk = lens_rows(adapter.d_vocab) if chunk is None else max(1, int(chunk))
     # sums stay on the model's device until the end: no host sync inside the loops
     kl_sums = torch.zeros(taps, batch.size, device=adapter.device)
     overlap_sums = torch.zeros(taps, batch.size, device=adapter.device)

@@ -38,7 +38,7 @@ from ..errors import ConfigError
 from ..options import MetricOptions
 from ..progress import tqdm
 from ..registry import EstimatorSpec, FitSpec, MetricSpec, register_metric
-from .base import check_skip_front
+from .base import check_skip_front, lens_rows
 from .logit_lens import LogitLens, lens_k_of, lens_rule, logit_lens, overlap_at_chance
 
 __all__ = ["TunedLens", "Translators", "tuned_lens", "train_tuned_lens", "fit_translators",
@@ -227,10 +227,11 @@ def least_squares_translators(moments: _Moments, ridge: float) -> tuple[Translat
 
 @torch.no_grad()
 def lens_kl_by_layer(adapter: Adapter, resid: Float[Tensor, "boundary n d_model"],
-                     translators: Translators | None, chunk: int = 64) -> list[float]:
+                     translators: Translators | None, chunk: int | None = None) -> list[float]:
     """Mean ``KL(lens(t_l(h_l)) ‖ lens(h_L))`` per block input (the curves' direction, §3);
     without translators, the logit lens's."""
     L, n = resid.shape[0] - 1, resid.shape[1]
+    chunk = lens_rows(adapter.d_vocab) if chunk is None else chunk
     sums = [0.0] * L
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
