@@ -437,6 +437,11 @@ def plan_cmd(**options: Any) -> None:
     console.print(f"weights: {plan.weights_bytes / 2**30:.2f} GiB; calibration: "
                   f"{plan.calibration.get('s_per_block_token', 0) * 1e6:.2f} us per block-token, "
                   f"{plan.calibration.get('s_per_lens_row', 0) * 1e6:.1f} us per lens row")
+    from .planner import busy_note
+
+    busy = busy_note(plan.calibration, plan.device)
+    if busy:
+        console.print(f"warning: {busy}", highlight=False)
 
 
 def _duration(seconds: float) -> str:

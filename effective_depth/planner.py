@@ -22,6 +22,7 @@ tensors.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import torch
 from .costs import MeasurementCost, ModelShape, Workload
 from .errors import ConfigError
 
-__all__ = ["Plan", "MeasurementCost", "plan_study", "count_work", "calibrate"]
+__all__ = ["Plan", "MeasurementCost", "plan_study", "count_work", "calibrate", "busy_note"]
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,32 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
     return {"s_per_block_token": per_token, "s_per_lens_row": lens / x.shape[0],
             "s_per_lens_stat_row": max(0.0, stats - lens) / x.shape[0],
             "s_per_block_call": call,
-            "calibration_tokens": T, "calibration_rows": k, "torch_threads": torch.get_num_threads()}
+            "calibration_tokens": T, "calibration_rows": k, "torch_threads": torch.get_num_threads(),
+            **_machine_load()}
+
+
+def _machine_load() -> dict[str, float]:
+    """The 1-minute load average and the CPUs this process may use, when the OS tells."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        return {"load_average": os.getloadavg()[0], "cpus": float(cpus)}
+    except (AttributeError, OSError):
+        return {}
+
+
+def busy_note(calibration: dict[str, float], device: str) -> str:
+    """A warning when the CPU calibration ran on a machine busy with other work (1-minute load
+    average at least the CPUs + 1): CPU threads then wait for each other and a block-token can
+    measure 100x its quiet cost (observed: 8283 against 64 us), so every projection is too long.
+    "" otherwise (and on a GPU, whose kernels the CPU load barely slows)."""
+    load, cpus = calibration.get("load_average"), calibration.get("cpus")
+    if not str(device).startswith("cpu") or load is None or cpus is None or load < cpus + 1:
+        return ""
+    return (f"calibrated while the machine was busy (load average {load:.1f} on {cpus:.0f} CPUs): "
+            "the projected times are likely too long; plan again on a quiet machine")
 
 
 def plan_study(config: Any, calibration: bool = True) -> Plan:

@@ -174,3 +174,15 @@ def test_planned_lens_rows_equal_the_rows_unembedded(setup, monkeypatch):
                              cuts if name == "skip_effects" else [],
                              StudyConfig(metrics=(name,), **options))[name]
         assert rows[0] == planned.lens_rows > 0, (name, rows[0], planned.lens_rows)
+
+
+def test_a_calibration_on_a_busy_cpu_says_its_projection_is_too_long():
+    """Load average >= CPUs + 1 on a CPU device: a warning naming the load; quiet, or on a GPU,
+    or where the OS gives no load: nothing."""
+    from effective_depth.planner import busy_note
+
+    busy = busy_note({"load_average": 4.2, "cpus": 2.0}, "cpu")
+    assert busy.startswith("calibrated while the machine was busy (load average 4.2 on 2 CPUs)")
+    assert busy_note({"load_average": 2.9, "cpus": 2.0}, "cpu") == ""
+    assert busy_note({"load_average": 40.0, "cpus": 2.0}, "cuda:0") == ""
+    assert busy_note({}, "cpu") == ""
