@@ -153,12 +153,12 @@ def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = 
         threads: int | None = None, json_path: Path | None = None) -> dict[str, Any]:
     from benchmarks.paper_shapes import build_all
     from effective_depth import metrics as M
-    from effective_depth.depth import estimate_all
+    from effective_depth.analysis.depth import estimate_all
     from effective_depth.engine import encode_batch
     from effective_depth.metrics.skip_effects import draw_cuts
     from effective_depth.models.loading import load_model
-    from effective_depth.planner import calibrate, plan_from
     from effective_depth.study import StudyConfig
+    from effective_depth.study.planner import calibrate, plan_from
     from effective_depth.tasks import get_task
 
     if threads:
@@ -255,7 +255,7 @@ def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = 
         measure("behaviour", skip_batch, lambda: M.behaviour(model, skip_batch, order=order, **budget_kw),
                 {}, [])
         measure("erasure", short,
-                lambda: M.residual_erasure(model, short, reference=short, **budget_kw),
+                lambda: M.erasure(model, short, reference=short, **budget_kw),
                 {"map_examples": 1, "n_reference": 1}, [])
         measure("integrated_gradients", short,
                 lambda: M.integrated_gradients(model, short, n_steps=ig_steps, **budget_kw),

@@ -36,8 +36,8 @@ def _loadavg() -> list[float]:
 
 def measure(config: object) -> dict:
     """The plan of ``config`` beside the study's measured times."""
-    from effective_depth.planner import plan_study
     from effective_depth.study import run_study
+    from effective_depth.study.planner import plan_study
 
     load_before = _loadavg()
     start = time.perf_counter()

@@ -103,10 +103,10 @@ def bench_skip(model, batch, repeat):
 
 def bench_erasure(model, batch, repeat):
     mu = metrics.mean_residuals(model, batch)
-    ours, t_ours = timed(lambda: metrics.residual_erasure(model, batch, mean_resid=mu), repeat)
+    ours, t_ours = timed(lambda: metrics.erasure(model, batch, mean_resid=mu), repeat)
     naive, t_naive = timed(lambda: naive_erasure(model, batch, mu), repeat)
     diff = max((a[:, 1:] - b[:, 1:]).abs().max().item() for a, b in zip(ours.maps, naive))
-    _, p_ours = peak_bytes(lambda: metrics.residual_erasure(model, batch, mean_resid=mu))
+    _, p_ours = peak_bytes(lambda: metrics.erasure(model, batch, mean_resid=mu))
     return {"speedup": t_naive / t_ours, "max_abs_diff": diff, "naive_s": t_naive, "engine_s": t_ours,
             "peak_bytes_engine": p_ours,
             "variants": (model.cfg.n_layers + 1) * int(batch.lengths.sum())}

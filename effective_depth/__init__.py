@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import _moved
 from ._version import __version__
 
 # public name -> module that defines it
@@ -54,33 +55,42 @@ _EXPORTS: dict[str, str] = {
     "logit_lens": "metrics",
     "tuned_lens": "metrics",
     "train_tuned_lens": "metrics",
-    "residual_erasure": "metrics",
+    "erasure": "metrics",
     "integrated_gradients": "metrics",
     "behaviour": "metrics",
     "MetricResult": "metrics",
     "Contributions": "metrics",
     "SkipEffects": "metrics",
-    "LogitLens": "metrics",
-    "TunedLens": "metrics",
+    "LogitLensResult": "metrics",
+    "TunedLensResult": "metrics",
     "Translators": "metrics",
     "Erasure": "metrics",
     "IntegratedGradients": "metrics",
     "Behaviour": "metrics",
-    "estimate_all": "depth",
-    "Estimate": "depth",
-    "StudyConfig": "study",
-    "run_study": "study",
-    "load_run": "results",
-    "Run": "results",
-    "runs_to_frame": "frames",
-    "compare_runs": "compare",
+    "estimate_all": "analysis.depth",
+    "Estimate": "analysis.depth",
+    "StudyConfig": "study.run",
+    "run_study": "study.run",
+    "load_run": "store.results",
+    "Run": "store.results",
+    "runs_to_frame": "store.frames",
+    "compare_runs": "store.compare",
     "figure_for": "viz",
     "write_dashboard": "viz",
 }
 
+# old public name -> (new name, module): still resolve, with a DeprecationWarning
+_DEPRECATED: dict[str, tuple[str, str]] = {
+    "residual_erasure": ("erasure", "metrics"),
+    "LogitLens": ("LogitLensResult", "metrics"),
+    "TunedLens": ("TunedLensResult", "metrics"),
+}
+
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
-from . import reprs as _reprs  # noqa: E402, F401 - registers the notebook views (effective_depth.display)
+_moved.install()  # old module paths (effective_depth.store.results, ...) keep working, deprecated
+
+from .viz import reprs as _reprs  # noqa: E402, F401 - registers the notebook views (effective_depth.display)
 
 if "IPython" in __import__("sys").modules:  # a notebook: no "IProgress not found" from tqdm.auto
     from .progress import quiet_missing_widgets
@@ -94,6 +104,13 @@ def __getattr__(name: str) -> Any:
         value = getattr(module, name)
         globals()[name] = value
         return value
+    if name in _DEPRECATED:
+        new, module = _DEPRECATED[name]
+        import warnings
+
+        warnings.warn(f"effective_depth.{name} is deprecated: use effective_depth.{new}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(f".{module}", __name__), new)
     raise AttributeError(f"module 'effective_depth' has no attribute {name!r}")
 
 

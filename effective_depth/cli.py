@@ -58,7 +58,7 @@ class _MetricsOption(click.Option):
     so that ``effective-depth --help`` does not import the measurements)."""
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        from .registry import metric_names
+        from .metrics.registry import metric_names
 
         record = super().get_help_record(ctx)
         if record is None:
@@ -167,8 +167,8 @@ def metrics_cmd() -> None:
     """List the registered measurements and the effective-depth estimators each one feeds."""
     from rich.table import Table
 
-    from .options import option_fields
-    from .registry import metric_specs
+    from .metrics.options import option_fields
+    from .metrics.registry import metric_specs
 
     table = Table(title="Measurements (run order)", show_lines=True)
     for col in ("measurement", "description", "needs", "options (--set NAME.OPTION=...)",
@@ -225,7 +225,7 @@ def _settings(values: tuple[str, ...]) -> dict[str, Any]:
     """``--set`` pairs: a measurement's option (``skip_effects.mode=current``, or its flat name
     of earlier versions, ``skip_mode=current``) converted to its field's type and kept as a
     dotted key; any other key is a core study option, parsed as a number, boolean or string."""
-    from .options import parse_setting
+    from .metrics.options import parse_setting
 
     out: dict[str, Any] = {}
     for item in values:
@@ -247,8 +247,8 @@ def _settings(values: tuple[str, ...]) -> dict[str, Any]:
 
 def _options_help() -> str:
     """The ``--set`` options of every registered measurement, for ``run --help``."""
-    from .options import describe_type, option_fields
-    from .registry import metric_specs
+    from .metrics.options import describe_type, option_fields
+    from .metrics.registry import metric_specs
 
     lines = ["Measurement options (--set MEASUREMENT.OPTION=VALUE, repeatable):", ""]
     for spec in metric_specs():
@@ -292,13 +292,13 @@ def _chat_options(chat_template: str | None, system_prompt: str | None) -> dict[
 
 
 def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
-    from .study import StudyConfig
+    from .study.run import StudyConfig
 
     data: dict[str, Any] = {}
     if config_file:
         from pathlib import Path
 
-        from .grid import read_config_file
+        from .study.grid import read_config_file
 
         data = read_config_file(Path(config_file))
     data.update({k: v for k, v in options.items() if v is not None})
@@ -364,7 +364,7 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
     import time
 
     from .models.devices import set_threads
-    from .study import run_study
+    from .study.run import run_study
 
     set_threads(threads)
     options: dict[str, Any] = {
@@ -402,7 +402,7 @@ def plan_cmd(**options: Any) -> None:
     from rich.table import Table
 
     from .models.devices import set_threads
-    from .planner import plan_study
+    from .study.planner import plan_study
 
     set_threads(options.pop("threads", None))
     for key, what in (("params", "--param"), ("thresholds", "--threshold")):
@@ -437,7 +437,7 @@ def plan_cmd(**options: Any) -> None:
     console.print(f"weights: {plan.weights_bytes / 2**30:.2f} GiB; calibration: "
                   f"{plan.calibration.get('s_per_block_token', 0) * 1e6:.2f} us per block-token, "
                   f"{plan.calibration.get('s_per_lens_row', 0) * 1e6:.1f} us per lens row")
-    from .planner import busy_note
+    from .study.planner import busy_note
 
     busy = busy_note(plan.calibration, plan.device)
     if busy:
@@ -466,7 +466,7 @@ _register_plan_command()
 def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: list[str]) -> None:
     from rich.table import Table
 
-    from .registry import score_specs
+    from .metrics.registry import score_specs
 
     model, task = results.get("model", {}), results.get("task", {})
     params = ", ".join(f"{k}={v}" for k, v in task.get("params", {}).items())
@@ -509,7 +509,7 @@ def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: l
         console.print(f"dashboard: {Path(path) / 'dashboard.html'}")
 
 
-@main.command("sweep")
+@main.command("grid")
 @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
               help="Grid file (YAML or JSON): out, base, models, tasks (with levels), pairs.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
@@ -525,11 +525,11 @@ def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: l
 @click.option("--model", "only_models", multiple=True, metavar="MODEL",
               help="Run only this model of the grid (repeatable); its cells are those of the "
               "whole grid, reused when the whole grid runs later.")
-def sweep_cmd(config_file: str, executor: str, address: str | None,
+def grid_cmd(config_file: str, executor: str, address: str | None,
               threads: int | None = None, chat_template: str | None = None,
               system_prompt: str | None = None, only_models: tuple[str, ...] = ()) -> None:
     """Run a grid of studies (models x tasks x difficulty levels) and compare them."""
-    from .grid import load_grid, run_grid
+    from .study.grid import load_grid, run_grid
 
     chat = {k: v for k, v in _chat_options(chat_template, system_prompt).items() if v is not None}
     grid = load_grid(config_file, base=chat, models=only_models)
@@ -559,10 +559,22 @@ def sweep_cmd(config_file: str, executor: str, address: str | None,
         raise SystemExit(1)
 
 
+def _sweep_alias(**kwargs: Any) -> None:
+    click.echo("note: `effective-depth sweep` is now `effective-depth grid` (the old name will be "
+               "removed)", err=True)
+    grid_cmd.callback(**kwargs)  # type: ignore[misc]
+
+
+# the grid command's old name, hidden: it collided with the engine's sweep (effective_depth.sweep)
+main.add_command(click.Command("sweep", params=grid_cmd.params, callback=_sweep_alias,
+                               help=grid_cmd.help, hidden=True,
+                               context_settings=grid_cmd.context_settings))
+
+
 def _run_dirs(paths: tuple[str, ...]) -> list[str]:
     """Complete run directories among ``paths`` (run directories, sweep output directories, a
     glob's mix); everything else is skipped with a one-line note."""
-    from .results import find_runs
+    from .store.results import find_runs
 
     found, notes = find_runs(paths)
     for note in notes:
@@ -586,7 +598,7 @@ def compare_cmd(run_dirs: tuple[str, ...], pairs: tuple[str, ...], estimators: t
                 out: str | None, n_boot: int, seed: int) -> None:
     """Compare run directories: ED per model (scale), paired differences (training type),
     ratio per difficulty level with Spearman's rho (difficulty)."""
-    from .compare import compare_runs, write_comparison
+    from .store.compare import compare_runs, write_comparison
 
     comparison = compare_runs(_run_dirs(run_dirs), estimators=estimators or None,
                               pairs=_pair_list(pairs),
@@ -619,7 +631,7 @@ def export_cmd(run_dirs: tuple[str, ...], kind: str, table: str, fmt: str, out: 
     """Write tidy tables of run directories (CSV, Parquet or JSON) for pandas, R or a
     spreadsheet: numbers in numeric columns, confidence intervals as ci_lo and ci_hi. Takes what
     `compare` takes: run directories, sweep output directories, a glob's mix."""
-    from .frames import runs_to_frame, write_frame
+    from .store.frames import runs_to_frame, write_frame
 
     options: dict[str, Any] = {}
     if kind == "comparison":
@@ -658,7 +670,7 @@ def agreement_cmd(run_dirs: tuple[str, ...], estimators: tuple[str, ...], out: s
                   n_boot: int, seed: int) -> None:
     """Do the estimators agree? Spearman's rho between every pair of estimators over each run's
     prompts (per-prompt depths) and over the models of a grid (3+ runs of one task), with CIs."""
-    from .compare import estimator_agreement, estimator_names, write_agreement
+    from .store.compare import estimator_agreement, estimator_names, write_agreement
 
     known = estimator_names()
     bad = [e for e in estimators if e not in known]
@@ -773,7 +785,7 @@ def zoo_eval_cmd(model: str, task: str | None, params: tuple[str, ...], n_exampl
     """Exact-match accuracy (greedy decoding) of any model on a task."""
     from .models.evaluate import accuracy_by_difficulty, exact_match
     from .models.loading import load_model
-    from .study import StudyConfig, resolve_task
+    from .study.run import StudyConfig, resolve_task
     from .tasks import get_task
 
     name, task_params = resolve_task(StudyConfig(model=model, task=task, task_params=_pairs(params, "--param")))

@@ -3,7 +3,7 @@
     python experiments/report.py [runs/zoo_scale runs/zoo_training runs/zoo_difficulty]
 
 Reads ``OUT/comparison/comparison.json`` of each experiment (written by
-``effective-depth sweep --config experiments/<question>.yaml``) and prints the tables used in
+``effective-depth grid --config experiments/<question>.yaml``) and prints the tables used in
 ``docs/findings.md``: ED and ratio per estimator with 95% CIs per model, the paired training-type
 differences, and Spearman's rho for difficulty.
 """

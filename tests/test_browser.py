@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from effective_depth.metrics import Behaviour
-from effective_depth.results import load_run
+from effective_depth.store.results import load_run
 from effective_depth.viz import figure_for
 from effective_depth.viz.dashboard import write_dashboard
 from tests.test_dashboard import HOSTILE_MODEL, HOSTILE_TOKEN, hostile, study_runs
@@ -61,7 +61,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory) -> Path:
-    from effective_depth.compare import compare_runs
+    from effective_depth.store.compare import compare_runs
 
     a, b = (load_run(p) for p in study_runs(tmp_path_factory))
     # the comparison of the genuine runs (one model, two difficulty levels) gives a figure
@@ -242,7 +242,7 @@ def _behaviour(L: int) -> Behaviour:
 def test_early_exit_axis_has_no_overprinted_ticks(browser, tmp_path, L):
     """In a dashboard-sized panel (560 px), deep models included: the early-exit figure's tick
     labels never overlap, accuracy reads as a percentage, and the marks are in the legend."""
-    from effective_depth.depth import Estimate
+    from effective_depth.analysis.depth import Estimate
 
     estimates = {"ed_task": Estimate("ed_task", L, L // 2 - 1), "ed_prune": Estimate("ed_prune", L, L - 3)}
     fig = figure_for(_behaviour(L), estimates=estimates)

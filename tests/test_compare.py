@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from effective_depth.compare import compare_runs
-from effective_depth.results import Run
+from effective_depth.store.compare import compare_runs
+from effective_depth.store.results import Run
 
 L = 4
 # per-prompt top-k overlap curves: alone, kind A first exceeds 0.3 at block 2, kind B at block 1;

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from plotly.offline import get_plotlyjs
 
 from effective_depth.errors import ConfigError, ResultsError
-from effective_depth.results import Run, load_run
+from effective_depth.store.results import Run, load_run
 from effective_depth.viz.dashboard import build_dashboard_html, run_panels, write_dashboard
 
 #: end to end on models (the fast tier, -m 'not slow', leaves these to the full run)
@@ -351,7 +351,7 @@ def test_export_with_kaleido(tmp_path):
 
 def _toy_score_spec():
     """A measurement registered here, in a test file, with one score and how it is shown."""
-    from effective_depth.registry import MetricSpec, ScoreSpec
+    from effective_depth.metrics.registry import MetricSpec, ScoreSpec
 
     score = ScoreSpec("toy_score", lambda result, idx: 1.0, title="toy score", source="a test",
                       unit="step", span=lambda L: (1, L + 1),
@@ -365,11 +365,11 @@ def test_a_registered_score_is_shown_by_every_renderer(runs, capsys):
     dashboard's run table, the comparison table and the comparison's scale figure, each in
     the one form its ScoreSpec declares: value 4 on a span 1..13 (L = 12) is 25% of it."""
     from effective_depth.cli import _print_summary
-    from effective_depth.compare import compare_runs
-    from effective_depth.registry import registered, score_specs
-    from effective_depth.reprs import estimates_html, run_html
+    from effective_depth.metrics.registry import registered, score_specs
+    from effective_depth.store.compare import compare_runs
     from effective_depth.viz.compare_figures import scale_figure
     from effective_depth.viz.dashboard import summary_table
+    from effective_depth.viz.reprs import estimates_html, run_html
 
     entry = {"value": 4.0, "ci": [3.4, 4.6], "n_boot": 10, "n_layers": 12}
     run = copy.copy(runs[0])

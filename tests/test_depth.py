@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from effective_depth.depth import (
+from effective_depth.analysis.depth import (
     Estimate,
     bootstrap_estimate,
     ed_cos,
@@ -198,7 +198,7 @@ def test_depth_score_estimate_on_a_hand_built_matrix():
     the mean effect per skipped block is [n_A, 0, n_B] / n, so the score is 2 n_B / n."""
     import numpy as np
 
-    from effective_depth.depth import bootstrap_indices, depth_score_estimate
+    from effective_depth.analysis.depth import bootstrap_indices, depth_score_estimate
     from effective_depth.metrics import SkipEffects
 
     L, kinds = 4, [0, 0, 1, 0, 0, 1, 0, 0]  # 1 = kind B

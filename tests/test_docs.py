@@ -48,7 +48,7 @@ def test_docs_are_self_contained_and_name_real_tasks():
 
 @pytest.mark.slow
 def test_extending_guide_measurement_reaches_every_consumer(tmp_path, monkeypatch, capsys):
-    from effective_depth.registry import metric_names, unregister_metric
+    from effective_depth.metrics.registry import metric_names, unregister_metric
 
     monkeypatch.chdir(tmp_path)
     blocks = _blocks("extending.md")
@@ -69,8 +69,8 @@ def test_extending_guide_measurement_reaches_every_consumer(tmp_path, monkeypatc
         # its cost model reaches the planner: one clean pass, 2 blocks x (5 + 7) tokens
         from types import SimpleNamespace
 
-        from effective_depth.planner import count_work
         from effective_depth.study import StudyConfig
+        from effective_depth.study.planner import count_work
 
         cfg = SimpleNamespace(n_layers=2, d_model=8, n_heads=2, d_head=4, d_vocab=10, d_mlp=32)
         planned = count_work(cfg, [5, 7], [3, 4], [[], []],
@@ -96,8 +96,8 @@ def _check_every_consumer(namespace, tmp_path):
     from click.testing import CliRunner
 
     from effective_depth.cli import main
-    from effective_depth.compare import compare_runs
-    from effective_depth.results import load_run
+    from effective_depth.store.compare import compare_runs
+    from effective_depth.store.results import load_run
     from effective_depth.viz.compare_figures import scale_figure
 
     runner = CliRunner()

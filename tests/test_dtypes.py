@@ -14,7 +14,7 @@ import torch
 
 import effective_depth as ed
 from effective_depth import metrics as M
-from effective_depth.depth import estimate_all
+from effective_depth.analysis.depth import estimate_all
 from effective_depth.engine import encode_batch
 
 #: end to end on models (the fast tier, -m 'not slow', leaves these to the full run)
@@ -40,7 +40,7 @@ def _measure(dtype):
         "contributions": M.contributions(model, batch),
         "logit_lens": M.logit_lens(model, batch),
         "skip_effects": M.skip_effects(model, batch, mode="current"),
-        "erasure": M.residual_erasure(model, batch.select([0, 1]), reference=batch),
+        "erasure": M.erasure(model, batch.select([0, 1]), reference=batch),
         "integrated_gradients": M.integrated_gradients(model, batch.select([0]), n_steps=8,
                                                        rule="riemann_left"),
     }

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from effective_depth.estimation import bound_estimators, estimate_all, per_prompt_estimates
-from effective_depth.registry import EstimatorSpec, MetricSpec, registered
+from effective_depth.analysis.estimation import bound_estimators, estimate_all, per_prompt_estimates
+from effective_depth.metrics.registry import EstimatorSpec, MetricSpec, registered
 from effective_depth.stats import bootstrap_indices, curve_band, curve_bands
 
 

@@ -1,4 +1,4 @@
-"""Tidy tables of runs (effective_depth.frames): values and CIs against independent
+"""Tidy tables of runs (effective_depth.store.frames): values and CIs against independent
 computations from the stored tensors, a measurement registered here appearing without changes
 to the frames code, comparison CSVs with numeric CI columns, and `effective-depth export`."""
 
@@ -20,11 +20,11 @@ from click.testing import CliRunner
 
 import effective_depth as ed
 from effective_depth.cli import main
-from effective_depth.compare import compare_runs, write_comparison
 from effective_depth.errors import ConfigError
-from effective_depth.frames import runs_to_frame, tidy_comparison
-from effective_depth.registry import EstimatorSpec, MetricSpec, registered
+from effective_depth.metrics.registry import EstimatorSpec, MetricSpec, registered
 from effective_depth.stats import bootstrap_indices
+from effective_depth.store.compare import compare_runs, write_comparison
+from effective_depth.store.frames import runs_to_frame, tidy_comparison
 from tests.test_registry import TOY, LastTokenNorm, _largest_norm, _toy_run
 
 N_BOOT = 40

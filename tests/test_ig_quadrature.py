@@ -115,7 +115,7 @@ def test_linear_target_is_integrated_exactly_by_any_rule(tiny_checkpoints, sub, 
 
 def test_study_config_validates_and_hashes_the_rule():
     from effective_depth.errors import ConfigError
-    from effective_depth.results import config_hash
+    from effective_depth.store.results import config_hash
 
     with pytest.raises(ConfigError, match="unknown ig_rule 'simpson'"):
         StudyConfig(ig_rule="simpson")

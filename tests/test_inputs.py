@@ -417,7 +417,7 @@ def test_the_loaded_model_reads_its_checkpoints_tokenizer(tmp_path, qwen, backen
 
 
 def test_sweep_chat_template_overrides_the_grid_base(tmp_path):
-    from effective_depth.grid import load_grid
+    from effective_depth.study.grid import load_grid
 
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"out": str(tmp_path / "g"), "base": {"n_examples": 2},

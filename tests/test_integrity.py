@@ -15,11 +15,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from effective_depth.analysis.depth import Estimate, estimate_all, reliability_warnings
 from effective_depth.cli import main
-from effective_depth.depth import Estimate, estimate_all, reliability_warnings
 from effective_depth.errors import ConfigError, ModelError, ResultsError
 from effective_depth.metrics.skip_effects import cut_rule, draw_cuts
-from effective_depth.results import find_runs, load_run
+from effective_depth.store.results import find_runs, load_run
 from effective_depth.study import StudyConfig, run_study
 
 ZOO = "zoo/add-2l"
@@ -200,7 +200,7 @@ def test_incomplete_and_stub_runs_are_skipped_with_a_note(tmp_path):
 
 @pytest.mark.slow
 def test_compare_rows_carry_their_run_directory(tmp_path, monkeypatch):
-    from effective_depth.compare import compare_runs
+    from effective_depth.store.compare import compare_runs
 
     a = _run(tmp_path / "a", metrics=("logit_lens",)).path
     b = _run(tmp_path / "b", metrics=("logit_lens",), seed=1).path
@@ -305,10 +305,10 @@ def test_few_cuts_warning_counts_prompts_without_a_cut():
 # --- 8. the reference notebook's rules ----------------------------------------------------------
 
 def _lens(kl, overlap):
-    from effective_depth.metrics.logit_lens import LogitLens
+    from effective_depth.metrics.logit_lens import LogitLensResult
 
     # one prompt, one token: the sums are the curves; the last tap is h_L (not searched)
-    return LogitLens(torch.tensor([kl + [0.0]]), torch.tensor([overlap + [1.0]]), torch.ones(1),
+    return LogitLensResult(torch.tensor([kl + [0.0]]), torch.tensor([overlap + [1.0]]), torch.ones(1),
                      meta={"n_layers": len(kl), "k": 1, "n_prompts": 1})
 
 
@@ -382,7 +382,7 @@ def test_unknown_model_without_a_task_names_the_model_first():
 
 
 def test_grid_cells_are_validated_before_the_first_runs(tmp_path):
-    from effective_depth.grid import grid_from_dict
+    from effective_depth.study.grid import grid_from_dict
 
     with pytest.raises(ConfigError, match="levels must map one parameter to a list"):
         grid_from_dict({"out": str(tmp_path / "g"), "models": [ZOO],
@@ -398,7 +398,7 @@ def test_grid_cells_are_validated_before_the_first_runs(tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_grid_cell_is_reported_and_the_rest_compared(tmp_path):
-    from effective_depth.grid import grid_from_dict, run_grid
+    from effective_depth.study.grid import grid_from_dict, run_grid
 
     good = _prompts(tmp_path / "good.jsonl", [("12+34=", "46"), ("50+25=", "75")])
     grid = grid_from_dict({
@@ -440,7 +440,7 @@ def test_erasure_progress_bar_reaches_its_total(tmp_path, monkeypatch):
     monkeypatch.setattr(erasure_mod, "tqdm", Bar)
     model = load_model(ZOO)
     batch = encode_batch(model.tokenizer, get_task("addition", digits=3).examples(2))
-    erasure_mod.residual_erasure(model, batch, reference=batch, progress=True)
+    erasure_mod.erasure(model, batch, reference=batch, progress=True)
     assert bars and bars[0].n == bars[0].total
 
 

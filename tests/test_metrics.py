@@ -12,10 +12,10 @@ from effective_depth.metrics import (
     contributions,
     depth_score,
     draw_cuts,
+    erasure,
     integrated_gradients,
     logit_lens,
     mean_residuals,
-    residual_erasure,
     skip_effects,
 )
 from effective_depth.tasks import Example, get_task
@@ -121,7 +121,7 @@ def test_erasure_matches_reference(models, batch, arch):
     model = models[arch]
     sub = batch.select([2])
     mu = mean_residuals(model, batch)
-    got = residual_erasure(model, sub, mean_resid=mu)
+    got = erasure(model, sub, mean_resid=mu)
     want = reference.erasure_map(model, _one(sub, 0), mu, int(sub.answer_start[0]))
     m = got.maps[0]
     assert m.shape == want.shape
@@ -206,7 +206,7 @@ def test_bridge_backend_gives_the_same_measurements(tiny_checkpoints, models, ba
         assert (sa.output_effect - sb.output_effect).abs().max() <= tol
     sub = batch.select([2])
     mu = mean_residuals(hooked, batch)
-    ea, eb = residual_erasure(hooked, sub, mean_resid=mu), residual_erasure(bridge, sub, mean_resid=mu)
+    ea, eb = erasure(hooked, sub, mean_resid=mu), erasure(bridge, sub, mean_resid=mu)
     assert (ea.maps[0][:, 1:] - eb.maps[0][:, 1:]).abs().max() <= tol
     ia, ib = integrated_gradients(hooked, sub, n_steps=8), integrated_gradients(bridge, sub, n_steps=8)
     assert (ia.maps[0] - ib.maps[0]).abs().max() <= tol

@@ -45,7 +45,7 @@ def test_example_notebook_executes_and_shows_tables(tmp_path):
         everything += html + text
         assert not any(o.get("output_type") == "error" for o in cell.outputs), text
     lens_html, _ = _outputs(code["lens"])
-    assert "<table" in lens_html and "LogitLens (logit_lens): 3 prompts" in lens_html
+    assert "<table" in lens_html and "LogitLensResult (logit_lens): 3 prompts" in lens_html
     assert re.search(r">kl<.*>overlap<", lens_html)
     contrib_html, _ = _outputs(code["contributions"])
     assert "<table" in contrib_html and ">rel_attn<" in contrib_html
@@ -63,7 +63,7 @@ def test_example_notebook_executes_and_shows_tables(tmp_path):
 
 @pytest.mark.slow
 def test_views_escape_and_stay_compact(model, tmp_path):
-    from effective_depth.reprs import result_html
+    from effective_depth.viz.reprs import result_html
 
     lens = ed.logit_lens(model, ["1+2=", "3+4="])
     html = lens._repr_html_()
@@ -136,7 +136,7 @@ def test_study_steps_name_each_measurement(tmp_path):
 
 
 def test_sweep_eta_uses_the_finished_computed_cells():
-    from effective_depth.grid import CellClock, GridCell
+    from effective_depth.study.grid import CellClock, GridCell
 
     cell = GridCell(ed.StudyConfig(model="zoo/add-2l"), Path("runs/g/zoo_add-2l__addition"))
     clock = CellClock(6)
@@ -152,7 +152,7 @@ def test_sweep_eta_uses_the_finished_computed_cells():
 
 @pytest.mark.slow
 def test_sweep_bar_labels_name_the_running_cell(tmp_path):
-    from effective_depth.grid import _run_local, grid_from_dict
+    from effective_depth.study.grid import _run_local, grid_from_dict
 
     grid = grid_from_dict({"out": str(tmp_path), "models": ["zoo/add-2l"], "compare": False,
                            "base": {"n_examples": 3, "n_boot": 5, "metrics": ["logit_lens"]},

@@ -18,10 +18,10 @@ from effective_depth.cli import _settings, main
 from effective_depth.errors import ConfigError, ResultsError
 from effective_depth.metrics.base import MetricResult
 from effective_depth.metrics.integrated_gradients import IntegratedGradientsOptions
+from effective_depth.metrics.options import FLAT_OPTIONS, MetricOptions
+from effective_depth.metrics.registry import MetricSpec, dependency_order, metric_names, registered
 from effective_depth.metrics.skip_effects import SkipEffectsOptions
-from effective_depth.options import FLAT_OPTIONS, MetricOptions
-from effective_depth.registry import MetricSpec, dependency_order, metric_names, registered
-from effective_depth.results import config_hash, load_run
+from effective_depth.store.results import config_hash, load_run
 from effective_depth.study import StudyConfig
 
 #: the config.json fields of a run written before options were nested (the flat format)
@@ -85,7 +85,7 @@ def test_flat_names_are_read_into_the_options():
 def test_the_experiment_files_still_read():
     from pathlib import Path
 
-    from effective_depth.grid import load_grid
+    from effective_depth.study.grid import load_grid
 
     grid = load_grid(Path(__file__).parent.parent / "experiments" / "zoo_difficulty.yaml")
     cfg = grid.cells[0].config
@@ -95,7 +95,7 @@ def test_the_experiment_files_still_read():
 
 
 def test_sweep_files_take_nested_options(tmp_path):
-    from effective_depth.grid import grid_from_dict
+    from effective_depth.study.grid import grid_from_dict
 
     grid = grid_from_dict({"out": str(tmp_path), "models": ["zoo/add-2l"],
                            "base": {"n_examples": 3,
@@ -202,9 +202,9 @@ def test_a_run_directory_of_the_flat_format_loads_and_resumes_without_recomputin
 # --- the study and the planner decide alike -----------------------------------------------------
 @pytest.mark.slow
 def test_plan_does_not_count_what_the_study_skips(tmp_path):
-    from effective_depth.planner import plan_study
-    from effective_depth.prepare import prepare_study
     from effective_depth.study import resolve_task
+    from effective_depth.study.planner import plan_study
+    from effective_depth.study.prepare import prepare_study
     from effective_depth.tasks import get_task
 
     prompts = tmp_path / "p.txt"  # prompts only: no answers, no training split

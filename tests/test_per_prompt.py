@@ -11,35 +11,35 @@ import numpy as np
 import pytest
 import torch
 
-from effective_depth.compare import compare_runs, estimator_agreement
-from effective_depth.depth import estimate_all, prompt_spearman_bootstrap
-from effective_depth.metrics.behaviour import Behaviour
-from effective_depth.metrics.logit_lens import LogitLens
-from effective_depth.metrics.skip_effects import SkipEffects
-from effective_depth.per_prompt import (
+from effective_depth.analysis.depth import estimate_all, prompt_spearman_bootstrap
+from effective_depth.analysis.per_prompt import (
     PerPrompt,
     per_prompt_estimates,
     prompt_agreement,
     rank_agreement,
     run_per_prompt,
 )
-from effective_depth.registry import EstimatorSpec, MetricSpec, registered
-from effective_depth.results import Run
+from effective_depth.metrics.behaviour import Behaviour
+from effective_depth.metrics.logit_lens import LogitLensResult
+from effective_depth.metrics.registry import EstimatorSpec, MetricSpec, registered
+from effective_depth.metrics.skip_effects import SkipEffects
 from effective_depth.stats import ed_kl
+from effective_depth.store.compare import compare_runs, estimator_agreement
+from effective_depth.store.results import Run
 
 L = 4
 
 
-def _lens(overlap: list[list[float]], kl: list[list[float]] | None = None) -> LogitLens:
+def _lens(overlap: list[list[float]], kl: list[list[float]] | None = None) -> LogitLensResult:
     P = len(overlap)
     n = len(overlap[0])
     kl_t = torch.tensor(kl if kl is not None else [[1.0, 0.2] + [0.0] * (n - 2)] * P)
-    return LogitLens(kl_t, torch.tensor(overlap), torch.ones(P),
+    return LogitLensResult(kl_t, torch.tensor(overlap), torch.ones(P),
                      meta={"n_prompts": P, "n_layers": len(overlap[0]), "k": 1})
 
 
 def _ranks(x: list[float]) -> np.ndarray:
-    """Average ranks, written independently of effective_depth.depth._rank."""
+    """Average ranks, written independently of effective_depth.analysis.depth._rank."""
     x = np.asarray(x, float)
     return np.array([np.sum(x < v) + (np.sum(x == v) + 1) / 2 for v in x])
 
@@ -139,7 +139,7 @@ def test_a_new_measurement_gets_per_prompt_depths_without_other_changes():
     """A registered estimator whose rule reads a prompt sample is per-prompt by default;
     ``per_prompt=False`` opts out and a callable replaces the rule."""
 
-    class Toy(LogitLens):
+    class Toy(LogitLensResult):
         name = "toy_lens"
 
     def rule(result, tau, rules):
@@ -260,7 +260,7 @@ def test_agreement_over_models_of_a_grid():
     for first, n in zip(firsts, sizes):
         overlap = [[0.0] * first + [1.0] * (n - first) for _ in range(5)]
         kl = [[4.0] * (first + 1) + [0.0] * (n - first - 1) for _ in range(5)]
-        lens = LogitLens(torch.tensor(kl), torch.tensor(overlap), torch.ones(5),
+        lens = LogitLensResult(torch.tensor(kl), torch.tensor(overlap), torch.ones(5),
                          meta={"n_prompts": 5, "n_layers": n, "k": 1})
         run = _lens_run(f"m{n}", n, overlap)
         run.tensors = {f"metrics.logit_lens.{k}": v for k, v in lens.tensors().items()}
@@ -287,7 +287,7 @@ def test_a_study_stores_per_prompt_depths_and_the_cli_reports_agreement(tmp_path
     from click.testing import CliRunner
 
     from effective_depth.cli import main
-    from effective_depth.results import load_run
+    from effective_depth.store.results import load_run
     from effective_depth.study import StudyConfig, run_study
 
     config = StudyConfig(model="zoo/add-4l", n_examples=8, n_boot=50, lens_k=1,

@@ -11,8 +11,8 @@ from benchmarks.paper_scale import WorkCounter
 from effective_depth import metrics as M
 from effective_depth.engine import encode_batch
 from effective_depth.metrics.skip_effects import draw_cuts
-from effective_depth.planner import count_work
 from effective_depth.study import StudyConfig
+from effective_depth.study.planner import count_work
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def _shared_runs(model, batch, sub, cuts):
         "logit_lens": (batch, {}, lambda: M.logit_lens(model, batch)),
         "skip_effects": (batch, {"n_cuts": 2}, lambda: M.skip_effects(model, batch, cuts=cuts)),
         "erasure": (sub, {"map_examples": 2, "n_reference": 2},
-                    lambda: M.residual_erasure(model, sub, reference=sub)),
+                    lambda: M.erasure(model, sub, reference=sub)),
     }
 
 
@@ -72,8 +72,8 @@ def test_planned_block_tokens_equal_the_engine_count(setup):
 def test_plan_command_prints_the_planned_numbers(monkeypatch):
     """`plan` prints, per measurement and in total, the numbers the planner computes for the
     configuration the options build (here without the timing calibration)."""
-    from effective_depth import planner
     from effective_depth.cli import main
+    from effective_depth.study import planner
 
     real = planner.plan_study
     seen = {}
@@ -103,7 +103,7 @@ def test_plan_command_prints_the_planned_numbers(monkeypatch):
 def test_a_measurement_without_a_cost_model_is_not_projected_as_free():
     from types import SimpleNamespace
 
-    from effective_depth.registry import MetricSpec, registered
+    from effective_depth.metrics.registry import MetricSpec, registered
 
     spec = MetricSpec(name="uncosted", result_type=object, run=lambda ctx: None)
     cfg = SimpleNamespace(n_layers=2, d_model=8, n_heads=2, d_head=4, d_vocab=10, d_mlp=32)
@@ -179,7 +179,7 @@ def test_planned_lens_rows_equal_the_rows_unembedded(setup, monkeypatch):
 def test_a_calibration_on_a_busy_cpu_says_its_projection_is_too_long():
     """Load average >= CPUs + 1 on a CPU device: a warning naming the load; quiet, or on a GPU,
     or where the OS gives no load: nothing."""
-    from effective_depth.planner import busy_note
+    from effective_depth.study.planner import busy_note
 
     busy = busy_note({"load_average": 4.2, "cpus": 2.0}, "cpu")
     assert busy.startswith("calibrated while the machine was busy (load average 4.2 on 2 CPUs)")

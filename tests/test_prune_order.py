@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from effective_depth.depth import estimate_all
+from effective_depth.analysis.depth import estimate_all
 from effective_depth.engine.batch import encode_batch
 from effective_depth.metrics.behaviour import ORDER_BASIS, behaviour
+from effective_depth.metrics.registry import StudyContext, get_metric
 from effective_depth.metrics.skip_effects import skip_effects
-from effective_depth.registry import StudyContext, get_metric
 from effective_depth.tasks import get_task
 from tests.helpers import rebuilt_model
 

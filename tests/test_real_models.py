@@ -23,10 +23,10 @@ from effective_depth.engine import encode_batch
 from effective_depth.errors import ModelError
 from effective_depth.metrics import (
     contributions,
+    erasure,
     integrated_gradients,
     logit_lens,
     mean_residuals,
-    residual_erasure,
     skip_effects,
 )
 from effective_depth.tasks import Example
@@ -205,8 +205,8 @@ def test_bridge_equals_hooked_on_every_measurement(real, measured):
     # erasure and integrated gradients on a one-line prompt (every block x token is a forward)
     short = encode_batch(hooked.tokenizer, [SHORT])
     mu = mean_residuals(hooked, batch)
-    ea = residual_erasure(hooked, short, mean_resid=mu)
-    eb = residual_erasure(bridge, short, mean_resid=mu)
+    ea = erasure(hooked, short, mean_resid=mu)
+    eb = erasure(bridge, short, mean_resid=mu)
     assert (ea.maps[0][:, 1:] - eb.maps[0][:, 1:]).abs().max().item() <= tol
     assert ea.maps[0][:, 1:].max() > 0.01
     ia = integrated_gradients(hooked, short, n_steps=4)
@@ -217,8 +217,8 @@ def test_bridge_equals_hooked_on_every_measurement(real, measured):
 
 def test_run_records_the_gguf_source(real):
     name, _, hooked, *_ = real
-    from effective_depth.fingerprint import model_fingerprint
     from effective_depth.models.real import real_entry
+    from effective_depth.store.fingerprint import model_fingerprint
 
     entry = real_entry(name)
     src = hooked.effective_depth_source

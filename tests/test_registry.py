@@ -17,7 +17,7 @@ from effective_depth.cli import main
 from effective_depth.engine import get_adapter
 from effective_depth.errors import ConfigError
 from effective_depth.metrics.base import MetricResult
-from effective_depth.registry import (
+from effective_depth.metrics.registry import (
     EstimatorSpec,
     MetricSpec,
     estimator_specs,
@@ -118,7 +118,8 @@ def test_study_code_names_no_measurement():
     from pathlib import Path
 
     root = Path(ed.__file__).parent
-    for module in ("study.py", "results.py", "depth.py", "compare.py", "grid.py"):
+    for module in ("study/run.py", "store/results.py", "analysis/depth.py", "store/compare.py",
+                   "study/grid.py"):
         text = (root / module).read_text()
         for name in ("\"contributions\"", "\"logit_lens\"", "\"behaviour\"", "\"erasure\"",
                      "\"integrated_gradients\"", "\"skip_effects\""):

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from effective_depth.cli import main
 from effective_depth.errors import ConfigError, ResultsError
 from effective_depth.metrics.skip_effects import draw_cuts
-from effective_depth.results import load_run
+from effective_depth.store.results import load_run
 from effective_depth.study import METRICS, StudyConfig, run_study
 
 
@@ -49,7 +49,7 @@ def test_run_directory_holds_the_documented_files(tmp_path, tiny_model):
             assert used["peak_rss_gib"] > 0.05 and used["peak_cuda_gib"] is None
     # the stored estimates are those of the stored per-prompt data (recomputed from the loaded
     # measurements with the run's bootstrap settings), with ratio = (layer + 1) / L
-    from effective_depth.depth import estimate_all
+    from effective_depth.analysis.depth import estimate_all
 
     loaded = load_run(path)
     again = estimate_all({m: loaded.metric(m) for m in loaded.completed}, n_boot=40, seed=0)
@@ -168,7 +168,7 @@ def test_cli_run_writes_files_and_prints_the_table(tmp_path, tiny_model):
     (["run", "--task", "addition", "--param", "digits"], "expected NAME=VALUE"),
     (["run", "--metrics", "logit"], "unknown metric 'logit'"),
     (["compare", "/no/such/run"], "does not exist"),
-    (["sweep", "--config", "/no/such/grid.yaml"], "does not exist"),
+    (["grid", "--config", "/no/such/grid.yaml"], "does not exist"),
 ])
 def test_cli_bad_arguments_are_one_line_errors(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -189,7 +189,7 @@ def test_cli_listing_commands():
 
 
 def _grid(tmp_path, model):
-    from effective_depth.grid import grid_from_dict
+    from effective_depth.study.grid import grid_from_dict
 
     return grid_from_dict({
         "out": str(tmp_path / "grid"),
@@ -203,7 +203,7 @@ def _grid(tmp_path, model):
 
 @pytest.mark.slow
 def test_local_grid_and_comparison(tmp_path, tiny_model):
-    from effective_depth.grid import run_grid
+    from effective_depth.study.grid import run_grid
 
     grid = _grid(tmp_path, tiny_model)
     assert len(grid.cells) == 4
@@ -219,14 +219,14 @@ def test_local_grid_and_comparison(tmp_path, tiny_model):
 @pytest.mark.slow
 def test_ray_grid_equals_local_grid(tmp_path, tiny_model):
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
-    from effective_depth.grid import run_grid
+    from effective_depth.study.grid import run_grid
 
     local = run_grid(_grid(tmp_path / "local", tiny_model), progress=False)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         remote = run_grid(_grid(tmp_path / "ray", tiny_model), executor="ray")
         # a cell that fails at run time: one line, and the other cells still finish
-        from effective_depth.grid import grid_from_dict
+        from effective_depth.study.grid import grid_from_dict
 
         failing = grid_from_dict({
             "out": str(tmp_path / "failing"), "models": [tiny_model],
@@ -268,7 +268,7 @@ def _assert_nested_close(a, b, path="", tol=1e-5):
 def test_experiment_configs_parse():
     from pathlib import Path
 
-    from effective_depth.grid import load_grid
+    from effective_depth.study.grid import load_grid
 
     root = Path(__file__).resolve().parent.parent / "experiments"
     expected = {"zoo_scale.yaml": 4, "zoo_training.yaml": 2, "zoo_difficulty.yaml": 4,
@@ -322,12 +322,12 @@ def test_an_integrated_gradients_gap_warning_reaches_results_json(tmp_path, tiny
 
 
 def test_grid_of_chosen_models_writes_the_whole_grids_cells(tmp_path):
-    """`sweep --model M` keeps M's cells (same directories as the whole grid's) and the pairs
+    """`grid --model M` keeps M's cells (same directories as the whole grid's) and the pairs
     among the chosen models; an unknown model is an error listing the grid's models."""
     import yaml
 
     from effective_depth.errors import ConfigError
-    from effective_depth.grid import load_grid
+    from effective_depth.study.grid import load_grid
 
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump({

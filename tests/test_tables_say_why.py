@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from effective_depth.compare import compare_runs, write_comparison
-from effective_depth.depth import estimate_all
-from effective_depth.frames import estimate_rows
-from effective_depth.metrics.logit_lens import LogitLens
-from effective_depth.results import Run
+from effective_depth.analysis.depth import estimate_all
+from effective_depth.metrics.logit_lens import LogitLensResult
+from effective_depth.store.compare import compare_runs, write_comparison
+from effective_depth.store.frames import estimate_rows
+from effective_depth.store.results import Run
 
 L = 4
 
 
 def _lens(overlap):
     o = torch.tensor(overlap)
-    return LogitLens(torch.zeros_like(o), o, torch.ones(len(overlap)),
+    return LogitLensResult(torch.zeros_like(o), o, torch.ones(len(overlap)),
                      meta={"n_prompts": len(overlap), "n_layers": L, "k": 1})
 
 
@@ -115,7 +115,7 @@ def test_export_names_the_task_with_its_parameters():
 def test_compare_command_prints_the_reasons(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    import effective_depth.compare as compare_mod
+    import effective_depth.store.compare as compare_mod
     from effective_depth.cli import main
 
     runs = [_prompts_run("a", EASY, None, metrics=("logit_lens", "behaviour")),

@@ -1,4 +1,4 @@
-"""``--threads N`` on run, sweep and plan sets torch's threads and is recorded in config.json's
+"""``--threads N`` on run, grid and plan sets torch's threads and is recorded in config.json's
 environment; without it torch's own choice is recorded as such."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_sweep_and_plan_take_threads(tmp_path):
         "base": {"n_examples": 2, "metrics": ["contributions"], "n_boot": 0},
         "models": ["zoo/add-2l"], "tasks": [{"name": "addition", "params": {"digits": 1}}]}))
     torch.set_num_threads(2)
-    result = CliRunner().invoke(main, ["sweep", "--config", str(grid), "--threads", "1"])
+    result = CliRunner().invoke(main, ["grid", "--config", str(grid), "--threads", "1"])
     assert result.exit_code == 0, result.output
     (config,) = (tmp_path / "grid").rglob("config.json")
     env = json.loads(config.read_text())["environment"]

@@ -15,9 +15,10 @@ from effective_depth.engine import get_adapter
 from effective_depth.engine.batch import encode_batch, measured_mask
 from effective_depth.errors import ConfigError
 from effective_depth.metrics.logit_lens import logit_lens
+from effective_depth.metrics.registry import estimator_specs, get_metric
 from effective_depth.metrics.tuned_lens import (
     Translators,
-    TunedLens,
+    TunedLensResult,
     _Moments,
     auto_steps,
     fit_translators,
@@ -27,7 +28,6 @@ from effective_depth.metrics.tuned_lens import (
     tuned_lens,
 )
 from effective_depth.models.zoo import zoo_entry
-from effective_depth.registry import estimator_specs, get_metric
 from effective_depth.study import StudyConfig, run_study
 
 
@@ -86,7 +86,7 @@ def test_identity_translators_reproduce_the_logit_lens(add4l, include_final):
     identity = Translators.identity(adapter.n_layers, adapter.d_model)
     plain = logit_lens(add4l, batch, k=2, include_final=include_final, batch_size=4)
     tuned = tuned_lens(add4l, batch, identity, k=2, include_final=include_final, batch_size=4)
-    assert isinstance(tuned, TunedLens) and tuned.kl.shape == plain.kl.shape
+    assert isinstance(tuned, TunedLensResult) and tuned.kl.shape == plain.kl.shape
     torch.testing.assert_close(tuned.kl_sums, plain.kl_sums, rtol=0, atol=1e-6)
     torch.testing.assert_close(tuned.overlap_sums, plain.overlap_sums, rtol=0, atol=0)
     torch.testing.assert_close(tuned.counts, plain.counts, rtol=0, atol=0)
@@ -97,7 +97,7 @@ def test_identity_translators_reproduce_the_logit_lens(add4l, include_final):
         rule_p = specs[plain_name].rule(plain, specs[plain_name].threshold, "toolkit")
         assert rule_t(None) == rule_p(None) and rule_t([0, 0, 3]) == rule_p([0, 0, 3])
     # the notebook's rule set has no tuned lens: the tuned estimators keep the toolkit rules
-    hand = TunedLens(torch.tensor([[4.0, 3.0, 2.5, 1.0]]), torch.tensor([[0.0, 0.1, 0.2, 0.9]]),
+    hand = TunedLensResult(torch.tensor([[4.0, 3.0, 2.5, 1.0]]), torch.tensor([[0.0, 0.1, 0.2, 0.9]]),
                      torch.ones(1), meta={"n_layers": 4, "k": 1, "n_prompts": 1})
     for name in ("ed_tuned_kl", "ed_tuned_overlap"):
         spec = specs[name]
@@ -194,7 +194,7 @@ def test_study_stores_curves_estimates_and_the_cached_lens(tmp_path):
     # the per-prompt curves are stored and load back
     run = ed.load_run(res.path)
     loaded = run.metric("tuned_lens")
-    assert isinstance(loaded, TunedLens) and loaded.kl_sums.shape == (6, L)
+    assert isinstance(loaded, TunedLensResult) and loaded.kl_sums.shape == (6, L)
     torch.testing.assert_close(loaded.kl, torch.tensor(entry["curves"]["kl"]))
     # the cache: safetensors + JSON with the loss curve and the fingerprints
     stored = _lens_file(res.path)
@@ -295,7 +295,7 @@ def test_default_metrics_skip_the_tuned_lens_without_training_data(tmp_path):
 
 def test_overlap_at_chance_names_the_tuned_estimator():
     spec = estimator_specs()["ed_tuned_overlap"]
-    result = TunedLens(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2), meta={"k": 5})
+    result = TunedLensResult(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2), meta={"k": 5})
     (code, message), = spec.checks(result, 0.3, 24)
     assert code == "overlap_at_chance" and message.startswith("ed_tuned_overlap:")
     assert spec.checks(result, 0.3, 1000) == []
@@ -304,11 +304,11 @@ def test_overlap_at_chance_names_the_tuned_estimator():
 
 def test_heldout_check_flags_a_worse_lens_or_a_loss_that_did_not_fall():
     meta = {"n_layers": 3, "n_prompts": 2, "k": 1}
-    plain = TunedLens(torch.tensor([[3.0, 2.0, 1.0, 0.0]] * 2), torch.zeros(2, 4), torch.ones(2),
+    plain = TunedLensResult(torch.tensor([[3.0, 2.0, 1.0, 0.0]] * 2), torch.zeros(2, 4), torch.ones(2),
                       meta=meta)
-    better = TunedLens(torch.tensor([[2.0, 1.0, 0.5, 0.0]] * 2), torch.zeros(2, 4), torch.ones(2),
+    better = TunedLensResult(torch.tensor([[2.0, 1.0, 0.5, 0.0]] * 2), torch.zeros(2, 4), torch.ones(2),
                        meta=meta)
-    worse = TunedLens(torch.tensor([[2.0, 2.5, 0.5, 9.0]] * 2), torch.zeros(2, 4), torch.ones(2),
+    worse = TunedLensResult(torch.tensor([[2.0, 2.5, 0.5, 9.0]] * 2), torch.zeros(2, 4), torch.ones(2),
                       meta=meta)
     ok = heldout_check(better, plain, {"loss_fell": True})
     assert ok["unfit"] is False and ok["worse_blocks"] == [] and ok["tuned_kl"] == [2.0, 1.0, 0.5]
@@ -355,7 +355,7 @@ def test_a_study_warns_when_the_tuned_lens_is_worse_than_the_logit_lens(tmp_path
 def test_the_planner_projects_a_bounded_training_on_a_real_vocabulary():
     from types import SimpleNamespace
 
-    from effective_depth.planner import count_work
+    from effective_depth.study.planner import count_work
 
     # SmolLM2-135M's shape, 20 analysed prompts of 40 tokens
     cfg = SimpleNamespace(n_layers=30, d_model=576, n_heads=9, d_head=64, d_vocab=49152, d_mlp=1536)

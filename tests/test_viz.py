@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from effective_depth.depth import Estimate
+from effective_depth.analysis.depth import Estimate
 from effective_depth.errors import ConfigError
 from effective_depth.metrics import (
     CONTRIBUTION_CURVES,
@@ -20,9 +20,9 @@ from effective_depth.metrics import (
     Contributions,
     Erasure,
     IntegratedGradients,
-    LogitLens,
+    LogitLensResult,
     SkipEffects,
-    TunedLens,
+    TunedLensResult,
 )
 from effective_depth.metrics.base import MetricResult
 from effective_depth.stats import bootstrap_indices
@@ -60,14 +60,14 @@ def contributions() -> Contributions:
 
 
 @pytest.fixture(scope="module")
-def lens() -> LogitLens:
-    return LogitLens(_rand(P, L, seed=1) * 3, _rand(P, L, seed=2), torch.tensor([2.0, 3.0, 4.0]),
+def lens() -> LogitLensResult:
+    return LogitLensResult(_rand(P, L, seed=1) * 3, _rand(P, L, seed=2), torch.tensor([2.0, 3.0, 4.0]),
                      meta={"n_layers": L, "n_prompts": P, "k": 5})
 
 
 @pytest.fixture(scope="module")
-def tuned(lens) -> TunedLens:
-    return TunedLens(lens.kl_sums / 2, lens.overlap_sums, lens.counts,
+def tuned(lens) -> TunedLensResult:
+    return TunedLensResult(lens.kl_sums / 2, lens.overlap_sums, lens.counts,
                      meta={**lens.meta, "lens": {"steps": 10}})
 
 
@@ -237,7 +237,7 @@ def test_logit_lens_curves_and_estimates(lens):
 
 
 def test_logit_lens_chance_from_meta_and_without(lens):
-    with_meta = LogitLens(lens.kl_sums, lens.overlap_sums, lens.counts,
+    with_meta = LogitLensResult(lens.kl_sums, lens.overlap_sums, lens.counts,
                           meta={**lens.meta, "d_vocab": 10})
     assert any(s.y0 == s.y1 == 0.5 for s in figure_for(with_meta).layout.shapes)
     assert not any("chance" in n for n in _legend(figure_for(lens)))  # V unknown: no line
@@ -409,8 +409,8 @@ def test_ed_summary_ratios_cis_and_reasons():
 # the default figure of each result type, and what its first trace is
 DEFAULTS = {
     Contributions: ("relative", "rel_attn"),
-    LogitLens: ("lens", None),
-    TunedLens: ("lens", None),
+    LogitLensResult: ("lens", None),
+    TunedLensResult: ("lens", None),
     SkipEffects: ("layer_effect", None),
     Behaviour: ("behaviour", None),
     Erasure: ("map", None),
@@ -425,8 +425,8 @@ PLOTTED = {
     (Contributions, "cosines"): lambda r: [r.curves_of()[k] for k in CONTRIBUTION_CURVES
                                             if k.startswith("cos")],
     (Contributions, "angular"): lambda r: [r.angular_distance],
-    (LogitLens, "lens"): lambda r: [r.kl_of(), r.overlap_of()],
-    (TunedLens, "lens"): lambda r: [r.kl_of(), r.overlap_of()],
+    (LogitLensResult, "lens"): lambda r: [r.kl_of(), r.overlap_of()],
+    (TunedLensResult, "lens"): lambda r: [r.kl_of(), r.overlap_of()],
     (SkipEffects, "layer_effect"): lambda r: [r.layer_effect[torch.ones(L, L).triu(1).bool()]],
     (SkipEffects, "output_effect"): lambda r: [r.output_effect],
     (Behaviour, "behaviour"): lambda r: [r.accuracy_by_exit(), r.accuracy_by_prune()],
@@ -532,7 +532,7 @@ def test_figure_for_errors(lens):
 
 def test_registry_refuses_duplicates():
     with pytest.raises(ValueError, match="already registered"):
-        register_figure(LogitLens, "lens", "again")(lambda result: go.Figure())
+        register_figure(LogitLensResult, "lens", "again")(lambda result: go.Figure())
 
 
 # --- comparison figures -----------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The engine: backend adapter, interventions and the sweep. Only its adapter knows hook
 names; metrics ask it for residuals, resumed runs and lens distributions."""
 
+from .._moved import renamed
 from .adapter import Adapter, Clean, get_adapter
 from .batch import Batch, encode_batch, measured_mask
 from .interventions import (
@@ -8,8 +9,8 @@ from .interventions import (
     LocalSkip,
     Patch,
     PatchContribution,
-    Plan,
     ReplaceResidual,
+    ResumePlan,
     ablate,
     compile_plan,
     intervene,
@@ -32,7 +33,7 @@ __all__ = [
     "LocalSkip",
     "Patch",
     "PatchContribution",
-    "Plan",
+    "ResumePlan",
     "ReplaceResidual",
     "Row",
     "ablate",
@@ -50,3 +51,5 @@ __all__ = [
     "sweep",
     "where",
 ]
+
+__getattr__ = renamed(__name__, {"Plan": "ResumePlan"}, globals())

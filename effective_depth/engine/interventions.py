@@ -45,6 +45,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .._moved import renamed
 from ..errors import ConfigError
 from .adapter import Adapter, Clean, HookFn, get_adapter
 
@@ -54,7 +55,7 @@ __all__ = [
     "LocalSkip",
     "ReplaceResidual",
     "Patch",
-    "Plan",
+    "ResumePlan",
     "skip_block",
     "skip_attn",
     "skip_mlp",
@@ -208,7 +209,7 @@ def _from(value: Tensor | None, offset: int) -> Tensor | None:
 
 
 @dataclass(frozen=True)
-class Plan:
+class ResumePlan:
     """How to run an intervention from the clean cache: resume at boundary ``start`` from
     ``resid`` (``[pos, d_model]``), applying ``patches`` on the way. Positions before
     ``first_pos`` are unchanged at every layer (causality), so a run may skip them."""
@@ -343,7 +344,7 @@ def _for_row(p: Patch, row: int, width: int, device: Any) -> Patch:
 
 def compile_plan(
     specs: Sequence[Intervention], adapter: Adapter, clean: Clean, row: int
-) -> Plan:
+) -> ResumePlan:
     """The resume plan of ``specs`` applied together to prompt ``row`` of ``clean``.
 
     Derived from the specs' patches alone: the run resumes at the first boundary the earliest
@@ -355,7 +356,7 @@ def compile_plan(
     device = clean.resid.device
     patches = [_for_row(p.at(adapter), row, width, device) for spec in specs for p in spec.patches()]
     if not patches:
-        return Plan(adapter.n_layers, clean.resid[-1, row], (), first_pos=width)
+        return ResumePlan(adapter.n_layers, clean.resid[-1, row], (), first_pos=width)
     changed = torch.zeros(width, dtype=torch.bool, device=device)
     for p in patches:
         changed |= p.positions
@@ -390,7 +391,7 @@ def compile_plan(
         else:  # an output nothing else in its block reads: h' = h - c + c'
             c = _clean_point(adapter, clean, p.kind, p.index, row)
             resid = where(mask, resid - c + p.new(c), resid)
-    return Plan(start, resid, tuple(in_run), first_pos)
+    return ResumePlan(start, resid, tuple(in_run), first_pos)
 
 
 # ---------------------------------------------------------------------------- the catalogue
@@ -503,3 +504,5 @@ def intervene(model: Any, *specs: Intervention) -> Iterator[Any]:
     patches = [p.at(adapter) for spec in specs for p in spec.patches()]
     with adapter.hooks(patch_hooks(adapter, [(p, None) for p in patches])):
         yield model
+
+__getattr__ = renamed(__name__, {"Plan": "ResumePlan"}, globals())

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .adapter import Adapter, Clean, HookFn
-from .interventions import Plan, patch_hooks
+from .interventions import ResumePlan, patch_hooks
 
 __all__ = ["Chunk", "Row", "sweep", "default_memory_budget", "rows_per_chunk"]
 
@@ -49,7 +49,7 @@ class Row:
 
     key: Hashable
     prompt: int
-    plan: Plan
+    plan: ResumePlan
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,17 @@ from . import behaviour as _behaviour  # noqa: F401
 from . import erasure as _erasure  # noqa: F401
 from . import integrated_gradients as _integrated_gradients  # noqa: F401
 # isort: on
+from .._moved import renamed
 from .base import MetricResult
 from .behaviour import Behaviour, behaviour, prune_order
 from .contributions import CONTRIBUTION_CURVES, Contributions, contributions
-from .erasure import Erasure, ErasureOptions, mean_residuals, residual_erasure
+from .erasure import Erasure, ErasureOptions, erasure, mean_residuals
 from .integrated_gradients import (
     IntegratedGradients,
     IntegratedGradientsOptions,
     integrated_gradients,
 )
-from .logit_lens import LogitLens, LogitLensOptions, logit_lens
+from .logit_lens import LogitLensOptions, LogitLensResult, logit_lens
 from .skip_effects import (
     SKIP_COMPONENTS,
     SkipEffects,
@@ -36,7 +37,7 @@ from .skip_effects import (
     draw_cuts,
     skip_effects,
 )
-from .tuned_lens import Translators, TunedLens, TunedLensOptions, train_tuned_lens, tuned_lens
+from .tuned_lens import Translators, TunedLensOptions, TunedLensResult, train_tuned_lens, tuned_lens
 
 __all__ = [
     "Behaviour",
@@ -51,20 +52,24 @@ __all__ = [
     "SkipEffectsOptions",
     "TunedLensOptions",
     "IntegratedGradients",
-    "LogitLens",
+    "LogitLensResult",
     "MetricResult",
     "SKIP_COMPONENTS",
     "SkipEffects",
     "Translators",
-    "TunedLens",
+    "TunedLensResult",
     "contributions",
     "depth_score",
     "draw_cuts",
     "integrated_gradients",
     "logit_lens",
     "mean_residuals",
-    "residual_erasure",
+    "erasure",
     "skip_effects",
     "train_tuned_lens",
     "tuned_lens",
 ]
+
+# the old public names (deprecated)
+__getattr__ = renamed(__name__, {"residual_erasure": "erasure", "LogitLens": "LogitLensResult",
+                                   "TunedLens": "TunedLensResult"}, globals())

@@ -169,7 +169,7 @@ class MetricResult:
     def curves_of(self, idx: Sequence[int] | None = None) -> dict[str, Tensor] | None:
         """The per-layer curves recomputed over the prompts ``idx`` (all by default), or None
         when the result cannot: what a bootstrap over prompts resamples for the curves'
-        confidence bands (``effective_depth.frames``).
+        confidence bands (``effective_depth.store.frames``).
 
         Results that keep per-prompt data override this. The default offers, for ``idx=None``
         only, every list of numbers in :meth:`curves` (so a new measurement's curves appear in

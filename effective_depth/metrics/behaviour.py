@@ -24,16 +24,16 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from ..costs import MeasurementCost, Workload
 from ..engine.adapter import get_adapter
 from ..engine.batch import Batch, BatchLike, as_batch
 from ..engine.interventions import compile_plan, skip_block
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
 from ..progress import tqdm
-from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import ed_prune, ed_task
 from .base import MetricResult, lens_argmax, prompt_chunks
+from .costs import MeasurementCost, Workload
+from .registry import EstimatorSpec, MetricSpec, register_metric
 
 __all__ = ["Behaviour", "behaviour", "prune_order"]
 

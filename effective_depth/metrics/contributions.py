@@ -26,13 +26,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..costs import MeasurementCost, Workload
 from ..engine.adapter import get_adapter
 from ..engine.batch import BatchLike, as_batch, measured_mask
 from ..progress import tqdm
-from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import ed_cos
 from .base import EPS, MetricResult, check_skip_front, prompt_chunks, token_mean
+from .costs import MeasurementCost, Workload
+from .registry import EstimatorSpec, MetricSpec, register_metric
 
 __all__ = ["Contributions", "contributions", "CONTRIBUTION_CURVES"]
 

@@ -22,18 +22,19 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..costs import MeasurementCost, Workload
+from .._moved import renamed
 from ..engine.adapter import Adapter, get_adapter
 from ..engine.batch import Batch, BatchLike, as_batch
 from ..engine.interventions import ReplaceResidual, compile_plan
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
-from ..options import MetricOptions
 from ..progress import tqdm
-from ..registry import MetricSpec, register_metric
 from .base import CleanLensProbs, TokenMaps, check_skip_front, lens_prob_distance, prompt_chunks
+from .costs import MeasurementCost, Workload
+from .options import MetricOptions
+from .registry import MetricSpec, register_metric
 
-__all__ = ["Erasure", "residual_erasure", "mean_residuals"]
+__all__ = ["Erasure", "erasure", "mean_residuals"]
 
 
 @dataclass
@@ -72,7 +73,7 @@ def mean_residuals(model: Any, reference: Batch, batch_size: int = 8) -> Float[T
     return (total / max(count, 1)).float()
 
 
-def residual_erasure(
+def erasure(
     model: Any,
     batch: BatchLike,
     *,
@@ -90,13 +91,13 @@ def residual_erasure(
     two is required. (Csordás et al.'s scripts take the mean over 10 GSM8K prompts whatever the
     task; a study uses ``n_reference`` further examples of the analysed task.)
     """
-    batch = as_batch(model, batch, what="residual_erasure")
+    batch = as_batch(model, batch, what="erasure")
     check_skip_front(skip_front)
     batch.require_answers("residual erasure")
     adapter = get_adapter(model)
     if mean_resid is None:
         if reference is None:
-            raise ConfigError("residual_erasure needs reference prompts or mean residuals")
+            raise ConfigError("erasure needs reference prompts or mean residuals")
         mean_resid = mean_residuals(adapter, reference)
     L = adapter.n_layers
     if tuple(mean_resid.shape) != (L + 1, adapter.d_model):
@@ -215,7 +216,7 @@ def reference_examples(task: Any, examples: Sequence[Any], config: Any
 
 def _run(ctx: Any) -> Erasure:
     sub = ctx.map_batch()
-    result = residual_erasure(ctx.model, sub, reference=ctx.reference,
+    result = erasure(ctx.model, sub, reference=ctx.reference,
                               skip_front=ctx.config.skip_front, progress=ctx.progress)
     result.meta["reference"] = None if ctx.reference_info is None else dict(ctx.reference_info)
     return result
@@ -258,3 +259,5 @@ register_metric(MetricSpec(
     needs_answers=True,
     reference=reference_examples,
 ))
+
+__getattr__ = renamed(__name__, {"residual_erasure": "erasure"}, globals())

@@ -26,18 +26,18 @@ from jaxtyping import Float
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..costs import MeasurementCost, Workload
 from ..engine.adapter import get_adapter
 from ..engine.batch import Batch, BatchLike, as_batch
-from ..engine.interventions import Plan
+from ..engine.interventions import ResumePlan
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
-from ..options import MetricOptions
 from ..progress import tqdm
-from ..registry import MetricSpec, register_metric
 from .adaptive_quadrature import ADAPTIVE_TOL, adaptive_quadrature, coarse_nodes
 from .base import TokenMaps
+from .costs import MeasurementCost, Workload
+from .options import MetricOptions
 from .quadrature import ADAPTIVE, RULES, check_rule, quadrature
+from .registry import MetricSpec, register_metric
 
 __all__ = ["IntegratedGradients", "integrated_gradients", "DEFAULT_RULE", "DEFAULT_STEPS", "GAP_TOL"]
 
@@ -203,7 +203,7 @@ class _Paths:
 
     def rows(self, nodes: list[tuple[int, float]]) -> list[Row]:
         dtype = self.clean.resid.dtype
-        return [Row(i, 0, Plan(layer + 1, (self.base[layer] + alpha * self.diffs[layer]).to(dtype),
+        return [Row(i, 0, ResumePlan(layer + 1, (self.base[layer] + alpha * self.diffs[layer]).to(dtype),
                                first_pos=0)) for i, (layer, alpha) in enumerate(nodes)]
 
     def evaluate(self, nodes: list[tuple[int, float]]) -> list[tuple[float, Tensor]]:

@@ -23,21 +23,22 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from ..costs import MeasurementCost, Workload
+from .._moved import renamed
 from ..engine.adapter import get_adapter
 from ..engine.batch import BatchLike, as_batch, measured_mask
 from ..errors import ConfigError
-from ..options import MetricOptions
 from ..progress import tqdm
-from ..registry import EstimatorSpec, MetricSpec, register_metric
 from ..stats import ed_kl, ed_overlap, first_hit_reference
 from .base import MetricResult, check_skip_front, lens_rows, prompt_chunks, token_mean
+from .costs import MeasurementCost, Workload
+from .options import MetricOptions
+from .registry import EstimatorSpec, MetricSpec, register_metric
 
-__all__ = ["LogitLens", "logit_lens"]
+__all__ = ["LogitLensResult", "logit_lens"]
 
 
 @dataclass
-class LogitLens(MetricResult):
+class LogitLensResult(MetricResult):
     """Per-prompt sums of KL and overlap at every tapped layer, and token counts."""
 
     name: ClassVar[str] = "logit_lens"
@@ -77,7 +78,7 @@ class LogitLens(MetricResult):
         return {"kl_sums": self.kl_sums, "overlap_sums": self.overlap_sums, "counts": self.counts}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any]) -> LogitLens:
+    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any]) -> LogitLensResult:
         return cls(tensors["kl_sums"], tensors["overlap_sums"], tensors["counts"], meta=meta)
 
 
@@ -95,7 +96,7 @@ def logit_lens(
     progress: bool = False,
     translate: Callable[[int, Tensor], Tensor] | None = None,
     desc: str = "logit lens",
-) -> LogitLens:
+) -> LogitLensResult:
     """KL to the output and top-``k`` overlap of the lens at every block input.
 
     ``include_final`` also taps ``h_L`` (a sanity row: KL 0, overlap 1). ``translate(l, h)``, when
@@ -143,7 +144,7 @@ def logit_lens(
                              for t in (kl_sums, overlap_sums))
     meta = {"n_prompts": batch.size, "n_layers": L, "k": k, "skip_front": skip_front,
             "include_front": include_front, "include_final": include_final}
-    return LogitLens(kl_sums, overlap_sums, counts, meta=meta)
+    return LogitLensResult(kl_sums, overlap_sums, counts, meta=meta)
 
 
 def default_lens_k(d_vocab: int) -> int:
@@ -168,7 +169,7 @@ def lens_k_of(ctx: Any) -> int:
     """A study's top-k of the overlap: ``logit_lens.k``, or :func:`default_lens_k` of the
     vocabulary (the tuned lens reads the same option)."""
     d_vocab = int(get_adapter(ctx.model).d_vocab)
-    k = ctx.config.options[LogitLens.name].k
+    k = ctx.config.options[LogitLensResult.name].k
     if k is None:
         k = default_lens_k(d_vocab)
     elif k > d_vocab:
@@ -176,7 +177,7 @@ def lens_k_of(ctx: Any) -> int:
     return k
 
 
-def _run(ctx: Any) -> LogitLens:
+def _run(ctx: Any) -> LogitLensResult:
     return logit_lens(ctx.model, ctx.batch, k=lens_k_of(ctx), skip_front=ctx.config.skip_front,
                       include_front=ctx.config.include_front, batch_size=ctx.config.batch_size,
                       progress=ctx.progress)
@@ -186,7 +187,7 @@ def lens_rule(kind: str, curve_of: str) -> Any:
     """The rule of ``ed_kl``/``ed_overlap`` on a lens result's ``curve_of`` curve (taps 0..L-1)."""
     toolkit = {"ed_kl": ed_kl, "ed_overlap": ed_overlap}[kind]
 
-    def rule(result: LogitLens, tau: float | None, rules: str) -> Any:
+    def rule(result: LogitLensResult, tau: float | None, rules: str) -> Any:
         L = result.meta["n_layers"]
 
         def apply(idx: Any) -> Any:
@@ -203,7 +204,7 @@ def lens_rule(kind: str, curve_of: str) -> Any:
 def overlap_at_chance(estimator: str) -> Any:
     """The reliability check of an overlap estimator: a threshold below twice the chance overlap."""
 
-    def check(result: LogitLens, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
+    def check(result: LogitLensResult, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
         if not d_vocab or tau is None:
             return []
         k = int(result.meta.get("k", 5))
@@ -228,18 +229,20 @@ def _cost(w: Workload) -> MeasurementCost:
 
 
 register_metric(MetricSpec(
-    name=LogitLens.name,
+    name=LogitLensResult.name,
     cost=_cost,
-    result_type=LogitLens,
+    result_type=LogitLensResult,
     options=LogitLensOptions,
     description="the logit lens: KL to the output and top-k overlap at every block input",
     run=_run,
     estimators=(
-        EstimatorSpec("ed_kl", LogitLens.name, lens_rule("ed_kl", "kl_of"), 0.5,
+        EstimatorSpec("ed_kl", LogitLensResult.name, lens_rule("ed_kl", "kl_of"), 0.5,
                       "the first block input whose lens KL falls below tau x its maximum",
                       reference_rules=True),
-        EstimatorSpec("ed_overlap", LogitLens.name, lens_rule("ed_overlap", "overlap_of"), 0.3,
+        EstimatorSpec("ed_overlap", LogitLensResult.name, lens_rule("ed_overlap", "overlap_of"), 0.3,
                       "the first block input whose top-k overlap exceeds tau",
                       checks=overlap_at_chance("ed_overlap"), reference_rules=True),
     ),
 ))
+
+__getattr__ = renamed(__name__, {"LogitLens": "LogitLensResult"}, globals())

@@ -34,15 +34,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..costs import MeasurementCost, Workload
 from ..engine.adapter import Adapter, get_adapter
 from ..engine.batch import Batch, BatchLike, as_batch, measured_mask
 from ..engine.interventions import LocalSkip, PatchContribution, compile_plan
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
-from ..options import MetricOptions
 from ..progress import tqdm
-from ..registry import EstimatorSpec, MetricSpec, ScoreSpec, register_metric
 from ..stats import ed_skip
 from .base import (
     EPS,
@@ -52,6 +49,9 @@ from .base import (
     lens_prob_distance,
     prompt_chunks,
 )
+from .costs import MeasurementCost, Workload
+from .options import MetricOptions
+from .registry import EstimatorSpec, MetricSpec, ScoreSpec, register_metric
 
 __all__ = ["SkipEffects", "SkipEffectsOptions", "skip_effects", "draw_cuts", "cut_rule",
            "depth_score", "SKIP_COMPONENTS"]

@@ -31,17 +31,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..costs import MeasurementCost, Workload
+from .._moved import renamed
 from ..engine.adapter import Adapter, get_adapter
 from ..engine.batch import Batch, BatchLike, measured_mask
 from ..errors import ConfigError
-from ..options import MetricOptions
 from ..progress import tqdm
-from ..registry import EstimatorSpec, FitSpec, MetricSpec, register_metric
 from .base import check_skip_front, lens_rows
-from .logit_lens import LogitLens, lens_k_of, lens_rule, logit_lens, overlap_at_chance
+from .costs import MeasurementCost, Workload
+from .logit_lens import LogitLensResult, lens_k_of, lens_rule, logit_lens, overlap_at_chance
+from .options import MetricOptions
+from .registry import EstimatorSpec, FitSpec, MetricSpec, register_metric
 
-__all__ = ["TunedLens", "Translators", "tuned_lens", "train_tuned_lens", "fit_translators",
+__all__ = ["TunedLensResult", "Translators", "tuned_lens", "train_tuned_lens", "fit_translators",
            "least_squares_translators", "lens_kl_by_layer", "auto_steps", "heldout_check",
            "unfit_message", "tuned_lens_examples", "FIT_VERSION", "TOKENS_PER_STEP",
            "LEARNING_RATE", "RIDGE", "MAX_FIT_POSITIONS"]
@@ -114,7 +115,7 @@ class Translators:
 
 
 @dataclass
-class TunedLens(LogitLens):
+class TunedLensResult(LogitLensResult):
     """The logit lens's per-prompt KL and overlap sums, read through trained translators.
 
     ``meta["lens"]`` describes the translators: training steps, final loss, the training data and
@@ -125,7 +126,7 @@ class TunedLens(LogitLens):
 
 
 @torch.no_grad()
-def tuned_lens(model: Any, batch: BatchLike, translators: Translators, **options: Any) -> TunedLens:
+def tuned_lens(model: Any, batch: BatchLike, translators: Translators, **options: Any) -> TunedLensResult:
     """KL to the output and top-``k`` overlap of the tuned lens at every block input.
 
     The same computation, with the same ``options`` (``k``, ``skip_front``, ``include_front``,
@@ -141,7 +142,7 @@ def tuned_lens(model: Any, batch: BatchLike, translators: Translators, **options
             f"{translators.d_model}, the model has {adapter.n_layers} of width {adapter.d_model}; "
             "train them on this model")
     plain = logit_lens(model, batch, **options, translate=translators, desc="tuned lens")
-    return TunedLens(plain.kl_sums, plain.overlap_sums, plain.counts,
+    return TunedLensResult(plain.kl_sums, plain.overlap_sums, plain.counts,
                      meta={**plain.meta, "lens": _lens_summary(translators.info)})
 
 
@@ -550,7 +551,7 @@ def tuned_lens_examples(task: Any, examples: Sequence[Any], config: Any) -> tupl
     says what to give."""
     from ..tasks import get_task
 
-    opts = config.options[TunedLens.name]
+    opts = config.options[TunedLensResult.name]
     n = opts.examples
     if opts.data:
         source = get_task("prompts", path=opts.data)
@@ -568,7 +569,7 @@ def tuned_lens_examples(task: Any, examples: Sequence[Any], config: Any) -> tupl
 
 
 def _settings(config: Any) -> dict[str, Any]:
-    opts = config.options[TunedLens.name]
+    opts = config.options[TunedLensResult.name]
     return {"version": FIT_VERSION, "steps": opts.steps, "ridge": opts.ridge,
             "lr": LEARNING_RATE, "tokens_per_step": TOKENS_PER_STEP,
             "max_positions": MAX_FIT_POSITIONS, "seed": config.seed,
@@ -583,7 +584,7 @@ def _fit(ctx: Any) -> Translators:
                             batch_size=cfg.batch_size, progress=ctx.progress)
 
 
-def heldout_check(tuned: TunedLens, plain: LogitLens, info: dict[str, Any]) -> dict[str, Any]:
+def heldout_check(tuned: TunedLensResult, plain: LogitLensResult, info: dict[str, Any]) -> dict[str, Any]:
     """The tuned lens against the logit lens on the analysed prompts (never trained on: the study
     warns with ``train_overlap`` otherwise), per block input: ``tuned_kl`` and ``logit_kl``, the
     blocks where the tuned lens is worse, and whether the training loss fell. ``unfit`` when
@@ -602,7 +603,7 @@ def _same_positions(a: Any, b: Any) -> bool:
     return all(a.meta.get(k) == b.meta.get(k) for k in keys)
 
 
-def _run(ctx: Any) -> TunedLens:
+def _run(ctx: Any) -> TunedLensResult:
     cfg = ctx.config
     options = dict(k=lens_k_of(ctx), skip_front=cfg.skip_front, include_front=cfg.include_front,
                    batch_size=cfg.batch_size, progress=ctx.progress)
@@ -617,7 +618,7 @@ def _run(ctx: Any) -> TunedLens:
     return result
 
 
-def unfit_message(result: TunedLens) -> str:
+def unfit_message(result: TunedLensResult) -> str:
     """The ``tuned_lens_unfit`` warning's text, or "" when the held-out check passed."""
     check = result.meta.get("heldout") or {}
     if not check.get("unfit"):
@@ -634,12 +635,12 @@ def unfit_message(result: TunedLens) -> str:
             "lens (meta.heldout), or train on more data (tuned_lens_examples, tuned_lens_data)")
 
 
-def _unfit_check(result: TunedLens, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
+def _unfit_check(result: TunedLensResult, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
     message = unfit_message(result)
     return [("tuned_lens_unfit", message)] if message else []
 
 
-def _overlap_checks(result: TunedLens, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
+def _overlap_checks(result: TunedLensResult, tau: float | None, d_vocab: int | None) -> list[tuple[str, str]]:
     return overlap_at_chance("ed_tuned_overlap")(result, tau, d_vocab) + _unfit_check(result, tau, d_vocab)
 
 
@@ -659,7 +660,7 @@ def _cost(w: Workload) -> MeasurementCost:
     steps, ``TOKENS_PER_STEP`` positions at every block input, forward and backward (three lens
     rows each). Measuring: the logit lens's work, twice when the logit lens is not also measured
     (the held-out check needs its curve)."""
-    s, L, cfg, opts = w.shape, w.L, w.config, w.options(TunedLens.name)
+    s, L, cfg, opts = w.shape, w.L, w.config, w.options(TunedLensResult.name)
     mean_t = max(1.0, sum(w.lengths) / max(1, len(w.lengths)))
     n_val = 0 if opts.examples < 2 else max(1, round(opts.examples
                                                                * VALIDATION_FRACTION))
@@ -688,20 +689,22 @@ def _cost(w: Workload) -> MeasurementCost:
 
 
 register_metric(MetricSpec(
-    name=TunedLens.name,
+    name=TunedLensResult.name,
     cost=_cost,
-    result_type=TunedLens,
+    result_type=TunedLensResult,
     options=TunedLensOptions,
     description="the tuned lens: the logit lens through affine translators trained to match the output",
     run=_run,
     fit=FitSpec("tuned_lens", examples=tuned_lens_examples, settings=_settings, fit=_fit,
                 load=Translators.from_tensors),
     estimators=(
-        EstimatorSpec("ed_tuned_kl", TunedLens.name, _toolkit_rule("ed_kl", "kl_of"), 0.5,
+        EstimatorSpec("ed_tuned_kl", TunedLensResult.name, _toolkit_rule("ed_kl", "kl_of"), 0.5,
                       "the first block input whose tuned-lens KL falls below tau x its maximum",
                       checks=_unfit_check),
-        EstimatorSpec("ed_tuned_overlap", TunedLens.name, _toolkit_rule("ed_overlap", "overlap_of"), 0.3,
+        EstimatorSpec("ed_tuned_overlap", TunedLensResult.name, _toolkit_rule("ed_overlap", "overlap_of"), 0.3,
                       "the first block input whose tuned-lens top-k overlap exceeds tau",
                       checks=_overlap_checks),
     ),
 ))
+
+__getattr__ = renamed(__name__, {"TunedLens": "TunedLensResult"}, globals())

@@ -74,7 +74,7 @@ def dashboard_cmd(run_dirs: tuple[Path, ...], out: Path, fmt: str, comparison_fi
     several runs, a selector switches between them and comparison figures (scale, training
     type, difficulty) are added.
     """
-    from ..results import find_runs
+    from ..store.results import find_runs
 
     try:
         found, notes = find_runs(run_dirs)

@@ -1,6 +1,6 @@
 """Figures of the paper's three questions (docs/methods.md §7), drawn from a comparison object.
 
-The comparison is the plain-data dict of :func:`effective_depth.compare.compare_runs`::
+The comparison is the plain-data dict of :func:`effective_depth.store.compare.compare_runs`::
 
     {"estimators": [...], "runs": [...], "scale": [...], "training": [...], "difficulty": [...]}
 
@@ -137,9 +137,9 @@ def _params_text(row: Mapping[str, Any]) -> str:
 
 
 def _score_rows(comparison: Comparison) -> dict[str, list[dict[str, Any]]]:
-    """Per registered score with a range (a :class:`~effective_depth.registry.ScoreSpec` with
+    """Per registered score with a range (a :class:`~effective_depth.metrics.registry.ScoreSpec` with
     ``span``), the runs that store it: the score as a share of the depth, with its CI."""
-    from ..registry import score_specs
+    from ..metrics.registry import score_specs
 
     out: dict[str, list[dict[str, Any]]] = {}
     for name, spec in score_specs().items():
@@ -174,7 +174,7 @@ def scale_figure(comparison: Comparison) -> go.Figure:
     groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["estimator"], *(_label(r.get(k)) for k in extra)), []).append(r)
-    from ..registry import score_specs
+    from ..metrics.registry import score_specs
 
     specs = score_specs()
     scores = _score_rows(comparison)

@@ -12,7 +12,7 @@ Per run: a summary table (model, task, accuracy, depth score), the effective-dep
 :mod:`effective_depth.viz.figures` for the measurements the run finished. With several runs a
 ``<select id="run-selector">`` switches between them (figures are drawn when their run is first
 shown), and a comparison section shows the runs side by side with the scale, training-type and
-difficulty figures of :func:`effective_depth.compare.compare_runs`.
+difficulty figures of :func:`effective_depth.store.compare.compare_runs`.
 
 Only the standard library and plotly: no template engine.
 """
@@ -35,7 +35,7 @@ from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
 from ..errors import ConfigError, EffectiveDepthError
-from ..results import Run, atomic_write_text, load_run
+from ..store.results import Run, atomic_write_text, load_run
 from .compare_figures import COMPARISON_FIGURES
 from .figures import SKIP_MODES, ed_summary_figure, figure_specs, skip_modes_figure
 from .per_prompt import per_prompt_panels  # also registers its comparison figures
@@ -122,7 +122,7 @@ def _skip_key(run: Run) -> tuple[str, ...]:
 
 def _skip_options(run: Run) -> dict[str, Any]:
     """The skip-effect options a run was made with (flat names of earlier versions read too)."""
-    from ..options import nest_flat
+    from ..metrics.options import nest_flat
 
     options = nest_flat(run.config.get("config", {}), note=False).get("options", {})
     return dict(options.get("skip_effects", {}))
@@ -151,7 +151,7 @@ def compute_comparison(runs: list[Run]) -> dict[str, Any] | None:
     """The comparison of several runs, with the runs' own bootstrap settings; None when the
     comparison module is missing or the runs cannot be compared."""
     try:
-        from ..compare import compare_runs
+        from ..store.compare import compare_runs
     except ImportError:
         return None
     configs = [r.config.get("config", {}) for r in runs]
@@ -230,8 +230,8 @@ def ed_table(run: Run) -> str:
 
 def summary_table(run: Run) -> str:
     """Model, task, accuracy and every registered score of a run (each shown as its
-    :class:`~effective_depth.registry.ScoreSpec` declares)."""
-    from ..registry import score_specs
+    :class:`~effective_depth.metrics.registry.ScoreSpec` declares)."""
+    from ..metrics.registry import score_specs
 
     res = run.results
     model, task = res.get("model", {}), res.get("task", {})
@@ -253,7 +253,7 @@ def summary_table(run: Run) -> str:
 
 def config_table(run: Run) -> str:
     """Every field of the StudyConfig that produced the run, and the library versions."""
-    from ..options import flatten_options
+    from ..metrics.options import flatten_options
 
     cfg = dict(run.config.get("config", {}))
     options = flatten_options(cfg.pop("options", None) or {})
@@ -415,7 +415,7 @@ def build_dashboard_html(runs: Sequence[RunLike], comparison: Mapping[str, Any] 
     """The dashboard of ``runs`` as one HTML string (nothing is written).
 
     With several runs and no ``comparison``, one is computed with
-    :func:`effective_depth.compare.compare_runs` (when that module is available).
+    :func:`effective_depth.store.compare.compare_runs` (when that module is available).
     """
     from .._version import __version__
 

@@ -12,7 +12,7 @@ The figures are found through a registry keyed by the result's type, so that
 module; the dependency points from viz to metrics)::
 
     from effective_depth.viz import figure_for
-    fig = figure_for(lens, estimates=run.estimates())       # the default figure of a LogitLens
+    fig = figure_for(lens, estimates=run.estimates())       # the default figure of a LogitLensResult
     fig = figure_for(contrib, kind="cosines")                # a named one
 
 Text that comes from results (tokens, prompts, reasons) is HTML-escaped before plotly sees it:
@@ -34,16 +34,16 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from ..depth import Estimate
+from ..analysis.depth import Estimate
 from ..errors import ConfigError, close_matches
 from ..metrics.base import MetricResult
 from ..metrics.behaviour import Behaviour
 from ..metrics.contributions import Contributions
 from ..metrics.erasure import Erasure
 from ..metrics.integrated_gradients import IntegratedGradients
-from ..metrics.logit_lens import LogitLens
+from ..metrics.logit_lens import LogitLensResult
 from ..metrics.skip_effects import DEPTH_SCORE, SkipEffects
-from ..metrics.tuned_lens import TunedLens
+from ..metrics.tuned_lens import TunedLensResult
 from ..stats import curve_band
 
 __all__ = [
@@ -79,7 +79,7 @@ BAND_BOOT = 200
 #: one colour per curve of a figure, in order; bands use the same colour, translucent
 PALETTE = qualitative.Plotly
 
-#: estimates as stored in results.json or as :class:`~effective_depth.depth.Estimate` objects
+#: estimates as stored in results.json or as :class:`~effective_depth.analysis.depth.Estimate` objects
 Estimates = Mapping[str, Any]
 
 FigureFn = Callable[..., go.Figure]
@@ -488,8 +488,8 @@ def lens_figure(result: Any, estimates: Estimates | None = None, *, d_vocab: int
     return fig
 
 
-@register_figure(LogitLens, "lens", "Logit lens", marks_estimates=True, context=("d_vocab",))
-def logit_lens_figure(result: LogitLens, estimates: Estimates | None = None,
+@register_figure(LogitLensResult, "lens", "Logit lens", marks_estimates=True, context=("d_vocab",))
+def logit_lens_figure(result: LogitLensResult, estimates: Estimates | None = None,
                       d_vocab: int | None = None, n_boot: int = BAND_BOOT) -> go.Figure:
     """How close the logit lens of the stream entering each block is to the model's output: the
     KL divergence (top) and the top-k overlap (bottom) per layer with bootstrap CI bands, the
@@ -498,8 +498,8 @@ def logit_lens_figure(result: LogitLens, estimates: Estimates | None = None,
     return lens_figure(result, estimates, d_vocab=d_vocab, n_boot=n_boot)
 
 
-@register_figure(TunedLens, "lens", "Tuned lens", marks_estimates=True, context=("d_vocab",))
-def tuned_lens_figure(result: TunedLens, estimates: Estimates | None = None,
+@register_figure(TunedLensResult, "lens", "Tuned lens", marks_estimates=True, context=("d_vocab",))
+def tuned_lens_figure(result: TunedLensResult, estimates: Estimates | None = None,
                       d_vocab: int | None = None, n_boot: int = BAND_BOOT) -> go.Figure:
     """The lens figure of the tuned lens's curves, marking ``ed_tuned_kl`` and
     ``ed_tuned_overlap`` (never the logit lens's estimates) when ``estimates`` are given."""

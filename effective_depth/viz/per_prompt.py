@@ -9,7 +9,7 @@ depth", "Estimator agreement").
 * comparison figures (registered in :data:`~effective_depth.viz.compare_figures.COMPARISON_FIGURES`):
   the prompt-level difficulty test and the agreement over models.
 
-Figures take numbers that :mod:`effective_depth.per_prompt` and :mod:`effective_depth.compare`
+Figures take numbers that :mod:`effective_depth.analysis.per_prompt` and :mod:`effective_depth.store.compare`
 computed; :func:`per_prompt_panels` arranges one run's figures for the dashboard.
 """
 
@@ -44,7 +44,7 @@ def per_prompt_figure(per_prompt: Mapping[str, Any], estimates: Mapping[str, Any
                       title: str = "Per-prompt effective depth") -> go.Figure:
     """Each prompt's own ratio ``(e + 1) / L`` per estimator (box and points; hover: the prompt
     index), the mean-curve estimate as a diamond; the axis label says how many prompts are
-    defined. ``per_prompt``: :class:`~effective_depth.per_prompt.PerPrompt` objects or their
+    defined. ``per_prompt``: :class:`~effective_depth.analysis.per_prompt.PerPrompt` objects or their
     stored dicts."""
     fig = go.Figure()
     labels = []
@@ -87,7 +87,7 @@ def agreement_figure(rows: Sequence[Mapping[str, Any]], title: str = "Estimator 
                      ) -> go.Figure:
     """Spearman's ρ between estimators as a symmetric heatmap (−1 blue … +1 red); each cell
     shows ρ and its CI, an undefined pair is blank with its reason on hover. ``rows``: the rows
-    of one scope and one ``over`` (see :func:`effective_depth.compare.estimator_agreement`)."""
+    of one scope and one ``over`` (see :func:`effective_depth.store.compare.estimator_agreement`)."""
     names: list[str] = []
     for r in rows:
         for key in ("a", "b"):
@@ -162,7 +162,7 @@ COMPARISON_FIGURES.setdefault("agreement", ComparisonFigure(
 def per_prompt_panels(run: Any) -> list[tuple[str, str, go.Figure, str]]:
     """One run's per-prompt figures as ``(key, title, figure, note)``: the distribution of
     per-prompt depths, and the agreement of the estimators over the run's prompts."""
-    from ..per_prompt import prompt_agreement, run_per_prompt
+    from ..analysis.per_prompt import prompt_agreement, run_per_prompt
 
     pp = run_per_prompt(run)
     if not pp:

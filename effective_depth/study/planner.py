@@ -1,10 +1,10 @@
 """What a study will cost, before it runs: block-forwards, FLOPs, memory and a projected time.
 
 ``plan_study(config)`` builds the study's prompts exactly as ``run_study`` would (same task, same
-tokenizer, and the same :func:`effective_depth.prepare.prepare_study` and
-:func:`~effective_depth.prepare.draw_inputs`: the measurements the study skips are not counted, and
+tokenizer, and the same :func:`effective_depth.study.prepare.prepare_study` and
+:func:`~effective_depth.study.prepare.draw_inputs`: the measurements the study skips are not counted, and
 the cut positions are the study's), asks each measurement's cost model (``MetricSpec.cost``, see
-:mod:`effective_depth.costs`) for the work it will do, and turns that into time with a short
+:mod:`effective_depth.metrics.costs`) for the work it will do, and turns that into time with a short
 *calibration pass* on the current device: clean forwards of a real prompt, batched as wide as
 the sweep batches its rows (seconds per block-token), one block on one token (seconds per block
 call: what a short row costs beyond its tokens), one lens chunk (seconds per vocabulary row) and
@@ -30,16 +30,17 @@ from typing import Any
 
 import torch
 
-from .costs import MeasurementCost, ModelShape, Workload
-from .errors import ConfigError
+from .._moved import renamed
+from ..errors import ConfigError
+from ..metrics.costs import MeasurementCost, ModelShape, Workload
 
-__all__ = ["Plan", "MeasurementCost", "plan_study", "count_work", "calibrate", "busy_note"]
+__all__ = ["CostPlan", "MeasurementCost", "plan_study", "count_work", "calibrate", "busy_note"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Plan:
+class CostPlan:
     model: str
     n_layers: int
     d_model: int
@@ -82,7 +83,7 @@ def count_work(cfg: Any, lengths: list[int], answer_starts: list[int],
     needed), from each measurement's own cost model; ``budget`` is the sweep's memory budget.
     ``inputs`` are the drawn per-example inputs (a list is taken as the cut positions); a
     measurement in ``skipped`` (``name -> reason``) counts nothing and says why."""
-    from .registry import get_metric
+    from ..metrics.registry import get_metric
 
     if not isinstance(inputs, Mapping):
         inputs = {"cuts": list(inputs)}
@@ -111,7 +112,7 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
     single prompt's pass measures per-call overhead (and, for a big model on a CPU, reading the
     weights), not what the work counts multiply. When one pass already takes over a second, the
     wide pass is at most 4 rows."""
-    from .engine.adapter import get_adapter
+    from ..engine.adapter import get_adapter
 
     adapter = get_adapter(model)
     L = adapter.n_layers
@@ -193,14 +194,14 @@ def busy_note(calibration: dict[str, float], device: str) -> str:
             "the projected times are likely too long; plan again on a quiet machine")
 
 
-def plan_study(config: Any, calibration: bool = True) -> Plan:
+def plan_study(config: Any, calibration: bool = True) -> CostPlan:
     """The cost plan of ``config``: load the model, build the prompts, count, calibrate."""
-    from .engine.batch import encode_batch
-    from .models.chat import chat_format
-    from .models.loading import load_model
+    from ..engine.batch import encode_batch
+    from ..models.chat import chat_format
+    from ..models.loading import load_model
+    from ..tasks import get_task
     from .prepare import draw_inputs, prepare_study
-    from .study import resolve_task
-    from .tasks import get_task
+    from .run import resolve_task
 
     task_name, task_params = resolve_task(config)
     task = get_task(task_name, **task_params)
@@ -224,10 +225,10 @@ def plan_study(config: Any, calibration: bool = True) -> Plan:
 
 def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[int],
               inputs: Mapping[str, Sequence[Any]] | Sequence[Sequence[int]],
-              calib: dict[str, float], skipped: Mapping[str, str] | None = None) -> Plan:
+              calib: dict[str, float], skipped: Mapping[str, str] | None = None) -> CostPlan:
     """The plan for prompts of the given lengths (used by :func:`plan_study` and benchmarks);
     ``inputs`` as in :func:`count_work`."""
-    from .engine.sweep import default_memory_budget
+    from ..engine.sweep import default_memory_budget
 
     cfg = model.cfg
     param = next(model.parameters())
@@ -237,7 +238,7 @@ def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[i
     budget = getattr(config, "memory_budget", None) or default_memory_budget(param.device)
     work = count_work(cfg, lengths, answer_starts, inputs, config, itemsize, budget, skipped)
     mean_T = sum(lengths) / max(1, len(lengths))
-    plan = Plan(str(config.model), s.n_layers, s.d_model, s.d_vocab, len(lengths), mean_T, weights,
+    plan = CostPlan(str(config.model), s.n_layers, s.d_model, s.d_vocab, len(lengths), mean_T, weights,
                 str(param.device), str(param.dtype).removeprefix("torch."), calib)
     chunk_T = max(lengths) * min(config.batch_size, len(lengths))
     clean_cache = (s.n_layers + 1) * chunk_T * s.d_model * itemsize
@@ -257,3 +258,5 @@ def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[i
                          + calib.get("s_per_lens_stat_row", 0.0) * m.lens_stat_rows)
         plan.measurements.append(m)
     return plan
+
+__getattr__ = renamed(__name__, {"Plan": "CostPlan"}, globals())

@@ -18,7 +18,7 @@ An estimator turns a per-layer curve into a block index ``e`` (0-based) and the 
                together with accuracy within ``ε``; ``e = L − k − 1``
 =============  ==============================================================================
 
-The estimates are made by :mod:`effective_depth.estimation` (re-exported here); this module adds
+The estimates are made by :mod:`effective_depth.analysis.estimation` (re-exported here); this module adds
 the trend tests (Spearman's ρ with a bootstrap CI) and the reliability warnings.
 
 Every estimate comes with a percentile bootstrap CI over prompts: resample prompts with
@@ -34,11 +34,8 @@ from typing import Any
 
 import numpy as np
 
-# the estimates themselves are made in one place, effective_depth.estimation; kept here under
-# their earlier names
-from .estimation import Estimate, bootstrap_estimate, estimate_all, estimator_rules
-from .registry import default_thresholds, estimator_specs
-from .stats import (
+from ..metrics.registry import default_thresholds, estimator_specs
+from ..stats import (
     RULE_SETS,
     Rule,
     bootstrap_indices,
@@ -50,6 +47,10 @@ from .stats import (
     ed_task,
     percentile_ci,
 )
+
+# the estimates themselves are made in one place, effective_depth.analysis.estimation; kept here under
+# their earlier names
+from .estimation import Estimate, bootstrap_estimate, estimate_all, estimator_rules
 
 __all__ = [
     "Estimate",
@@ -173,9 +174,9 @@ def depth_score_estimate(skips: Any, *, n_boot: int = 1000, seed: int = 0,
                          level: float = 0.95) -> dict[str, Any]:
     """Csordás's depth score (centre of mass of future effects) with a bootstrap CI: the
     registered score :data:`~effective_depth.metrics.skip_effects.DEPTH_SCORE` estimated as every
-    score is (:func:`effective_depth.estimation.score_estimate`)."""
+    score is (:func:`effective_depth.analysis.estimation.score_estimate`)."""
+    from ..metrics.skip_effects import DEPTH_SCORE
     from .estimation import score_estimate
-    from .metrics.skip_effects import DEPTH_SCORE
 
     return score_estimate(DEPTH_SCORE, skips, n_boot=n_boot, seed=seed, level=level)
 

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 from warnings import warn
 
-from .errors import ConfigError, ResultsError, close_matches
-from .fingerprint import inputs_fingerprint, model_fingerprint
-from .frozen import check_field_types, from_dict
-from .options import FLAT_OPTIONS, flatten_options, nest_flat
-from .resources import ResourceMeter
-from .results import (
+from ..errors import ConfigError, ResultsError, close_matches
+from ..frozen import check_field_types, from_dict
+from ..metrics.options import FLAT_OPTIONS, flatten_options, nest_flat
+from ..resources import ResourceMeter
+from ..store.fingerprint import inputs_fingerprint, model_fingerprint
+from ..store.results import (
     CONFIG,
     FORMAT_VERSION,
     INPUTS,
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 def __getattr__(name: str) -> Any:
     if name == "METRICS":  # every registered measurement, in study order (read at access time)
-        from .registry import metric_names
+        from ..metrics.registry import metric_names
 
         return metric_names()
     raise AttributeError(name)
@@ -66,11 +66,11 @@ class StudyConfig:
     """Everything a study depends on; saved as ``config.json`` beside the results.
 
     ``task=None`` takes the task the zoo model was trained on (from its card); ``metrics=()``
-    every registered measurement (``effective_depth.registry``). ``options`` maps a measurement's
-    name to its options (``effective_depth.options``): given as objects or mappings, missing ones
+    every registered measurement (``effective_depth.metrics.registry``). ``options`` maps a measurement's
+    name to its options (``effective_depth.metrics.options``): given as objects or mappings, missing ones
     take their defaults, so every registered measurement with options has an entry. The flat
     names of earlier versions (``skip_mode``, ``ig_steps``:
-    :data:`effective_depth.options.FLAT_OPTIONS`) are still accepted as keywords, keys and
+    :data:`effective_depth.metrics.options.FLAT_OPTIONS`) are still accepted as keywords, keys and
     attributes.
     """
 
@@ -104,8 +104,8 @@ class StudyConfig:
         check_field_types(self, "study option")
         object.__setattr__(self, "task_params", _freeze(self.task_params))
         object.__setattr__(self, "thresholds", _freeze(self.thresholds))
-        from .registry import default_thresholds, get_metric, metric_names
-        from .stats import RULE_SETS
+        from ..metrics.registry import default_thresholds, get_metric, metric_names
+        from ..stats import RULE_SETS
 
         names = metric_names()
         metrics = tuple(self.metrics) or names
@@ -130,7 +130,7 @@ class StudyConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        from .models.chat import chat_format
+        from ..models.chat import chat_format
 
         chat_format(self.chat_template, self.system_prompt)  # a bad value fails here
         object.__setattr__(self, "options", _measurement_options(self.options, self))
@@ -167,7 +167,7 @@ class StudyConfig:
         unknown = sorted(k for k in data if k not in known and k not in FLAT_OPTIONS
                          and "." not in k)
         if unknown:  # close names among the core options and every measurement's options
-            from .registry import metric_specs
+            from ..metrics.registry import metric_specs
 
             names = known | set(FLAT_OPTIONS) | {
                 f"{s.name}.{f.name}" for s in metric_specs() if s.options is not None
@@ -208,7 +208,7 @@ StudyConfig.__init__ = _accept_flat_options(StudyConfig.__init__)  # type: ignor
 def _measurement_options(given: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
     """Every registered measurement's options object (defaults where not given), validated
     against the study's core options; an unknown measurement is an error with close names."""
-    from .registry import metric_specs
+    from ..metrics.registry import metric_specs
 
     given = dict(given)
     out: dict[str, Any] = {}
@@ -235,23 +235,23 @@ def _measurement_options(given: Mapping[str, Any], config: StudyConfig) -> dict[
 
 def resolve_task(config: StudyConfig) -> tuple[str, dict[str, Any]]:
     """The task name and parameters: explicit, or the zoo model's own task."""
-    from .models.real import real_entry
-    from .models.zoo import zoo_entry
+    from ..models.real import real_entry
+    from ..models.zoo import zoo_entry
 
     entry = zoo_entry(config.model) or real_entry(config.model)
     if entry is None and config.model.startswith("real/") and not Path(config.model).exists():
-        from .models.real import unknown_real
+        from ..models.real import unknown_real
 
         raise unknown_real(config.model)
     if entry is None and config.model.startswith("zoo/"):
-        from .errors import ModelError
-        from .models.zoo import zoo_names
+        from ..errors import ModelError
+        from ..models.zoo import zoo_names
 
         raise ModelError(f"unknown zoo model {config.model!r}{close_matches(config.model, zoo_names())} "
                          f"Zoo: {', '.join(zoo_names())}")
     if config.task is None:
         if entry is None:
-            from .models.loading import resolve_spec
+            from ..models.loading import resolve_spec
 
             resolve_spec(config.model)  # an unknown model is named as such, with close names
             raise ConfigError(f"model {config.model!r} is not a zoo model: choose a task with --task")
@@ -286,8 +286,8 @@ class StudyResult:
     reused: list[str]
 
     def _repr_html_(self) -> str:
-        from .reprs import run_html
-        from .results import Run
+        from ..store.results import Run
+        from ..viz.reprs import run_html
 
         done = ", ".join(f"{k}: {', '.join(v)}" for k, v in
                          (("computed", self.computed), ("reused", self.reused)) if v)
@@ -301,7 +301,7 @@ def _environment() -> dict[str, Any]:
     import torch
     import transformers
 
-    from ._version import __version__
+    from .._version import __version__
 
     def dist(name: str) -> str:
         try:
@@ -309,7 +309,7 @@ def _environment() -> dict[str, Any]:
         except PackageNotFoundError:
             return "not installed"
 
-    from .models.devices import threads_info
+    from ..models.devices import threads_info
 
     return {"effective_depth": __version__, "torch": torch.__version__,
             "transformer_lens": dist("transformer-lens"),
@@ -456,9 +456,9 @@ def run_study(
     ``progress`` shows one overall bar ("step 3/6: skip effects", after "loading MODEL") with
     each measurement's own bar nested below it; ``on_step`` is called with every such label.
     """
-    from .models.loading import resolve_spec
+    from ..models.loading import resolve_spec
+    from ..tasks import get_task
     from .prepare import prepare_study
-    from .tasks import get_task
 
     # every mistake the user can make is caught before anything is written
     task_name, task_params = resolve_task(config)
@@ -493,15 +493,15 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
                       task_name: str, examples: Sequence[Any], warnings: list[dict[str, Any]],
                       prep: Any) -> StudyResult:
     """The body of :func:`run_study` once the config, task and examples are known."""
-    from .depth import estimate_all, reliability_warnings
-    from .engine.batch import bos_read, encode_batch
-    from .estimation import score_estimates
-    from .models.chat import chat_format
-    from .models.loading import load_model
-    from .models.params import parameter_counts
-    from .per_prompt import per_prompt_estimates
+    from ..analysis.depth import estimate_all, reliability_warnings
+    from ..analysis.estimation import score_estimates
+    from ..analysis.per_prompt import per_prompt_estimates
+    from ..engine.batch import bos_read, encode_batch
+    from ..metrics.registry import StudyContext, metric_names
+    from ..models.chat import chat_format
+    from ..models.loading import load_model
+    from ..models.params import parameter_counts
     from .prepare import draw_inputs
-    from .registry import StudyContext, metric_names
 
     progress = steps.enabled
     steps.announce(f"loading {config.model}")
@@ -658,7 +658,7 @@ class StudySteps:
 
     def __init__(self, total: int, progress: bool,
                  on_step: Callable[[str], None] | None = None) -> None:
-        from .progress import tqdm
+        from ..progress import tqdm
 
         self.total, self.index, self.enabled, self.on_step = total, 0, progress, on_step
         self.labels: list[str] = []
@@ -691,7 +691,7 @@ def _load_or_fit(rd: RunDir, fit: Any, ctx: Any, want: dict[str, Any]) -> Any:
 
     from safetensors.torch import load_file, save
 
-    from .results import atomic_write_bytes, dumps
+    from ..store.results import atomic_write_bytes, dumps
 
     meta_file, tensor_file = f"{FITTED}/{fit.name}.json", rd.path / FITTED / f"{fit.name}.safetensors"
     want = json.loads(dumps(want))  # compared as stored: lists, not tuples
@@ -766,7 +766,7 @@ def _check_context(model: Any, batch: Any, config: StudyConfig, what: str = "exa
 def _write_dashboard(path: Path) -> None:
     """The run's dashboard; a failure here never loses results that are already saved."""
     try:
-        from .viz.dashboard import write_dashboard
+        from ..viz.dashboard import write_dashboard
 
         write_dashboard([path], path / "dashboard.html")
     except Exception as exc:  # noqa: BLE001 - the results are on disk; say what went wrong

@@ -29,14 +29,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .depth import (
+from ..analysis.depth import (
     bootstrap_indices,
     percentile_ci,
     prompt_spearman_bootstrap,
     spearman_bootstrap,
 )
-from .errors import ConfigError
-from .estimation import RunRules
+from ..analysis.estimation import RunRules
+from ..errors import ConfigError
 from .results import Run, load_run
 
 __all__ = ["compare_runs", "comparison_tables", "write_comparison", "estimator_names",
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 def estimator_names() -> tuple[str, ...]:
     """Every registered estimator, in study order."""
-    from .registry import estimator_specs
+    from ..metrics.registry import estimator_specs
 
     return tuple(estimator_specs())
 
@@ -108,7 +108,7 @@ def difficulty_reasons(loaded: Sequence[Run]) -> list[str]:
 
 
 def _difficulty_param(run: Run) -> str | None:
-    from .tasks import TASKS, list_tasks
+    from ..tasks import TASKS, list_tasks
 
     list_tasks()
     cls = TASKS.get(run.results.get("task", {}).get("name", ""))
@@ -152,8 +152,8 @@ def compare_runs(
     bad = [e for e in ests if e not in known]
     if bad:
         raise ConfigError(f"unknown estimators {bad}; choose from {', '.join(known)}")
-    from .per_prompt import run_per_prompt
-    from .registry import score_specs
+    from ..analysis.per_prompt import run_per_prompt
+    from ..metrics.registry import score_specs
 
     rules = {id(r): RunRules(r) for r in loaded}
     out: dict[str, Any] = {"estimators": ests, "runs": [], "scale": [], "training": [],
@@ -215,7 +215,7 @@ def _prompt_difficulty_rows(loaded: list[Run], ests: list[str], n_boot: int, see
                             level: float) -> list[dict[str, Any]]:
     """Prompt-level difficulty test per (model, task): Spearman's ρ between each prompt's
     difficulty and its per-prompt depth, pooled across levels; prompts resampled within levels."""
-    from .per_prompt import run_per_prompt
+    from ..analysis.per_prompt import run_per_prompt
 
     groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for r in loaded:
@@ -266,7 +266,7 @@ def estimator_agreement(
       same resample for both estimators of a run): the uncertainty of the estimates, given these
       models.
     """
-    from .per_prompt import prompt_agreement, run_per_prompt
+    from ..analysis.per_prompt import prompt_agreement, run_per_prompt
 
     loaded = [r if isinstance(r, Run) else load_run(r) for r in runs]
     ests = list(estimators or estimator_names())
@@ -290,7 +290,7 @@ def _model_agreement(members: list[Run], rules: dict[int, RunRules], ests: list[
                      difficulty: Any, n_boot: int, seed: int, level: float) -> list[dict[str, Any]]:
     import numpy as np
 
-    from .per_prompt import rank_agreement
+    from ..analysis.per_prompt import rank_agreement
 
     members = sorted(members, key=lambda r: (r.results.get("model", {}).get("n_layers") or 0,
                                              _model(r)))
@@ -389,7 +389,7 @@ def _difficulty_rows(loaded: list[Run], rules: dict[int, RunRules], ests: list[s
                 "rho_reason": _rho_reason(levels, ratios, trend["rho"]),
                 "undefined_fraction": trend["undefined_fraction"],
             })
-        from .registry import score_specs
+        from ..metrics.registry import score_specs
 
         for score, spec in score_specs().items():
             metric = spec.metric
@@ -489,7 +489,7 @@ def write_agreement(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
 def write_comparison(comparison: dict[str, Any], out: str | Path) -> list[Path]:
     """``comparison.json`` and one CSV per table in directory ``out``: tidy rows with numeric
     ``*_lo`` / ``*_hi`` columns for every interval, the difficulty table one row per level
-    (:func:`effective_depth.frames.tidy_comparison`)."""
+    (:func:`effective_depth.store.frames.tidy_comparison`)."""
     from .frames import tidy_comparison
     from .results import atomic_write_text, dumps
 

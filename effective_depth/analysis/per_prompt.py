@@ -5,7 +5,7 @@ The reference papers report one depth per (model, task): a rule applied to the *
 prompts. Every estimator rule here is a function of a prompt sample (it recomputes its curve from
 the stored per-prompt data), so the same rule applied to the one-prompt sample ``[i]`` gives prompt
 ``i``'s own depth. Which estimators may be read that way is declared by their
-:class:`~effective_depth.registry.EstimatorSpec` (``per_prompt``), so a new measurement gets
+:class:`~effective_depth.metrics.registry.EstimatorSpec` (``per_prompt``), so a new measurement gets
 per-prompt depths without any change here.
 
 The depth of the mean curve is in general *not* the median of the per-prompt depths: a
@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
+from ..metrics.registry import estimator_specs
 from .depth import bootstrap_indices, percentile_ci, spearman
-from .errors import ConfigError
 
-# per-prompt depths are made by effective_depth.estimation; kept here under their earlier names
+# per-prompt depths are made by effective_depth.analysis.estimation; kept here under their earlier names
 from .estimation import PerPrompt, per_prompt_estimates
-from .registry import estimator_specs
 
 __all__ = ["PerPrompt", "per_prompt_estimates", "run_per_prompt", "prompt_agreement",
            "rank_agreement"]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import ConfigError, close_matches
+from ..errors import ConfigError, close_matches
 
 __all__ = [
     "MetricSpec",
@@ -113,7 +113,7 @@ class ScoreSpec:
 
     ``fn(result, idx)`` computes it from a measurement's result on the prompts ``idx`` (None:
     all); the study estimates it with a bootstrap CI over prompts
-    (:func:`effective_depth.estimation.score_estimates`) and stores ``{"value", "ci", "n_boot",
+    (:func:`effective_depth.analysis.estimation.score_estimates`) and stores ``{"value", "ci", "n_boot",
     "n_layers"}`` under ``depth.<name>``.
     Every place that shows a score (the CLI summary, notebook views, the dashboard's run table,
     the comparison's scale figure) renders it through the methods below, so a newly registered
@@ -251,7 +251,7 @@ class MetricSpec:
 
     - ``run(ctx)``: the measurement on a :class:`StudyContext`, returning a result object with
       ``meta``, ``curves()``, ``tensors()``, ``entry()`` and a ``from_entry`` classmethod.
-    - ``options``: its options, a frozen :class:`effective_depth.options.MetricOptions`
+    - ``options``: its options, a frozen :class:`effective_depth.metrics.options.MetricOptions`
       subclass (defaults, help and validation); the study's ``config.options[name]`` holds one,
       handed to ``run`` as ``ctx.options``; ``--set NAME.FIELD=VALUE`` sets a field.
     - ``requires``: measurements whose results it reads from ``ctx.done`` when they are in the
@@ -262,16 +262,16 @@ class MetricSpec:
       prompts): ``(examples, info, warnings)``, encoded and handed back as ``ctx.reference``.
     - ``inputs(batch, config)``: per-example inputs to draw before measuring and record in
       ``inputs.json`` (e.g. cut positions), handed back as ``ctx.inputs``.
-    Both are drawn by :func:`effective_depth.prepare.prepare_study` and
-    :func:`effective_depth.prepare.draw_inputs`, which the study and the planner share.
+    Both are drawn by :func:`effective_depth.study.prepare.prepare_study` and
+    :func:`effective_depth.study.prepare.draw_inputs`, which the study and the planner share.
     - ``summaries(result, config)``: top-level additions to ``results.json`` (e.g. the
       accuracy).
     - ``scores``: :class:`ScoreSpec` s, scalar scores of a prompt sample with how they are shown
-      (estimated with a bootstrap CI by :func:`effective_depth.estimation.score_estimates` and
+      (estimated with a bootstrap CI by :func:`effective_depth.analysis.estimation.score_estimates` and
       stored under ``depth.<name>``), which ``compare`` gives the same
       difficulty trend test as the estimators. A mapping ``{name: fn}`` still works (shown by
       its name alone).
-    - ``cost(workload)``: its cost model, a :class:`effective_depth.costs.MeasurementCost` of the
+    - ``cost(workload)``: its cost model, a :class:`effective_depth.metrics.costs.MeasurementCost` of the
       block-tokens, backward block-tokens and lens rows it will compute (``effective-depth
       plan``); without one the planner reports the measurement as not modelled.
     - ``fit``: a :class:`FitSpec` when the measurement trains something first (``ctx.fitted``).
@@ -365,7 +365,7 @@ def registered(spec: MetricSpec) -> Iterator[MetricSpec]:
 
 
 def _load_builtin() -> None:
-    from . import metrics  # noqa: F401 - the built-in measurements register on import
+    from .. import metrics  # noqa: F401 - the built-in measurements register on import
 
 
 def metric_specs() -> list[MetricSpec]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["Preparation", "prepare_study", "draw_inputs"]
 
@@ -51,7 +51,7 @@ def prepare_study(config: Any, task: Any, examples: Sequence[Any]) -> Preparatio
     A measurement the user named explicitly that cannot run is an error naming the fix; one that
     runs only because every measurement was asked for is skipped with a warning.
     """
-    from .registry import dependency_order, get_metric
+    from ..metrics.registry import dependency_order, get_metric
 
     prep = Preparation([])
     no_answers = _answers_state(examples, config)
@@ -93,7 +93,7 @@ def _answers_state(examples: Sequence[Any], config: Any) -> tuple[str, ...]:
             f"{len(missing)} of {len(examples)} examples have no answer (lines/items {lines}"
             f"{' ...' if len(missing) > 10 else ''}); give every example an answer, or none"
         )
-    from .registry import get_metric, metric_names
+    from ..metrics.registry import get_metric, metric_names
 
     needing = tuple(m for m in config.metrics if get_metric(m).needs_answers)
     if needing and config.metrics != metric_names():
@@ -113,7 +113,7 @@ def _fit_examples(task: Any, examples: Sequence[Any], config: Any, specs: list[A
     a warning otherwise. Training examples that are also analysed make the curves not held out:
     a warning says how many.
     """
-    from .registry import metric_names
+    from ..metrics.registry import metric_names
 
     kept = []
     for spec in specs:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ResultsError
+from ..errors import ResultsError
 
 __all__ = ["RunDir", "Run", "load_run", "find_runs", "atomic_write_text", "config_hash",
            "FORMAT_VERSION", "metric_types", "metric_from_store"]
@@ -150,7 +150,7 @@ class RunDir:
 
 def metric_types() -> dict[str, Any]:
     """Result class of every registered measurement, by name."""
-    from .registry import metric_specs
+    from ..metrics.registry import metric_specs
 
     return {spec.name: spec.result_type for spec in metric_specs()}
 
@@ -241,7 +241,7 @@ class Run:
     def absent_reason(self, estimator: str) -> str:
         """Why the run holds no ``estimator``: its measurement was skipped (with the warning
         that said so), not asked for (which option adds it), or not finished."""
-        from .registry import estimator_specs
+        from ..metrics.registry import estimator_specs
 
         spec = estimator_specs().get(estimator)
         if spec is None:
@@ -261,7 +261,7 @@ class Run:
                 "with --force to add it")
 
     def estimates(self) -> dict[str, Any]:
-        from .estimation import Estimate
+        from ..analysis.estimation import Estimate
 
         return {k: Estimate.from_dict(v) for k, v in self.results.get("depth", {}).items()
                 if k.startswith("ed_")}
@@ -271,13 +271,13 @@ class Run:
         layer, with bootstrap CI columns from the per-prompt data), ``"estimates"`` (one row per
         estimator and score, numeric ``ci_lo`` / ``ci_hi``) or ``"comparison"`` (this run's rows
         of the comparison tables; ``table=`` picks one). Needs pandas (the ``frames`` extra);
-        see :func:`effective_depth.frames.runs_to_frame` for the options."""
+        see :func:`effective_depth.store.frames.runs_to_frame` for the options."""
         from .frames import run_frame
 
         return run_frame(self, kind, **options)
 
     def _repr_html_(self) -> str:
-        from .display import render_html
+        from ..display import render_html
 
         return render_html("run", self)
 
@@ -298,7 +298,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     config = parts[CONFIG]
     if isinstance(config.get("config"), dict):
         # a config.json of an earlier version has flat measurement options: read them nested
-        from .options import nest_flat
+        from ..metrics.options import nest_flat
 
         config = {**config, "config": nest_flat(config["config"], str(rd.path / CONFIG),
                                                 note=False)}

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, EffectiveDepthError
-from .study import StudyConfig, default_out_dir, run_study
+from ..errors import ConfigError, EffectiveDepthError
+from .run import StudyConfig, default_out_dir, run_study
 
 __all__ = ["Grid", "GridCell", "load_grid", "run_grid", "EXECUTORS"]
 
@@ -129,9 +129,9 @@ def grid_from_dict(data: Mapping[str, Any], root: Path | None = None) -> Grid:
 def validated_cells(configs: Sequence[StudyConfig], out: Path) -> list[GridCell]:
     """The grid's cells, every model spec and task parameter checked before the first cell runs
     (no model is loaded, nothing is written): a typo in the last cell fails now, not hours in."""
-    from .models.loading import resolve_spec
-    from .study import resolve_task
-    from .tasks import get_task
+    from ..models.loading import resolve_spec
+    from ..tasks import get_task
+    from .run import resolve_task
 
     cells: list[GridCell] = []
     outs: dict[Path, StudyConfig] = {}
@@ -179,7 +179,7 @@ def load_grid(path: str | os.PathLike[str], base: Mapping[str, Any] | None = Non
 def _run_cell(config_dict: dict[str, Any], out: str, progress: bool = False,
               threads: int | None = None) -> dict[str, Any]:
     """One cell (also the body of the Ray task: only plain data crosses the boundary)."""
-    from .models.devices import set_threads
+    from ..models.devices import set_threads
 
     set_threads(threads)
     result = run_study(StudyConfig.from_dict(config_dict), out, progress=progress)
@@ -213,7 +213,7 @@ def run_grid(
     of every cell (None: torch's default), recorded in each run's environment."""
     if executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    from .models.devices import set_threads
+    from ..models.devices import set_threads
 
     set_threads(threads)  # checked before any cell starts
     if executor == "ray":
@@ -222,12 +222,12 @@ def run_grid(
         summaries = _run_local(grid, progress, on_cell, threads=threads)
     ok = [s for s in summaries if "error" not in s]
     if grid.compare and len(ok) > 1:
-        from .compare import compare_runs, write_comparison
+        from ..store.compare import compare_runs, write_comparison
 
         comparison = compare_runs([s["out"] for s in ok], pairs=grid.pairs)
         write_comparison(comparison, grid.out / "comparison")
         try:
-            from .viz.dashboard import write_dashboard
+            from ..viz.dashboard import write_dashboard
 
             write_dashboard([s["out"] for s in ok], grid.out / "dashboard.html",
                             comparison=comparison)
@@ -276,7 +276,7 @@ def _run_local(grid: Grid, progress: bool,
                threads: int | None = None) -> list[dict[str, Any]]:
     import time
 
-    from .progress import tqdm
+    from ..progress import tqdm
 
     summaries = []
     clock = CellClock(len(grid.cells))
@@ -310,7 +310,7 @@ def _run_ray(grid: Grid, address: str | None, progress: bool,
         import ray
     except ImportError:
         raise ConfigError("the ray executor needs Ray: pip install 'effective_depth[ray]'") from None
-    from .progress import tqdm
+    from ..progress import tqdm
 
     started = False
     if not ray.is_initialized():

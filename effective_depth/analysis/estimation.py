@@ -11,7 +11,7 @@
 
 Each estimator is bound once (:func:`bound_estimators`): its measurement's result, its
 threshold, and the parameters an estimate records, among them whether the reference rule set
-(``rules="reference"``) changes it, a property its :class:`~effective_depth.registry.EstimatorSpec`
+(``rules="reference"``) changes it, a property its :class:`~effective_depth.metrics.registry.EstimatorSpec`
 declares (``reference_rules``). Curve bands are computed by
 :func:`effective_depth.stats.curve_bands` alone.
 
@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from .display import render_html
-from .errors import ConfigError
-from .registry import EstimatorSpec, default_thresholds, estimator_specs, score_specs
-from .stats import REFERENCE_NOTE, RULE_SETS, Rule, bootstrap_indices, percentile_ci
+from ..display import render_html
+from ..errors import ConfigError
+from ..metrics.registry import EstimatorSpec, default_thresholds, estimator_specs, score_specs
+from ..stats import REFERENCE_NOTE, RULE_SETS, Rule, bootstrap_indices, percentile_ci
 
 __all__ = [
     "Estimate",
@@ -227,7 +227,7 @@ def _finite(value: Any) -> float | None:
 
 def score_estimate(spec: Any, result: Any, *, n_boot: int = 1000, seed: int = 0,
                    level: float = 0.95) -> dict[str, Any]:
-    """One registered score (a :class:`~effective_depth.registry.ScoreSpec`) of ``result`` on
+    """One registered score (a :class:`~effective_depth.metrics.registry.ScoreSpec`) of ``result`` on
     all prompts, with a percentile bootstrap CI over prompts (the same resamples as every
     estimator's): ``{"value", "ci", "n_boot", "n_layers"}`` (``value`` None where undefined)."""
     point = spec.fn(result, None)

@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .display import register_html
+from ..display import register_html
 
 __all__ = ["fmt", "table", "result_html", "estimates_html", "run_html", "FIGURES"]
 
@@ -95,7 +95,7 @@ def _estimate_dict(value: Any) -> dict[str, Any]:
 
 def estimates_html(estimates: Mapping[str, Any], caption: str | None = "Effective depth") -> str:
     """Estimates (``Estimate`` objects or their dicts) and scalar scores, one row each."""
-    from .registry import score_specs
+    from ..metrics.registry import score_specs
 
     scores = score_specs()
     rows = []
@@ -123,7 +123,7 @@ def _figure_html(estimates: Mapping[str, Any]) -> str:
                               for v in estimates.values()):
         return ""
     try:
-        from .viz import ed_summary_figure
+        from . import ed_summary_figure
 
         fig = ed_summary_figure({k: v for k, v in estimates.items() if "layer" in v})
         out = fig.to_html(full_html=False, include_plotlyjs=not _plotly_sent,

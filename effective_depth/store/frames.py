@@ -7,7 +7,7 @@ Three kinds of table, each with one observation per row and numbers in numeric c
   (prompts resampled with replacement, the curve recomputed, as the estimates' CIs are);
 * ``estimates`` — one row per run × estimator (or scalar score such as the depth score):
   ``layer``, ``ratio``, ``value`` and the CI bounds as numbers;
-* ``comparison`` — the tables of :func:`effective_depth.compare.compare_runs` (``scale``,
+* ``comparison`` — the tables of :func:`effective_depth.store.compare.compare_runs` (``scale``,
   ``training``, ``difficulty``) with every ``[lo, hi]`` pair split into ``*_lo`` / ``*_hi``
   columns and the difficulty table one row per level.
 
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["FRAME_KINDS", "COMPARISON_TABLES", "EXPORT_FORMATS", "curve_rows", "estimate_rows",
            "comparison_rows", "tidy_comparison", "run_frame", "runs_to_frame", "write_frame",
@@ -78,7 +78,7 @@ def curve_rows(run: Any, *, n_boot: int | None = None, level: float | None = Non
     """
     import numpy as np
 
-    from .stats import curve_bands
+    from ..stats import curve_bands
 
     cfg = run.config.get("config", {})
     n_boot = int(cfg.get("n_boot", 1000) if n_boot is None else n_boot)
@@ -108,7 +108,7 @@ def curve_rows(run: Any, *, n_boot: int | None = None, level: float | None = Non
 
 def estimate_rows(run: Any) -> list[dict[str, Any]]:
     """One row per effective-depth estimator and scalar score stored in ``run``'s results."""
-    from .registry import estimator_specs, score_specs
+    from ..metrics.registry import estimator_specs, score_specs
 
     ests, scores = estimator_specs(), score_specs()
     keys = _run_keys(run)
@@ -204,7 +204,7 @@ def tidy_comparison(table: str, rows: Iterable[Mapping[str, Any]]) -> list[dict[
 def comparison_rows(runs: Sequence[Any], table: str = "scale", *,
                     pairs: Sequence[tuple[str, str]] | None = None, n_boot: int = 1000,
                     seed: int = 0, level: float = 0.95) -> list[dict[str, Any]]:
-    """The comparison ``table`` of ``runs`` (see :func:`effective_depth.compare.compare_runs`)."""
+    """The comparison ``table`` of ``runs`` (see :func:`effective_depth.store.compare.compare_runs`)."""
     from .compare import compare_runs
 
     if table not in COMPARISON_TABLES:
@@ -242,7 +242,7 @@ def runs_to_frame(runs: Iterable[Any], kind: str, **options: Any) -> Any:
 
     ``curves`` takes ``n_boot``, ``level``, ``seed`` (default: each run's own); ``comparison``
     takes ``table`` (``scale``, ``training`` or ``difficulty``), ``pairs``, ``n_boot``,
-    ``seed``, ``level``, as :func:`~effective_depth.compare.compare_runs` does.
+    ``seed``, ``level``, as :func:`~effective_depth.store.compare.compare_runs` does.
     """
     _check_kind(kind)
     pd = require_pandas()

@@ -2,7 +2,7 @@
 
 Each measurement declares its own cost model as ``MetricSpec.cost``, a function of a
 :class:`Workload` (the model's shape, the prompts' lengths, answer starts and the inputs the
-measurements drew (cut positions), the study's config) that returns a :class:`MeasurementCost`. The planner (``effective_depth.planner``)
+measurements drew (cut positions), the study's config) that returns a :class:`MeasurementCost`. The planner (``effective_depth.study.planner``)
 adds FLOPs, memory and a projected time; a measurement without a cost model is reported as "not
 modelled" rather than as free.
 
@@ -85,7 +85,7 @@ class Workload:
     shape: ModelShape
     lengths: Sequence[int]
     answer_starts: Sequence[int]
-    #: the per-example inputs the measurements draw (``effective_depth.prepare.draw_inputs``)
+    #: the per-example inputs the measurements draw (``effective_depth.study.prepare.draw_inputs``)
     inputs: Mapping[str, Sequence[Any]]
     config: Any
     #: the sweep's activation budget in bytes (the engine's default on CPU: 1 GiB)

@@ -21,8 +21,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-from .errors import ConfigError, close_matches
-from .frozen import check_field_types, from_dict
+from ..errors import ConfigError, close_matches
+from ..frozen import check_field_types, from_dict
 
 __all__ = ["MetricOptions", "FLAT_OPTIONS", "nest_flat", "option_fields", "parse_option",
            "parse_setting", "flatten_options"]
