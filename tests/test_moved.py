@@ -129,7 +129,8 @@ def test_the_study_package_exports_what_the_study_module_did():
 ])
 def test_renamed_names_resolve_with_a_warning(module, old, new):
     mod = importlib.import_module(module)
-    with pytest.warns(DeprecationWarning, match=f"{module}.{old} is deprecated: use {module}.{new}"):
+    message = f"{module}.{old} is deprecated: use {module}.{new}"
+    with pytest.warns(DeprecationWarning, match=re.escape(message)):
         value = getattr(mod, old)
     assert value is getattr(mod, new)
     assert old not in getattr(mod, "__all__", ()) and new in getattr(mod, "__all__", (new,))
