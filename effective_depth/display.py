@@ -4,7 +4,7 @@ draws it.
 A result, an estimate or a run directory has a ``_repr_html_`` (Jupyter's hook); the HTML is
 made by :mod:`effective_depth.viz.reprs`, which sits above them (its run view carries a plotly
 figure). So the lower layers ask this registry for the view of a *kind* of object, and
-``reprs`` registers one function per kind when it is imported, which the package's
+``viz.reprs`` registers one function per kind when it is imported, which the package's
 ``__init__`` does. Without a registered view an object shows its escaped ``repr``.
 """
 

@@ -385,3 +385,17 @@ def test_lower_layers_show_themselves_through_the_display_registry(kind):
 
     assert kind in html_kinds()
     assert render_html("no such kind", "<x>") == "<pre>&#x27;&lt;x&gt;&#x27;</pre>"
+
+
+def test_the_doc_lists_the_layers_of_the_test_in_order():
+    """docs/architecture.md's table has one row per layer of LAYERS, lowest first, and names
+    every top-level module and package of each layer."""
+    doc = (PACKAGE.parent / DOC).read_text()
+    rows = [line.split("|")[1:3] for line in doc.splitlines()
+            if line.startswith("| ") and not line.startswith(("| layer", "| ---"))]
+    assert [name.strip() for name, _ in rows] == [name for name, _ in LAYERS]
+    for (_, modules), (_, patterns) in zip(rows, LAYERS):
+        for p in patterns:
+            top = p.removesuffix(".*").replace(".", "/")
+            shown = "`effective_depth/__init__.py`" if top == "" else f"`{top}"
+            assert shown in modules, (p, modules)

@@ -3,7 +3,7 @@
 A measurement says, in one place, everything the rest of the toolkit needs: its name and result
 type, how a study runs it, what it adds to ``inputs.json``, which effective-depth estimators read
 it (with their default thresholds and reliability checks), and the summaries it adds to
-``results.json``. ``study``, ``results``, ``depth``, ``compare`` and the CLI read this registry
+``results.json``. ``study``, ``store``, ``analysis`` and the CLI read this registry
 and name no measurement themselves. Adding a measurement is one module that calls
 :func:`register_metric` (and, for a figure, one function in ``effective_depth.viz``); see
 ``docs/extending.md``.

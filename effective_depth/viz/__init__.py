@@ -1,9 +1,10 @@
 """Figures and dashboards: plotly figures of every measurement, and one self-contained HTML
 dashboard per set of runs.
 
-``viz`` only arranges numbers that ``metrics`` and ``depth`` computed; it never computes a metric.
-plotly is imported lazily (on first use of a figure), so that importing the package, and the
-``effective-depth dashboard`` command's ``--help``, stay fast::
+``viz`` only arranges numbers that ``metrics`` and ``analysis`` computed; it never computes a
+metric. Its ``reprs`` module makes the notebook views. plotly is imported lazily (on first use of
+a figure), so that importing the package, and the ``effective-depth dashboard`` command's
+``--help``, stay fast::
 
     from effective_depth.viz import figure_for, write_dashboard
     fig = figure_for(result)                      # the default figure of any measurement result
