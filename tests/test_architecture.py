@@ -399,3 +399,46 @@ def test_the_doc_lists_the_layers_of_the_test_in_order():
             top = p.removesuffix(".*").replace(".", "/")
             shown = "`effective_depth/__init__.py`" if top == "" else f"`{top}"
             assert shown in modules, (p, modules)
+
+
+#: modules outside metrics/ and viz/ that may spell a measurement's name: the public API table
+#: (function names) and the list of moved paths
+MAY_NAME_MEASUREMENTS = {"", "_moved"}
+
+
+def _registered_names() -> set[str]:
+    from effective_depth.metrics.registry import estimator_specs, metric_names, score_specs
+
+    return set(metric_names()) | set(estimator_specs()) | set(score_specs())
+
+
+def named_measurements(package_dir: Path, names: set[str]) -> list[str]:
+    """``module:line 'name'`` for every string constant (docstrings aside) equal to a registered
+    measurement, estimator or score name in a module outside ``metrics/`` and ``viz/``."""
+    out = []
+    for module, path in modules_of(package_dir).items():
+        top = module.split(".")[0]
+        if top in ("metrics", "viz") or module in MAY_NAME_MEASUREMENTS:
+            continue
+        tree = ast.parse(path.read_text())
+        exported = {id(c) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+                    for c in ast.walk(node.value)}  # re-exported function names
+        out += [f"{module}:{n.lineno} {n.value!r}" for n in ast.walk(tree)
+                if isinstance(n, ast.Constant) and id(n) not in exported
+                and (n.lineno, n.value) in set(_strings(tree)) and n.value in names]
+    return out
+
+
+def test_no_module_outside_metrics_and_the_figures_names_a_measurement(tmp_path):
+    """Measurements, estimators and scores are named by their own module (and drawn by the
+    figures); everything else reads the registry. A planted name is found."""
+    names = _registered_names()
+    assert {"skip_effects", "ed_kl", "depth_score"} <= names
+    assert named_measurements(PACKAGE, names) == []
+    copy = tmp_path / "effective_depth"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    planted = copy / "study" / "run.py"
+    planted.write_text(planted.read_text() + '\n\nSPECIAL = "ed_kl"\n')
+    found = named_measurements(copy, names)
+    assert len(found) == 1 and found[0].startswith("study.run:") and found[0].endswith("'ed_kl'")

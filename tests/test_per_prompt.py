@@ -22,8 +22,8 @@ from effective_depth.analysis.per_prompt import (
 from effective_depth.metrics.behaviour import Behaviour
 from effective_depth.metrics.logit_lens import LogitLensResult
 from effective_depth.metrics.registry import EstimatorSpec, MetricSpec, registered
+from effective_depth.metrics.rules import ed_kl
 from effective_depth.metrics.skip_effects import SkipEffects
-from effective_depth.stats import ed_kl
 from effective_depth.store.compare import compare_runs, estimator_agreement
 from effective_depth.store.results import Run
 

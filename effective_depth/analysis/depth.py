@@ -35,18 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..metrics.registry import default_thresholds, estimator_specs
-from ..stats import (
-    RULE_SETS,
-    Rule,
-    bootstrap_indices,
-    ed_cos,
-    ed_kl,
-    ed_overlap,
-    ed_prune,
-    ed_skip,
-    ed_task,
-    percentile_ci,
-)
+from ..metrics.rules import ed_cos, ed_kl, ed_overlap, ed_prune, ed_skip, ed_task
+from ..stats import RULE_SETS, Rule, bootstrap_indices, percentile_ci
 
 # the estimates themselves are made in one place, effective_depth.analysis.estimation; kept here under
 # their earlier names

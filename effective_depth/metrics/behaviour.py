@@ -30,10 +30,10 @@ from ..engine.interventions import compile_plan, skip_block
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
 from ..progress import tqdm
-from ..stats import ed_prune, ed_task
 from .base import MetricResult, lens_argmax, prompt_chunks
 from .costs import MeasurementCost, Workload
 from .registry import EstimatorSpec, MetricSpec, register_metric
+from .rules import ed_prune, ed_task
 
 __all__ = ["Behaviour", "behaviour", "prune_order"]
 

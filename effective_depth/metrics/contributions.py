@@ -29,10 +29,10 @@ from torch import Tensor
 from ..engine.adapter import get_adapter
 from ..engine.batch import BatchLike, as_batch, measured_mask
 from ..progress import tqdm
-from ..stats import ed_cos
 from .base import EPS, MetricResult, check_skip_front, prompt_chunks, token_mean
 from .costs import MeasurementCost, Workload
 from .registry import EstimatorSpec, MetricSpec, register_metric
+from .rules import ed_cos
 
 __all__ = ["Contributions", "contributions", "CONTRIBUTION_CURVES"]
 

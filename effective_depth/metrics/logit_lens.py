@@ -28,11 +28,11 @@ from ..engine.adapter import get_adapter
 from ..engine.batch import BatchLike, as_batch, measured_mask
 from ..errors import ConfigError
 from ..progress import tqdm
-from ..stats import ed_kl, ed_overlap, first_hit_reference
 from .base import MetricResult, check_skip_front, lens_rows, prompt_chunks, token_mean
 from .costs import MeasurementCost, Workload
 from .options import MetricOptions
 from .registry import EstimatorSpec, MetricSpec, register_metric
+from .rules import ed_kl, ed_overlap, first_hit_reference
 
 __all__ = ["LogitLensResult", "logit_lens"]
 

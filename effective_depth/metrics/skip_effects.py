@@ -40,7 +40,6 @@ from ..engine.interventions import LocalSkip, PatchContribution, compile_plan
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
 from ..progress import tqdm
-from ..stats import ed_skip
 from .base import (
     EPS,
     CleanLensProbs,
@@ -52,6 +51,7 @@ from .base import (
 from .costs import MeasurementCost, Workload
 from .options import MetricOptions
 from .registry import EstimatorSpec, MetricSpec, ScoreSpec, register_metric
+from .rules import ed_skip
 
 __all__ = ["SkipEffects", "SkipEffectsOptions", "skip_effects", "draw_cuts", "cut_rule",
            "depth_score", "SKIP_COMPONENTS"]
