@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check of the paper-scale path (issue 11), sized for < 10 minutes on one GPU.
 #
-#   bash benchmarks/gpu_check.sh [OUT_DIR]
+#   bash benchmarks/gpu_check.sh [OUT_DIR]        (REAL_GRID=1 adds step 6)
 #
 # 1. builds the real-shaped 1.5B checkpoints offline (CPU, a few minutes the first time; cached in
 #    ~/.cache/effective_depth/paper_shapes or $EFFECTIVE_DEPTH_PAPER_SHAPES);
@@ -61,5 +61,15 @@ for real in real/smollm2-135m-instruct real/gemma-3-270m; do
 done
 if python -c "import gguf" 2>/dev/null; then
   python -m pytest -q -m real tests/test_real_models.py -k "logits" | tee "$OUT/real_logits.txt" || true
+fi
+# 6. optional (REAL_GRID=1): the difficulty grid on both real models, 50 prompts per level
+#    (experiments/real_difficulty.yaml, ~100 min of a quiet 2-core CPU per model); its cells and
+#    comparison are copied into $OUT/real_difficulty
+if [ "${REAL_GRID:-0}" = 1 ]; then
+  t0=$(date +%s)
+  effective-depth grid --config experiments/real_difficulty.yaml | tee "$OUT/real_grid.txt"
+  echo "gpu_check: real difficulty grid $(( $(date +%s) - t0 )) s" | tee -a "$OUT/real_grid.txt"
+  python -c "import shutil, sys; shutil.copytree('runs/real_difficulty', sys.argv[1], \
+    ignore=shutil.ignore_patterns('*.safetensors', 'fitted'), dirs_exist_ok=True)" "$OUT/real_difficulty"
 fi
 echo "gpu_check: $(( $(date +%s) - start )) s; results in $OUT"
