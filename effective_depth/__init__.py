@@ -73,6 +73,7 @@ _EXPORTS: dict[str, str] = {
     "run_study": "study.run",
     "load_run": "store.results",
     "Run": "store.results",
+    "RunRecord": "store.record",
     "runs_to_frame": "store.frames",
     "compare_runs": "store.compare",
     "figure_for": "viz",

@@ -12,6 +12,8 @@
 Every file is written to a temporary file in the same directory and renamed over the old one, so
 a killed run leaves either the old or the new version, never half a file. ``results.json`` lists
 the metrics that finished; a rerun with the same config skips them. No pickles anywhere.
+The JSON files' shapes are owned by :mod:`effective_depth.run_record` (typed, read by
+attribute); ``results.json`` is written through it (:meth:`RunDir.write_results`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResultsError
+from .record import (
+    FORMAT_VERSION,
+    EstimateEntry,
+    RunConfig,
+    RunInputs,
+    RunRecord,
+    ScoreEntry,
+)
 
 __all__ = ["RunDir", "Run", "load_run", "find_runs", "atomic_write_text", "config_hash",
            "FORMAT_VERSION", "metric_types", "metric_from_store"]
 
-FORMAT_VERSION = 1
 CONFIG = "config.json"
 INPUTS = "inputs.json"
 RESULTS = "results.json"
@@ -124,6 +133,14 @@ class RunDir:
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_text(self.path / name, dumps(obj))
 
+    def write_results(self, results: dict[str, Any]) -> RunRecord:
+        """Write ``results.json`` through the typed record: ``results`` is read as a
+        :class:`RunRecord` (a malformed entry is a :class:`ResultsError`, and nothing is
+        written) and the record's JSON is what is written: the same text, key for key."""
+        record = RunRecord.from_json(json.loads(dumps(results)), str(self.path / RESULTS))
+        atomic_write_text(self.path / RESULTS, dumps(record.to_json()))
+        return record
+
     def load_tensors(self) -> dict[str, Any]:
         from safetensors.torch import load_file
 
@@ -166,22 +183,52 @@ def metric_from_store(name: str, tensors: dict[str, Any], entry: dict[str, Any])
 
 @dataclass
 class Run:
-    """A finished (or partial) run, loaded back: config, inputs, results and metric objects."""
+    """A finished (or partial) run, loaded back: config, inputs, results and metric objects.
+
+    ``record``, ``config_record`` and ``inputs_record`` are the typed views of
+    ``results.json``, ``config.json`` and ``inputs.json`` (:mod:`effective_depth.run_record`):
+    read a run by attribute (``run.record.model.n_layers``). ``results``, ``config`` and
+    ``inputs`` stay the raw mappings as read, for scripts that index them. The records are made
+    from them when the run is built (a malformed file is a :class:`ResultsError` then) and again
+    whenever one of them is assigned (``run.results = {...}``); a change made *inside* the
+    mapping (``run.results["task"]["name"] = ...``) is seen after :meth:`refresh`."""
 
     path: Path
     config: dict[str, Any] = field(repr=False)
     inputs: dict[str, Any] = field(repr=False)
     results: dict[str, Any] = field(repr=False)
     tensors: dict[str, Any] = field(repr=False, default_factory=dict)
+    record: RunRecord = field(init=False, repr=False)
+    config_record: RunConfig = field(init=False, repr=False)
+    inputs_record: RunInputs = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Make the records again from ``results``, ``config`` and ``inputs`` (after a change
+        inside one of them)."""
+        for raw in _RECORDS:
+            self._make_record(raw)
+
+    def _make_record(self, raw: str) -> None:
+        name, cls, file = _RECORDS[raw]
+        object.__setattr__(self, name, cls.from_json(getattr(self, raw), str(self.path / file)))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _RECORDS and "tensors" in self.__dict__:  # a mapping replaced after __init__
+            self._make_record(name)
 
     @property
     def completed(self) -> list[str]:
-        return list(self.results.get("completed", []))
+        return list(self.record.completed)
 
     @property
     def complete(self) -> bool:
         """Whether the study finished: every measurement and the estimates were written."""
-        return self.results.get("status") == "complete"
+        return self.record.complete
 
     def incomplete_reason(self) -> str | None:
         """Why the run is not complete (None when it is)."""
@@ -193,25 +240,29 @@ class Run:
         return f"the study did not finish (measurements finished: {done}); rerun it to complete"
 
     @property
+    def model_name(self) -> str:
+        """The model as the results name it, else as the config does ("?" when neither)."""
+        return self.record.model.name or self.config_record.config.model or "?"
+
+    @property
     def label(self) -> str:
-        model = self.results.get("model", {}).get("name") or self.config.get("model", "?")
-        task = self.results.get("task", {})
-        params = ",".join(f"{k}={v}" for k, v in task.get("params", {}).items()
-                          if k not in ("split", "seed", "data_files"))
-        return f"{model} | {task.get('name', '?')}" + (f"({params})" if params else "")
+        task = self.record.task
+        params = task.params_text(drop=("split", "seed", "data_files"))
+        return f"{self.model_name} | {task.name or '?'}" + (f"({params})" if params else "")
 
     def metric(self, name: str) -> Any:
         if name not in self.completed:
             raise ResultsError(f"{self.path} has no finished {name!r} (finished: {self.completed})")
         prefix = f"metrics.{name}."
         tensors = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
-        return metric_from_store(name, tensors, self.results["metrics"][name])
+        return metric_from_store(name, tensors, self.record.metrics[name].to_json())
 
     def example_levels(self) -> list[Any]:
         """Each analysed example's own ``difficulty`` (None where it has none)."""
-        examples = self.inputs.get("examples", [])
-        n = int(self.results.get("task", {}).get("n_examples", len(examples)))
-        own = [(ex.get("meta") or {}).get("difficulty") for ex in examples[:n]]
+        examples = self.inputs_record.examples
+        n = self.record.task.n_examples
+        n = len(examples) if n is None else int(n)
+        own = [ex.difficulty for ex in examples[:n]]
         return own + [None] * (n - len(own))
 
     @property
@@ -219,24 +270,24 @@ class Run:
         """The run's difficulty level: its task's difficulty parameter (digits, hops, ...), else
         the level every analysed example carries (a prompts file's ``difficulty`` field, all
         equal); None when neither holds (no level, or mixed levels within the run)."""
-        task = self.results.get("task", {})
-        if task.get("difficulty") is not None:
-            return task["difficulty"]
+        if self.record.task.difficulty is not None:
+            return self.record.task.difficulty
         levels = set(self.example_levels())
         return levels.pop() if len(levels) == 1 and None not in levels else None
 
     @property
     def difficulty_from_examples(self) -> bool:
         """Whether :attr:`difficulty` comes from the examples rather than a task parameter."""
-        return self.results.get("task", {}).get("difficulty") is None and self.difficulty is not None
+        return self.record.task.difficulty is None and self.difficulty is not None
 
-    def estimate_entry(self, estimator: str) -> dict[str, Any]:
+    def estimate_entry(self, estimator: str) -> EstimateEntry | ScoreEntry:
         """The stored estimate of ``estimator`` (``results.json``'s ``depth`` entry), or a
         stand-in with ``layer`` and ``ratio`` None whose ``reason`` says why there is none."""
-        entry = self.results.get("depth", {}).get(estimator)
-        if isinstance(entry, dict):
+        entry = self.record.depth.get(estimator)
+        if entry is not None:
             return entry
-        return {"layer": None, "ratio": None, "ci": None, "reason": self.absent_reason(estimator)}
+        return EstimateEntry.from_json({"layer": None, "ratio": None, "ci": None,
+                                        "reason": self.absent_reason(estimator)})
 
     def absent_reason(self, estimator: str) -> str:
         """Why the run holds no ``estimator``: its measurement was skipped (with the warning
@@ -247,11 +298,11 @@ class Run:
         if spec is None:
             return f"not run: {estimator} is not a registered estimator"
         metric = spec.metric
-        if metric in self.results.get("settings", {}).get("skipped_metrics", []):
-            said = [w.get("message", "") for w in self.results.get("warnings", [])
-                    if metric in w.get("message", "") and "skipped" in w.get("message", "")]
+        if metric in self.record.settings.skipped_metrics:
+            said = [w.message for w in self.record.warnings
+                    if metric in w.message and "skipped" in w.message]
             return "skipped: " + (said[0] if said else f"{metric} (see the run's warnings)")
-        asked = self.config.get("config", {}).get("metrics")
+        asked = self.config_record.config.metrics
         if asked is not None and metric not in asked:
             return (f"not run: {metric} was not among the run's measurements (--metrics "
                     f"{','.join(asked)}); add {metric} to --metrics")
@@ -263,8 +314,7 @@ class Run:
     def estimates(self) -> dict[str, Any]:
         from ..analysis.estimation import Estimate
 
-        return {k: Estimate.from_dict(v) for k, v in self.results.get("depth", {}).items()
-                if k.startswith("ed_")}
+        return {k: Estimate.from_dict(v.to_json()) for k, v in self.record.estimates().items()}
 
     def to_frame(self, kind: str = "estimates", **options: Any) -> Any:
         """This run as a tidy pandas DataFrame: ``"curves"`` (one row per measurement × curve ×
@@ -280,6 +330,14 @@ class Run:
         from ..display import render_html
 
         return render_html("run", self)
+
+
+#: each raw mapping of a :class:`Run`: its record's attribute, the record type, its file
+_RECORDS: dict[str, tuple[str, Any, str]] = {
+    "results": ("record", RunRecord, RESULTS),
+    "config": ("config_record", RunConfig, CONFIG),
+    "inputs": ("inputs_record", RunInputs, INPUTS),
+}
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:

@@ -37,6 +37,7 @@ from ..store.results import (
     config_hash,
     metric_from_store,
 )
+from ..store.record import RunConfig, RunRecord
 
 __all__ = ["StudyConfig", "run_study", "resolve_task", "default_out_dir", "StudyResult",
            "config_differences"]
@@ -284,6 +285,8 @@ class StudyResult:
     results: dict[str, Any] = field(repr=False)
     computed: list[str]
     reused: list[str]
+    #: ``results`` as the typed record (:mod:`effective_depth.store.record`)
+    record: RunRecord = field(default_factory=RunRecord, repr=False)
 
     def _repr_html_(self) -> str:
         from ..store.results import Run
@@ -352,9 +355,10 @@ def config_differences(stored: Mapping[str, Any], config: StudyConfig,
     other options is never reused.
     """
     cfg = config.to_dict()
-    if stored.get("hash") == config_hash(cfg):
+    record = RunConfig.from_json(dict(stored), where)
+    if record.hash == config_hash(cfg):
         return []
-    before = stored.get("config", {}) if isinstance(stored.get("config"), Mapping) else {}
+    before = record.config.to_json()
     try:
         before = StudyConfig.from_dict(before, where).to_dict()
     except ConfigError as exc:  # an unreadable config is another config: say what differs
@@ -387,8 +391,8 @@ def _prepare_dir(rd: RunDir, config: StudyConfig, fingerprint: dict[str, Any], f
     if not force and rd.exists():
         _check_existing(rd.path, config, force)
         old = rd.read_json(CONFIG)
-        changed = [k for k in ("model", "inputs")
-                   if old.get("fingerprint", {}).get(k) != fingerprint.get(k)]
+        stored = RunConfig.from_json(old, str(rd.path / CONFIG)).fingerprint
+        changed = [k for k in ("model", "inputs") if stored.get(k) != fingerprint.get(k)]
         if changed:
             what = {"model": "the model's files", "inputs": "the analysed token ids (prompts, "
                     "answers, data files or tokenizer)"}
@@ -405,8 +409,7 @@ def _prepare_dir(rd: RunDir, config: StudyConfig, fingerprint: dict[str, Any], f
         if not isinstance(results, dict):
             raise ResultsError(f"{rd.path / RESULTS} is not a results mapping (it holds a "
                                f"{type(results).__name__}); rerun with --force")
-        if results.get("format") not in (None, FORMAT_VERSION):
-            raise ResultsError(f"{rd.path} was written by another format version; use --force")
+        RunRecord.from_json(results, str(rd.path / RESULTS))  # another format: an error
         return results
     rd.write_json(CONFIG, {"hash": config_hash(cfg), "config": cfg, "fingerprint": fingerprint,
                            "environment": _environment(),
@@ -618,7 +621,7 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
             results["timing"][name] = round(elapsed, 3)
             results["resources"][name] = meter.use.to_dict()
             results["completed"] = [m for m in order if m in results["completed"] or m == name]
-            rd.write_json(RESULTS, results)
+            rd.write_results(results)
             done[name] = result
             computed.append(name)
             steps.finish()
@@ -644,11 +647,11 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
         warnings += [w for r in done.values() for w in getattr(r, "meta", {}).get("warnings", [])]
         results["warnings"] = _dedupe(warnings)
         results["status"] = "complete"
-        rd.write_json(RESULTS, results)
+        record = rd.write_results(results)
         if dashboard:
             _write_dashboard(rd.path)
         steps.finish()
-    return StudyResult(rd.path, results, computed, reused)
+    return StudyResult(rd.path, results, computed, reused, record)
 
 
 class StudySteps:

@@ -25,7 +25,7 @@ import copy
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
 
-from .errors import ResultsError
+from ..errors import ResultsError
 
 __all__ = [
     "RunRecord", "ModelInfo", "TaskInfo", "Settings", "MetricEntry", "ResourceEntry",
