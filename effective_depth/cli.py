@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .errors import EffectiveDepthError
+
+if TYPE_CHECKING:
+    from .store.record import RunRecord
 
 log = logging.getLogger("effective_depth")
 
@@ -385,7 +388,7 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
     start = time.perf_counter()
     result = run_study(config, out, force=force, progress=not quiet, dashboard=not no_dashboard)
     elapsed = time.perf_counter() - start
-    _print_summary(result.results, result.path, elapsed, result.reused)
+    _print_summary(result.record, result.path, elapsed, result.reused)
 
 
 def _skip_aliases(mode: str | None, component: str | None, aggregate: str | None
@@ -463,46 +466,49 @@ def _register_plan_command() -> None:
 _register_plan_command()
 
 
-def _print_summary(results: dict[str, Any], path: Any, elapsed: float, reused: list[str]) -> None:
+def _print_summary(record: RunRecord | dict[str, Any], path: Any, elapsed: float,
+                   reused: list[str]) -> None:
     from rich.table import Table
 
     from .metrics.registry import score_specs
+    from .store.record import EstimateEntry, RunRecord
 
-    model, task = results.get("model", {}), results.get("task", {})
-    params = ", ".join(f"{k}={v}" for k, v in task.get("params", {}).items())
-    title = f"Effective depth: {model.get('name')} ({model.get('n_layers')} blocks) on {task.get('name')}({params})"
+    if not isinstance(record, RunRecord):  # a results.json mapping
+        record = RunRecord.from_json(record, str(Path(path) / "results.json"))
+
+    model, task = record.model, record.task
+    params = ", ".join(f"{k}={v}" for k, v in task.params.items())
+    title = f"Effective depth: {model.name} ({model.n_layers} blocks) on {task.name}({params})"
     table = Table(title=title)
     for col in ("estimator", "block", "ratio", "95% CI", "note"):
         table.add_column(col)
     scores = score_specs()
-    depth = results.get("depth", {})
-    for name, est in depth.items():
-        if name in scores or not isinstance(est, dict) or "layer" not in est:
+    for name, est in record.depth.items():
+        if name in scores or not isinstance(est, EstimateEntry):
             continue  # a scalar score: shown below, by its own declaration
-        notes = list(est.get("notes") or [])
-        if est.get("layer") is None:
-            table.add_row(name, "-", "-", "-", "; ".join([f"undefined: {est.get('reason')}", *notes]))
+        notes = list(est.notes)
+        if est.layer is None:
+            table.add_row(name, "-", "-", "-", "; ".join([f"undefined: {est.reason}", *notes]))
             continue
-        ci = est.get("ci")
-        ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-        undefined = est.get("undefined_fraction") or 0
+        ci_text = f"[{est.ci[0]:.3f}, {est.ci[1]:.3f}]" if est.ci else "-"
+        undefined = est.undefined_fraction or 0
         if undefined:
             notes.insert(0, f"undefined in {undefined:.0%} of resamples")
-        table.add_row(name, str(est["layer"]), f"{est['ratio']:.3f}", ci_text, "; ".join(notes))
+        table.add_row(name, str(est.layer), f"{est.ratio:.3f}", ci_text, "; ".join(notes))
     console = _console()
     console.print(table)
     for name, spec in scores.items():
-        line = spec.text(depth.get(name) or {})
+        stored = record.depth.get(name)
+        line = spec.text(stored.to_json() if stored is not None else {})
         if line is not None:
             console.print(line)
-    if results.get("accuracy") is not None:
-        console.print(f"exact-match accuracy: {100 * results['accuracy']:.1f}% "
-                      f"on {task.get('n_examples')} examples")
-    shown = {n for est in results.get("depth", {}).values() if isinstance(est, dict)
-             for n in est.get("notes") or []}
-    for w in results.get("warnings", []):
-        if w.get("message") not in shown:
-            console.print(f"[yellow]warning:[/yellow] {w.get('message')}")
+    if record.accuracy is not None:
+        console.print(f"exact-match accuracy: {100 * record.accuracy:.1f}% "
+                      f"on {task.n_examples} examples")
+    shown = {n for est in record.estimates().values() for n in est.notes}
+    for w in record.warnings:
+        if w.message not in shown:
+            console.print(f"[yellow]warning:[/yellow] {w.message}")
     note = f" (reused: {', '.join(reused)})" if reused else ""
     console.print(f"run directory: {path}  [{elapsed:.1f} s{note}]")
     if (Path(path) / "dashboard.html").is_file():

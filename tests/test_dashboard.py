@@ -64,6 +64,7 @@ def hostile(run: Run) -> Run:
     for name in ("erasure", "integrated_gradients"):
         run.results["metrics"][name]["curves"]["str_tokens"][0][2] = HOSTILE_TOKEN
     run.results["depth"]["ed_cos"].update(layer=None, ratio=None, ci=None, reason=HOSTILE_TOKEN)
+    run.refresh()  # the typed records see the changes made inside the mappings
     return run
 
 
@@ -204,6 +205,7 @@ def test_both_skip_modes_side_by_side(runs):
     future.results, future.config = copy.deepcopy(current.results), copy.deepcopy(current.config)
     future.config["config"]["skip_mode"] = "future"
     future.results["metrics"]["skip_effects"]["meta"]["mode"] = "future"
+    future.refresh()
     assert skip_mode_panels([runs[0], current]) == []  # one mode per (model, task): no panel
     (panel,) = skip_mode_panels([runs[0], future, current])
     assert panel.note == ("all positions (current effects): run 3 | "

@@ -233,6 +233,7 @@ def test_run_per_prompt_reads_stored_blocks_and_recomputes_missing_ones():
     overlap = [[0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0]]
     stored = _lens_run("m", L, overlap, with_per_prompt=True)
     stored.results["per_prompt"]["ed_overlap"]["layers"] = [0, 0, 0]  # proves it is read, not redone
+    stored.refresh()
     assert run_per_prompt(stored)["ed_overlap"].layers == [0, 0, 0]
     old = _lens_run("m", L, overlap)  # a run written before per-prompt depths existed
     assert run_per_prompt(old)["ed_overlap"].layers == [1, 3, 2]
@@ -265,6 +266,7 @@ def test_agreement_over_models_of_a_grid():
         run = _lens_run(f"m{n}", n, overlap)
         run.tensors = {f"metrics.logit_lens.{k}": v for k, v in lens.tensors().items()}
         run.results["depth"] = {k: v.to_dict() for k, v in estimate_all({"logit_lens": lens}, n_boot=0).items()}
+        run.refresh()
         runs.append(run)
     rows = [r for r in estimator_agreement(runs, estimators=["ed_kl", "ed_overlap"], n_boot=50)
             if r["scope"] == "models"]

@@ -12,8 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from effective_depth.errors import ResultsError
 from effective_depth.results import RunDir, dumps, load_run
 from effective_depth.run_record import (
     EstimateEntry,
@@ -27,6 +25,8 @@ from effective_depth.run_record import (
     StudyFields,
     WarningEntry,
 )
+
+from effective_depth.errors import ResultsError
 from effective_depth.study import StudyConfig, run_study
 
 #: run directories written by earlier versions of main (see tests/data/run_dirs/README.md)

@@ -349,9 +349,8 @@ class RunRules:
         if self._rules is None:
             needed = {spec.metric for spec in estimator_specs().values()}
             metrics = {m: self._result(m) for m in self.run.completed if m in needed}
-            cfg = self.run.config.get("config", {})
-            self._rules = estimator_rules(metrics, cfg.get("thresholds", {}),
-                                          cfg.get("rules", "toolkit"))
+            cfg = self.run.config_record.config  # a Run (duck-typed: the store is above)
+            self._rules = estimator_rules(metrics, cfg.thresholds, cfg.rules)
         return self._rules
 
     def _result(self, metric: str) -> Any:
@@ -360,7 +359,7 @@ class RunRules:
         return self._results[metric]
 
     def n_prompts(self) -> int:
-        return int(self.run.results.get("task", {}).get("n_examples", 0))
+        return int(self.run.record.task.n_examples or 0)
 
     def score(self, name: str, idx: Any) -> float | None:
         """The registered scalar score ``name`` on prompts ``idx`` (None: not measured, or
@@ -377,5 +376,5 @@ class RunRules:
         if rule is None:
             return None
         layer, _ = rule(idx)
-        L = int(self.run.results["model"]["n_layers"])
+        L = int(self.run.record.model.n_layers)
         return None if layer is None else (layer + 1) / L

@@ -42,16 +42,16 @@ def run_per_prompt(run: Any) -> dict[str, PerPrompt]:
     """The per-prompt depths of a loaded run: those stored in ``results.json`` (``per_prompt``),
     completed by recomputation from the stored measurements for any estimator they lack (a run
     written before per-prompt depths existed, or a newly registered estimator)."""
-    stored = {name: PerPrompt.from_dict(name, d)
-              for name, d in (run.results.get("per_prompt") or {}).items()}
+    stored = {name: PerPrompt.from_dict(name, d.to_json())
+              for name, d in run.record.per_prompt.items()}
     specs = estimator_specs()
     missing = [name for name, spec in specs.items()
                if name not in stored and spec.metric in run.completed and spec.per_prompt is not False]
     if missing:
-        cfg = run.config.get("config", {})
+        cfg = run.config_record.config
         metrics = {m: run.metric(m) for m in {specs[n].metric for n in missing}}
-        stored.update(per_prompt_estimates(metrics, thresholds=cfg.get("thresholds") or {},
-                                           rules=cfg.get("rules", "toolkit"), only=missing))
+        stored.update(per_prompt_estimates(metrics, thresholds=cfg.thresholds, rules=cfg.rules,
+                                           only=missing))
     order = [n for n in specs if n in stored] + [n for n in stored if n not in specs]
     return {n: stored[n] for n in order}
 

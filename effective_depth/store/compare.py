@@ -25,7 +25,7 @@ import itertools
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from ..analysis.depth import (
 )
 from ..analysis.estimation import RunRules
 from ..errors import ConfigError
+from .record import EstimateEntry, RunRecord, ScoreEntry
 from .results import Run, load_run
 
 __all__ = ["compare_runs", "comparison_tables", "write_comparison", "estimator_names",
@@ -61,17 +62,17 @@ def _task_key(run: Run) -> str:
     parameter (and split, seed, format). When the level comes from the examples (a prompts file
     with a ``difficulty`` field), the file is what carries the level, so its path is left out,
     and the examples' common ``series`` field (if any) names the task instead."""
-    task = run.results.get("task", {})
+    task = run.record.task
     drop = {"split", "seed", "data_files", "format", _difficulty_param(run)}
     series = None
     if run.difficulty_from_examples:
         drop |= set(_SOURCE_PARAMS)
-        named = {(ex.get("meta") or {}).get("series") for ex in run.inputs.get("examples", [])}
+        named = {(ex.meta or {}).get("series") for ex in run.inputs_record.examples}
         series = named.pop() if len(named) == 1 else None
-    params = {k: v for k, v in task.get("params", {}).items() if k not in drop}
+    params = {k: v for k, v in task.params.items() if k not in drop}
     if series is not None:
         params["series"] = series
-    return task.get("name", "?") + ("(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
+    return (task.name or "?") + ("(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
 
 
 def _difficulty_groups(loaded: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
@@ -95,7 +96,7 @@ def difficulty_reasons(loaded: Sequence[Run]) -> list[str]:
             out.append(f"{r.path}: its examples hold {len(levels)} difficulty levels "
                        f"{sorted(levels)}: a per-prompt trend (prompt_difficulty), not a run level")
         else:
-            out.append(f"{r.path}: no difficulty level (task {r.results.get('task', {}).get('name')}"
+            out.append(f"{r.path}: no difficulty level (task {r.record.task.name}"
                        " has no difficulty parameter and its examples carry no 'difficulty' "
                        "field; a prompts file gives one per example, see docs/tasks.md)")
     for (model, task), members in sorted(_difficulty_groups(loaded).items()):
@@ -111,15 +112,15 @@ def _difficulty_param(run: Run) -> str | None:
     from ..tasks import TASKS, list_tasks
 
     list_tasks()
-    cls = TASKS.get(run.results.get("task", {}).get("name", ""))
+    cls = TASKS.get(run.record.task.name or "")
     return None if cls is None else cls.difficulty_param
 
 
 def _model(run: Run) -> str:
-    return str(run.results.get("model", {}).get("name") or run.config.get("config", {}).get("model"))
+    return str(run.record.model.name or run.config_record.config.model)
 
 
-def _estimate(run: Run, estimator: str) -> dict[str, Any]:
+def _estimate(run: Run, estimator: str) -> EstimateEntry | ScoreEntry:
     """The run's estimate, or a stand-in whose ``reason`` says why it has none."""
     return run.estimate_entry(estimator)
 
@@ -160,26 +161,26 @@ def compare_runs(
                            "difficulty": [], "prompt_difficulty": [], "agreement": [],
                            "skipped": skipped}
     for r in loaded:
-        res = r.results
+        res = r.record
         out["runs"].append({
             "path": str(r.path), "label": r.label, "model": _model(r), "task": _task_key(r),
-            "format": res.get("task", {}).get("params", {}).get("format"),
-            "n_layers": res.get("model", {}).get("n_layers"),
+            "format": res.task.params.get("format"),
+            "n_layers": res.model.n_layers,
             **_params(res),
             "difficulty": r.difficulty,
-            "estimates": {e: _estimate(r, e) for e in ests},
+            "estimates": {e: _estimate(r, e).to_json() for e in ests},
             # every registered score under its own name (e.g. "depth_score")
-            **{name: res.get("depth", {}).get(name) for name in score_specs()},
-            "accuracy": res.get("accuracy"),
+            **{name: _json(res.depth.get(name)) for name in score_specs()},
+            "accuracy": res.accuracy,
             "per_prompt": {e: pp.summary() for e, pp in run_per_prompt(r).items() if e in ests},
         })
         for e in ests:
             est = _estimate(r, e)
             out["scale"].append({  # reason: why layer/ratio are empty (not run, skipped, rule)
-                "run": str(r.path), "model": _model(r), "n_layers": res.get("model", {}).get("n_layers"),
+                "run": str(r.path), "model": _model(r), "n_layers": res.model.n_layers,
                 **_params(res), "task": _task_key(r),
                 "difficulty": r.difficulty, "estimator": e,
-                "layer": est.get("layer"), "ratio": est.get("ratio"), "ci": est.get("ci"),
+                "layer": getattr(est, "layer", None), "ratio": _ratio(est), "ci": _ci(est),
                 "reason": _cell_reason(est),
             })
     for base_name, trained_name in pairs or []:
@@ -192,17 +193,29 @@ def compare_runs(
     return out
 
 
-def _params(results: dict[str, Any]) -> dict[str, Any]:
+def _json(entry: EstimateEntry | ScoreEntry | None) -> dict[str, Any] | None:
+    return None if entry is None else entry.to_json()
+
+
+def _ratio(entry: EstimateEntry | ScoreEntry) -> float | None:
+    """An estimate's ratio (a score has none)."""
+    return entry.ratio if isinstance(entry, EstimateEntry) else None
+
+
+def _ci(entry: EstimateEntry | ScoreEntry) -> list[float] | None:
+    return None if entry.ci is None else list(entry.ci)
+
+
+def _params(results: RunRecord) -> dict[str, Any]:
     """The model's size as the scale table states it: ``n_params`` is Hugging Face's
     ``num_parameters()`` (a tied embedding once), beside the non-embedding count. Runs stored
     before the split have only ``n_params``, counted from the hooked tensors (a tied matrix
     twice): their ``n_params_method`` says so."""
-    model = results.get("model", {})
-    return {"n_params": model.get("n_params"),
-            "n_params_non_embedding": model.get("n_params_non_embedding"),
-            "n_params_method": model.get("n_params_method",
-                                         "older run: counted from the backend's own tensors (a tied "
-                                         "matrix twice, added zero biases too)")}
+    model = results.model
+    method = model.n_params_method or ("older run: counted from the backend's own tensors (a "
+                                       "tied matrix twice, added zero biases too)")
+    return {"n_params": model.n_params, "n_params_non_embedding": model.n_params_non_embedding,
+            "n_params_method": method}
 
 
 def _prompt_levels(run: Run) -> list[Any]:
@@ -292,10 +305,10 @@ def _model_agreement(members: list[Run], rules: dict[int, RunRules], ests: list[
 
     from ..analysis.per_prompt import rank_agreement
 
-    members = sorted(members, key=lambda r: (r.results.get("model", {}).get("n_layers") or 0,
+    members = sorted(members, key=lambda r: (r.record.model.n_layers or 0,
                                              _model(r)))
-    point = {e: np.asarray([np.nan if _estimate(r, e).get("ratio") is None
-                            else _estimate(r, e)["ratio"] for r in members], float) for e in ests}
+    point = {e: np.asarray([np.nan if (v := _ratio(_estimate(r, e))) is None else v
+                            for r in members], float) for e in ests}
     idx = [bootstrap_indices(rules[id(r)].n_prompts(), n_boot, seed + 104729 * i)
            for i, r in enumerate(members)]
     boot = {e: np.asarray([[np.nan if (v := rules[id(r)].ratio(e, idx[i][b].tolist())) is None
@@ -339,13 +352,13 @@ def _training_rows(loaded: list[Run], rules: dict[int, RunRules], base_name: str
                 continue
             rb, rt = rules[id(b)], rules[id(t)]
             nb, nt = rb.n_prompts(), rt.n_prompts()
-            paired = nb == nt and [e["prompt"] for e in b.inputs.get("examples", [])] == \
-                [e["prompt"] for e in t.inputs.get("examples", [])]
+            paired = nb == nt and [e.prompt for e in b.inputs_record.examples] == \
+                [e.prompt for e in t.inputs_record.examples]
             idx_b = bootstrap_indices(nb, n_boot, seed)
             idx_t = idx_b if paired else bootstrap_indices(nt, n_boot, seed + 1)
             for e in ests:
                 eb, et = _estimate(b, e), _estimate(t, e)
-                rb_, rt_ = eb.get("ratio"), et.get("ratio")
+                rb_, rt_ = _ratio(eb), _ratio(et)
                 diff = None if rb_ is None or rt_ is None else rt_ - rb_
                 diffs = []
                 if diff is not None and n_boot:
@@ -379,11 +392,11 @@ def _difficulty_rows(loaded: list[Run], rules: dict[int, RunRules], ests: list[s
             trend = spearman_bootstrap(levels, fns, [rules[id(r)].n_prompts() for r in members],
                                        n_boot=n_boot, seed=seed, level=level)
             found = [_estimate(r, e) for r in members]
-            ratios = [f.get("ratio") for f in found]
+            ratios = [_ratio(f) for f in found]
             rows.append({
                 "model": model, "task": task, "estimator": e, "levels": levels,
                 "runs": [str(r.path) for r in members],
-                "ratios": ratios, "cis": [f.get("ci") for f in found],
+                "ratios": ratios, "cis": [_ci(f) for f in found],
                 "reasons": [_cell_reason(f) for f in found],
                 "rho": trend["rho"], "rho_ci": trend["ci"],
                 "rho_reason": _rho_reason(levels, ratios, trend["rho"]),
@@ -399,26 +412,27 @@ def _difficulty_rows(loaded: list[Run], rules: dict[int, RunRules], ests: list[s
             fns = [lambda idx, rr=rules[id(r)], score=score: rr.score(score, idx) for r in members]
             trend = spearman_bootstrap(levels, fns, [rules[id(r)].n_prompts() for r in members],
                                        n_boot=n_boot, seed=seed, level=level)
-            scores = [(r.results.get("depth", {}).get(score) or {}) for r in members]
+            stored = [r.record.depth.get(score) for r in members]
+            values = [None if s is None else s.shown for s in stored]
             rows.append({
                 "model": model, "task": task, "estimator": score, "levels": levels,
                 "runs": [str(r.path) for r in members],
-                "ratios": [s.get("value") for s in scores], "cis": [s.get("ci") for s in scores],
-                "reasons": [None if s.get("value") is not None else
-                            f"undefined: no {score} stored" for s in scores],
+                "ratios": values, "cis": [None if s is None else _ci(s) for s in stored],
+                "reasons": [None if v is not None else f"undefined: no {score} stored"
+                            for v in values],
                 "rho": trend["rho"], "rho_ci": trend["ci"],
-                "rho_reason": _rho_reason(levels, [s.get("value") for s in scores], trend["rho"]),
+                "rho_reason": _rho_reason(levels, values, trend["rho"]),
                 "undefined_fraction": trend["undefined_fraction"],
             })
     return rows
 
 
-def _cell_reason(est: Mapping[str, Any]) -> str | None:
+def _cell_reason(est: EstimateEntry | ScoreEntry) -> str | None:
     """Why an estimate's cell is empty: not run / skipped (from the run), or undefined (the
     rule's reason); None when it has a value."""
-    if est.get("ratio") is not None:
+    if _ratio(est) is not None:
         return None
-    reason = str(est.get("reason") or "no reason stored")
+    reason = str(getattr(est, "reason", None) or "no reason stored")
     return reason if reason.startswith(("not run", "skipped", "not computed")) \
         else f"undefined: {reason}"
 
@@ -434,12 +448,13 @@ def _rho_reason(levels: Sequence[Any], values: Sequence[Any], rho: float | None)
     return "ρ undefined: the value is the same at every level"
 
 
-def _diff_reason(base: Mapping[str, Any], trained: Mapping[str, Any], diff: float | None,
+def _diff_reason(base: EstimateEntry | ScoreEntry, trained: EstimateEntry | ScoreEntry,
+                 diff: float | None,
                  ci: Any, n_boot: int) -> str | None:
     """Why a training row's difference (or its CI) is empty."""
     if diff is None:
         parts = [f"{who}: {_cell_reason(e)}" for who, e in (("base", base), ("trained", trained))
-                 if e.get("ratio") is None]
+                 if _ratio(e) is None]
         return "; ".join(parts)
     if ci is None:
         return ("no CI: n_boot = 0" if not n_boot else

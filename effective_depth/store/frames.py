@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .record import EstimateEntry
 
 __all__ = ["FRAME_KINDS", "COMPARISON_TABLES", "EXPORT_FORMATS", "curve_rows", "estimate_rows",
            "comparison_rows", "tidy_comparison", "run_frame", "runs_to_frame", "write_frame",
@@ -51,11 +52,9 @@ def _check_kind(kind: str) -> None:
 
 
 def _run_keys(run: Any) -> dict[str, Any]:
-    res = run.results
-    return {"run": str(run.path), "model": res.get("model", {}).get("name")
-            or run.config.get("config", {}).get("model"),
-            "task": res.get("task", {}).get("name"),
-            "task_params": _params_text(res.get("task", {}).get("params") or {}),
+    res = run.record
+    return {"run": str(run.path), "model": res.model.name or run.config_record.config.model,
+            "task": res.task.name, "task_params": _params_text(res.task.params),
             "difficulty": run.difficulty}
 
 
@@ -80,10 +79,10 @@ def curve_rows(run: Any, *, n_boot: int | None = None, level: float | None = Non
 
     from ..stats import curve_bands
 
-    cfg = run.config.get("config", {})
-    n_boot = int(cfg.get("n_boot", 1000) if n_boot is None else n_boot)
-    level = float(cfg.get("ci_level", 0.95) if level is None else level)
-    seed = int(cfg.get("seed", 0) if seed is None else seed)
+    cfg = run.config_record.config
+    n_boot = int(cfg.n_boot if n_boot is None else n_boot)
+    level = float(cfg.ci_level if level is None else level)
+    seed = int(cfg.seed if seed is None else seed)
     keys = _run_keys(run)
     rows: list[dict[str, Any]] = []
     for name in run.completed:
@@ -112,27 +111,24 @@ def estimate_rows(run: Any) -> list[dict[str, Any]]:
 
     ests, scores = estimator_specs(), score_specs()
     keys = _run_keys(run)
-    n_layers = run.results.get("model", {}).get("n_layers")
+    n_layers = run.record.model.n_layers
     rows = []
-    for name, entry in run.results.get("depth", {}).items():
-        if not isinstance(entry, Mapping):
-            continue
-        is_estimator = "layer" in entry
-        ci = entry.get("ci") or (None, None)
-        layer_ci = entry.get("layer_ci") or (None, None)
+    for name, entry in run.record.depth.items():
+        ci = entry.ci or (None, None)
         measurement = (ests[name].metric if name in ests else
                        scores[name].metric if name in scores else None)
-        value = entry.get("ratio") if is_estimator else entry.get("value")
+        est = entry if isinstance(entry, EstimateEntry) else None
+        layer_ci = (est.layer_ci if est else None) or (None, None)
         rows.append({
-            **keys, "n_layers": n_layers, "estimator": name,
-            "kind": "estimator" if is_estimator else "score", "measurement": measurement,
-            "layer": _float(entry.get("layer")), "ratio": _float(entry.get("ratio")),
-            "value": _float(value), "ci_lo": _float(ci[0]), "ci_hi": _float(ci[1]),
+            **keys, "n_layers": n_layers, "estimator": name, "kind": entry.kind,
+            "measurement": measurement,
+            "layer": _float(est.layer if est else None), "ratio": _float(est.ratio if est else None),
+            "value": _float(entry.shown), "ci_lo": _float(ci[0]), "ci_hi": _float(ci[1]),
             "layer_ci_lo": _float(layer_ci[0]), "layer_ci_hi": _float(layer_ci[1]),
-            "undefined_fraction": _float(entry.get("undefined_fraction")),
-            "n_boot": entry.get("n_boot"),
-            "threshold": _float((entry.get("params") or {}).get("threshold")),
-            "reason": entry.get("reason"), "notes": "; ".join(entry.get("notes") or []),
+            "undefined_fraction": _float(est.undefined_fraction if est else None),
+            "n_boot": entry.n_boot,
+            "threshold": _float(est.threshold if est else None),
+            "reason": est.reason if est else None, "notes": "; ".join(est.notes if est else ()),
         })
     return rows
 

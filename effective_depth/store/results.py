@@ -12,7 +12,7 @@
 Every file is written to a temporary file in the same directory and renamed over the old one, so
 a killed run leaves either the old or the new version, never half a file. ``results.json`` lists
 the metrics that finished; a rerun with the same config skips them. No pickles anywhere.
-The JSON files' shapes are owned by :mod:`effective_depth.run_record` (typed, read by
+The JSON files' shapes are owned by :mod:`effective_depth.store.record` (typed, read by
 attribute); ``results.json`` is written through it (:meth:`RunDir.write_results`).
 """
 
@@ -186,7 +186,7 @@ class Run:
     """A finished (or partial) run, loaded back: config, inputs, results and metric objects.
 
     ``record``, ``config_record`` and ``inputs_record`` are the typed views of
-    ``results.json``, ``config.json`` and ``inputs.json`` (:mod:`effective_depth.run_record`):
+    ``results.json``, ``config.json`` and ``inputs.json`` (:mod:`effective_depth.store.record`):
     read a run by attribute (``run.record.model.n_layers``). ``results``, ``config`` and
     ``inputs`` stay the raw mappings as read, for scripts that index them. The records are made
     from them when the run is built (a malformed file is a :class:`ResultsError` then) and again

@@ -184,7 +184,7 @@ def _run_cell(config_dict: dict[str, Any], out: str, progress: bool = False,
     set_threads(threads)
     result = run_study(StudyConfig.from_dict(config_dict), out, progress=progress)
     return {"out": str(result.path), "computed": result.computed, "reused": result.reused,
-            "depth": result.results.get("depth", {})}
+            "depth": {k: v.to_json() for k, v in result.record.depth.items()}}
 
 
 def _failed(cell: GridCell, exc: BaseException) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ..frozen import check_field_types, from_dict
 from ..metrics.options import FLAT_OPTIONS, flatten_options, nest_flat
 from ..resources import ResourceMeter
 from ..store.fingerprint import inputs_fingerprint, model_fingerprint
+from ..store.record import RunConfig, RunRecord
 from ..store.results import (
     CONFIG,
     FORMAT_VERSION,
@@ -37,7 +38,6 @@ from ..store.results import (
     config_hash,
     metric_from_store,
 )
-from ..store.record import RunConfig, RunRecord
 
 __all__ = ["StudyConfig", "run_study", "resolve_task", "default_out_dir", "StudyResult",
            "config_differences"]

@@ -35,6 +35,7 @@ from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
 from ..errors import ConfigError, EffectiveDepthError
+from ..store.record import EstimateEntry, StudyFields
 from ..store.results import Run, atomic_write_text, load_run
 from .compare_figures import COMPARISON_FIGURES
 from .figures import SKIP_MODES, ed_summary_figure, figure_specs, skip_modes_figure
@@ -69,24 +70,28 @@ def load_runs(runs: Sequence[RunLike]) -> list[Run]:
     return [r if isinstance(r, Run) else load_run(r) for r in runs]
 
 
-def _estimates(run: Run) -> dict[str, Any]:
-    return {k: v for k, v in run.results.get("depth", {}).items()
-            if isinstance(v, Mapping) and "layer" in v}
+def _estimates(run: Run) -> dict[str, EstimateEntry]:
+    return run.record.estimates()
+
+
+def _estimate_dicts(run: Run) -> dict[str, dict[str, Any]]:
+    """The run's estimates as the figure functions take them (``Estimate.to_dict()`` form)."""
+    return {k: v.to_json() for k, v in _estimates(run).items()}
 
 
 def _example_note(run: Run, index: int) -> str:
-    examples = run.inputs.get("examples", [])
+    examples = run.inputs_record.examples
     if index >= len(examples):
         return f"example {index}"
     ex = examples[index]
-    return f"example {index}: {ex.get('prompt', '')} → {ex.get('answer', '')}"
+    return f"example {index}: {ex.prompt} → {ex.answer or ''}"
 
 
 def run_panels(run: Run) -> list[Panel]:
     """Every figure of one run: the effective-depth summary, then each finished measurement's
     registered figures (one per example map for erasure and integrated gradients)."""
-    estimates = _estimates(run)
-    context = {"d_vocab": run.results.get("model", {}).get("d_vocab")}
+    estimates = _estimate_dicts(run)
+    context = {"d_vocab": run.record.model.d_vocab}
     panels = []
     if estimates:
         panels.append(Panel("ed_summary", "Effective depth by estimator", ed_summary_figure(estimates)))
@@ -113,10 +118,10 @@ def comparison_panels(comparison: Mapping[str, Any]) -> list[Panel]:
 
 def _skip_key(run: Run) -> tuple[str, ...]:
     """What must agree for two runs' skip effects to differ in their mode only."""
-    res, cfg = run.results, _skip_options(run)
-    task = res.get("task", {})
-    return (str(res.get("model", {}).get("name")), str(task.get("name")),
-            json.dumps(task.get("params"), sort_keys=True, default=str), str(task.get("difficulty")),
+    res, cfg = run.record, _skip_options(run)
+    task = res.task
+    return (str(res.model.name), str(task.name),
+            json.dumps(task.params, sort_keys=True, default=str), str(task.difficulty),
             str(cfg.get("component", "block")), str(cfg.get("aggregate", "max")))
 
 
@@ -124,8 +129,9 @@ def _skip_options(run: Run) -> dict[str, Any]:
     """The skip-effect options a run was made with (flat names of earlier versions read too)."""
     from ..metrics.options import nest_flat
 
-    options = nest_flat(run.config.get("config", {}), note=False).get("options", {})
-    return dict(options.get("skip_effects", {}))
+    stored = StudyFields.from_json(nest_flat(run.config_record.config.to_json(), note=False),
+                                   str(run.path / "config.json"), "config")
+    return stored.options_of("skip_effects")
 
 
 def skip_mode_panels(runs: Sequence[Run]) -> list[Panel]:
@@ -154,9 +160,9 @@ def compute_comparison(runs: list[Run]) -> dict[str, Any] | None:
         from ..store.compare import compare_runs
     except ImportError:
         return None
-    configs = [r.config.get("config", {}) for r in runs]
-    n_boot = min(int(c.get("n_boot", 1000)) for c in configs)
-    level = float(configs[0].get("ci_level", 0.95))
+    configs = [r.config_record.config for r in runs]
+    n_boot = min(int(c.n_boot) for c in configs)
+    level = float(configs[0].ci_level)
     try:
         return compare_runs(runs, n_boot=n_boot, level=level)
     except EffectiveDepthError as exc:
@@ -211,16 +217,16 @@ def _ci(value: Any) -> str:
 
 
 def _level(run: Run) -> str:
-    return f"{100 * float(run.config.get('config', {}).get('ci_level', 0.95)):g}%"
+    return f"{100 * float(run.config_record.config.ci_level):g}%"
 
 
 def ed_table(run: Run) -> str:
     """Estimator, block, ratio, CI, share of undefined resamples, reason."""
     rows = []
     for name, est in _estimates(run).items():
-        ratio = est.get("ratio")
-        rows.append([name, est.get("layer"), None if ratio is None else round(float(ratio), 4),
-                     _ci(est.get("ci")), est.get("undefined_fraction"), est.get("reason") or ""])
+        ratio = est.ratio
+        rows.append([name, est.layer, None if ratio is None else round(float(ratio), 4),
+                     _ci(est.ci), est.undefined_fraction, est.reason or ""])
     if not rows:
         return '<p class="empty">No effective-depth estimates in this run.</p>'
     header = ["estimator", "block e", "ratio (e+1)/L", f"{_level(run)} CI", "undefined resamples",
@@ -233,19 +239,20 @@ def summary_table(run: Run) -> str:
     :class:`~effective_depth.metrics.registry.ScoreSpec` declares)."""
     from ..metrics.registry import score_specs
 
-    res = run.results
-    model, task = res.get("model", {}), res.get("task", {})
-    depth = res.get("depth", {})
+    res = run.record
+    model, task = res.model, res.task
+    stored = {name: entry.to_json() for name, entry in res.depth.items()}
     scores = [row for spec in score_specs().values()
-              for row in spec.table_rows(depth.get(spec.name), model.get("n_layers"))]
+              for row in spec.table_rows(stored.get(spec.name), model.n_layers)]
     pairs = [
-        ("model", model.get("name")), ("architecture", model.get("architecture")),
-        ("blocks", model.get("n_layers")), ("d_model", model.get("d_model")),
-        ("parameters", model.get("n_params")), ("task", task.get("name")),
-        ("task parameters", task.get("params")), ("difficulty", task.get("difficulty")),
-        ("examples", task.get("n_examples")), ("accuracy", res.get("accuracy")),
+        ("model", model.name), ("architecture", model.architecture),
+        ("blocks", model.n_layers), ("d_model", model.d_model),
+        ("parameters", model.n_params), ("task", task.name),
+        ("task parameters", task.params),
+        ("difficulty", task.difficulty),
+        ("examples", task.n_examples), ("accuracy", res.accuracy),
         *scores,
-        ("finished", ", ".join(run.completed)), ("status", res.get("status", "incomplete")),
+        ("finished", ", ".join(run.completed)), ("status", res.status or "incomplete"),
         ("run directory", str(run.path)),
     ]
     return _kv_table(pairs, "summary")
@@ -255,16 +262,16 @@ def config_table(run: Run) -> str:
     """Every field of the StudyConfig that produced the run, and the library versions."""
     from ..metrics.options import flatten_options
 
-    cfg = dict(run.config.get("config", {}))
+    cfg = run.config_record.config.to_json()
     options = flatten_options(cfg.pop("options", None) or {})
-    env = run.config.get("environment", {})
+    env = run.config_record.environment
     pairs = [*cfg.items(), *options.items(), *((f"version: {k}", v) for k, v in env.items())]
     return _kv_table(pairs, "config")
 
 
-def _absent(est: dict[str, Any]) -> str:
+def _absent(est: EstimateEntry) -> str:
     """An undefined or missing estimate's cell: what it is and why."""
-    reason = str(est.get("reason") or "no reason stored")
+    reason = str(est.reason or "no reason stored")
     if reason.startswith(("not run", "skipped", "not computed")):
         return reason
     return f"undefined: {reason}"
@@ -278,13 +285,14 @@ def comparison_table(runs: Sequence[Run]) -> str:
         ests = _estimates(r)
         cells = []
         for n in names:
-            est = ests.get(n, {})
-            ratio = est.get("ratio")
-            if not est:
-                est = r.estimate_entry(n)
-            cells.append(_absent(est) if ratio is None else f"{ratio:.3f} {_ci(est.get('ci'))}")
-        rows.append([f"{i + 1}. {r.label}", r.results.get("model", {}).get("n_layers"),
-                     r.results.get("accuracy"), *cells])
+            est = ests.get(n)
+            if est is None:
+                found = r.estimate_entry(n)
+                cells.append(_absent(found) if isinstance(found, EstimateEntry) else "—")
+                continue
+            ratio = est.ratio
+            cells.append(_absent(est) if ratio is None else f"{ratio:.3f} {_ci(est.ci)}")
+        rows.append([f"{i + 1}. {r.label}", r.record.model.n_layers, r.record.accuracy, *cells])
     return _table(["run", "blocks", "accuracy", *names], rows, "ed compare")
 
 

@@ -45,6 +45,7 @@ from ..metrics.logit_lens import LogitLensResult
 from ..metrics.skip_effects import DEPTH_SCORE, SkipEffects
 from ..metrics.tuned_lens import TunedLensResult
 from ..stats import curve_band
+from ..store.record import EstimateEntry, ScoreEntry, depth_entry
 
 __all__ = [
     "FIGURES",
@@ -251,19 +252,24 @@ def _legend_line(fig: go.Figure, name: str, line: dict[str, Any], row: int | Non
                              hoverinfo="skip"), **_where(row, col))
 
 
-def _estimate(estimates: Estimates | None, name: str) -> dict[str, Any] | None:
-    """An estimate as a dict (from an :class:`Estimate` or a results.json entry), or None."""
+def as_depth_entry(est: Any) -> EstimateEntry | ScoreEntry:
+    """An :class:`Estimate`, its dict or a run's stored entry, as the stored entry's record."""
+    if isinstance(est, (EstimateEntry, ScoreEntry)):
+        return est
+    return depth_entry(est.to_dict() if isinstance(est, Estimate) else dict(est),
+                       "the estimates given")
+
+
+def _estimate(estimates: Estimates | None, name: str) -> EstimateEntry | None:
+    """The estimate ``name`` of ``estimates`` (None when absent, or a score)."""
     if not estimates or name not in estimates:
         return None
-    est = estimates[name]
-    return est.to_dict() if isinstance(est, Estimate) else dict(est)
+    est = as_depth_entry(estimates[name])
+    return est if isinstance(est, EstimateEntry) else None
 
 
-def _threshold(est: dict[str, Any] | None) -> float | None:
-    if est is None:
-        return None
-    value = (est.get("params") or {}).get("threshold")
-    return None if value is None else float(value)
+def _threshold(est: EstimateEntry | None) -> float | None:
+    return None if est is None else est.threshold
 
 
 #: the dashed line of each estimator, so that two marks in one figure are told apart
@@ -271,14 +277,14 @@ MARK_COLORS = {"ed_cos": "#444444", "ed_kl": "#7f3c8d", "ed_overlap": "#11a579",
                "ed_skip": "#444444", "ed_task": "#3969ac", "ed_prune": "#e73f74"}
 
 
-def _mark(fig: go.Figure, est: dict[str, Any] | None, x: float | None, label: str,
+def _mark(fig: go.Figure, est: EstimateEntry | None, x: float | None, label: str,
           row: int | None = None, col: int | None = None) -> None:
     """A dashed vertical line at the estimated block, named in the legend (nothing when the
     estimate is undefined)."""
-    if est is None or est.get("layer") is None or x is None:
+    if est is None or est.layer is None or x is None:
         return
-    ratio = est.get("ratio")
-    note = f"{label} = block {est['layer']}" + ("" if ratio is None else f" (ratio {ratio:.2f})")
+    ratio = est.ratio
+    note = f"{label} = block {est.layer}" + ("" if ratio is None else f" (ratio {ratio:.2f})")
     line = {"dash": "dash", "color": MARK_COLORS.get(label, "#444444"), "width": 2}
     fig.add_vline(x=x, line=line, **_where(row, col))
     _legend_line(fig, note, line, row, col)
@@ -438,7 +444,7 @@ def angular_distance_figure(result: Contributions) -> go.Figure:
 
 def _layer(estimates: Estimates | None, name: str) -> float | None:
     est = _estimate(estimates, name)
-    return None if est is None or est.get("layer") is None else float(est["layer"])
+    return None if est is None or est.layer is None else float(est.layer)
 
 
 # --- §3 logit lens ------------------------------------------------------------------------------
@@ -776,12 +782,12 @@ def integrated_gradients_figure(result: IntegratedGradients, example: int = 0) -
 # --- §6 effective-depth summary ---------------------------------------------------------------
 
 
-def _estimate_rows(estimates: Estimates) -> list[dict[str, Any]]:
+def _estimate_rows(estimates: Estimates) -> list[tuple[str, EstimateEntry]]:
     rows = []
     for name in estimates:
         est = _estimate(estimates, name)
-        if est is not None and "layer" in est:  # "depth_score" and other non-estimators are skipped
-            rows.append({**est, "name": est.get("name", name)})
+        if est is not None:  # "depth_score" and other non-estimators are skipped
+            rows.append((est.name or name, est))
     return rows
 
 
@@ -789,20 +795,20 @@ def ed_summary_figure(estimates: Estimates, title: str = "Effective depth by est
     """The effective-depth ratio ``(e + 1) / L`` of every estimator with its bootstrap CI as error
     bars; an undefined estimator gets no marker but an annotation with the reason."""
     rows = _estimate_rows(estimates)
-    names = [r["name"] for r in rows]
-    ratios = [r.get("ratio") for r in rows]
-    lo = [_ci_minus(r) for r in rows]
-    hi = [_ci_plus(r) for r in rows]
-    info = [_estimate_hover(r) for r in rows]
+    names = [name for name, _ in rows]
+    ratios = [r.ratio for _, r in rows]
+    lo = [_ci_minus(r) for _, r in rows]
+    hi = [_ci_plus(r) for _, r in rows]
+    info = [_estimate_hover(r) for _, r in rows]
     fig = go.Figure(go.Scatter(
         x=names, y=ratios, mode="markers", name="ratio", marker={"size": 12},
         error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo},
         customdata=info, hovertemplate="%{x}<br>%{customdata}<extra></extra>",
     ))
-    for r in rows:
-        if r.get("layer") is None:
-            reason = textwrap.wrap(str(r.get("reason") or "undefined"), 16)
-            fig.add_annotation(x=r["name"], y=0.02, yanchor="bottom", showarrow=False,
+    for name, r in rows:
+        if r.layer is None:
+            reason = textwrap.wrap(str(r.reason or "undefined"), 16)
+            fig.add_annotation(x=name, y=0.02, yanchor="bottom", showarrow=False,
                                align="center", font={"size": 9, "color": "#a33"},
                                text="undefined:<br>" + "<br>".join(text(line) for line in reason))
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=names)
@@ -810,19 +816,20 @@ def ed_summary_figure(estimates: Estimates, title: str = "Effective depth by est
     return _finish(fig, title, "estimator", "effective-depth ratio (e + 1) / L", height=440)
 
 
-def _ci_minus(est: dict[str, Any]) -> float:
-    ci, ratio = est.get("ci"), est.get("ratio")
+def _ci_minus(est: EstimateEntry) -> float:
+    ci, ratio = est.ci, est.ratio
     return 0.0 if ci is None or ratio is None else max(0.0, ratio - float(ci[0]))
 
 
-def _ci_plus(est: dict[str, Any]) -> float:
-    ci, ratio = est.get("ci"), est.get("ratio")
+def _ci_plus(est: EstimateEntry) -> float:
+    ci, ratio = est.ci, est.ratio
     return 0.0 if ci is None or ratio is None else max(0.0, float(ci[1]) - ratio)
 
 
-def _estimate_hover(est: dict[str, Any]) -> str:
-    if est.get("layer") is None:
-        return "undefined: " + text(est.get("reason") or "?")
-    ci = est.get("ci")
+def _estimate_hover(est: EstimateEntry) -> str:
+    if est.layer is None:
+        return "undefined: " + text(est.reason or "?")
+    ci = est.ci
     ci_text = "no CI" if ci is None else f"CI [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return f"block {est['layer']} of {est.get('n_layers', '?')}, ratio {est['ratio']:.3f}, {ci_text}"
+    n_layers = "?" if est.n_layers is None else est.n_layers
+    return f"block {est.layer} of {n_layers}, ratio {est.ratio:.3f}, {ci_text}"

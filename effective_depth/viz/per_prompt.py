@@ -21,8 +21,10 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from ..analysis.depth import Estimate
+from ..store.record import EstimateEntry, PerPromptEntry
 from .compare_figures import COMPARISON_FIGURES, ComparisonFigure
-from .figures import TEMPLATE, text
+from .figures import TEMPLATE, as_depth_entry, text
 
 __all__ = ["per_prompt_figure", "agreement_figure", "prompt_difficulty_figure",
            "model_agreement_figure", "per_prompt_panels"]
@@ -36,8 +38,23 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int 
     return fig
 
 
-def _as_dict(pp: Any) -> Mapping[str, Any]:
-    return pp.to_dict() if hasattr(pp, "to_dict") else pp
+def _ratio(est: Any) -> float | None:
+    """The ratio of an estimate (an ``Estimate``, its dict or a stored entry); None for a score."""
+    if isinstance(est, Estimate):
+        return est.ratio
+    if isinstance(est, Mapping) and "layer" not in est and "value" not in est:
+        return est.get("ratio")  # a mapping made by hand: its ratio, when it has one
+    entry = as_depth_entry(est)
+    return entry.ratio if isinstance(entry, EstimateEntry) else None
+
+
+def _as_entry(pp: Any) -> PerPromptEntry:
+    """A :class:`~effective_depth.per_prompt.PerPrompt`, its dict or a run's stored entry, as
+    the stored entry's record."""
+    if isinstance(pp, PerPromptEntry):
+        return pp
+    return PerPromptEntry.from_json(dict(pp.to_dict() if hasattr(pp, "to_dict") else pp),
+                                    "the per-prompt depths given")
 
 
 def per_prompt_figure(per_prompt: Mapping[str, Any], estimates: Mapping[str, Any] | None = None,
@@ -49,8 +66,7 @@ def per_prompt_figure(per_prompt: Mapping[str, Any], estimates: Mapping[str, Any
     fig = go.Figure()
     labels = []
     for name, pp in per_prompt.items():
-        d = _as_dict(pp)
-        ratios = list(d.get("ratios") or [])
+        ratios = list(_as_entry(pp).ratios)
         keep = [(i, r) for i, r in enumerate(ratios) if r is not None]
         label = f"{name} ({len(keep)}/{len(ratios)})"
         labels.append(label)
@@ -62,8 +78,8 @@ def per_prompt_figure(per_prompt: Mapping[str, Any], estimates: Mapping[str, Any
         ))
     mean_x, mean_y = [], []
     for label, name in zip(labels, per_prompt):
-        est = (estimates or {}).get(name) or {}
-        ratio = est.get("ratio") if isinstance(est, Mapping) else getattr(est, "ratio", None)
+        est = (estimates or {}).get(name)
+        ratio = None if est is None else _ratio(est)
         if ratio is not None:
             mean_x.append(label)
             mean_y.append(ratio)
@@ -167,13 +183,12 @@ def per_prompt_panels(run: Any) -> list[tuple[str, str, go.Figure, str]]:
     pp = run_per_prompt(run)
     if not pp:
         return []
-    estimates = run.results.get("depth", {})
+    estimates = run.record.estimates()
     panels = [("per_prompt", "Per-prompt effective depth", per_prompt_figure(pp, estimates),
                "each point is one prompt; the diamond is the estimate from the mean curve")]
-    cfg = run.config.get("config", {})
-    level = float(cfg.get("ci_level", 0.95))
-    rows = prompt_agreement(pp, n_boot=int(cfg.get("n_boot", 1000)), seed=int(cfg.get("seed", 0)),
-                            level=level)
+    cfg = run.config_record.config
+    level = float(cfg.ci_level)
+    rows = prompt_agreement(pp, n_boot=int(cfg.n_boot), seed=int(cfg.seed), level=level)
     if rows and any(r.get("rho") is not None and not math.isnan(r["rho"]) for r in rows):
         panels.append(("agreement", "Estimator agreement over prompts",
                        agreement_figure(rows, "Estimator agreement over this run's prompts "

@@ -89,43 +89,54 @@ def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _estimate_dict(value: Any) -> dict[str, Any]:
-    return value.to_dict() if hasattr(value, "to_dict") else dict(value)
+def _entry(value: Any) -> Any:
+    """An ``Estimate``, its dict or a stored ``depth`` entry, as the record of the entry
+    (:class:`~effective_depth.store.record.EstimateEntry` or ``ScoreEntry``)."""
+    from ..store.record import EstimateEntry, ScoreEntry, depth_entry
+
+    if isinstance(value, (EstimateEntry, ScoreEntry)):
+        return value
+    return depth_entry(value.to_dict() if hasattr(value, "to_dict") else dict(value),
+                       "the estimates given")
 
 
 def estimates_html(estimates: Mapping[str, Any], caption: str | None = "Effective depth") -> str:
-    """Estimates (``Estimate`` objects or their dicts) and scalar scores, one row each."""
+    """Estimates (``Estimate`` objects, their dicts or a run's ``depth`` records) and scalar
+    scores, one row each."""
     from ..metrics.registry import score_specs
+    from ..store.record import ScoreEntry
 
     scores = score_specs()
     rows = []
     for name, value in estimates.items():
-        est = _estimate_dict(value)
-        if "layer" not in est:  # a scalar score, shown as its ScoreSpec declares
+        est = _entry(value)
+        ci = None if est.ci is None else list(est.ci)
+        if isinstance(est, ScoreEntry):  # a scalar score, shown as its ScoreSpec declares
             spec = scores.get(name)
-            note = "" if spec is None or not spec.has_share else spec.share_text(est)
-            rows.append([spec.label if spec else name, "-", "-", est.get("value"), est.get("ci"),
-                         note])
+            note = "" if spec is None or not spec.has_share else spec.share_text(est.to_json())
+            rows.append([spec.label if spec else name, "-", "-", est.value, ci, note])
             continue
-        notes = list(est.get("notes") or [])
-        if est.get("layer") is None:
-            notes.insert(0, f"undefined: {est.get('reason')}")
-        elif est.get("undefined_fraction"):
-            notes.insert(0, f"undefined in {est['undefined_fraction']:.0%} of resamples")
-        rows.append([name, est.get("layer"), est.get("ratio"), None, est.get("ci"),
-                     "; ".join(notes)])
+        notes = list(est.notes)
+        if est.layer is None:
+            notes.insert(0, f"undefined: {est.reason}")
+        elif est.undefined_fraction:
+            notes.insert(0, f"undefined in {est.undefined_fraction:.0%} of resamples")
+        rows.append([name, est.layer, est.ratio, None, ci, "; ".join(notes)])
     return table(["estimator", "block", "ratio", "value", "95% CI", "note"], rows, caption)
 
 
 def _figure_html(estimates: Mapping[str, Any]) -> str:
     global _plotly_sent
-    if not FIGURES or not any(isinstance(v, Mapping) and v.get("layer") is not None
-                              for v in estimates.values()):
+    from ..store.record import EstimateEntry
+
+    entries = {k: _entry(v) for k, v in estimates.items()}
+    defined = {k: e.to_json() for k, e in entries.items() if isinstance(e, EstimateEntry)}
+    if not FIGURES or not any(e["layer"] is not None for e in defined.values()):
         return ""
     try:
         from . import ed_summary_figure
 
-        fig = ed_summary_figure({k: v for k, v in estimates.items() if "layer" in v})
+        fig = ed_summary_figure(defined)
         out = fig.to_html(full_html=False, include_plotlyjs=not _plotly_sent,
                           default_height=320)
     except Exception:  # noqa: BLE001 - a view without its figure still shows the tables
@@ -137,20 +148,21 @@ def _figure_html(estimates: Mapping[str, Any]) -> str:
 def run_html(run: Any, extra: str = "") -> str:
     """A run: what was measured on what, the estimates, the finished measurements, the figure
     of the effective depth by estimator, and where the dashboard is."""
-    res = run.results
-    model, task = res.get("model", {}), res.get("task", {})
-    head = [["run", str(run.path)], ["model", f"{model.get('name')} ({model.get('n_layers')} blocks)"],
-            ["task", f"{task.get('name')}(" + ", ".join(
-                f"{k}={v}" for k, v in task.get("params", {}).items()) + ")"],
-            ["examples", task.get("n_examples")],
-            ["status", res.get("status") or run.incomplete_reason()]]
-    if res.get("accuracy") is not None:
-        head.append(["exact-match accuracy", f"{100 * res['accuracy']:.1f}%"])
-    timing, used = res.get("timing", {}), res.get("resources", {})
+    res = run.record
+    model, task = res.model, res.task
+    head = [["run", str(run.path)], ["model", f"{model.name} ({model.n_layers} blocks)"],
+            ["task", f"{task.name}(" + ", ".join(
+                f"{k}={v}" for k, v in task.params.items()) + ")"],
+            ["examples", task.n_examples],
+            ["status", res.status or run.incomplete_reason()]]
+    if res.accuracy is not None:
+        head.append(["exact-match accuracy", f"{100 * res.accuracy:.1f}%"])
 
     def cost(m: str) -> str:
-        rss = used.get(m, {}).get("peak_rss_gib")
-        return f"{fmt(timing.get(m))} s" + ("" if rss is None else f", peak RSS {fmt(rss)} GiB")
+        used = res.resources.get(m)
+        rss = None if used is None else used.peak_rss_gib
+        return f"{fmt(res.timing.get(m))} s" + ("" if rss is None else
+                                                f", peak RSS {fmt(rss)} GiB")
 
     head.append(["measurements", ", ".join(f"{m} ({cost(m)})" for m in run.completed) or "none"])
     if extra:
@@ -158,13 +170,13 @@ def run_html(run: Any, extra: str = "") -> str:
     dashboard = run.path / "dashboard.html"
     if dashboard.is_file():
         head.append(["dashboard", str(dashboard)])
-    depth = {k: v for k, v in res.get("depth", {}).items() if isinstance(v, Mapping)}
+    depth = dict(res.depth)
     parts = [table(["", ""], head, f"Run: {run.label}")]
     if depth:
         parts.append(estimates_html(depth))
-    for w in res.get("warnings", []):
+    for w in res.warnings:
         parts.append(f'<div style="font-size:11px;color:#a60">warning: '
-                     f'{html.escape(str(w.get("message")))}</div>')
+                     f'{html.escape(str(w.message))}</div>')
     parts.append(_figure_html(depth))
     return "".join(parts)
 
