@@ -299,3 +299,19 @@ def test_a_run_of_another_format_version_is_refused(tmp_path):
         load_run(run_dir)
     no_version = {k: v for k, v in data.items() if k != "format"}  # before the key existed
     assert RunRecord.from_json(no_version).format is None
+
+
+def test_a_run_without_results_is_labelled_by_its_config():
+    """The label's fallback is config.json's model (the old dict read asked a key that
+    config.json never has, and always printed "?")."""
+    from effective_depth.results import Run
+
+    stub = Run(Path("stub"), {"hash": "x", "config": {"model": "zoo/add-2l"}}, {}, {})
+    assert stub.label == "zoo/add-2l | ?" and stub.completed == [] and not stub.complete
+    named = Run(Path("r"), {"config": {"model": "a"}}, {}, {"model": {"name": "b"},
+                                                             "task": {"name": "t",
+                                                                      "params": {"seed": 0,
+                                                                                 "digits": 3}}})
+    assert named.label == "b | t(digits=3)"
+    named.results = {"model": {"name": "c"}}  # assigning a mapping remakes its record
+    assert named.record.model.name == "c" and named.label == "c | ?"
