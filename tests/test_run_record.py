@@ -1,4 +1,4 @@
-"""The typed run record (effective_depth.run_record): results.json, config.json and inputs.json
+"""The typed run record (effective_depth.store.record): results.json, config.json and inputs.json
 read by attribute, written back to the same bytes; unknown keys kept; malformed files named."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from effective_depth.results import RunDir, dumps, load_run
-from effective_depth.run_record import (
+
+from effective_depth.errors import ResultsError
+from effective_depth.store.record import (
     EstimateEntry,
     ExampleEntry,
     PerPromptEntry,
@@ -25,9 +26,8 @@ from effective_depth.run_record import (
     StudyFields,
     WarningEntry,
 )
-
-from effective_depth.errors import ResultsError
-from effective_depth.study import StudyConfig, run_study
+from effective_depth.store.results import RunDir, dumps, load_run
+from effective_depth.study.run import StudyConfig, run_study
 
 #: run directories written by earlier versions of main (see tests/data/run_dirs/README.md)
 RUN_DIRS = Path(__file__).parent / "data" / "run_dirs"
@@ -304,7 +304,7 @@ def test_a_run_of_another_format_version_is_refused(tmp_path):
 def test_a_run_without_results_is_labelled_by_its_config():
     """The label's fallback is config.json's model (the old dict read asked a key that
     config.json never has, and always printed "?")."""
-    from effective_depth.results import Run
+    from effective_depth.store.results import Run
 
     stub = Run(Path("stub"), {"hash": "x", "config": {"model": "zoo/add-2l"}}, {}, {})
     assert stub.label == "zoo/add-2l | ?" and stub.completed == [] and not stub.complete
