@@ -49,7 +49,7 @@ def _ratio(est: Any) -> float | None:
 
 
 def _as_entry(pp: Any) -> PerPromptEntry:
-    """A :class:`~effective_depth.per_prompt.PerPrompt`, its dict or a run's stored entry, as
+    """A :class:`~effective_depth.analysis.per_prompt.PerPrompt`, its dict or a run's stored entry, as
     the stored entry's record."""
     if isinstance(pp, PerPromptEntry):
         return pp
