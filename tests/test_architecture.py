@@ -424,9 +424,10 @@ def named_measurements(package_dir: Path, names: set[str]) -> list[str]:
         exported = {id(c) for node in ast.walk(tree) if isinstance(node, ast.Assign)
                     and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
                     for c in ast.walk(node.value)}  # re-exported function names
+        strings = set(_strings(tree))  # docstrings aside
         out += [f"{module}:{n.lineno} {n.value!r}" for n in ast.walk(tree)
-                if isinstance(n, ast.Constant) and id(n) not in exported
-                and (n.lineno, n.value) in set(_strings(tree)) and n.value in names]
+                if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                and n.value in names and id(n) not in exported and (n.lineno, n.value) in strings]
     return out
 
 
