@@ -367,8 +367,7 @@ class RunRules:
         spec = score_specs()[name]
         if spec.metric not in self.run.completed:
             return None
-        value = spec.fn(self._result(spec.metric), idx)
-        return None if value is None or math.isnan(value) else value
+        return _finite(spec.fn(self._result(spec.metric), idx))
 
     def ratio(self, estimator: str, idx: Any) -> float | None:
         """The estimator's ratio ``(e + 1) / L`` on prompts ``idx`` (None: undefined)."""
