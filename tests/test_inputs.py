@@ -4,7 +4,8 @@ rule, the exact lossy-text check, and what a run records about its tokens.
 Every tokenizer is built here, offline: Qwen2-style byte-level BPE (``benchmarks.paper_shapes``)
 with Qwen2.5- and R1-style chat templates written as Jinja strings, character-level WordLevel
 tokenizers with and without a decoder or a normaliser. The real SmolLM2 and Gemma-3 tokenizers
-are used only when their converted checkpoints are on this machine.
+come from the real/ cache that ``effective-depth fetch`` writes (marker ``real``: they skip when
+the models cannot be fetched, and fail instead under ``CI=true``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from effective_depth.models.chat import ChatFormat, chat_format
 from effective_depth.models.evaluate import encode_example
 from effective_depth.models.token_text import check_tokenization
 from effective_depth.tasks import Example
+from tests.helpers import real_checkpoint
 
 #: Qwen2.5-Instruct's template, shortened (no tools): a default system turn when none is given
 QWEN_TEMPLATE = (
@@ -50,7 +52,6 @@ R1_TEMPLATE = (
 BOS_R1 = R1_SPECIALS[3]
 PROMPT = "Question: Natalia sold 48 clips to her friends in April.\nAnswer: "
 ANSWER = "Natalia sold 48/2 = 24 clips in May.\nThe final answer is 72"
-MANUAL = Path("/root/.cache/effective_depth/manual")
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512)
 
@@ -228,11 +229,11 @@ def test_zoo_tokenizer_adds_its_bos_and_the_zoo_model_is_unchanged():
                                                                                           True]
 
 
-@pytest.mark.skipif(not (MANUAL / "smollm2-135m-instruct").is_dir(), reason="no SmolLM2 copy")
+@pytest.mark.real
 def test_smollm2_tokenizer_reads_no_bos_and_its_own_chat_template():
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(MANUAL / "smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(real_checkpoint("real/smollm2-135m-instruct"))
     assert tok.bos_token == "<|im_start|>"  # named, never added by the tokenizer
     batch = encode_batch(tok, [Example(PROMPT, ANSWER)])
     assert batch.token_ids(0) == tok(PROMPT + ANSWER)["input_ids"]
@@ -243,11 +244,11 @@ def test_smollm2_tokenizer_reads_no_bos_and_its_own_chat_template():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (MANUAL / "gemma-3-270m").is_dir(), reason="no Gemma-3 copy")
+@pytest.mark.real
 def test_gemma_tokenizer_adds_bos_once():
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(MANUAL / "gemma-3-270m")
+    tok = AutoTokenizer.from_pretrained(real_checkpoint("real/gemma-3-270m"))
     batch = encode_batch(tok, [Example(PROMPT, ANSWER)])
     assert batch.token_ids(0) == tok(PROMPT + ANSWER)["input_ids"]
     assert batch.token_ids(0)[:2] == [2, tok(PROMPT, add_special_tokens=False)["input_ids"][0]]

@@ -13,14 +13,11 @@ additions, to keep the tier's cost to a few minutes.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from effective_depth import load_model
 from effective_depth.engine import encode_batch
-from effective_depth.errors import ModelError
 from effective_depth.metrics import (
     contributions,
     erasure,
@@ -31,6 +28,7 @@ from effective_depth.metrics import (
 )
 from effective_depth.tasks import Example
 from tests import reference
+from tests.helpers import real_checkpoint
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -52,24 +50,13 @@ LOGP_TOL = 2e-4
 TOL = {"real/smollm2-135m-instruct": 2e-4, "real/gemma-3-270m": 1e-3}
 
 
-def _fetch(name: str):
-    from effective_depth.models.real import fetch_real_model
-
-    try:
-        return fetch_real_model(name, progress=False)
-    except ModelError as exc:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(f"CI must run the real-model tier, but {name} is unavailable: {exc}")
-        pytest.skip(f"{name} is not fetched and cannot be fetched here ({exc})")
-
-
 @pytest.fixture(scope="module", params=REAL)
 def real(request):
     """(name, HF model, hooked model, bridge model, batch of PROMPTS) for one real model."""
     from transformers import AutoModelForCausalLM
 
     name = request.param
-    path = _fetch(name)
+    path = real_checkpoint(name)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                               attn_implementation="eager").eval()
     hooked = load_model(name, device="cpu")

@@ -3,7 +3,6 @@ format, disjoint held-out splits, seeded generation, and a clean prompt/answer t
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -12,6 +11,7 @@ from effective_depth.errors import TaskError
 from effective_depth.models.evaluate import encode_example
 from effective_depth.tasks import get_task, list_tasks
 from effective_depth.tasks.fewshot import CAPITALS, DEFAULT_SHOTS, capitals_split
+from tests.helpers import real_checkpoint
 
 LINE = re.compile(r"^(\d+) \+ (\d+) = (\d+)$")
 
@@ -72,18 +72,14 @@ def test_capitals_table_split_and_format():
     assert len(get_task("capitals").examples(None)) == len(CAPITALS)
 
 
-REAL = [os.path.expanduser(f"~/.cache/effective_depth/manual/{name}")
-        for name in ("smollm2-135m-instruct", "gemma-3-270m")]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("path", REAL, ids=["smollm2", "gemma3"])
-def test_answers_start_on_a_clean_token_boundary_for_real_tokenizers(path):
-    if not os.path.isdir(path):
-        pytest.skip(f"{path} not converted on this machine")
+@pytest.mark.real
+@pytest.mark.parametrize("name", ["real/smollm2-135m-instruct", "real/gemma-3-270m"],
+                         ids=["smollm2", "gemma3"])
+def test_answers_start_on_a_clean_token_boundary_for_real_tokenizers(name):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(real_checkpoint(name))
     examples = (get_task("fewshot_addition", digits=2).examples(20)
                 + get_task("capitals").examples(20))
     for ex in examples:
