@@ -24,11 +24,13 @@ from effective_depth.metrics.tuned_lens import (
     fit_translators,
     heldout_check,
     least_squares_translators,
+    lens_fingerprint,
     train_tuned_lens,
     tuned_lens,
 )
 from effective_depth.models.zoo import zoo_entry
 from effective_depth.study import StudyConfig, run_study
+from tests.helpers import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +113,69 @@ def test_translators_for_another_model_are_refused(add4l):
         tuned_lens(add4l, batch, Translators.identity(3, 128))
 
 
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """Two tiny Llamas of one shape and other weights (seeds 0 and 1), saved and loaded, with a
+    training batch; the first also in bfloat16 and under the bridge backend."""
+    root = tmp_path_factory.mktemp("twins")
+    one = save_tiny_checkpoint("llama", root / "one", n_layers=3, seed=0)
+    two = save_tiny_checkpoint("llama", root / "two", n_layers=3, seed=1)
+    models = {"one": ed.load_model(one, device="cpu"), "two": ed.load_model(two, device="cpu"),
+              "one-bf16": ed.load_model(one, device="cpu", dtype="bfloat16"),
+              "one-bridge": ed.load_model(one, device="cpu", backend="bridge")}
+    examples = ed.get_task("addition", digits=2, split="train").examples(24)
+    return models, encode_batch(models["one"].tokenizer, examples)
+
+
+def test_translators_record_the_model_they_were_fitted_on(twins, caplog):
+    from safetensors.torch import load, save
+
+    models, batch = twins
+    one, two = models["one"], models["two"]
+    fingerprint = lens_fingerprint(one)
+    assert fingerprint != lens_fingerprint(two)  # same shapes, other weights
+    # the lens reads the same numbers in bfloat16 and under the other backend: same fingerprint
+    assert lens_fingerprint(models["one-bf16"]) == lens_fingerprint(models["one-bridge"]) \
+        == fingerprint
+    fitted = train_tuned_lens(one, batch, steps=2, seed=0)
+    record = fitted.info["fitted_on"]
+    assert record == {"name": one.effective_depth_source["name"], "backend": "hooked",
+                      "dtype": "float32", "n_layers": 3, "d_model": 64,
+                      "d_vocab": get_adapter(one).d_vocab, "lens_sha256": fingerprint}
+    # saved as the study saves them (safetensors + JSON info) and loaded back: the record stays
+    saved = Translators.from_tensors(load(save(fitted.tensors())),
+                                     json.loads(json.dumps(fitted.info)))
+    for translators in (fitted, saved):
+        with pytest.raises(ConfigError) as err:
+            tuned_lens(two, batch, translators, k=1)
+        text = str(err.value)
+        name_one, name_two = (m.effective_depth_source["name"] for m in (one, two))
+        assert name_one != name_two
+        assert (f"fitted on {name_one} (hooked, float32, lens fingerprint {fingerprint[:12]}), "
+                f"but are being used on {name_two} (hooked, float32, lens fingerprint "
+                f"{lens_fingerprint(two)[:12]})") in text
+        assert text.endswith("train them on this model")
+        caplog.clear()
+        want = tuned_lens(one, batch, translators, k=1)
+        for other in ("one-bf16", "one-bridge"):
+            tuned_lens(models[other], batch, translators, k=1)
+        assert "carry no record" not in caplog.text
+    # translators saved before the record existed: used, with a warning
+    old = Translators(saved.weight, saved.bias,
+                      {k: v for k, v in saved.info.items() if k != "fitted_on"})
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="effective_depth"):
+        got = tuned_lens(two, batch, old, k=1)
+    assert "carry no record of the model they were fitted on" in caplog.text
+    assert one.effective_depth_source["name"] not in caplog.text  # it cannot know
+    assert got.kl.shape == want.kl.shape
+    # the identity is the logit lens of every model of its shape: no record, no warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="effective_depth"):
+        tuned_lens(two, batch, Translators.identity(3, 64), k=1)
+    assert caplog.text == ""
+
+
 @pytest.mark.slow
 def test_held_out_tuned_kl_is_at_most_the_logit_lens_kl_at_every_layer(add4l):
     train = encode_batch(add4l.tokenizer, ed.get_task("addition", digits=3, split="train").examples(400))
@@ -188,6 +253,7 @@ def test_study_stores_curves_estimates_and_the_cached_lens(tmp_path):
     assert heldout["unfit"] == bool(heldout["worse_blocks"])
     assert lens["data"]["params"]["split"] == "train" and lens["data"]["overlap"] == 0
     assert set(lens["fingerprint"]) == {"model", "data", "settings"}
+    assert lens["fitted_on"]["name"] == "zoo/add-2l" and len(lens["fitted_on"]["lens_sha256"]) == 64
     for name in ("ed_tuned_kl", "ed_tuned_overlap"):
         est = res.results["depth"][name]
         assert est["ratio"] is None or est["ratio"] == (est["layer"] + 1) / L
@@ -199,6 +265,7 @@ def test_study_stores_curves_estimates_and_the_cached_lens(tmp_path):
     # the cache: safetensors + JSON with the loss curve and the fingerprints
     stored = _lens_file(res.path)
     assert len(stored["info"]["loss"]) == lens["steps"] and stored["fingerprint"] == lens["fingerprint"]
+    assert stored["info"]["fitted_on"] == lens["fitted_on"]
     assert lens["final_loss"] == stored["info"]["loss"][-1]
     raw = (res.path / "fitted" / "tuned_lens.safetensors").read_bytes()
     assert raw[:2] not in (b"\x80\x02", b"\x80\x04", b"PK")

@@ -17,10 +17,16 @@ overlap, token-weighted per prompt) with ``lens`` replaced by ``tuned``.
 Training streams: each step runs one clean pass on a few training prompts and fits every layer's
 translator on their positions, one layer at a time, so memory stays at one minibatch's residuals
 and a few ``positions × vocab`` tensors (never ``layers × positions × vocab``).
+
+Trained translators record the model they were fitted on (``info["fitted_on"]``, saved with
+them): a :func:`lens_fingerprint` of the parameters the lens reads (the final norm's and the
+unembedding's), its name, backend and dtype. :func:`tuned_lens` refuses translators fitted on a
+model with another fingerprint, however well the shapes match.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -44,8 +50,8 @@ from .registry import EstimatorSpec, FitSpec, MetricSpec, register_metric
 
 __all__ = ["TunedLensResult", "Translators", "tuned_lens", "train_tuned_lens", "fit_translators",
            "least_squares_translators", "lens_kl_by_layer", "auto_steps", "heldout_check",
-           "unfit_message", "tuned_lens_examples", "FIT_VERSION", "TOKENS_PER_STEP",
-           "LEARNING_RATE", "RIDGE", "MAX_FIT_POSITIONS"]
+           "unfit_message", "tuned_lens_examples", "lens_fingerprint", "fitted_on",
+           "FIT_VERSION", "TOKENS_PER_STEP", "LEARNING_RATE", "RIDGE", "MAX_FIT_POSITIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,94 @@ FINE_TUNE_BUDGET = 2 * 10**11
 #: validation every this many steps; stop after this many evaluations without improvement
 EVAL_EVERY = 10
 PATIENCE = 2
+#: elements converted and hashed at a time by :func:`lens_fingerprint`
+_HASH_CHUNK = 2**22
+
+
+def _lens_parameters(adapter: Adapter) -> list[tuple[str, Tensor]]:
+    """The final norm's and the unembedding's floating-point parameters in one layout for both
+    backends: matrices first, the unembedding as ``[d_vocab, d_model]`` (the hooked backend's
+    ``W_U`` is its transpose), then vectors by name (a bias before a weight), all-zero biases
+    left out (the bridge keeps one where the hooked backend has none, or the reverse)."""
+    out = []
+    for part in ("ln_final", "unembed"):
+        module = getattr(adapter.model, part, None)
+        if not isinstance(module, torch.nn.Module):
+            continue
+        state = [(name, t.detach()) for name, t in module.state_dict().items()
+                 if torch.is_floating_point(t) and not (t.dim() == 1 and not torch.any(t))]
+        for _, t in sorted(state, key=lambda item: (-item[1].dim(), item[0].lower())):
+            if part == "unembed" and t.dim() == 2 and not adapter.is_bridge:
+                t = t.T
+            out.append((f"{part}.{'matrix' if t.dim() == 2 else 'vector'}", t))
+    return out
+
+
+def lens_fingerprint(model: Any) -> str:
+    """sha256 of what the lens reads of ``model``: its final norm's and unembedding's parameters
+    (shapes and values, in one layout for both backends) and its depth, width and vocabulary.
+
+    The values are hashed as bfloat16 bits, whatever dtype the model holds them in, so a model
+    loaded in float32 and in bfloat16 has one fingerprint (float16 rounds some values another
+    way and counts as another model). The parameters are read as the loaded model holds them: a
+    checkpoint whose weights were processed (TransformerLens folds the final norm into the
+    unembedding) or whose backend stores a norm another way (Gemma's ``1 + w``) counts as
+    another model — with processing its residual basis differs too. A 49k × 576 unembedding
+    takes a fraction of a second."""
+    adapter = get_adapter(model)
+    cap = getattr(adapter.cfg, "output_logits_soft_cap", None)
+    h = hashlib.sha256(f"L={adapter.n_layers} d={adapter.d_model} V={adapter.d_vocab} "
+                       f"cap={cap}".encode())
+    for name, t in _lens_parameters(adapter):
+        h.update(f"|{name}{tuple(t.shape)}".encode())
+        rows = t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t.reshape(1, -1)
+        step = max(1, _HASH_CHUNK // max(1, rows.shape[1]))
+        for lo in range(0, rows.shape[0], step):
+            piece = rows[lo:lo + step].to("cpu", torch.bfloat16).contiguous()
+            h.update(piece.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _model_name(adapter: Adapter) -> str:
+    source = getattr(adapter.model, "effective_depth_source", None) or {}
+    return str(source.get("name") or getattr(adapter.cfg, "model_name", None)
+               or type(adapter.model).__name__)
+
+
+def fitted_on(model: Any) -> dict[str, Any]:
+    """What translators record of the model they are fitted on (``info["fitted_on"]``): its
+    name, backend, dtype, shape and :func:`lens_fingerprint` (``lens_sha256``)."""
+    adapter = get_adapter(model)
+    return {"name": _model_name(adapter), "backend": "bridge" if adapter.is_bridge else "hooked",
+            "dtype": str(adapter.dtype).removeprefix("torch."), "n_layers": adapter.n_layers,
+            "d_model": adapter.d_model, "d_vocab": adapter.d_vocab,
+            "lens_sha256": lens_fingerprint(adapter)}
+
+
+def _describe(record: dict[str, Any]) -> str:
+    return (f"{record.get('name', '?')} ({record.get('backend', '?')}, {record.get('dtype', '?')}, "
+            f"lens fingerprint {str(record.get('lens_sha256', '?'))[:12]})")
+
+
+def _check_fitted_on(model: Any, translators: Translators) -> None:
+    """Refuse translators fitted on a model of another :func:`lens_fingerprint`; translators
+    saved before fingerprints existed (no ``fitted_on``) are used with a logged warning."""
+    info = translators.info
+    if "fitted_on" not in info:
+        log.warning("the tuned-lens translators carry no record of the model they were fitted "
+                    "on (saved before translators recorded it, or built by hand): using them on "
+                    "%s unchecked; retrain them to have them checked",
+                    _model_name(get_adapter(model)))
+        return
+    trained = info["fitted_on"]
+    if trained is None:  # the identity: the logit lens of any model of its shape
+        return
+    here = fitted_on(model)
+    if trained.get("lens_sha256") != here["lens_sha256"]:
+        raise ConfigError(
+            f"the tuned-lens translators were fitted on {_describe(trained)}, but are being used "
+            f"on {_describe(here)}: another model (its final norm or unembedding differs); "
+            "train them on this model")
 
 
 @dataclass
@@ -92,7 +186,8 @@ class Translators:
     def identity(cls, n_layers: int, d_model: int, device: Any = "cpu") -> Translators:
         """``A_l = I``, ``b_l = 0``: the tuned lens that *is* the logit lens."""
         eye = torch.eye(d_model, device=device).expand(n_layers, d_model, d_model).clone()
-        return cls(eye, torch.zeros(n_layers, d_model, device=device), {"steps": 0})
+        return cls(eye, torch.zeros(n_layers, d_model, device=device),
+                   {"steps": 0, "fitted_on": None})
 
     @property
     def n_layers(self) -> int:
@@ -134,6 +229,10 @@ def tuned_lens(model: Any, batch: BatchLike, translators: Translators, **options
     :func:`~effective_depth.metrics.logit_lens.logit_lens`, with each tapped residual passed
     through its translator first (``h_L``, the output, is never translated: with
     ``include_final`` its row is the sanity row KL 0, overlap 1).
+
+    Translators fitted on another model (another :func:`lens_fingerprint`, recorded in their
+    ``info["fitted_on"]``) are a :class:`ConfigError` naming both models; translators without a
+    record (saved before there were records) are used with a logged warning.
     """
     adapter = get_adapter(model)
     if (translators.n_layers, translators.d_model) != (adapter.n_layers, adapter.d_model):
@@ -141,6 +240,7 @@ def tuned_lens(model: Any, batch: BatchLike, translators: Translators, **options
             f"the tuned-lens translators are for {translators.n_layers} blocks of width "
             f"{translators.d_model}, the model has {adapter.n_layers} of width {adapter.d_model}; "
             "train them on this model")
+    _check_fitted_on(model, translators)
     plain = logit_lens(model, batch, **options, translate=translators, desc="tuned lens")
     return TunedLensResult(plain.kl_sums, plain.overlap_sums, plain.counts,
                      meta={**plain.meta, "lens": _lens_summary(translators.info)})
@@ -345,6 +445,7 @@ def fit_translators(
         best_w, best_b = weight.detach(), bias.detach()
     info = {"steps": len(losses), "max_steps": steps, "lr": lr, "stopped": stopped,
             "loss": [round(x, 6) for x in losses], "validation_curve": curve,
+            "fitted_on": fitted_on(adapter.model),
             "seconds": round(time.perf_counter() - t0, 3),
             "cpu_seconds": round(time.process_time() - cpu0, 3)}
     return Translators(best_w.cpu(), best_b.cpu(), info)
@@ -501,6 +602,7 @@ def train_tuned_lens(
         "tokens_per_step": min(tokens_per_step, n_fit), "n_train": batch.size,
         "n_fit": fit.size, "fit_positions": n_fit, "train_positions": int(sum(per_prompt)),
         "cached_residuals": keep, "skip_front": skip_front, "include_front": include_front,
+        "fitted_on": tuned["info"].get("fitted_on") or fitted_on(model),
         "seconds": round(time.perf_counter() - t0, 3),
         "cpu_seconds": round(time.process_time() - cpu0, 3),
     }
