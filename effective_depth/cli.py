@@ -337,6 +337,10 @@ def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
 @click.option("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available).")
 @click.option("--dtype", default=None, help="float32, bfloat16, ... (default: bf16 on CUDA, fp32 on CPU).")
 @click.option("--backend", type=click.Choice(["hooked", "bridge"]), default=None)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16-mixed", "bf16"]),
+              default=None, help="Compute policy (default auto: bf16-mixed where the device "
+              "multiplies bfloat16 fast — CUDA >= 8.0, a CPU with AMX-BF16 or AVX512-BF16 — else "
+              "fp32); recorded in config.json. docs/methods.md, \"Precision\".")
 @click.option("--set", "settings", multiple=True, metavar="OPTION=VALUE",
               help="A measurement's option, e.g. --set skip_effects.cut_start=4 --set "
               "integrated_gradients.steps=64 (listed below), or any other study option, e.g. "
@@ -364,7 +368,8 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
             n_boot: int | None, device: str | None, dtype: str | None, backend: str | None,
             settings: tuple[str, ...], config_file: str | None, force: bool, no_dashboard: bool,
             quiet: bool, allow_lossy: bool | None = None, threads: int | None = None,
-            chat_template: str | None = None, system_prompt: str | None = None) -> None:
+            chat_template: str | None = None, system_prompt: str | None = None,
+            precision: str | None = None) -> None:
     """Run a study: every chosen measurement on one model and task, then the effective-depth
     estimates with bootstrap CIs. Results go to a run directory (resumable: rerun the same
     command after an interruption and finished measurements are reused)."""
@@ -377,7 +382,7 @@ def run_cmd(model: str | None, task: str | None, params: tuple[str, ...], metric
     options: dict[str, Any] = {
         "model": model, "task": task, "n_examples": n_examples, "seed": seed,
         "n_boot": n_boot, "device": device, "dtype": dtype, "backend": backend,
-        "allow_lossy_tokenization": allow_lossy, **_chat_options(chat_template, system_prompt),
+        "precision": precision, "allow_lossy_tokenization": allow_lossy, **_chat_options(chat_template, system_prompt),
         **_skip_aliases(skip_mode, skip_component, aggregate),
     }
     if params:
@@ -532,16 +537,23 @@ def _print_summary(record: RunRecord | dict[str, Any], path: Any, elapsed: float
               default=None, metavar="[FILE]",
               help="Every cell in its model's chat format (overrides the grid's base).")
 @click.option("--system-prompt", default=None, help="A system turn for --chat-template.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16-mixed", "bf16"]),
+              default=None, help="Every cell's compute policy (overrides the grid's base; default auto: bf16-mixed where the device "
+              "multiplies bfloat16 fast — CUDA >= 8.0, a CPU with AMX-BF16 or AVX512-BF16 — else "
+              "fp32); recorded in config.json. docs/methods.md, \"Precision\".")
 @click.option("--model", "only_models", multiple=True, metavar="MODEL",
               help="Run only this model of the grid (repeatable); its cells are those of the "
               "whole grid, reused when the whole grid runs later.")
 def grid_cmd(config_file: str, executor: str, address: str | None,
               threads: int | None = None, chat_template: str | None = None,
-              system_prompt: str | None = None, only_models: tuple[str, ...] = ()) -> None:
+              system_prompt: str | None = None, only_models: tuple[str, ...] = (),
+              precision: str | None = None) -> None:
     """Run a grid of studies (models x tasks x difficulty levels) and compare them."""
     from .study.grid import load_grid, run_grid
 
     chat = {k: v for k, v in _chat_options(chat_template, system_prompt).items() if v is not None}
+    if precision is not None:
+        chat["precision"] = precision
     grid = load_grid(config_file, base=chat, models=only_models)
     console = _console()
     console.print(f"{len(grid.cells)} studies -> {grid.out}")

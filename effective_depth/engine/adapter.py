@@ -11,6 +11,12 @@ s..L-1 from this residual", or "the logit lens of this residual". Two backends:
   forward with the residual at the resume boundary overwritten by a hook; the numbers are the same,
   only slower.
 
+Every computation goes through the model's :class:`~effective_depth.models.precision.ComputePolicy`
+(:attr:`Adapter.policy`): the blocks of the common architectures run fused
+(:mod:`effective_depth.engine.fused`: matmuls in the policy's matmul dtype, the residual stream
+in its residual dtype), the others under ``torch.autocast`` when the policy multiplies in
+bfloat16, and the unembedding of every lens in the matmul dtype with log-probabilities in float32.
+
 Notation follows ``docs/methods.md``: boundary ``l`` (0..L) is the residual ``h_l`` entering block
 ``l``; ``h_L`` is the output of the last block, before the final norm.
 """
@@ -18,6 +24,7 @@ Notation follows ``docs/methods.md``: boundary ``l`` (0..L) is the residual ``h_
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +33,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ..models.precision import ComputePolicy, get_policy
+from .fused import FusedBlock, _signature, build_fused, fused_reason, run_block
+
 __all__ = ["Adapter", "Clean", "get_adapter", "HookFn"]
 
 HookFn = Callable[[Tensor, Any], Tensor | None]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,6 +80,77 @@ class Adapter:
         self.d_vocab: int = int(getattr(self.cfg, "d_vocab_out", None) or self.cfg.d_vocab)
         self.parallel: bool = bool(getattr(self.cfg, "parallel_attn_mlp", False))
         self.tokenizer = getattr(model, "tokenizer", None)
+        self.policy: ComputePolicy = get_policy(model)
+        self.fused_reason: str | None = self._fused_reason()
+
+    # ------------------------------------------------------------------ compute policy
+    def _fused_reason(self) -> str | None:
+        """Why the blocks run TransformerLens's own forward (None: they run fused); logged once
+        per model."""
+        if self.is_bridge:
+            return "the bridge runs Hugging Face's modules"
+        if self.policy.attention == "eager":
+            return "attention='eager' asked for TransformerLens's own blocks"
+        cached = getattr(self.model, "_effective_depth_fused_reason", False)
+        if cached is not False:
+            return cached
+        reason = fused_reason(self.model)
+        if reason is not None:
+            log.warning("%s: blocks run TransformerLens's own forward (slower; %s), under "
+                        "precision %s", getattr(self.cfg, "model_name", "model"), reason,
+                        self.policy.name)
+        self.model._effective_depth_fused_reason = reason
+        return reason
+
+    @property
+    def fused(self) -> bool:
+        """Whether blocks run fused (see :mod:`effective_depth.engine.fused`)."""
+        return self.fused_reason is None
+
+    def compute(self) -> contextlib.AbstractContextManager:
+        """The context of the paths that are not fused (TransformerLens blocks, the bridge):
+        ``torch.autocast`` to bfloat16 when the policy multiplies in bfloat16."""
+        if self.policy.matmul == torch.float32 or self.dtype == self.policy.matmul:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.policy.matmul)
+
+    def _policy_for(self, x: Tensor) -> ComputePolicy:
+        """The policy of a computation on ``x``: :meth:`ComputePolicy.for_grad` when it is
+        differentiated (``x`` requires grad), else the model's."""
+        if torch.is_grad_enabled() and x.requires_grad:
+            return self.policy.for_grad()
+        return self.policy
+
+    def _fused_block(self, layer: int, policy: ComputePolicy | None = None) -> FusedBlock | None:
+        """Block ``layer``'s fused weights under the policy (rebuilt when a parameter changed
+        since), or None when the block must run TransformerLens's forward: the architecture is
+        not covered, or a hook sits inside the block at this moment."""
+        if self.fused_reason is not None:
+            return None
+        store: dict[tuple, FusedBlock] = self.model.__dict__.setdefault(
+            "_effective_depth_fused", {})
+        policy = policy or self.policy
+        block = self.model.blocks[layer]
+        key = (layer, policy.matmul)
+        fb = store.get(key)
+        if fb is None or fb.block is not block or fb.signature != _signature(block):
+            fb = store[key] = build_fused(block, policy)
+        return None if fb.hooked_inside() else fb
+
+    def _unembed_weight(self, policy: ComputePolicy) -> tuple[Tensor, Tensor | None]:
+        """``W_U`` and ``b_U`` in the matmul dtype (a copy kept while ``W_U`` is unchanged)."""
+        u = self.model.unembed
+        dt = policy.matmul
+        if u.W_U.dtype == dt:
+            return u.W_U, u.b_U
+        store = self.model.__dict__.setdefault("_effective_depth_fused", {})
+        sig = (u.W_U.data_ptr(), u.W_U._version, u.b_U._version, u.W_U.device)
+        entry = store.get(("unembed", dt))
+        if entry is None or entry[0] != sig:
+            b = u.b_U.detach()
+            entry = store[("unembed", dt)] = (sig, u.W_U.detach().to(dt),
+                                        b.to(dt) if bool(torch.any(b != 0)) else None)
+        return entry[1], entry[2]
 
     # ------------------------------------------------------------------ names and basics
     def resid_hook(self, boundary: int) -> str:
@@ -116,7 +199,7 @@ class Adapter:
     def can_run_suffix(self) -> bool:
         """Whether a run may cover only a suffix of positions (keys/values of the prefix cached)."""
         return not self.is_bridge and self.cfg.positional_embedding_type in ("rotary", "standard") \
-            and not getattr(self.cfg, "use_local_attn", False)
+            and (self.fused or not getattr(self.cfg, "use_local_attn", False))
 
     @property
     def can_truncate_final(self) -> bool:
@@ -124,6 +207,8 @@ class Adapter:
         keys and values computed by :meth:`keys_values` (plain attention: no QK norm, no
         clipping, no split inputs)."""
         cfg = self.cfg
+        if self.fused:
+            return self.can_run_suffix
         return (self.can_run_suffix and not getattr(cfg, "use_qk_norm", False)
                 and getattr(cfg, "clip_qkv", None) is None
                 and not getattr(cfg, "use_attn_in", False)
@@ -134,9 +219,14 @@ class Adapter:
     def keys_values(self, layer: int, x: Float[Tensor, "rows pos d_model"]) -> tuple[Tensor, Tensor]:
         """Block ``layer``'s attention keys and values (before rotary, as its cache stores them)
         for the residual ``x`` entering it."""
+        policy = self._policy_for(x)
+        fb = self._fused_block(layer, policy)
+        if fb is not None:
+            return run_block(fb, policy, x, stop_after_kv=True)
         block = self.model.blocks[layer]
-        normed = block.ln1(x)
-        _, keys, values = block.attn.calculate_qkv_matrices(normed, normed, normed)
+        with self.compute():
+            normed = block.ln1(x)
+            _, keys, values = block.attn.calculate_qkv_matrices(normed, normed, normed)
         return keys, values
 
     def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]] = (),
@@ -174,27 +264,61 @@ class Adapter:
         if components:
             names += [self.attn_hook(i) for i in range(L)] + [self.mlp_hook(i) for i in range(L)]
         hooks = [(n, keep(n)) for n in names]
-        kv_cache = None
-        kwargs: dict[str, Any] = {}
-        if kv:
-            if not self.can_run_suffix:
-                raise NotImplementedError("keys/values for suffix runs need a HookedTransformer")
-            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-            kv_cache = TransformerLensKeyValueCache.init_cache(self.cfg, self.device, tokens.shape[0])
-            kwargs = {"past_kv_cache": kv_cache, "attention_mask": torch.ones_like(tokens)}
+        kv_list: list[tuple[Tensor, Tensor]] | None = None
         with self.hooks(hooks):
-            self._forward_tokens(tokens, **kwargs)
+            fused = self._fused_forward(tokens, kv)
+            if fused is not None:
+                kv_list = fused if kv else None
+            elif kv:
+                if not self.can_run_suffix:
+                    raise NotImplementedError("keys/values for suffix runs need a "
+                                              "HookedTransformer")
+                from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+                kv_cache = TransformerLensKeyValueCache.init_cache(self.cfg, self.device,
+                                                                   tokens.shape[0])
+                with self.compute():
+                    self._forward_tokens(tokens, past_kv_cache=kv_cache,
+                                         attention_mask=torch.ones_like(tokens))
+                kv_list = [(e.past_keys, e.past_values) for e in kv_cache.entries]
+            else:
+                with self.compute():
+                    self._forward_tokens(tokens)
         dev = store[names[0]].device
-        resid = torch.stack([store[self.resid_hook(b)].to(dev) for b in range(L + 1)])
+        rd = self.policy.resid
+        resid = torch.stack([store[self.resid_hook(b)].to(dev, rd) for b in range(L + 1)])
         attn = mlp = None
         if components:
-            attn = torch.stack([store[self.attn_hook(i)].to(dev) for i in range(L)])
-            mlp = torch.stack([store[self.mlp_hook(i)].to(dev) for i in range(L)])
-        kv_list = None
-        if kv_cache is not None:
-            kv_list = [(e.past_keys, e.past_values) for e in kv_cache.entries]
+            attn = torch.stack([store[self.attn_hook(i)].to(dev, rd) for i in range(L)])
+            mlp = torch.stack([store[self.mlp_hook(i)].to(dev, rd) for i in range(L)])
         return Clean(tokens, resid, attn, mlp, kv_list)
+
+    def _fused_forward(self, tokens: Tensor, kv: bool) -> list[tuple[Tensor, Tensor]] | None:
+        """The blocks of a clean pass run fused (the hooks attached fire as in the model's own
+        forward); the blocks' keys and values when ``kv``. None when the model must run its own
+        forward: blocks not fused, a hook inside a block, or an attention mask from padding."""
+        if not self.fused:
+            return None
+        blocks = [self._fused_block(i) for i in range(self.n_layers)]
+        if any(fb is None for fb in blocks):
+            return None
+        x, _, shortformer, mask = self.model.input_to_embed(tokens, padding_side="right")
+        if mask is not None or shortformer is not None:
+            return None
+        kv_list: list[tuple[Tensor, Tensor]] = []
+        for layer, fb in enumerate(blocks):
+            x = x.to(self._block_device(layer))
+            if kv:
+                x, (k, v) = run_block(fb, self.policy, x, want_kv=True)
+                kv_list.append((k.contiguous(), v.contiguous()))
+            else:
+                x = run_block(fb, self.policy, x)
+        return kv_list
+
+    def _block_device(self, layer: int) -> torch.device:
+        from transformer_lens.utilities.multi_gpu import get_device_for_block_index
+
+        return get_device_for_block_index(layer, self.cfg)
 
     def _forward_tokens(self, tokens: Tensor, **kwargs: Any) -> Any:
         if self.is_bridge:
@@ -214,16 +338,21 @@ class Adapter:
         With ``prefix_kv`` the rows of ``x`` are the positions after a cached prefix whose keys
         and values are given (``[rows, prefix, kv_heads, d_head]`` each).
         """
+        x = x.to(self._block_device(layer))
+        policy = self._policy_for(x)
+        fb = self._fused_block(layer, policy)
+        if fb is not None:
+            return run_block(fb, policy, x, prefix_kv)
         from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-        from transformer_lens.utilities.multi_gpu import get_device_for_block_index
 
         block = self.model.blocks[layer]
-        x = x.to(get_device_for_block_index(layer, self.cfg))
         entry = None
         if prefix_kv is not None:
             keys, values = prefix_kv
-            entry = TransformerLensKeyValueCacheEntry(keys, values, frozen=True)
-        return block(x, past_kv_cache_entry=entry)
+            entry = TransformerLensKeyValueCacheEntry(keys.to(self.dtype), values.to(self.dtype),
+                                                      frozen=True)
+        with self.compute():
+            return block(x, past_kv_cache_entry=entry)
 
     # ------------------------------------------------------------------ lens / output
     def final_norm(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
@@ -238,13 +367,16 @@ class Adapter:
             # TransformerLens 3.9's Unembed.forward multiplies by ``W_U.T.contiguous()``: a copy
             # of the whole unembedding (544 MiB for Qwen2.5-0.5B in float32) on every call, kept
             # alive for the backward pass under autograd. The same product, with its hook points,
-            # on the transposed view costs nothing extra.
-            logits = u.hook_out(torch.nn.functional.linear(u.hook_in(x), u.W_U.T, u.b_U))
+            # on the transposed view (in the policy's matmul dtype) costs nothing extra.
+            w, b = self._unembed_weight(self._policy_for(x))
+            logits = u.hook_out(torch.nn.functional.linear(
+                u.hook_in(x).to(w.dtype), w.T, b))
         else:
-            logits = u(x)
+            with self.compute():
+                logits = u(x)
         cap = getattr(self.cfg, "output_logits_soft_cap", -1.0) or -1.0
         if cap > 0:
-            logits = cap * torch.tanh(logits / cap)
+            logits = cap * torch.tanh(logits.float() / cap)
         return logits
 
     def lens_logits(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:

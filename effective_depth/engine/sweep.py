@@ -278,7 +278,7 @@ def _bridge_chunk(
         hooks = [(adapter.resid_hook(start), setter)]
         hooks += patch_hooks(adapter, [(p, j) for j, r in enumerate(sub) for p in r.plan.patches])
         hooks += [(adapter.resid_hook(b), tap(b)) for b in range(start, L + 1)]
-        with ctx, adapter.hooks(hooks):
+        with ctx, adapter.hooks(hooks), adapter.compute():
             adapter.model(adapter.to_device(clean.tokens[info.prompts]), return_type=None)
             if on_block is not None:
                 for layer in range(start, L):

@@ -53,9 +53,10 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelError, close_matches
+from ..errors import ConfigError, ModelError, close_matches
 from .devices import default_device, parse_dtype
 from .params import hf_parameter_counts, meta_parameter_counts
+from .precision import get_policy, resolve_precision, set_policy
 
 __all__ = [
     "load_model",
@@ -203,6 +204,7 @@ def load_model(
     n_devices: int = 1,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    precision: str | None = None,
 ) -> Any:
     """Load ``spec`` as a ``HookedTransformer`` (or a ``TransformerBridge`` with
     ``backend="bridge"``), in eval mode with gradients off.
@@ -210,7 +212,12 @@ def load_model(
     Args:
         spec: zoo name, local checkpoint directory, official TransformerLens name or hub id.
         device: default CUDA when available, else CPU.
-        dtype: default bfloat16 on CUDA, float32 on CPU (strings like "bf16" accepted).
+        dtype: the dtype the weights are stored in. Default: bfloat16 under the ``bf16`` policy
+            and on CUDA, float32 otherwise (strings like "bf16" accepted).
+        precision: the compute policy (``auto``, ``fp32``, ``bf16-mixed``, ``bf16``;
+            :mod:`effective_depth.engine.precision`, ``docs/methods.md`` "Precision"). Default
+            None: compute in the dtype the weights are stored in (``fp32`` for float32 weights,
+            ``bf16`` for bfloat16 ones). Studies and the CLI default to ``auto``.
         backend: "hooked" (HookedTransformer) or "bridge" (TransformerBridge in compatibility
             mode; same hook names).
         fold_ln, center_writing_weights, center_unembed, fold_value_biases: TransformerLens
@@ -235,7 +242,15 @@ def load_model(
             f"n_devices={n_devices} needs {n_devices} CUDA devices; "
             f"{torch.cuda.device_count()} visible"
         )
+    policy = None if precision is None else resolve_precision(precision, device)
+    if dtype is None and policy is not None and policy.name != "bf16-mixed":
+        dtype = policy.weights
     torch_dtype = parse_dtype(dtype, device)
+    if policy is not None and policy.name == "fp32" and torch_dtype != torch.float32:
+        raise ConfigError(
+            f"precision fp32 computes in float32, but the weights were asked for in "
+            f"{str(torch_dtype).removeprefix('torch.')}; drop --dtype, or use precision "
+            "bf16-mixed (bfloat16 matmuls, float32 residual stream) or bf16")
     if process_weights:
         fold_ln = center_writing_weights = center_unembed = fold_value_biases = True
     processing = {
@@ -277,6 +292,8 @@ def load_model(
         transposed_mlp_layout(model)
     for p in model.parameters():
         p.requires_grad_(False)
+    if policy is not None:
+        set_policy(model, policy)
     model.effective_depth_source = {
         **resolved.to_dict(),
         "backend": backend,
@@ -284,6 +301,7 @@ def load_model(
         "dtype": str(torch_dtype).removeprefix("torch."),
         **processing,
         **_gguf_source(resolved.path),
+        "precision": get_policy(model).to_dict(),
     }
     return model
 
@@ -699,7 +717,7 @@ def _load_bridge(
         # load the weights ourselves, so that missing or unused weights are an error
         with staged_checkpoint(Path(path_or_name)) as staged:
             hf_model = _load_hf_model(staged, dtype, trust_remote_code,
-                                      shown=Path(path_or_name), attn_implementation="eager")
+                                      shown=Path(path_or_name), attn_implementation="sdpa")
         if n_devices == 1:
             hf_model = hf_model.to(device)
     counts = None if hf_model is None else hf_parameter_counts(hf_model)

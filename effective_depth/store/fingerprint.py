@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["path_fingerprint", "model_fingerprint", "inputs_fingerprint", "FULL_HASH_BYTES"]
+__all__ = ["path_fingerprint", "model_fingerprint", "compute_fingerprint", "inputs_fingerprint",
+           "FULL_HASH_BYTES"]
 
 FULL_HASH_BYTES = 64 * 2**20
 _WINDOW = 2**20
@@ -65,6 +66,15 @@ def model_fingerprint(source: dict[str, Any]) -> dict[str, Any]:
         return out
     return {"kind": source.get("kind"), "name": source.get("name"),
             "revision": source.get("revision")}
+
+
+def compute_fingerprint(model: Any) -> dict[str, str]:
+    """The compute policy a model runs under, as a fingerprint records it: the policy and the
+    attention kernel (not why ``auto`` chose it: the same policy computes the same numbers)."""
+    from ..models.precision import get_policy
+
+    policy = get_policy(model)
+    return {"precision": policy.name, "attention": policy.attention}
 
 
 def inputs_fingerprint(token_lists: Sequence[Sequence[int]], answer_starts: Sequence[int],

@@ -210,7 +210,8 @@ def plan_study(config: Any, calibration: bool = True) -> CostPlan:
         raise ConfigError(f"task {task_name} with {task_params} produced no examples")
     prep = prepare_study(config, task, examples)  # the study's own decisions
     model = load_model(config.model, device=config.device, dtype=config.dtype,
-                       backend=config.backend, process_weights=config.process_weights)
+                       backend=config.backend, process_weights=config.process_weights,
+                       precision=config.precision)
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model!r} has no tokenizer; studies need one")
     chat = chat_format(config.chat_template, config.system_prompt)

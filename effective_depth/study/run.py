@@ -25,7 +25,7 @@ from ..errors import ConfigError, ResultsError, close_matches
 from ..frozen import check_field_types, from_dict
 from ..metrics.options import FLAT_OPTIONS, flatten_options, nest_flat
 from ..resources import ResourceMeter
-from ..store.fingerprint import inputs_fingerprint, model_fingerprint
+from ..store.fingerprint import compute_fingerprint, inputs_fingerprint, model_fingerprint
 from ..store.record import RunConfig, RunRecord
 from ..store.results import (
     CONFIG,
@@ -89,6 +89,8 @@ class StudyConfig:
     ci_level: float = 0.95
     device: str | None = None
     dtype: str | None = None
+    #: the compute policy (``effective_depth.models.precision``): auto, fp32, bf16-mixed, bf16
+    precision: str = "auto"
     backend: str = "hooked"
     process_weights: bool = False
     batch_size: int = 8
@@ -392,10 +394,12 @@ def _prepare_dir(rd: RunDir, config: StudyConfig, fingerprint: dict[str, Any], f
         _check_existing(rd.path, config, force)
         old = rd.read_json(CONFIG)
         stored = RunConfig.from_json(old, str(rd.path / CONFIG)).fingerprint
-        changed = [k for k in ("model", "inputs") if stored.get(k) != fingerprint.get(k)]
+        changed = [k for k in ("model", "compute", "inputs")
+                   if stored.get(k) != fingerprint.get(k)]
         if changed:
             what = {"model": "the model's files", "inputs": "the analysed token ids (prompts, "
-                    "answers, data files or tokenizer)"}
+                    "answers, data files or tokenizer)",
+                    "compute": "the compute policy (precision, attention kernel)"}
             message = (f"{' and '.join(what[k] for k in changed)} changed since the run in "
                        f"{rd.path}: every measurement is recomputed")
             log.warning(message)
@@ -510,7 +514,8 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
     steps.announce(f"loading {config.model}")
     start = time.perf_counter()
     model = load_model(config.model, device=config.device, dtype=config.dtype,
-                       backend=config.backend, process_weights=config.process_weights)
+                       backend=config.backend, process_weights=config.process_weights,
+                       precision=config.precision)
     log.info("loaded %s in %.1f s", config.model, time.perf_counter() - start)
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model!r} has no tokenizer; studies need one")
@@ -548,6 +553,8 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
     L = int(model.cfg.n_layers)
     fingerprint = {
         "model": model_fingerprint(getattr(model, "effective_depth_source", {})),
+        # the policy auto resolved to on this device: another policy is another computation
+        "compute": compute_fingerprint(model),
         "inputs": inputs_fingerprint([batch.token_ids(b) for b in range(batch.size)],
                                      batch.answer_start.tolist(), {
                                          "reference": reference_ids,
