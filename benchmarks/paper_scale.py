@@ -103,7 +103,8 @@ class PeakRSS:
 
 
 class WorkCounter:
-    """Block-token forwards (hooks on every block) and sweep chunks (a wrapped ``_staircase``)."""
+    """Block-token forwards (a hook on every block's input point, which the fused blocks and
+    TransformerLens's call alike) and sweep chunks (a wrapped ``_staircase``)."""
 
     def __init__(self, model: Any) -> None:
         import importlib
@@ -113,7 +114,7 @@ class WorkCounter:
         self.block_tokens = 0
         self.block_calls = 0
         self.chunks = 0
-        self._handles = [b.register_forward_hook(self._hook) for b in model.blocks]
+        self._handles = [b.hook_resid_pre.register_forward_hook(self._hook) for b in model.blocks]
         self._mod = sweep_mod
         self._orig = sweep_mod._staircase
 

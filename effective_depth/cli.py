@@ -434,7 +434,7 @@ def plan_cmd(**options: Any) -> None:
     plan = plan_study(config)
     table = Table(title=f"Plan: {plan.model} ({plan.n_layers} blocks, d_model {plan.d_model}, vocab "
                         f"{plan.d_vocab:,}) on {plan.n_prompts} prompts of {plan.mean_tokens:.0f} tokens "
-                        f"({plan.device}, {plan.dtype})")
+                        f"({plan.device}, {plan.dtype} weights, precision {plan.precision})")
     for col in ("measurement", "block-tokens", "backward block-tokens", "lens rows", "TFLOP",
                 "peak activations", "projected time"):
         table.add_column(col)

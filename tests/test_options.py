@@ -37,6 +37,7 @@ FLAT_FIELDS = ("model", "task", "task_params", "metrics", "n_examples", "seed", 
 def flat_dict(config: StudyConfig) -> dict:
     """``config`` as the earlier version wrote it in config.json: every option at the top."""
     d = config.to_dict()
+    d.pop("precision")  # an option added after the flat format
     options = d.pop("options")
     for name, (measurement, option) in FLAT_OPTIONS.items():
         d[name] = options[measurement][option]
@@ -159,8 +160,9 @@ def test_run_help_lists_every_option_and_the_old_flags_still_work():
 
 # --- an old run directory ----------------------------------------------------------------------
 def _study(tmp_path, **kw):
+    # fp32: what runs of the flat format computed, so that their results are reused
     cfg = StudyConfig(model="zoo/add-2l", metrics=("contributions", "skip_effects"),
-                      n_examples=3, n_boot=10, **kw)
+                      n_examples=3, n_boot=10, precision="fp32", **kw)
     return cfg
 
 
@@ -287,6 +289,7 @@ def test_a_measurement_registered_here_gets_its_options_on_the_command_line(tmp_
         result = CliRunner().invoke(main, [
             "run", "--model", "zoo/add-2l", "--metrics", "toy_power,contributions", "-n", "2",
             "--n-boot", "0", "--set", "toy_power.power=1", "--set", "toy_power.where=first",
+            "--precision", "fp32",  # recomputed below in float32
             "--no-dashboard", "-q", "--out", str(out)])
         assert result.exit_code == 0, result.output
         stored = json.loads((out / "config.json").read_text())

@@ -102,6 +102,15 @@ class Adapter:
         self.model._effective_depth_fused_reason = reason
         return reason
 
+    def with_policy(self, policy: ComputePolicy) -> Adapter:
+        """An adapter of the same model computing under ``policy`` (the model keeps its own)."""
+        if policy == self.policy:
+            return self
+        other = Adapter(self.model)
+        other.policy = policy
+        other.fused_reason = other._fused_reason()
+        return other
+
     @property
     def fused(self) -> bool:
         """Whether blocks run fused (see :mod:`effective_depth.engine.fused`)."""

@@ -50,9 +50,6 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
 }
 
-#: the block-level hook points the fused forward calls itself
-_CALLED = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
-
 _OFF_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in",
               "parallel_attn_mlp", "attn_only", "use_logn_attn", "use_dynamic_ntk_rope",
               "use_attention_sinks", "load_in_4bit", "rotary_adjacent_pairs",
@@ -163,8 +160,11 @@ def build_fused(block: Any, policy: ComputePolicy) -> FusedBlock:
     w_o = attn.W_O.detach()
     out = _linear_view(w_o.reshape(-1, w_o.shape[-1]).T, dt)
     gated = type(mlp).__name__ == "GatedMLP"
-    inner = [m for name, m in block.named_modules()
-             if isinstance(m, HookPoint) and name not in _CALLED]
+    # the block-level hook points the fused forward calls itself; a hook on any other is a
+    # reason to run TransformerLens's forward
+    called = {id(block.hook_resid_pre), id(block.hook_attn_out), id(block.hook_resid_mid),
+              id(block.hook_mlp_out), id(block.hook_resid_post)}
+    inner = [m for m in block.modules() if isinstance(m, HookPoint) and id(m) not in called]
     return FusedBlock(
         block=block,
         signature=_signature(block),
@@ -247,7 +247,8 @@ def run_block(
     kv_heads = cfg.n_key_value_heads or heads
     mm, rd = policy.matmul, policy.resid
 
-    x = block.hook_resid_pre(x.to(rd))
+    # keys and values alone are not a block call (TransformerLens's path reads them off ln1 too)
+    x = x.to(rd) if stop_after_kv else block.hook_resid_pre(x.to(rd))
     h = _norm(block.ln1, x, kind).to(mm)
     qkv = F.linear(h, fused.qkv, fused.qkv_bias)
     q, k, v = qkv.split([heads * d_head, kv_heads * d_head, kv_heads * d_head], dim=-1)

@@ -114,6 +114,10 @@ def integrated_gradients(
     batch.require_answers("integrated gradients")
     check_rule(rule, n_steps)
     adapter = get_adapter(model)
+    # the whole path under the policy of differentiated passes (ComputePolicy.for_grad): the
+    # forward values F(x), F(x̄) and the gradients in one precision, so that the completeness
+    # gap measures the quadrature and not rounding
+    adapter = adapter.with_policy(adapter.policy.for_grad())
     L = adapter.n_layers
     maps, targets, evals, gaps = [], [], [], []
     total = None if rule == ADAPTIVE else batch.size * L * n_steps

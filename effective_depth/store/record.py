@@ -457,6 +457,7 @@ class StudyFields(_Record):
     ci_level: float = _f(_NUM, 0.95)
     device: str | None = _f(_STR)
     dtype: str | None = _f(_STR)
+    precision: str = _f(_STR, "auto")
     backend: str = _f(_STR, "hooked")
     process_weights: bool = _f(_BOOL, False)
     batch_size: int = _f(_INT, 8)

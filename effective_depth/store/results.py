@@ -98,9 +98,15 @@ def _clean_nans(obj: Any) -> Any:
     return obj
 
 
+#: study options that say where and how to compute, not what: left out of the config's hash.
+#: The compute policy a run used is in its fingerprint (``compute``), so another policy
+#: recomputes the measurements instead of refusing the directory.
+NOT_HASHED = ("device", "out", "progress", "precision")
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    """A hash of the config without ``device``, ``out`` and ``progress`` (the backend is in it)."""
-    relevant = {k: v for k, v in config.items() if k not in ("device", "out", "progress")}
+    """A hash of the config without :data:`NOT_HASHED` (the backend is in it)."""
+    relevant = {k: v for k, v in config.items() if k not in NOT_HASHED}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

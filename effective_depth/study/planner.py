@@ -52,6 +52,8 @@ class CostPlan:
     dtype: str
     calibration: dict[str, float]
     measurements: list[MeasurementCost] = field(default_factory=list)
+    #: the compute policy the calibration ran under (docs/methods.md, "Precision")
+    precision: str = "fp32"
 
     @property
     def total(self) -> MeasurementCost:
@@ -230,6 +232,7 @@ def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[i
     """The plan for prompts of the given lengths (used by :func:`plan_study` and benchmarks);
     ``inputs`` as in :func:`count_work`."""
     from ..engine.sweep import default_memory_budget
+    from ..models.precision import get_policy
 
     cfg = model.cfg
     param = next(model.parameters())
@@ -240,7 +243,8 @@ def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[i
     work = count_work(cfg, lengths, answer_starts, inputs, config, itemsize, budget, skipped)
     mean_T = sum(lengths) / max(1, len(lengths))
     plan = CostPlan(str(config.model), s.n_layers, s.d_model, s.d_vocab, len(lengths), mean_T, weights,
-                str(param.device), str(param.dtype).removeprefix("torch."), calib)
+                str(param.device), str(param.dtype).removeprefix("torch."), calib,
+                precision=get_policy(model).name)
     chunk_T = max(lengths) * min(config.batch_size, len(lengths))
     clean_cache = (s.n_layers + 1) * chunk_T * s.d_model * itemsize
     lens_bytes = 4 * 256 * s.d_vocab * 4

@@ -32,6 +32,7 @@ from ..store.results import (
     FORMAT_VERSION,
     INPUTS,
     LOCK,
+    NOT_HASHED,
     RESULTS,
     TENSORS,
     RunDir,
@@ -329,6 +330,16 @@ _RUN_FILES = (CONFIG, INPUTS, RESULTS, TENSORS, "dashboard.html")
 FITTED = "fitted"
 
 
+def _earlier_compute(stored: Mapping[str, Any]) -> dict[str, str]:
+    """The compute fingerprint of a run written before runs recorded one: TransformerLens's
+    blocks in the weights' dtype (float32 unless asked otherwise, bfloat16 on CUDA)."""
+    config = stored.get("config") if isinstance(stored.get("config"), Mapping) else {}
+    dtype = str(config.get("dtype") or "").lower().removeprefix("torch.")
+    if not dtype:
+        dtype = "bfloat16" if str(config.get("device") or "").startswith("cuda") else "float32"
+    return {"precision": "bf16" if dtype in ("bf16", "bfloat16") else "fp32"}
+
+
 def _check_existing(out: Path, config: StudyConfig, force: bool) -> None:
     """Refuse, before anything is loaded, a directory that holds a run of another config."""
     rd = RunDir(out)
@@ -370,7 +381,7 @@ def config_differences(stored: Mapping[str, Any], config: StudyConfig,
     def flat(d: Mapping[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in d.items() if k != "options"}
         out.update(flatten_options(d.get("options") or {}))
-        return {k: v for k, v in out.items() if k not in ("device", "out", "progress")}
+        return {k: v for k, v in out.items() if k not in NOT_HASHED}
 
     old, new = flat(before), flat(cfg)
     diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -393,7 +404,8 @@ def _prepare_dir(rd: RunDir, config: StudyConfig, fingerprint: dict[str, Any], f
     if not force and rd.exists():
         _check_existing(rd.path, config, force)
         old = rd.read_json(CONFIG)
-        stored = RunConfig.from_json(old, str(rd.path / CONFIG)).fingerprint
+        stored = dict(RunConfig.from_json(old, str(rd.path / CONFIG)).fingerprint)
+        stored.setdefault("compute", _earlier_compute(old))
         changed = [k for k in ("model", "compute", "inputs")
                    if stored.get(k) != fingerprint.get(k)]
         if changed:
