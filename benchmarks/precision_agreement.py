@@ -79,36 +79,34 @@ def run_one(model: str, policy: str, n: int, root: Path) -> dict:
     }
 
 
-def _walk(obj, key=None):
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _walk(v, k)
-    elif key is not None:
-        yield key, obj
-
-
 def hf_prices(path: str, token_lists: list[list[int]], rows: int = 341) -> dict:
-    """Hugging Face's seconds per block-token and per lens row, fastest dtype (best of 3)."""
+    """Hugging Face's seconds per block-token and per lens row, fastest dtype (best of 3), on
+    the device the studies ran on (CUDA when present)."""
     from transformers import AutoModelForCausalLM
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     width = max(len(t) for t in token_lists)
-    tokens = torch.tensor([t + [t[-1]] * (width - len(t)) for t in token_lists])
+    tokens = torch.tensor([t + [t[-1]] * (width - len(t)) for t in token_lists], device=device)
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(3):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-        hf.eval()
+        hf.eval().to(device)
         n_layers = hf.config.num_hidden_layers
-        h = torch.randn(rows, hf.config.hidden_size, dtype=dtype)
-
-        def best(fn):
-            fn()
-            times = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            return min(times)
-
+        h = torch.randn(rows, hf.config.hidden_size, dtype=dtype, device=device)
         with torch.no_grad():
             block = best(lambda hf=hf: hf.model(tokens)) / (n_layers * tokens.numel())
             lens = best(lambda hf=hf, h=h: torch.log_softmax(
@@ -116,6 +114,7 @@ def hf_prices(path: str, token_lists: list[list[int]], rows: int = 341) -> dict:
         out[str(dtype).removeprefix("torch.")] = {"block_token_s": block, "lens_row_s": lens}
         del hf
     out["fastest"] = {k: min(v[k] for v in out.values()) for k in ("block_token_s", "lens_row_s")}
+    out["device"] = device  # after "fastest": only the dtype entries are priced
     return out
 
 
@@ -196,8 +195,8 @@ def main() -> None:
 
                 first = runs[policies[0]]
                 inputs = _json.loads((first["_dir"] / "inputs.json").read_text())
-                src = _json.loads((first["_dir"] / "config.json").read_text())
-                path = next((v for k, v in _walk(src) if k == "path"), None)
+                path = _json.loads((first["_dir"] / "results.json").read_text())[
+                    "model"]["source"]["path"]
                 prices = hf_prices(path, [e["tokens"] for e in inputs["examples"]])
                 work = priced(model, args.n, prices)
                 entry["hf_prices"] = prices

@@ -201,6 +201,9 @@ def test_auto_detects_bfloat16_support(monkeypatch):
     monkeypatch.setattr(prec, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
     p = resolve_precision("auto", "cpu")
     assert (p.name, p.requested) == ("bf16-mixed", "auto") and "amx_bf16" in p.reason
+    narrow = resolve_precision("auto", "cpu", d_model=128)
+    assert narrow.name == "fp32" and "d_model 128 < 512" in narrow.reason
+    assert resolve_precision("auto", "cpu", d_model=576).name == "bf16-mixed"
     monkeypatch.setattr(prec, "_cpu_flags", lambda: frozenset({"avx2"}))
     p = resolve_precision("auto", "cpu")
     assert p.name == "fp32" and "without" in p.reason

@@ -293,6 +293,9 @@ def load_model(
     for p in model.parameters():
         p.requires_grad_(False)
     if policy is not None:
+        if policy.requested == "auto" and torch.device(device).type == "cpu":
+            # the width is known now: narrow models stay in float32 on a CPU (same storage)
+            policy = resolve_precision("auto", device, d_model=int(model.cfg.d_model))
         set_policy(model, policy)
     model.effective_depth_source = {
         **resolved.to_dict(),

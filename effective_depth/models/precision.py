@@ -21,8 +21,9 @@ name           matmul       resid        use
 =============  ===========  ===========  ===================================================
 
 ``auto`` picks ``bf16-mixed`` where the device multiplies bfloat16 matrices fast (CUDA compute
-capability >= 8.0; a CPU with AMX-BF16 or AVX512-BF16) and ``fp32`` elsewhere, and says which it
-detected (:attr:`ComputePolicy.reason`).
+capability >= 8.0; a CPU with AMX-BF16 or AVX512-BF16, for models of width >= 512: narrower
+matrices gain nothing on a CPU, where the casts cost what the multiplies save) and ``fp32``
+elsewhere, and says which it detected (:attr:`ComputePolicy.reason`).
 """
 
 from __future__ import annotations
@@ -150,9 +151,16 @@ def bf16_fast(device: torch.device | str) -> tuple[bool, str]:
     return False, f"{device.type}: no bfloat16 detection"
 
 
+#: the narrowest model for which ``auto`` multiplies in bfloat16 on a CPU: the zoo's 128- and
+#: 256-wide models ran their default studies no faster under bf16-mixed (add-12l: 10.3 s fp32,
+#: 11.3 s bf16-mixed on an AVX512-BF16 CPU), SmolLM2 (576) and Gemma-3-270M (640) ran faster
+CPU_BF16_MIN_WIDTH = 512
+
+
 def resolve_precision(requested: str | ComputePolicy | None,
-                      device: torch.device | str) -> ComputePolicy:
-    """The policy for ``requested`` (``auto``, a policy name, or a policy) on ``device``."""
+                      device: torch.device | str, d_model: int | None = None) -> ComputePolicy:
+    """The policy for ``requested`` (``auto``, a policy name, or a policy) on ``device``, for a
+    model of width ``d_model`` (when known)."""
     if isinstance(requested, ComputePolicy):
         return requested
     key = str(requested or "auto").lower()
@@ -162,6 +170,10 @@ def resolve_precision(requested: str | ComputePolicy | None,
     if key != "auto":
         return ComputePolicy(key)
     fast, reason = bf16_fast(device)
+    if fast and torch.device(device).type == "cpu" and d_model is not None \
+            and d_model < CPU_BF16_MIN_WIDTH:
+        fast, reason = False, (f"{reason}, but d_model {d_model} < {CPU_BF16_MIN_WIDTH}: on a CPU "
+                               "narrow matrices gain nothing from bfloat16")
     return ComputePolicy("bf16-mixed" if fast else "fp32", requested="auto", reason=reason)
 
 
