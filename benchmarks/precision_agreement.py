@@ -161,6 +161,42 @@ def compare(ref: dict, other: dict) -> dict:
     }
 
 
+def markdown(report: dict) -> str:
+    """The tables of ``docs/benchmarks.md`` ("Precision") from a saved report."""
+    lines = [f"CPU flags: {report['cpu_flags']}; {report['threads']} threads; torch "
+             f"{report['torch']}; {report['n_examples']} prompts per study.", "",
+             "| model | fp32 s | bf16-mixed s | estimators within the fp32 CI or ±1 block | "
+             "largest relative curve difference |", "| --- | --- | --- | --- | --- |"]
+    for model, entry in report["models"].items():
+        comp = entry.get("comparison")
+        if not comp:
+            continue
+        est = comp["estimators"]
+        ok = sum(v["agrees"] for v in est.values())
+        worst = max(comp["curves"].items(), key=lambda kv: kv[1]["rel"], default=("-", {"rel": 0}))
+        lines.append(f"| {model} | {entry['fp32']['wall_s']} | {entry['bf16-mixed']['wall_s']} | "
+                     f"{ok}/{len(est)} | {worst[1]['rel']:.2g} ({worst[0].split('.', 1)[-1]}) |")
+    for model, entry in report["models"].items():
+        work = entry.get("hf_priced")
+        if not work:
+            continue
+        lines += ["", f"**{model}**: seconds per measurement (load at start "
+                  f"{entry['fp32']['load_before']} / {entry['bf16-mixed']['load_before']}), the "
+                  "work priced at Hugging Face's fastest forward, and the ratio", "",
+                  "| measurement | fp32 s | bf16-mixed s | HF-priced s | ratio fp32 | ratio "
+                  "bf16-mixed | peak RSS GiB (bf16-mixed) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, w in work.items():
+            a = entry["fp32"]["seconds"].get(name)
+            b = entry["bf16-mixed"]["seconds"].get(name)
+            r = w.get("ratio", {})
+            lines.append(f"| {name} | {a} | {b} | {w['hf_seconds']:.1f} | {r.get('fp32', '-')} | "
+                         f"{r.get('bf16-mixed', '-')} | "
+                         f"{entry['bf16-mixed']['peak_rss_gib'].get(name)} |")
+        lines.append(f"| study (wall) | {entry['fp32']['wall_s']} | {entry['bf16-mixed']['wall_s']} "
+                     "| | | | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(ZOO + REAL))
@@ -169,7 +205,12 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--price", default="real", help="Models to price at Hugging Face's forward: "
                     "'real' (the real models), 'all' or 'none'.")
+    ap.add_argument("--markdown", default=None, metavar="JSON",
+                    help="Print the tables of a saved report and exit.")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return
     policies = args.policies.split(",")
     out = {"cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "n_examples": args.n, "models": {}}

@@ -218,3 +218,48 @@ def test_load_model_records_the_policy_and_refuses_a_contradiction(tiny_paths):
     assert model.effective_depth_source["precision"]["policy"] == "bf16"
     with pytest.raises(ConfigError, match="fp32 computes in float32"):
         load_model(str(tiny_paths["qwen2"]), device="cpu", precision="fp32", dtype="bfloat16")
+
+
+def _estimators(model: str, precision: str, tmp_path, n: int, metrics=()) -> dict:
+    import effective_depth as ed
+
+    cfg = ed.StudyConfig(model=model, n_examples=n, n_boot=200, precision=precision,
+                         metrics=metrics)
+    res = ed.run_study(cfg, tmp_path / f"{model.replace('/', '_')}-{precision}", progress=False,
+                       dashboard=False)
+    return {k: v for k, v in res.record.depth.items() if getattr(v, "kind", "") == "estimator"}
+
+
+def _agree(ref, other) -> bool:
+    """bf16-mixed's block within fp32's 95% CI or one block of it (both undefined: agree)."""
+    if ref.layer is None or other.layer is None:
+        return ref.layer is None and other.layer is None
+    lo, hi = ref.layer_ci or (ref.layer, ref.layer)
+    return lo <= other.layer <= hi or abs(ref.layer - other.layer) <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["zoo/add-12l", "zoo/spare-8l"])
+def test_bf16_mixed_estimators_agree_with_fp32_on_the_zoo(model, tmp_path):
+    ref = _estimators(model, "fp32", tmp_path, 10)
+    mixed = _estimators(model, "bf16-mixed", tmp_path, 10)
+    assert ref and set(ref) == set(mixed)
+    bad = {k: (ref[k].layer, ref[k].layer_ci, mixed[k].layer) for k in ref
+           if not _agree(ref[k], mixed[k])}
+    assert not bad
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["real/smollm2-135m-instruct", "real/gemma-3-270m"])
+def test_bf16_mixed_estimators_agree_with_fp32_on_real_models(name, tmp_path):
+    from tests.helpers import real_checkpoint
+
+    real_checkpoint(name)  # fetched (or a skip with the reason; a failure under CI=true)
+    metrics = ("contributions", "logit_lens", "skip_effects")
+    ref = _estimators(name, "fp32", tmp_path, 6, metrics)
+    mixed = _estimators(name, "bf16-mixed", tmp_path, 6, metrics)
+    assert ref and set(ref) == set(mixed)
+    bad = {k: (ref[k].layer, ref[k].layer_ci, mixed[k].layer) for k in ref
+           if not _agree(ref[k], mixed[k])}
+    assert not bad
