@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import _moved
 from ._version import __version__
 
 # public name -> module that defines it
@@ -80,16 +79,7 @@ _EXPORTS: dict[str, str] = {
     "write_dashboard": "viz",
 }
 
-# old public name -> (new name, module): still resolve, with a DeprecationWarning
-_DEPRECATED: dict[str, tuple[str, str]] = {
-    "residual_erasure": ("erasure", "metrics"),
-    "LogitLens": ("LogitLensResult", "metrics"),
-    "TunedLens": ("TunedLensResult", "metrics"),
-}
-
 __all__ = sorted(_EXPORTS) + ["__version__"]
-
-_moved.install()  # old module paths (effective_depth.store.results, ...) keep working, deprecated
 
 from .viz import reprs as _reprs  # noqa: E402, F401 - registers the notebook views (effective_depth.display)
 
@@ -105,13 +95,6 @@ def __getattr__(name: str) -> Any:
         value = getattr(module, name)
         globals()[name] = value
         return value
-    if name in _DEPRECATED:
-        new, module = _DEPRECATED[name]
-        import warnings
-
-        warnings.warn(f"effective_depth.{name} is deprecated: use effective_depth.{new}",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(f".{module}", __name__), new)
     raise AttributeError(f"module 'effective_depth' has no attribute {name!r}")
 
 

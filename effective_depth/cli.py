@@ -581,18 +581,6 @@ def grid_cmd(config_file: str, executor: str, address: str | None,
         raise SystemExit(1)
 
 
-def _sweep_alias(**kwargs: Any) -> None:
-    click.echo("note: `effective-depth sweep` is now `effective-depth grid` (the old name will be "
-               "removed)", err=True)
-    grid_cmd.callback(**kwargs)  # type: ignore[misc]
-
-
-# the grid command's old name, hidden: it collided with the engine's sweep (effective_depth.sweep)
-main.add_command(click.Command("sweep", params=grid_cmd.params, callback=_sweep_alias,
-                               help=grid_cmd.help, hidden=True,
-                               context_settings=grid_cmd.context_settings))
-
-
 def _run_dirs(paths: tuple[str, ...]) -> list[str]:
     """Complete run directories among ``paths`` (run directories, sweep output directories, a
     glob's mix); everything else is skipped with a one-line note."""

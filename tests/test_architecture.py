@@ -30,7 +30,7 @@ DOC = "docs/architecture.md"
 #: the layers, lowest first: module names (relative to the package) or packages (``name.*``).
 #: A module may import its own layer and the ones below. docs/architecture.md says what each holds.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("_version", "_moved", "errors", "progress", "frozen", "display", "resources")),
+    ("base", ("_version", "errors", "progress", "frozen", "display", "resources")),
     ("numerics", ("stats",)),
     ("models", ("models", "models.*", "tasks", "tasks.*")),
     ("engine", ("engine", "engine.*")),
@@ -402,8 +402,8 @@ def test_the_doc_lists_the_layers_of_the_test_in_order():
 
 
 #: modules outside metrics/ and viz/ that may spell a measurement's name: the public API table
-#: (function names) and the list of moved paths
-MAY_NAME_MEASUREMENTS = {"", "_moved"}
+#: (function names)
+MAY_NAME_MEASUREMENTS = {""}
 
 
 def _registered_names() -> set[str]:

@@ -1,7 +1,6 @@
 """The engine: backend adapter, interventions and the sweep. Only its adapter knows hook
 names; metrics ask it for residuals, resumed runs and lens distributions."""
 
-from .._moved import renamed
 from .adapter import Adapter, Clean, get_adapter
 from .batch import Batch, encode_batch, measured_mask
 from .interventions import (
@@ -51,5 +50,3 @@ __all__ = [
     "sweep",
     "where",
 ]
-
-__getattr__ = renamed(__name__, {"Plan": "ResumePlan"}, globals())

@@ -45,7 +45,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .._moved import renamed
 from ..errors import ConfigError
 from .adapter import Adapter, Clean, HookFn, get_adapter
 
@@ -504,5 +503,3 @@ def intervene(model: Any, *specs: Intervention) -> Iterator[Any]:
     patches = [p.at(adapter) for spec in specs for p in spec.patches()]
     with adapter.hooks(patch_hooks(adapter, [(p, None) for p in patches])):
         yield model
-
-__getattr__ = renamed(__name__, {"Plan": "ResumePlan"}, globals())

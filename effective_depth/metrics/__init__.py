@@ -18,7 +18,6 @@ from . import behaviour as _behaviour  # noqa: F401
 from . import erasure as _erasure  # noqa: F401
 from . import integrated_gradients as _integrated_gradients  # noqa: F401
 # isort: on
-from .._moved import renamed
 from .base import MetricResult
 from .behaviour import Behaviour, behaviour, prune_order
 from .contributions import CONTRIBUTION_CURVES, Contributions, contributions
@@ -69,7 +68,3 @@ __all__ = [
     "train_tuned_lens",
     "tuned_lens",
 ]
-
-# the old public names (deprecated)
-__getattr__ = renamed(__name__, {"residual_erasure": "erasure", "LogitLens": "LogitLensResult",
-                                   "TunedLens": "TunedLensResult"}, globals())

@@ -22,7 +22,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .._moved import renamed
 from ..engine.adapter import Adapter, get_adapter
 from ..engine.batch import Batch, BatchLike, as_batch
 from ..engine.interventions import ReplaceResidual, compile_plan
@@ -259,5 +258,3 @@ register_metric(MetricSpec(
     needs_answers=True,
     reference=reference_examples,
 ))
-
-__getattr__ = renamed(__name__, {"residual_erasure": "erasure"}, globals())

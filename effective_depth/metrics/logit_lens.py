@@ -23,7 +23,6 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from .._moved import renamed
 from ..engine.adapter import get_adapter
 from ..engine.batch import BatchLike, as_batch, measured_mask
 from ..errors import ConfigError
@@ -244,5 +243,3 @@ register_metric(MetricSpec(
                       checks=overlap_at_chance("ed_overlap"), reference_rules=True),
     ),
 ))
-
-__getattr__ = renamed(__name__, {"LogitLens": "LogitLensResult"}, globals())

@@ -37,7 +37,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .._moved import renamed
 from ..engine.adapter import Adapter, get_adapter
 from ..engine.batch import Batch, BatchLike, measured_mask
 from ..errors import ConfigError
@@ -808,5 +807,3 @@ register_metric(MetricSpec(
                       checks=_overlap_checks),
     ),
 ))
-
-__getattr__ = renamed(__name__, {"TunedLens": "TunedLensResult"}, globals())

@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 
-from .._moved import renamed
 from ..errors import ConfigError
 from ..metrics.costs import MeasurementCost, ModelShape, Workload
 
@@ -263,5 +262,3 @@ def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[i
                          + calib.get("s_per_lens_stat_row", 0.0) * m.lens_stat_rows)
         plan.measurements.append(m)
     return plan
-
-__getattr__ = renamed(__name__, {"Plan": "CostPlan"}, globals())
