@@ -21,7 +21,6 @@ __all__ = [
     "percentile_ci",
     "curve_band",
     "curve_bands",
-    "depth_score_fraction",
 ]
 
 #: ``toolkit``: the rules over every lens tap 0..L-1; ``reference``: as the seed notebook of Hu et
@@ -102,23 +101,3 @@ def _band(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
         lo[finite] = np.nanquantile(samples[:, finite], alpha, axis=0)
         hi[finite] = np.nanquantile(samples[:, finite], 1 - alpha, axis=0)
     return lo, hi
-
-
-def depth_score_fraction(value: float | None, n_layers: int) -> float | None:
-    """Csordás's depth score as a fraction of the depth: the score is a centre of mass over
-    the skipped blocks ``0..L−2`` (the last block has no later block to affect), so the
-    fraction is ``score / (L − 2)``; None when undefined or ``L < 3`` (a single candidate block).
-
-    Kept for callers of earlier versions: renderers use the score's own declaration,
-    ``effective_depth.metrics.skip_effects.DEPTH_SCORE.share``, which gives the same number."""
-    if value is None or math.isnan(value) or n_layers < 3:
-        return None
-    return float(value) / (n_layers - 2)
-
-
-def __getattr__(name: str) -> Any:
-    if name.startswith("ed_") or name == "first_hit_reference":  # the rules, here until 0.x
-        raise AttributeError(f"effective_depth.stats.{name} moved to effective_depth.metrics.rules "
-                             f"(also exported by effective_depth.analysis.depth): "
-                             f"from effective_depth.metrics.rules import {name}")
-    raise AttributeError(f"module 'effective_depth.stats' has no attribute {name!r}")

@@ -45,7 +45,7 @@ def _band_run(ctx):
     return ResampledNorm(toy.norms, meta=toy.meta)
 
 
-BAND = MetricSpec(name="toy_band", result_type=ResampledNorm, run=_band_run, order=71,
+BAND = MetricSpec(name="toy_band", result_type=ResampledNorm, run=_band_run,
                   estimators=(EstimatorSpec("ed_band", "toy_band", _largest_norm),))
 
 

@@ -62,7 +62,7 @@ def _largest_norm(result, tau, rules):
     return lambda idx: (int(result.norm_of(idx).argmax()), None)
 
 
-TOY = MetricSpec(name="toy_norm", result_type=LastTokenNorm, run=_toy_run, order=70,
+TOY = MetricSpec(name="toy_norm", result_type=LastTokenNorm, run=_toy_run,
                  description="last-token residual norm per block",
                  estimators=(EstimatorSpec("ed_toy", "toy_norm", _largest_norm, threshold=0.5),))
 

@@ -293,8 +293,6 @@ class MetricSpec:
                                                         float | None]] = ()
     cost: Callable[[Any], Any] | None = None
     fit: FitSpec | None = None
-    #: deprecated and ignored: declare ``requires`` instead
-    order: int | None = None
 
     @property
     def score_specs(self) -> tuple[ScoreSpec, ...]:

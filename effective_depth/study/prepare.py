@@ -11,7 +11,7 @@ declare (skip effects' cut positions) once the examples are tokenized. ``run_stu
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,8 +139,3 @@ def _fit_examples(task: Any, examples: Sequence[Any], config: Any, specs: list[A
         kept.append(spec)
         prep.train[spec.name] = (list(train), {**info, "overlap": len(shared)})
     return kept
-
-
-def skip_notes(prep: Preparation) -> Mapping[str, str]:
-    """``name -> "skipped: reason"`` for tables that list what a study will not run."""
-    return {name: f"skipped: {reason}" for name, reason in prep.skipped.items()}
