@@ -154,7 +154,7 @@ def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = 
         threads: int | None = None, json_path: Path | None = None) -> dict[str, Any]:
     from benchmarks.paper_shapes import build_all
     from effective_depth import metrics as M
-    from effective_depth.analysis.depth import estimate_all
+    from effective_depth.analysis.estimation import estimate_all
     from effective_depth.engine import encode_batch
     from effective_depth.metrics.skip_effects import draw_cuts
     from effective_depth.models.loading import load_model

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from effective_depth import load_model
-    from effective_depth.analysis.depth import estimate_all
+    from effective_depth.analysis.estimation import estimate_all
     from effective_depth.engine.batch import encode_batch
     from effective_depth.metrics.behaviour import behaviour, prune_order
     from effective_depth.metrics.skip_effects import skip_effects

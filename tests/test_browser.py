@@ -242,7 +242,7 @@ def _behaviour(L: int) -> Behaviour:
 def test_early_exit_axis_has_no_overprinted_ticks(browser, tmp_path, L):
     """In a dashboard-sized panel (560 px), deep models included: the early-exit figure's tick
     labels never overlap, accuracy reads as a percentage, and the marks are in the legend."""
-    from effective_depth.analysis.depth import Estimate
+    from effective_depth.analysis.estimation import Estimate
 
     estimates = {"ed_task": Estimate("ed_task", L, L // 2 - 1), "ed_prune": Estimate("ed_prune", L, L - 3)}
     fig = figure_for(_behaviour(L), estimates=estimates)

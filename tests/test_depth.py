@@ -8,20 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from effective_depth.analysis.depth import (
-    Estimate,
-    bootstrap_estimate,
-    ed_cos,
-    ed_kl,
-    ed_overlap,
-    ed_prune,
-    ed_skip,
-    ed_task,
-    percentile_ci,
-    spearman,
-    spearman_bootstrap,
-)
+from effective_depth.analysis.depth import spearman, spearman_bootstrap
+from effective_depth.analysis.estimation import Estimate, bootstrap_estimate
 from effective_depth.errors import ConfigError
+from effective_depth.metrics.rules import ed_cos, ed_kl, ed_overlap, ed_prune, ed_skip, ed_task
+from effective_depth.stats import percentile_ci
 
 
 def test_ed_cos_last_negative_to_nonnegative_crossing():
@@ -198,8 +189,9 @@ def test_depth_score_estimate_on_a_hand_built_matrix():
     the mean effect per skipped block is [n_A, 0, n_B] / n, so the score is 2 n_B / n."""
     import numpy as np
 
-    from effective_depth.analysis.depth import bootstrap_indices, depth_score_estimate
+    from effective_depth.analysis.depth import depth_score_estimate
     from effective_depth.metrics import SkipEffects
+    from effective_depth.stats import bootstrap_indices
 
     L, kinds = 4, [0, 0, 1, 0, 0, 1, 0, 0]  # 1 = kind B
     P = len(kinds)

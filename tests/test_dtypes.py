@@ -14,7 +14,7 @@ import torch
 
 import effective_depth as ed
 from effective_depth import metrics as M
-from effective_depth.analysis.depth import estimate_all
+from effective_depth.analysis.estimation import estimate_all
 from effective_depth.engine import encode_batch
 
 #: end to end on models (the fast tier, -m 'not slow', leaves these to the full run)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from effective_depth import load_model
-from effective_depth.analysis.depth import estimate_all
+from effective_depth.analysis.estimation import estimate_all
 from effective_depth.engine import encode_batch
 from effective_depth.metrics import behaviour, contributions, logit_lens, prune_order, skip_effects
 from effective_depth.models.zoo import zoo_entry

@@ -16,7 +16,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from effective_depth.analysis.depth import Estimate, estimate_all, reliability_warnings
+from effective_depth.analysis.depth import reliability_warnings
+from effective_depth.analysis.estimation import Estimate, estimate_all
 from effective_depth.cli import main
 from effective_depth.errors import ConfigError, ModelError, ResultsError
 from effective_depth.metrics.skip_effects import cut_rule, draw_cuts

@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from effective_depth.analysis.depth import estimate_all, prompt_spearman_bootstrap
-from effective_depth.analysis.per_prompt import (
-    PerPrompt,
-    per_prompt_estimates,
-    prompt_agreement,
-    rank_agreement,
-    run_per_prompt,
-)
+from effective_depth.analysis.depth import prompt_spearman_bootstrap
+from effective_depth.analysis.estimation import PerPrompt, estimate_all, per_prompt_estimates
+from effective_depth.analysis.per_prompt import prompt_agreement, rank_agreement, run_per_prompt
 from effective_depth.metrics.behaviour import Behaviour
 from effective_depth.metrics.logit_lens import LogitLensResult
 from effective_depth.metrics.registry import EstimatorSpec, MetricSpec, registered

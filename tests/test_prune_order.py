@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from effective_depth.analysis.depth import estimate_all
+from effective_depth.analysis.estimation import estimate_all
 from effective_depth.engine.batch import encode_batch
 from effective_depth.metrics.behaviour import ORDER_BASIS, behaviour
 from effective_depth.metrics.registry import StudyContext, get_metric

@@ -49,7 +49,7 @@ def test_run_directory_holds_the_documented_files(tmp_path, tiny_model):
             assert used["peak_rss_gib"] > 0.05 and used["peak_cuda_gib"] is None
     # the stored estimates are those of the stored per-prompt data (recomputed from the loaded
     # measurements with the run's bootstrap settings), with ratio = (layer + 1) / L
-    from effective_depth.analysis.depth import estimate_all
+    from effective_depth.analysis.estimation import estimate_all
 
     loaded = load_run(path)
     again = estimate_all({m: loaded.metric(m) for m in loaded.completed}, n_boot=40, seed=0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from effective_depth.analysis.depth import estimate_all
+from effective_depth.analysis.estimation import estimate_all
 from effective_depth.metrics.logit_lens import LogitLensResult
 from effective_depth.store.compare import compare_runs, write_comparison
 from effective_depth.store.frames import estimate_rows

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from effective_depth.analysis.depth import Estimate
+from effective_depth.analysis.estimation import Estimate
 from effective_depth.errors import ConfigError
 from effective_depth.metrics import (
     CONTRIBUTION_CURVES,

@@ -18,8 +18,9 @@ An estimator turns a per-layer curve into a block index ``e`` (0-based) and the 
                together with accuracy within ``ε``; ``e = L − k − 1``
 =============  ==============================================================================
 
-The estimates are made by :mod:`effective_depth.analysis.estimation` (re-exported here); this module adds
-the trend tests (Spearman's ρ with a bootstrap CI) and the reliability warnings.
+The estimates are made by :mod:`effective_depth.analysis.estimation` (the rules themselves are the
+measurements': :mod:`effective_depth.metrics.rules`); this module adds the trend tests (Spearman's ρ
+with a bootstrap CI) and the reliability warnings.
 
 Every estimate comes with a percentile bootstrap CI over prompts: resample prompts with
 replacement, recompute the curve from the per-prompt data, re-apply the rule. Resamples in which
@@ -30,38 +31,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..metrics.registry import default_thresholds, estimator_specs
-from ..metrics.rules import ed_cos, ed_kl, ed_overlap, ed_prune, ed_skip, ed_task
-from ..stats import RULE_SETS, Rule, bootstrap_indices, percentile_ci
+from ..stats import bootstrap_indices, percentile_ci
 
-# the estimates themselves are made in one place, effective_depth.analysis.estimation; kept here under
-# their earlier names
-from .estimation import Estimate, bootstrap_estimate, estimate_all, estimator_rules
+if TYPE_CHECKING:
+    from .estimation import Estimate
 
 __all__ = [
-    "Estimate",
-    "Rule",
-    "ed_cos",
-    "ed_kl",
-    "ed_overlap",
-    "ed_skip",
-    "ed_task",
-    "ed_prune",
-    "bootstrap_indices",
-    "bootstrap_estimate",
-    "percentile_ci",
     "spearman",
     "spearman_bootstrap",
-    "estimator_rules",
-    "estimate_all",
+    "prompt_spearman_bootstrap",
     "reliability_warnings",
     "depth_score_estimate",
-    "default_thresholds",
-    "RULE_SETS",
+    "MIN_PROMPTS",
 ]
 
 

@@ -29,13 +29,11 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..metrics.registry import estimator_specs
-from .depth import bootstrap_indices, percentile_ci, spearman
-
-# per-prompt depths are made by effective_depth.analysis.estimation; kept here under their earlier names
+from ..stats import bootstrap_indices, percentile_ci
+from .depth import spearman
 from .estimation import PerPrompt, per_prompt_estimates
 
-__all__ = ["PerPrompt", "per_prompt_estimates", "run_per_prompt", "prompt_agreement",
-           "rank_agreement"]
+__all__ = ["run_per_prompt", "prompt_agreement", "rank_agreement"]
 
 
 def run_per_prompt(run: Any) -> dict[str, PerPrompt]:

@@ -29,14 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..analysis.depth import (
-    bootstrap_indices,
-    percentile_ci,
-    prompt_spearman_bootstrap,
-    spearman_bootstrap,
-)
+from ..analysis.depth import prompt_spearman_bootstrap, spearman_bootstrap
 from ..analysis.estimation import RunRules
 from ..errors import ConfigError
+from ..stats import bootstrap_indices, percentile_ci
 from .record import EstimateEntry, RunRecord, ScoreEntry
 from .results import Run, load_run
 

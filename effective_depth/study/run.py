@@ -512,9 +512,8 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
                       task_name: str, examples: Sequence[Any], warnings: list[dict[str, Any]],
                       prep: Any) -> StudyResult:
     """The body of :func:`run_study` once the config, task and examples are known."""
-    from ..analysis.depth import estimate_all, reliability_warnings
-    from ..analysis.estimation import score_estimates
-    from ..analysis.per_prompt import per_prompt_estimates
+    from ..analysis.depth import reliability_warnings
+    from ..analysis.estimation import estimate_all, per_prompt_estimates, score_estimates
     from ..engine.batch import bos_read, encode_batch
     from ..metrics.registry import StudyContext, metric_names
     from ..models.chat import chat_format

@@ -34,7 +34,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from ..analysis.depth import Estimate
+from ..analysis.estimation import Estimate
 from ..errors import ConfigError, close_matches
 from ..metrics.base import MetricResult
 from ..metrics.behaviour import Behaviour
@@ -80,7 +80,7 @@ BAND_BOOT = 200
 #: one colour per curve of a figure, in order; bands use the same colour, translucent
 PALETTE = qualitative.Plotly
 
-#: estimates as stored in results.json or as :class:`~effective_depth.analysis.depth.Estimate` objects
+#: estimates as stored in results.json or as :class:`~effective_depth.analysis.estimation.Estimate` objects
 Estimates = Mapping[str, Any]
 
 FigureFn = Callable[..., go.Figure]

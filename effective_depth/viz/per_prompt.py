@@ -21,7 +21,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from ..analysis.depth import Estimate
+from ..analysis.estimation import Estimate
 from ..store.record import EstimateEntry, PerPromptEntry
 from .compare_figures import COMPARISON_FIGURES, ComparisonFigure
 from .figures import TEMPLATE, as_depth_entry, text
