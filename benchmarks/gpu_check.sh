@@ -36,12 +36,12 @@ python -m benchmarks.paper_scale --shape qwen2.5-1.5b --device cuda --dtype bflo
     --json "$OUT/paper_scale_qwen2.5-1.5b_cuda.json" | tee "$OUT/paper_scale.txt"
 
 effective-depth plan --model "$CACHE/qwen2.5-1.5b" --task gsm8k \
-    --param data_files="$CACHE/data/gsm8k_test.jsonl" -n 50 --set map_examples=2 \
+    --param data_files="$CACHE/data/gsm8k_test.jsonl" -n 50 --set erasure.map_examples=2 --set integrated_gradients.map_examples=2 \
     --device cuda --dtype bfloat16 | tee "$OUT/plan_paper_scale_cell.txt"
 
 effective-depth run --model "$CACHE/r1-distill-qwen-1.5b" --task gsm8k \
-    --param data_files="$CACHE/data/gsm8k_test.jsonl" -n 8 --set map_examples=1 \
-    --set ig_steps=32 --set n_boot=200 --device cuda --dtype bfloat16 \
+    --param data_files="$CACHE/data/gsm8k_test.jsonl" -n 8 --set erasure.map_examples=1 \
+    --set integrated_gradients.map_examples=1 --set integrated_gradients.steps=32 --set n_boot=200 --device cuda --dtype bfloat16 \
     --out "$OUT/run_r1-distill-1.5b" --force --quiet | tee "$OUT/run.txt"
 
 python -m benchmarks.run --quick --json "$OUT/engine_benchmark.json" | tee "$OUT/engine.txt"

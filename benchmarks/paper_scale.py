@@ -250,17 +250,17 @@ def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = 
     measure("logit_lens", batch, lambda: M.logit_lens(model, batch), {}, [])
     measure("skip_effects", skip_batch,
             lambda: M.skip_effects(model, skip_batch, mode="future", cuts=skip_cuts, **budget_kw),
-            {"n_cuts": cuts}, skip_cuts)
+            {"options": {"skip_effects": {"n_cuts": cuts}}}, skip_cuts)
     if not light:
         order = M.prune_order(torch.nan_to_num(done["skip_effects"].output_effect_of(aggregate="mean")))
         measure("behaviour", skip_batch, lambda: M.behaviour(model, skip_batch, order=order, **budget_kw),
                 {}, [])
         measure("erasure", short,
                 lambda: M.erasure(model, short, reference=short, **budget_kw),
-                {"map_examples": 1, "n_reference": 1}, [])
+                {"options": {"erasure": {"map_examples": 1, "n_reference": 1}}}, [])
         measure("integrated_gradients", short,
                 lambda: M.integrated_gradients(model, short, n_steps=ig_steps, **budget_kw),
-                {"map_examples": 1, "ig_steps": ig_steps}, [])
+                {"options": {"integrated_gradients": {"map_examples": 1, "steps": ig_steps}}}, [])
     counter.close()
     sampler.stop()
     estimates = estimate_all(done, n_boot=50, seed=0)

@@ -229,10 +229,10 @@ def _parse_value(text: str) -> Any:
 
 
 def _settings(values: tuple[str, ...]) -> dict[str, Any]:
-    """``--set`` pairs: a measurement's option (``skip_effects.mode=current``, or its flat name
-    of earlier versions, ``skip_mode=current``) converted to its field's type and kept as a
-    dotted key; any other key is a core study option, parsed as a number, boolean or string."""
-    from .metrics.options import parse_setting
+    """``--set`` pairs: a measurement's option (``skip_effects.mode=current``) converted to its
+    field's type and kept as a dotted key; any other key is a core study option, parsed as a
+    number, boolean or string."""
+    from .metrics.registry import parse_setting
 
     out: dict[str, Any] = {}
     for item in values:
@@ -245,8 +245,7 @@ def _settings(values: tuple[str, ...]) -> dict[str, Any]:
         except KeyError:  # a core option (model, n_boot, ...): StudyConfig checks it
             out[key] = _parse_value(text)
             continue
-        # a flat name stays flat: the config reads it into every option it stood for
-        out[key if "." not in key else f"{measurement}.{name}"] = value
+        out[f"{measurement}.{name}"] = value
     if "metrics" in out and isinstance(out["metrics"], str):
         out["metrics"] = _split_metrics((out["metrics"],))
     return out

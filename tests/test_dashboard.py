@@ -46,8 +46,10 @@ def study_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
             # the second run skips the two map measurements (the slow part): a partial run
             metrics = METRICS if digits == 2 else METRICS[:4]
             cfg = StudyConfig(model=str(ckpt), task="addition", task_params={"digits": digits},
-                              metrics=metrics, n_examples=4, ig_steps=8, n_boot=50,
-                              map_examples=1, skip_mode="current")
+                              metrics=metrics, n_examples=4, n_boot=50,
+                              options={"integrated_gradients": {"steps": 8, "map_examples": 1},
+                                       "erasure": {"map_examples": 1},
+                                       "skip_effects": {"mode": "current"}})
             study = run_study(cfg, root / f"run-d{digits}", progress=False, dashboard=digits == 2)
             paths.append(study.path)
         _RUNS[key] = paths

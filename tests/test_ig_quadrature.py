@@ -118,10 +118,11 @@ def test_study_config_validates_and_hashes_the_rule():
     from effective_depth.store.results import config_hash
 
     with pytest.raises(ConfigError, match="unknown ig_rule 'simpson'"):
-        StudyConfig(ig_rule="simpson")
+        StudyConfig(options={"integrated_gradients": {"rule": "simpson"}})
     with pytest.raises(ConfigError, match="ig_steps"):
-        StudyConfig(ig_rule="trapezoid", ig_steps=1)
-    a, b = StudyConfig(), StudyConfig(ig_rule="gauss_legendre", ig_steps=256)
+        StudyConfig(options={"integrated_gradients": {"rule": "trapezoid", "steps": 1}})
+    a = StudyConfig()
+    b = StudyConfig(options={"integrated_gradients": {"rule": "gauss_legendre", "steps": 256}})
     assert config_hash(a.to_dict()) != config_hash(b.to_dict())
     assert StudyConfig.from_dict(b.to_dict()) == b
 

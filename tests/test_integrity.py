@@ -25,7 +25,8 @@ from effective_depth.store.results import find_runs, load_run
 from effective_depth.study import StudyConfig, run_study
 
 ZOO = "zoo/add-2l"
-FAST = dict(n_boot=20, map_examples=1, ig_steps=4, n_reference=2)
+FAST = {"n_boot": 20, "erasure.map_examples": 1, "erasure.n_reference": 2,
+        "integrated_gradients.map_examples": 1, "integrated_gradients.steps": 4}
 
 
 def _prompts(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -35,7 +36,7 @@ def _prompts(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 def _run(out: Path, **kw):
     cfg = {"model": ZOO, "metrics": ("logit_lens", "behaviour"), **FAST, **kw}
-    return run_study(StudyConfig(**cfg), out, progress=False, dashboard=False)
+    return run_study(StudyConfig.from_dict(cfg), out, progress=False, dashboard=False)
 
 
 # --- 1. stale results ---------------------------------------------------------------------------
@@ -152,17 +153,17 @@ def test_erasure_reference_is_recorded_and_warned_when_short(tmp_path):
     rows = [(f"{a}+{a}=", str(2 * a)) for a in range(10, 16)]
     data = _prompts(tmp_path / "six.jsonl", rows)
     base = {"task": "prompts", "task_params": {"path": str(data)}, "metrics": ("erasure",)}
-    enough = _run(tmp_path / "a", n_examples=3, n_reference=3, **base)
+    enough = _run(tmp_path / "a", n_examples=3, **{"erasure.n_reference": 3}, **base)
     meta = enough.results["metrics"]["erasure"]["meta"]
     assert meta["reference"] == {"source": "task", "n": 3, "description": "examples 4..6 of the task"}
     assert not [w for w in enough.results["warnings"] if w["code"] == "erasure_reference"]
 
-    short = _run(tmp_path / "b", n_examples=4, n_reference=3, **base)
+    short = _run(tmp_path / "b", n_examples=4, **{"erasure.n_reference": 3}, **base)
     assert short.results["metrics"]["erasure"]["meta"]["reference"]["n"] == 2
     assert short.results["metrics"]["erasure"]["meta"]["n_reference"] == 2
     assert any("only 2 examples beyond" in w["message"] for w in short.results["warnings"])
 
-    none = _run(tmp_path / "c", n_examples=6, n_reference=3, **base)
+    none = _run(tmp_path / "c", n_examples=6, **{"erasure.n_reference": 3}, **base)
     ref = none.results["metrics"]["erasure"]["meta"]["reference"]
     assert ref["source"] == "analysed" and ref["n"] == 3
     assert any("analysed prompts themselves" in w["message"] for w in none.results["warnings"])
@@ -278,15 +279,15 @@ def test_default_run_fits_the_default_model(tmp_path):
 
 @pytest.mark.slow
 def test_chance_level_and_missing_intervals_are_warned(tmp_path):
-    res = _run(tmp_path / "run", metrics=("logit_lens",), lens_k=5, n_boot=0, n_examples=4)
+    res = _run(tmp_path / "run", metrics=("logit_lens",), n_boot=0, **{"logit_lens.k": 5}, n_examples=4)
     codes = {w["code"] for w in res.results["warnings"]}
     assert {"overlap_at_chance", "no_bootstrap", "few_prompts"} <= codes
     assert any("chance overlap" in n for n in res.results["depth"]["ed_overlap"]["notes"])
     out = CliRunner().invoke(main, ["run", "-m", ZOO, "--metrics", "logit_lens", "-o",
                                     str(tmp_path / "run"), "-q", "--no-dashboard",
-                                    "--set", "lens_k=5", "--n-boot", "0", "-n", "4",
-                                    "--set", "map_examples=1", "--set", "ig_steps=4",
-                                    "--set", "n_reference=2"])
+                                    "--set", "logit_lens.k=5", "--n-boot", "0", "-n", "4",
+                                    *(a for k, v in FAST.items() if "." in k
+                                      for a in ("--set", f"{k}={v}"))])
     assert out.exit_code == 0, out.output
     assert "chance overlap" in out.output and "no confidence intervals" in out.output
 
@@ -359,7 +360,6 @@ def test_an_example_longer_than_the_context_is_an_error(tmp_path):
 @pytest.mark.parametrize("setting,message", [
     ("n_examples=abc", "n_examples must be an integer, got 'abc'"),
     ("n_boot=1.5", "n_boot must be an integer, got 1.5"),
-    ("lens_k=2.5", "lens_k (logit_lens.k) must be int|none, got '2.5'"),
     ("logit_lens.k=2.5", "logit_lens.k must be int|none, got '2.5'"),
     ("batch_size=true", "batch_size must be an integer, got True"),
     ("ci_level=high", "ci_level must be a number"),
@@ -456,5 +456,5 @@ def test_config_records_the_installed_transformer_lens_version(tmp_path):
 
 def test_no_possible_cut_is_an_error_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="no example is long enough for future skip effects"):
-        _run(tmp_path / "run", metrics=("skip_effects",), cut_start=60)
+        _run(tmp_path / "run", metrics=("skip_effects",), **{"skip_effects.cut_start": 60})
     assert not (tmp_path / "run").exists()

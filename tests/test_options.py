@@ -1,10 +1,9 @@
 """A measurement's options live with the measurement: nested in StudyConfig and config.json,
-set with ``--set MEASUREMENT.OPTION=VALUE``, still read under their flat names of earlier
-versions; the study and the planner make the same decisions from one function."""
+set with ``--set MEASUREMENT.OPTION=VALUE``; a config.json of an earlier version (flat options)
+is still read; the study and the planner make the same decisions from one function."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -18,9 +17,10 @@ from effective_depth.cli import _settings, main
 from effective_depth.errors import ConfigError, ResultsError
 from effective_depth.metrics.base import MetricResult
 from effective_depth.metrics.integrated_gradients import IntegratedGradientsOptions
-from effective_depth.metrics.options import FLAT_OPTIONS, MetricOptions
+from effective_depth.metrics.options import MetricOptions
 from effective_depth.metrics.registry import MetricSpec, dependency_order, metric_names, registered
 from effective_depth.metrics.skip_effects import SkipEffectsOptions
+from effective_depth.store.record import FLAT_OPTIONS
 from effective_depth.store.results import config_hash, load_run
 from effective_depth.study import StudyConfig
 
@@ -39,7 +39,7 @@ def flat_dict(config: StudyConfig) -> dict:
     d = config.to_dict()
     d.pop("precision")  # an option added after the flat format
     options = d.pop("options")
-    for name, (measurement, option) in FLAT_OPTIONS.items():
+    for name, ((measurement, option), *_) in FLAT_OPTIONS.items():
         d[name] = options[measurement][option]
     assert set(d) == set(FLAT_FIELDS)
     return {k: d[k] for k in FLAT_FIELDS}
@@ -60,26 +60,22 @@ def test_options_are_nested_and_round_trip():
     assert back == cfg and config_hash(back.to_dict()) == config_hash(d)
 
 
-def test_flat_names_are_read_into_the_options():
+def test_dotted_keys_are_read_into_the_options():
     nested = StudyConfig(options={"skip_effects": {"mode": "current", "n_cuts": 2},
                                   "integrated_gradients": {"steps": 4, "map_examples": 2},
                                   "erasure": {"map_examples": 2}, "logit_lens": {"k": 1}})
-    from_file = StudyConfig.from_dict({"skip_mode": "current", "n_cuts": 2, "ig_steps": 4,
-                                       "map_examples": 2, "lens_k": 1})
-    keywords = StudyConfig(skip_mode="current", n_cuts=2, ig_steps=4, map_examples=2, lens_k=1)
     dotted = StudyConfig.from_dict({"skip_effects.mode": "current", "skip_effects.n_cuts": 2,
                                     "integrated_gradients.steps": 4,
                                     "integrated_gradients.map_examples": 2,
                                     "erasure.map_examples": 2, "logit_lens.k": 1})
-    assert nested == from_file == keywords == dotted
-    assert keywords.ig_steps == 4 and keywords.skip_mode == "current"  # read under the old name
-    # replace() with a flat name changes that option only
-    changed = dataclasses.replace(keywords, ig_steps=16)
-    assert changed.options["integrated_gradients"].steps == 16
-    assert changed.options["integrated_gradients"].map_examples == 2
-    # a flat key given beside a nested one wins (the command line merges flat flags in)
+    assert nested == dotted
+    # a dotted key given beside a nested one wins (the command line merges --set in as such keys)
     assert StudyConfig.from_dict({"options": {"skip_effects": {"mode": "future"}},
-                                  "skip_mode": "current"}).options["skip_effects"].mode == "current"
+                                  "skip_effects.mode": "current"}).options["skip_effects"].mode == "current"
+    # an option without its measurement is no study option: the error names the full name
+    with pytest.raises(ConfigError, match=r"unknown study options \['cut_strt'\]; did you mean "
+                                          "'skip_effects.cut_start'"):
+        StudyConfig.from_dict({"cut_strt": 4})
 
 
 @pytest.mark.slow
@@ -124,15 +120,12 @@ def test_options_are_validated_by_their_measurement():
 
 def test_set_parses_typed_values_and_names_what_is_wrong():
     got = _settings(("skip_effects.mode=current", "integrated_gradients.steps=8",
-                     "skip_effects.cut_start=none", "cut_margin=2", "n_boot=50"))
+                     "skip_effects.cut_start=none", "n_boot=50"))
     assert got == {"skip_effects.mode": "current", "integrated_gradients.steps": 8,
-                   "skip_effects.cut_start": None, "cut_margin": 2, "n_boot": 50}
+                   "skip_effects.cut_start": None, "n_boot": 50}
     assert type(got["integrated_gradients.steps"]) is int
-    # a flat name keeps meaning all it meant: map_examples set both maps' counts
-    both = StudyConfig.from_dict(_settings(("map_examples=1",)))
-    assert both.options["erasure"].map_examples == both.options["integrated_gradients"].map_examples == 1
-    with pytest.raises(ConfigError, match=r"lens_k \(logit_lens.k\) must be int\|none, got '2.5'"):
-        _settings(("lens_k=2.5",))
+    with pytest.raises(ConfigError, match=r"logit_lens.k must be int\|none, got '2.5'"):
+        _settings(("logit_lens.k=2.5",))
     # a string option stays a string even when it looks like a number
     assert _settings(("tuned_lens.data=123",)) == {"tuned_lens.data": "123"}
     with pytest.raises(ConfigError, match="'skip_efects'.*did you mean.*skip_effects"):

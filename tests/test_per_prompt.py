@@ -287,8 +287,8 @@ def test_a_study_stores_per_prompt_depths_and_the_cli_reports_agreement(tmp_path
     from effective_depth.store.results import load_run
     from effective_depth.study import StudyConfig, run_study
 
-    config = StudyConfig(model="zoo/add-4l", n_examples=8, n_boot=50, lens_k=1,
-                         metrics=("logit_lens", "behaviour"))
+    config = StudyConfig(model="zoo/add-4l", n_examples=8, n_boot=50,
+                         options={"logit_lens": {"k": 1}}, metrics=("logit_lens", "behaviour"))
     res = run_study(config, tmp_path / "run", progress=False, dashboard=False)
     stored = res.results["per_prompt"]
     assert set(stored) == {"ed_kl", "ed_overlap", "ed_task", "ed_prune"}

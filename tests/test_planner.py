@@ -27,8 +27,8 @@ def _shared_runs(model, batch, sub, cuts):
     return {
         "contributions": (batch, {}, lambda: M.contributions(model, batch)),
         "logit_lens": (batch, {}, lambda: M.logit_lens(model, batch)),
-        "skip_effects": (batch, {"n_cuts": 2}, lambda: M.skip_effects(model, batch, cuts=cuts)),
-        "erasure": (sub, {"map_examples": 2, "n_reference": 2},
+        "skip_effects": (batch, {"options": {"skip_effects": {"n_cuts": 2}}}, lambda: M.skip_effects(model, batch, cuts=cuts)),
+        "erasure": (sub, {"options": {"erasure": {"map_examples": 2, "n_reference": 2}}},
                     lambda: M.erasure(model, sub, reference=sub)),
     }
 
@@ -41,7 +41,8 @@ def test_planned_block_tokens_equal_the_engine_count(setup):
     sub = batch.select([0, 1])
     runs = {
         **_shared_runs(model, batch, sub, cuts),
-        "integrated_gradients": (sub, {"map_examples": 2, "ig_steps": 3},
+        "integrated_gradients": (sub, {"options": {"integrated_gradients": {"map_examples": 2,
+                                                                            "steps": 3}}},
                                  lambda: M.integrated_gradients(model, sub, n_steps=3)),
         "behaviour": (batch, {}, lambda: M.behaviour(model, batch, order=[3, 2, 1, 0])),
     }
@@ -84,7 +85,7 @@ def test_plan_command_prints_the_planned_numbers(monkeypatch):
 
     monkeypatch.setattr(planner, "plan_study", plan_without_timing)
     result = CliRunner().invoke(main, ["plan", "--model", "zoo/add-4l", "-n", "4", "--set",
-                                       "ig_steps=4"])
+                                       "integrated_gradients.steps=4"])
     assert result.exit_code == 0, result.output
     config = seen["config"]
     assert config.n_examples == 4 and config.options["integrated_gradients"].steps == 4
@@ -124,7 +125,8 @@ def test_planned_block_calls_follow_the_engine(setup):
     sub = batch.select([0, 1])
     runs = {
         **_shared_runs(model, batch, sub, cuts),
-        "behaviour": (batch, {"metrics": ("skip_effects", "behaviour"), "skip_mode": "current"},
+        "behaviour": (batch, {"metrics": ("skip_effects", "behaviour"),
+                              "options": {"skip_effects": {"mode": "current"}}},
                       lambda: M.behaviour(model, batch, order=[1, 2, 3, 0])),
     }
     counter = WorkCounter(model)

@@ -22,10 +22,12 @@ def tiny_model(tiny_checkpoints):
 
 
 def _config(model, **kw):
-    base = dict(model=model, task="multistep", task_params={"steps": 4, "format": "scratchpad"},
-                n_examples=4, ig_steps=8, n_boot=40, map_examples=1, n_reference=3)
+    base = {"model": model, "task": "multistep", "task_params": {"steps": 4, "format": "scratchpad"},
+            "n_examples": 4, "n_boot": 40, "integrated_gradients.steps": 8,
+            "integrated_gradients.map_examples": 1, "erasure.map_examples": 1,
+            "erasure.n_reference": 3}
     base.update(kw)
-    return StudyConfig(**base)
+    return StudyConfig.from_dict(base)
 
 
 @pytest.mark.slow
@@ -289,18 +291,19 @@ def test_cli_run_config_file_and_set(tmp_path, tiny_model):
                    "metrics: [contributions, skip_effects]\nn_boot: 20\n")
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["run", "--model", tiny_model, "--config", str(cfg),
-                                       "--set", "cut_start=4", "--set", "cut_stride=2",
+                                       "--set", "skip_effects.cut_start=4",
+                                       "--set", "skip_effects.cut_stride=2",
                                        "--n-examples", "2", "--out", str(out), "-q", "--no-dashboard"])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "config.json").read_text())["config"]
     assert saved["n_examples"] == 2  # the command line overrides the file
-    skips = saved["options"]["skip_effects"]  # the flat names of --set land in the options
+    skips = saved["options"]["skip_effects"]  # --set MEASUREMENT.OPTION lands in the options
     assert skips["cut_start"] == 4 and skips["cut_stride"] == 2 and saved["task"] == "multistep"
     cuts = [ex["cuts"] for ex in json.loads((out / "inputs.json").read_text())["examples"]]
     assert all(c and min(c) >= 4 and all((x - 4) % 2 == 0 for x in c) for c in cuts)
     bad = CliRunner().invoke(main, ["run", "--model", tiny_model, "--set", "cut_strt=4"])
     assert bad.exit_code != 0 and "unknown study options ['cut_strt']" in bad.output
-    assert "did you mean 'cut_start'" in bad.output
+    assert "did you mean 'skip_effects.cut_start'" in bad.output
 
 
 @pytest.mark.slow
@@ -309,7 +312,8 @@ def test_an_integrated_gradients_gap_warning_reaches_results_json(tmp_path, tiny
 
     module = importlib.import_module("effective_depth.metrics.integrated_gradients")
     monkeypatch.setattr(module, "GAP_TOL", 0.0)  # every row's (nonzero) gap is above it
-    config = _config(tiny_model, metrics=("integrated_gradients",), ig_rule="riemann_left", ig_steps=2)
+    config = _config(tiny_model, metrics=("integrated_gradients",),
+                     **{"integrated_gradients.rule": "riemann_left", "integrated_gradients.steps": 2})
     res = run_study(config, tmp_path / "run", progress=False, dashboard=False)
     codes = [w["code"] for w in res.results["warnings"]]
     assert codes.count("ig_completeness_gap") == 1

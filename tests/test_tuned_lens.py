@@ -224,10 +224,9 @@ def test_fine_tuning_stops_when_the_validation_kl_stops_falling(add4l):
 
 
 def _study(tmp_path, out, force=True, **kw):
-    base = dict(model="zoo/add-2l", metrics=("logit_lens", "tuned_lens"), n_examples=6, n_boot=20,
-                tuned_lens_steps=15, tuned_lens_examples=64)
-    base.update(kw)
-    return run_study(StudyConfig(**base), tmp_path / out, progress=False, dashboard=False,
+    base = {"model": "zoo/add-2l", "metrics": ("logit_lens", "tuned_lens"), "n_examples": 6,
+            "n_boot": 20, "tuned_lens.steps": 15, "tuned_lens.examples": 64, **kw}
+    return run_study(StudyConfig.from_dict(base), tmp_path / out, progress=False, dashboard=False,
                      force=force)
 
 
@@ -284,12 +283,12 @@ def test_cached_lens_is_reused_and_retrained_when_a_fingerprint_changes(tmp_path
     assert lens["reused"] is True
     torch.testing.assert_close(load_file(str(w0))["weight"], weights["weight"], rtol=0, atol=0)
     # other settings -> retrained
-    third = _study(tmp_path, "run", n_examples=5, tuned_lens_steps=10)
+    third = _study(tmp_path, "run", n_examples=5, **{"tuned_lens.steps": 10})
     assert third.results["metrics"]["tuned_lens"]["meta"]["lens"]["reused"] is False
     assert _lens_file(third.path)["info"]["max_steps"] == 10
     # a corrupt cache is retrained, not trusted and not a crash
     w0.write_bytes(b"not a safetensors file")
-    fourth = _study(tmp_path, "run", n_examples=5, tuned_lens_steps=10)
+    fourth = _study(tmp_path, "run", n_examples=5, **{"tuned_lens.steps": 10})
     assert fourth.results["metrics"]["tuned_lens"]["meta"]["lens"]["reused"] is False
     assert load_file(str(w0))["weight"].shape == weights["weight"].shape
 
@@ -301,7 +300,7 @@ def test_changed_model_files_or_training_data_retrain_the_lens(tmp_path):
     data = tmp_path / "train.txt"
     data.write_text("".join(f"{a}+{b}={a + b}\n" for a, b in [(12, 34), (56, 78), (90, 11)]))
     kw = dict(model=str(model), task="addition", task_params={"digits": 2, "split": "test"},
-              tuned_lens_data=str(data))
+              **{"tuned_lens.data": str(data)})
     first = _study(tmp_path, "run", **kw)
     lens = first.results["metrics"]["tuned_lens"]["meta"]["lens"]
     assert lens["data"] == {"source": "file", "path": str(data), "n": 3, "overlap": 0}
@@ -340,9 +339,9 @@ def test_training_data_must_exist_and_be_held_out(tmp_path):
     warnings = [w for w in res.results["warnings"] if w["code"] == "train_overlap"]
     assert len(warnings) == 1 and f"{overlap} of the 6 analysed examples" in warnings[0]["message"]
     with pytest.raises(ConfigError, match="tuned_lens.steps must be >= 0"):
-        StudyConfig(tuned_lens_steps=-1)
+        StudyConfig(options={"tuned_lens": {"steps": -1}})
     with pytest.raises(ConfigError, match="tuned_lens.ridge must be >= 0"):
-        StudyConfig(tuned_lens_ridge=-0.1)
+        StudyConfig(options={"tuned_lens": {"ridge": -0.1}})
 
 
 @pytest.mark.slow
@@ -351,7 +350,9 @@ def test_default_metrics_skip_the_tuned_lens_without_training_data(tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
                                for a, b in [(12, 34), (56, 78), (90, 11), (23, 45), (67, 89)]))
     cfg = StudyConfig(model="zoo/add-2l", task="prompts", task_params={"path": str(prompts)},
-                      n_examples=5, n_boot=10, ig_steps=4, map_examples=1, n_reference=2)
+                      n_examples=5, n_boot=10,
+                      options={"integrated_gradients": {"steps": 4, "map_examples": 1},
+                               "erasure": {"map_examples": 1, "n_reference": 2}})
     assert "tuned_lens" in cfg.metrics
     res = run_study(cfg, tmp_path / "run", progress=False, dashboard=False)
     assert "tuned_lens" not in res.results["completed"] and "logit_lens" in res.results["completed"]
@@ -429,7 +430,7 @@ def test_the_planner_projects_a_bounded_training_on_a_real_vocabulary():
     lengths, starts = [40] * 20, [39] * 20
 
     def work(**options):
-        config = StudyConfig(metrics=("logit_lens", "tuned_lens"), **options)
+        config = StudyConfig(metrics=("logit_lens", "tuned_lens"), options={"tuned_lens": options})
         return count_work(cfg, lengths, starts, [[]] * 20, config)
 
     default = work()
@@ -439,7 +440,7 @@ def test_the_planner_projects_a_bounded_training_on_a_real_vocabulary():
     assert lens.block_tokens == plain.block_tokens + 30 * (8192 + 512)
     # the lens work beyond measuring: moments and validation KLs, well under the measurement's
     assert plain.lens_rows < lens.lens_rows < 2 * plain.lens_rows
-    tuned = work(tuned_lens_steps=10)["tuned_lens"]
+    tuned = work(steps=10)["tuned_lens"]
     assert tuned.lens_rows - lens.lens_rows >= 3 * 10 * 1024 * 31  # fine-tuning, projected
     # without the logit lens in the study, the held-out check measures it too
     alone = count_work(cfg, lengths, starts, [[]] * 20, StudyConfig(metrics=("tuned_lens",)))

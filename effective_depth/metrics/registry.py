@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import ConfigError, close_matches
+from .options import MetricOptions, parse_option
 
 __all__ = [
     "MetricSpec",
@@ -35,6 +36,7 @@ __all__ = [
     "metric_names",
     "dependency_order",
     "get_metric",
+    "parse_setting",
     "estimator_specs",
     "default_thresholds",
     "score_specs",
@@ -323,8 +325,6 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
     if spec.name in _REGISTRY:
         raise ConfigError(f"a measurement named {spec.name!r} is already registered")
     if spec.options is not None:
-        from .options import MetricOptions
-
         if not (isinstance(spec.options, type) and issubclass(spec.options, MetricOptions)):
             raise ConfigError(f"{spec.name}: options must be a MetricOptions dataclass, got "
                               f"{spec.options!r}")
@@ -410,6 +410,23 @@ def get_metric(name: str) -> MetricSpec:
         raise ConfigError(f"unknown metric {name!r}{close_matches(name, names)} "
                           f"Metrics: {', '.join(names)}")
     return spec
+
+
+def parse_setting(key: str, text: str) -> tuple[str, str, Any]:
+    """``("skip_effects", "mode", "current")`` from ``--set skip_effects.mode=current``: a
+    registered measurement's option, converted to its field's type; an unknown measurement or
+    option is an error with the closest names. A key without a dot is no measurement's option:
+    :class:`KeyError` (the caller reads it as a core study option)."""
+    if "." not in key:
+        raise KeyError(key)
+    measurement, name = key.split(".", 1)
+    with_options = {s.name: s.options for s in metric_specs() if s.options is not None}
+    if measurement not in with_options:
+        names = sorted(with_options)
+        raise ConfigError(f"no measurement with options named {measurement!r}"
+                          f"{close_matches(measurement, names)} Measurements with options: "
+                          f"{', '.join(names)}")
+    return measurement, name, parse_option(measurement, with_options[measurement], name, text)
 
 
 def estimator_specs() -> dict[str, EstimatorSpec]:

@@ -35,6 +35,7 @@ from .record import (
     RunInputs,
     RunRecord,
     ScoreEntry,
+    nest_flat_options,
 )
 
 __all__ = ["RunDir", "Run", "load_run", "find_runs", "atomic_write_text", "config_hash",
@@ -362,10 +363,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     config = parts[CONFIG]
     if isinstance(config.get("config"), dict):
         # a config.json of an earlier version has flat measurement options: read them nested
-        from ..metrics.options import nest_flat
-
-        config = {**config, "config": nest_flat(config["config"], str(rd.path / CONFIG),
-                                                note=False)}
+        config = {**config, "config": nest_flat_options(config["config"])}
     return Run(rd.path, config, parts[INPUTS], parts[RESULTS], rd.load_tensors())
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import time
@@ -19,14 +18,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from warnings import warn
 
 from ..errors import ConfigError, ResultsError, close_matches
 from ..frozen import check_field_types, from_dict
-from ..metrics.options import FLAT_OPTIONS, flatten_options, nest_flat
+from ..metrics.options import MetricOptions, flatten_options
 from ..resources import ResourceMeter
 from ..store.fingerprint import compute_fingerprint, inputs_fingerprint, model_fingerprint
-from ..store.record import RunConfig, RunRecord
+from ..store.record import RunConfig, RunRecord, nest_flat_options
 from ..store.results import (
     CONFIG,
     FORMAT_VERSION,
@@ -70,10 +68,7 @@ class StudyConfig:
     ``task=None`` takes the task the zoo model was trained on (from its card); ``metrics=()``
     every registered measurement (``effective_depth.metrics.registry``). ``options`` maps a measurement's
     name to its options (``effective_depth.metrics.options``): given as objects or mappings, missing ones
-    take their defaults, so every registered measurement with options has an entry. The flat
-    names of earlier versions (``skip_mode``, ``ig_steps``:
-    :data:`effective_depth.metrics.options.FLAT_OPTIONS`) are still accepted as keywords, keys and
-    attributes.
+    take their defaults, so every registered measurement with options has an entry.
     """
 
     model: str = "zoo/add-4l"
@@ -146,14 +141,6 @@ class StudyConfig:
             if not 0 < float(v) < 1:
                 raise ConfigError(f"threshold {k} must be in (0, 1), got {v}")
 
-    def __getattr__(self, name: str) -> Any:
-        # the flat names of earlier versions, read from the measurement's options
-        options = self.__dict__.get("options", {})
-        if name in FLAT_OPTIONS and FLAT_OPTIONS[name][0] in options:
-            measurement, field_name = FLAT_OPTIONS[name]
-            return getattr(options[measurement], field_name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``config.json``): core fields, then ``options`` nested by measurement."""
         d = dataclasses.asdict(self)
@@ -162,24 +149,18 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "study options") -> StudyConfig:
-        """A config from its JSON form; flat option names of earlier versions and dotted keys
-        (``skip_effects.mode``) are read into ``options``."""
+        """A config from its JSON form; dotted keys (``skip_effects.mode``, as ``--set`` gives
+        them) are read into ``options`` and win over the same option given there."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where} must be a mapping of option names to values, got "
                               f"{type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in data if k not in known and k not in FLAT_OPTIONS
-                         and "." not in k)
-        if unknown:  # close names among the core options and every measurement's options
-            from ..metrics.registry import metric_specs
-
-            names = known | set(FLAT_OPTIONS) | {
-                f"{s.name}.{f.name}" for s in metric_specs() if s.options is not None
-                for f in dataclasses.fields(s.options)}
-            raise ConfigError(f"unknown study options {unknown}{close_matches(unknown[0], names)} "
+        unknown = sorted(k for k in data if k not in known and "." not in k)
+        if unknown:
+            raise ConfigError(f"unknown study options {unknown}{_near(unknown[0], known)} "
                               f"Valid: {', '.join(sorted(known))}, and MEASUREMENT.OPTION "
                               "(listed by effective-depth run --help)")
-        data = nest_flat(data, where)
+        data = _nest_dotted(data)
         if isinstance(data.get("metrics"), str):
             data["metrics"] = _split(data["metrics"])
         return from_dict(cls, data, "study options", tuples=("metrics",))
@@ -188,25 +169,35 @@ class StudyConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _accept_flat_options(init: Callable[..., None]) -> Callable[..., None]:
-    """``StudyConfig(ig_steps=64, skip_mode="current")``: the flat keywords of earlier versions
-    (deprecated) are moved into ``options`` before the dataclass's own ``__init__`` runs."""
+def _near(word: str, known: set[str]) -> str:
+    """Close names among the core options and every measurement's options (``cut_start`` finds
+    ``skip_effects.cut_start``)."""
+    from ..metrics.registry import metric_specs
 
-    @functools.wraps(init)
-    def __init__(self: StudyConfig, *args: Any, **kwargs: Any) -> None:
-        flat = {k: kwargs.pop(k) for k in list(kwargs) if k in FLAT_OPTIONS}
-        if flat:
-            warn(f"StudyConfig({', '.join(flat)}=...): flat measurement options are "
-                          "deprecated; use options={measurement: {...}}", DeprecationWarning,
-                          stacklevel=2)
-            kwargs["options"] = nest_flat({"options": kwargs.get("options") or {}, **flat},
-                                          "StudyConfig")["options"]
-        init(self, *args, **kwargs)
-
-    return __init__
+    dotted = [f"{s.name}.{f.name}" for s in metric_specs() if s.options is not None
+              for f in dataclasses.fields(s.options)]
+    near = close_matches(word, [*sorted(known), *dotted])
+    fields = [d for d in dotted if close_matches(word, [d.split(".", 1)[1]])]
+    return near or (f"; did you mean {', '.join(map(repr, fields[:5]))}?" if fields else "")
 
 
-StudyConfig.__init__ = _accept_flat_options(StudyConfig.__init__)  # type: ignore[method-assign]
+def _nest_dotted(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with its dotted keys (``skip_effects.mode: current``) moved into ``options``
+    (``{skip_effects: {mode: current}}``), where they win over the same option."""
+    out = {k: v for k, v in data.items() if "." not in k or k.startswith(".")}
+    dotted = {k: v for k, v in data.items() if k not in out}
+    if not dotted:
+        return out
+    options = {m: v.to_dict() if isinstance(v, MetricOptions) else
+               dict(v) if isinstance(v, Mapping) else v  # a wrong value: StudyConfig names it
+               for m, v in dict(out.pop("options", None) or {}).items()}
+    for key, value in dotted.items():
+        measurement, name = key.split(".", 1)
+        entry = options.setdefault(measurement, {})
+        if isinstance(entry, dict):
+            entry[name] = value
+    out["options"] = options
+    return out
 
 
 def _measurement_options(given: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
@@ -371,12 +362,11 @@ def config_differences(stored: Mapping[str, Any], config: StudyConfig,
     record = RunConfig.from_json(dict(stored), where)
     if record.hash == config_hash(cfg):
         return []
-    before = record.config.to_json()
+    before = nest_flat_options(record.config.to_json())
     try:
         before = StudyConfig.from_dict(before, where).to_dict()
     except ConfigError as exc:  # an unreadable config is another config: say what differs
         log.info("%s is not a config of this version (%s)", where, exc)
-        before = nest_flat(before, where)
 
     def flat(d: Mapping[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in d.items() if k != "options"}

@@ -35,7 +35,7 @@ from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
 from ..errors import ConfigError, EffectiveDepthError
-from ..store.record import EstimateEntry, StudyFields
+from ..store.record import EstimateEntry, StudyFields, nest_flat_options
 from ..store.results import Run, atomic_write_text, load_run
 from .compare_figures import COMPARISON_FIGURES
 from .figures import SKIP_MODES, ed_summary_figure, figure_specs, skip_modes_figure
@@ -127,9 +127,7 @@ def _skip_key(run: Run) -> tuple[str, ...]:
 
 def _skip_options(run: Run) -> dict[str, Any]:
     """The skip-effect options a run was made with (flat names of earlier versions read too)."""
-    from ..metrics.options import nest_flat
-
-    stored = StudyFields.from_json(nest_flat(run.config_record.config.to_json(), note=False),
+    stored = StudyFields.from_json(nest_flat_options(run.config_record.config.to_json()),
                                    str(run.path / "config.json"), "config")
     return stored.options_of("skip_effects")
 
