@@ -806,6 +806,116 @@ def zoo_eval_cmd(model: str, task: str | None, params: tuple[str, ...], n_exampl
                          f"{sum(1 for e in examples if e.difficulty == level)}")
 
 
+@main.command("prune")
+@click.option("--model", "-m", default=None, help="Zoo name, real/ name, hub id or local "
+              "checkpoint directory (default: zoo/add-4l).")
+@click.option("--task", "-t", default=None, help="Task name (default: the zoo model's own task).")
+@click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
+              help="Task parameter (repeatable).")
+@click.option("--criteria", default=None, metavar="C1,C2",
+              help="Criteria to compare (default: all): angular, influence, output, future, "
+              "greedy, random.")
+@click.option("--n-examples", "-n", type=int, default=50, show_default=True,
+              help="Held-out evaluation examples.")
+@click.option("--n-calib", type=int, default=32, show_default=True,
+              help="Calibration examples the criteria are measured on (the task's train split "
+              "when it has one).")
+@click.option("--max-remove", type=int, default=None,
+              help="Most blocks removed (default: half the blocks).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random criterion and the bootstrap.")
+@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--remove", "remove", type=int, default=None, metavar="K",
+              help="Export: remove K blocks (with --criterion and --out).")
+@click.option("--criterion", default=None, metavar="C", help="Export: the criterion that "
+              "chooses the K blocks.")
+@click.option("--out", "-o", "out_model", type=click.Path(file_okay=False), default=None,
+              help="Export: the directory of the pruned Hugging Face checkpoint.")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Where results.json and pruning.html go (default: runs/MODEL__TASK__prune).")
+@click.option("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available).")
+@click.option("--dtype", default=None, help="Weights' dtype (default as for run).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16-mixed", "bf16"]),
+              default="auto", show_default=True, help="The compute policy.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--time-repeats", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Export: timed forward calls of each model.")
+@click.option("--force", is_flag=True, help="Recompute, and replace an existing export.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+def prune_cmd(model: str | None, task: str | None, params: tuple[str, ...], criteria: str | None,
+              n_examples: int, n_calib: int, max_remove: int | None, seed: int, n_boot: int,
+              remove: int | None, criterion: str | None, out_model: str | None,
+              run_dir: str | None, device: str | None, dtype: str | None, precision: str,
+              batch_size: int, time_repeats: int, force: bool, quiet: bool,
+              threads: int | None) -> None:
+    """Compare pruning criteria: for k = 1 .. L/2 blocks removed by each criterion, held-out
+    exact-match accuracy and answer log-likelihood with bootstrap CIs (a table, results.json and
+    pruning.html). With --remove K --criterion C --out DIR, also write the checkpoint with those
+    blocks removed and measure its accuracy, forward time and parameters."""
+    from .models.devices import set_threads
+    from .study.prune import PruneConfig, run_prune
+
+    set_threads(threads)
+    config = PruneConfig(model=model or "zoo/add-4l", task=task,
+                         task_params=_pairs(params, "--param"), n_examples=n_examples,
+                         n_calib=n_calib, criteria=tuple((criteria or "").split(",")) if criteria
+                         else (), max_remove=max_remove, seed=seed, n_boot=n_boot, device=device,
+                         dtype=dtype, precision=precision, batch_size=batch_size)
+    result = run_prune(config, run_dir, remove=remove, criterion=criterion,
+                       export_dir=out_model, force=force, time_repeats=time_repeats,
+                       progress=not quiet)
+    _print_prune(result)
+
+
+def _print_prune(result: Any) -> None:
+    from rich.table import Table
+
+    console = _console()
+    comp, results = result.comparison, result.results
+    curves = results["curves"]
+    L = comp.n_layers
+    table = Table(title=f"Held-out exact-match accuracy [95% CI] by blocks removed: "
+                        f"{results['model']['name']} ({L} blocks) on {results['task']['name']} "
+                        f"({comp.n_prompts} examples; criteria on {comp.meta.get('n_calib')} "
+                        "calibration examples)")
+    table.add_column("k", justify="right")
+    for c in comp.criteria:
+        table.add_column(c, justify="right")
+    for k in range(comp.k_max + 1):
+        row = [str(k)]
+        for c in comp.criteria:
+            acc, ci = curves[c]["accuracy"][k], (curves[c]["accuracy_ci"] or [None] * (k + 1))[k]
+            row.append(f"{100 * acc:.0f}%" + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]"
+                                             if ci else ""))
+        table.add_row(*row)
+    console.print(table)
+    ll = " | ".join(f"{c} {curves[c]['loglik'][comp.k_max]:.3f}" for c in comp.criteria)
+    console.print(f"answer log-likelihood at k={comp.k_max} (full model "
+                  f"{curves[comp.criteria[0]]['loglik'][0]:.3f}): {ll}")
+    for c in comp.criteria:
+        r = comp.rankings[c]
+        what = (f"order {r.order}" if r.order is not None
+                else f"sets {'; '.join(','.join(map(str, s)) for s in r.sets)}")
+        console.print(f"  {c}: {what}")
+    for c, why in comp.skipped.items():
+        console.print(f"  {c}: not measured: {why}")
+    export = results.get("export")
+    if export:
+        acc, orig, pruned = export["accuracy"], export["original"], export["pruned"]
+        console.print(
+            f"exported {export['dir']}: {export['criterion']} removed blocks {export['removed']} "
+            f"({orig['n_layers']} -> {pruned['n_layers']} blocks); accuracy "
+            f"{100 * acc['full']:.1f}% -> {100 * acc['exported']:.1f}% (pruned forward "
+            f"{100 * acc['pruned_by_skipping']:.1f}%); parameters {orig['params']['total']:,} -> "
+            f"{pruned['params']['total']:,} ({100 * export['params_ratio']:.1f}%); forward "
+            f"{1000 * orig['forward_s']:.1f} ms -> {1000 * pruned['forward_s']:.1f} ms "
+            f"(x{export['speedup']:.2f}, median of {export['repeats']} on {export['device']}, "
+            f"tokens {export['tokens']})")
+    note = " (reused: same options)" if result.reused else ""
+    console.print(f"run directory: {result.path}{note}")
+
+
 def _register_optional_commands() -> None:
     try:
         from .viz.cli_dashboard import dashboard_cmd

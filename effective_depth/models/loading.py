@@ -572,6 +572,8 @@ def _load_local_hooked(
                 dtype=dtype,
                 trust_remote_code=trust_remote_code,
             )
+            if arch in TEMPLATE_ARCHITECTURES:
+                cfg = _own_layers(cfg, hf_model.config)
             state_dict = get_pretrained_state_dict(source, cfg, hf_model=hf_model, dtype=dtype)
         except ModelError:
             raise
@@ -618,6 +620,18 @@ def _template_facts(hf: Any) -> dict[str, Any]:
     }
 
 
+def _own_layers(cfg: Any, hf_config: Any) -> Any:
+    """``cfg`` (a template's TransformerLens config) with the checkpoint's own number of blocks
+    and per-block attention types (local: sliding window, global: full)."""
+    from transformer_lens.config import HookedTransformerConfig
+
+    facts = _template_facts(hf_config)
+    if cfg.n_layers == facts["n_layers"] and list(cfg.attn_types or []) == facts["attn_types"]:
+        return cfg
+    return HookedTransformerConfig.from_dict({**cfg.to_dict(), "n_layers": facts["n_layers"],
+                                              "attn_types": facts["attn_types"]})
+
+
 def _tl_facts(cfg: dict[str, Any]) -> dict[str, Any]:
     d_head = cfg["d_head"]
     return {
@@ -635,10 +649,16 @@ def _tl_facts(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: the facts a checkpoint converted by template keeps as its own: the number of blocks and each
+#: block's attention type (a checkpoint with blocks removed, ``effective-depth prune --out``)
+_OWN_FACTS = ("n_layers", "attn_types")
+
+
 def _official_template(path: Path, arch: str, hf_config: Any) -> str:
     """The official TransformerLens name whose config computes exactly what the checkpoint in
-    ``path`` computes: every fact of :func:`_template_facts` must agree (shape, sliding-window
-    pattern and size, both rope bases, attention scale, activation, soft caps, tied
+    ``path`` computes: every fact of :func:`_template_facts` but the number of blocks and their
+    attention types (which :func:`_own_layers` takes from the checkpoint) must agree (shape,
+    sliding-window size, both rope bases, attention scale, activation, soft caps, tied
     unembedding), else a :class:`ModelError` lists the differences."""
     from transformer_lens.loading_from_pretrained import convert_hf_model_config
 
@@ -646,7 +666,7 @@ def _official_template(path: Path, arch: str, hf_config: Any) -> str:
     report = []
     for name in TEMPLATE_ARCHITECTURES[arch]:
         have = _tl_facts(convert_hf_model_config(name))
-        diffs = [f"{k} {have[k]!r} vs {want[k]!r}" for k in want
+        diffs = [f"{k} {have[k]!r} vs {want[k]!r}" for k in want if k not in _OWN_FACTS
                  if (abs(have[k] - want[k]) > 1e-6 * abs(want[k])
                      if isinstance(want[k], float) and have[k] is not None else have[k] != want[k])]
         if not diffs:
