@@ -23,8 +23,8 @@ from effective_depth.cli import main
 from effective_depth.errors import ConfigError
 from effective_depth.metrics.registry import EstimatorSpec, MetricSpec, registered
 from effective_depth.stats import bootstrap_indices
-from effective_depth.store.compare import compare_runs, write_comparison
-from effective_depth.store.frames import runs_to_frame, tidy_comparison
+from effective_depth.store.compare import compare_runs, tidy_comparison, write_comparison
+from effective_depth.store.frames import runs_to_frame
 from tests.test_registry import TOY, LastTokenNorm, _largest_norm, _toy_run
 
 N_BOOT = 40

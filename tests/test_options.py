@@ -17,10 +17,9 @@ from effective_depth.cli import _settings, main
 from effective_depth.errors import ConfigError, ResultsError
 from effective_depth.metrics.base import MetricResult
 from effective_depth.metrics.integrated_gradients import IntegratedGradientsOptions
-from effective_depth.metrics.options import MetricOptions
+from effective_depth.metrics.options import FLAT_OPTIONS, MetricOptions
 from effective_depth.metrics.registry import MetricSpec, dependency_order, metric_names, registered
 from effective_depth.metrics.skip_effects import SkipEffectsOptions
-from effective_depth.store.record import FLAT_OPTIONS
 from effective_depth.store.results import config_hash, load_run
 from effective_depth.study import StudyConfig
 

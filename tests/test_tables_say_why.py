@@ -12,8 +12,8 @@ import torch
 from effective_depth.analysis.estimation import estimate_all
 from effective_depth.metrics.logit_lens import LogitLensResult
 from effective_depth.store.compare import compare_runs, write_comparison
-from effective_depth.store.frames import estimate_rows
 from effective_depth.store.results import Run
+from effective_depth.store.tables import estimate_rows
 
 L = 4
 

@@ -7,8 +7,9 @@ and its own validation. ``StudyConfig.options`` maps measurement names to these 
 ``--set MEASUREMENT.FIELD=VALUE``, converted to the field's type (a ``Literal`` field lists its
 valid values).
 
-(``config.json`` of runs written before options were nested holds them flat, ``skip_mode``,
-``ig_steps``, …: the store reads those files, :func:`effective_depth.store.record.nest_flat_options`.)
+``config.json`` of runs written before options were nested holds them flat (``skip_mode``,
+``ig_steps``, …): :func:`nest_flat_options` reads such a file's config as today's (for
+``load_run`` and a study resumed into such a directory); those names are no option's names.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any, ClassVar, Literal
 from ..errors import ConfigError, close_matches
 from ..frozen import check_field_types, from_dict
 
-__all__ = ["MetricOptions", "option_fields", "describe_type", "parse_option", "flatten_options"]
+__all__ = ["MetricOptions", "option_fields", "describe_type", "parse_option", "flatten_options",
+           "FLAT_OPTIONS", "nest_flat_options"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,4 +145,44 @@ def flatten_options(options: Mapping[str, Any]) -> dict[str, Any]:
                 out[f"{measurement}.{name}"] = value
         else:
             out[measurement] = values
+    return out
+
+
+#: the measurement options as ``config.json`` of runs written before options were nested held
+#: them, at the top of ``config``: ``name -> the (measurement, field) pairs it set``
+#: (``map_examples`` set how many examples both map measurements draw)
+FLAT_OPTIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "lens_k": (("logit_lens", "k"),),
+    "tuned_lens_steps": (("tuned_lens", "steps"),),
+    "tuned_lens_ridge": (("tuned_lens", "ridge"),),
+    "tuned_lens_examples": (("tuned_lens", "examples"),),
+    "tuned_lens_data": (("tuned_lens", "data"),),
+    "skip_mode": (("skip_effects", "mode"),),
+    "skip_component": (("skip_effects", "component"),),
+    "aggregate": (("skip_effects", "aggregate"),),
+    "n_cuts": (("skip_effects", "n_cuts"),),
+    "cut_start": (("skip_effects", "cut_start"),),
+    "cut_stride": (("skip_effects", "cut_stride"),),
+    "cut_margin": (("skip_effects", "cut_margin"),),
+    "map_examples": (("erasure", "map_examples"), ("integrated_gradients", "map_examples")),
+    "n_reference": (("erasure", "n_reference"),),
+    "ig_steps": (("integrated_gradients", "steps"),),
+    "ig_rule": (("integrated_gradients", "rule"),),
+}
+
+
+def nest_flat_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored ``config`` (``config.json``'s ``config``) with the flat measurement options of
+    a run of an earlier version moved under ``options`` (:data:`FLAT_OPTIONS`); a config of
+    today comes back as it is."""
+    out = dict(config)
+    flat = [k for k in out if k in FLAT_OPTIONS]
+    if not flat:
+        return out
+    options = {m: dict(v) for m, v in dict(out.pop("options", None) or {}).items()}
+    for key in flat:
+        value = out.pop(key)
+        for measurement, name in FLAT_OPTIONS[key]:
+            options.setdefault(measurement, {})[name] = value
+    out["options"] = options
     return out

@@ -25,7 +25,7 @@ import itertools
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ from ..stats import bootstrap_indices, percentile_ci
 from .record import EstimateEntry, RunRecord, ScoreEntry
 from .results import Run, load_run
 
-__all__ = ["compare_runs", "comparison_tables", "write_comparison", "estimator_names",
-           "estimator_agreement", "write_agreement"]
+__all__ = ["compare_runs", "comparison_tables", "tidy_comparison", "write_comparison",
+           "estimator_names", "estimator_agreement", "write_agreement"]
 log = logging.getLogger(__name__)
 
 
@@ -485,6 +485,71 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _is_interval(key: str) -> bool:
+    return key == "ci" or key.endswith("_ci")
+
+
+def _split_intervals(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``ci: [lo, hi]`` (and ``diff_ci``, ``rho_ci``, ...) as ``ci_lo`` and ``ci_hi`` numbers."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if _is_interval(key):
+            lo, hi = value if isinstance(value, (list, tuple)) and len(value) == 2 else (None, None)
+            out[f"{key}_lo"], out[f"{key}_hi"] = (float("nan") if v is None else float(v)
+                                                  for v in (lo, hi))
+        else:
+            out[key] = value
+    return out
+
+
+#: per-level list columns whose name stays as it is (already a count per level)
+_KEEP_NAME = ("n_prompts", "n_defined")
+
+
+#: comparison tables stored as lists over levels, written one row per level
+_PER_LEVEL = ("difficulty", "prompt_difficulty")
+
+
+def _per_level(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A difficulty row (lists over ``levels``) as one row per level: ``levels`` -> ``level``,
+    ``ratios`` -> ``ratio``, ``cis`` -> ``ci``, ``runs`` -> ``run``, ``medians`` -> ``median``,
+    ``reasons`` -> ``reason``, every other plural key holding a list of the same length likewise
+    (``n_prompts`` and ``n_defined`` keep their names); the rest (``rho``, ``rho_ci``) repeats on
+    every row. A list of another length (the runs pooled by the per-prompt test) becomes one
+    ``; ``-joined text cell: no cell holds a list."""
+    levels = row.get("levels")
+    if not isinstance(levels, list):
+        return [dict(row)]
+    # plural keys only: an interval such as rho_ci is a pair even when there are two levels
+    per = {k for k, v in row.items() if isinstance(v, list) and len(v) == len(levels)
+           and k.endswith("s") and not _is_interval(k)}
+    out = []
+    for i in range(len(levels)):
+        item: dict[str, Any] = {}
+        for key, value in row.items():
+            if key in per:
+                item[key if key in _KEEP_NAME else key[:-1]] = value[i]
+            elif not isinstance(value, list) or _is_interval(key):
+                item[key] = value
+            else:
+                item[key] = "; ".join(str(x) for x in value)
+        out.append(item)
+    return out
+
+
+def tidy_comparison(table: str, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The comparison ``table``'s rows, flat: intervals split into numeric ``*_lo`` / ``*_hi``
+    columns, the difficulty table one row per level (what the comparison CSVs hold)."""
+    flat: list[dict[str, Any]] = []
+    for row in rows:
+        if table == "prompt_difficulty" and isinstance(row.get("runs"), list):
+            # the runs pooled into one test, not one run per level
+            row = {**row, "runs": "; ".join(str(r) for r in row["runs"])}
+        for item in (_per_level(row) if table in _PER_LEVEL else [dict(row)]):
+            flat.append(_split_intervals(item))
+    return flat
+
+
 def write_agreement(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
     """``agreement.json`` and ``agreement.csv`` (the rows of :func:`estimator_agreement`)."""
     from .results import atomic_write_text, dumps
@@ -500,8 +565,7 @@ def write_agreement(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
 def write_comparison(comparison: dict[str, Any], out: str | Path) -> list[Path]:
     """``comparison.json`` and one CSV per table in directory ``out``: tidy rows with numeric
     ``*_lo`` / ``*_hi`` columns for every interval, the difficulty table one row per level
-    (:func:`effective_depth.store.frames.tidy_comparison`)."""
-    from .frames import tidy_comparison
+    (:func:`tidy_comparison`)."""
     from .results import atomic_write_text, dumps
 
     out = Path(out)

@@ -22,7 +22,6 @@ Sub-values whose shape belongs to a measurement (``curves``, ``meta``, ``params`
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
 
@@ -32,7 +31,6 @@ __all__ = [
     "RunRecord", "ModelInfo", "TaskInfo", "Settings", "MetricEntry", "ResourceEntry",
     "EstimateEntry", "ScoreEntry", "PerPromptEntry", "WarningEntry",
     "RunConfig", "StudyFields", "RunInputs", "ExampleEntry", "depth_entry", "FORMAT_VERSION",
-    "FLAT_OPTIONS", "nest_flat_options",
 ]
 
 #: the version of the run directory's format (``results.json``'s ``format``); a run of another
@@ -472,46 +470,6 @@ class StudyFields(_Record):
     def options_of(self, measurement: str) -> dict[str, Any]:
         """The stored options of ``measurement`` ({} when the run did not record them)."""
         return dict(self.options.get(measurement) or {})
-
-
-#: the measurement options as ``config.json`` of runs written before options were nested held
-#: them, at the top of ``config``: ``name -> the (measurement, field) pairs it set``
-#: (``map_examples`` set how many examples both map measurements draw)
-FLAT_OPTIONS: dict[str, tuple[tuple[str, str], ...]] = {
-    "lens_k": (("logit_lens", "k"),),
-    "tuned_lens_steps": (("tuned_lens", "steps"),),
-    "tuned_lens_ridge": (("tuned_lens", "ridge"),),
-    "tuned_lens_examples": (("tuned_lens", "examples"),),
-    "tuned_lens_data": (("tuned_lens", "data"),),
-    "skip_mode": (("skip_effects", "mode"),),
-    "skip_component": (("skip_effects", "component"),),
-    "aggregate": (("skip_effects", "aggregate"),),
-    "n_cuts": (("skip_effects", "n_cuts"),),
-    "cut_start": (("skip_effects", "cut_start"),),
-    "cut_stride": (("skip_effects", "cut_stride"),),
-    "cut_margin": (("skip_effects", "cut_margin"),),
-    "map_examples": (("erasure", "map_examples"), ("integrated_gradients", "map_examples")),
-    "n_reference": (("erasure", "n_reference"),),
-    "ig_steps": (("integrated_gradients", "steps"),),
-    "ig_rule": (("integrated_gradients", "rule"),),
-}
-
-
-def nest_flat_options(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored ``config`` (``config.json``'s ``config``) with the flat measurement options of
-    a run of an earlier version moved under ``options`` (:data:`FLAT_OPTIONS`); a config of
-    today comes back as it is."""
-    out = dict(config)
-    flat = [k for k in out if k in FLAT_OPTIONS]
-    if not flat:
-        return out
-    options = {m: dict(v) for m, v in dict(out.pop("options", None) or {}).items()}
-    for key in flat:
-        value = out.pop(key)
-        for measurement, name in FLAT_OPTIONS[key]:
-            options.setdefault(measurement, {})[name] = value
-    out["options"] = options
-    return out
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ from .record import (
     RunInputs,
     RunRecord,
     ScoreEntry,
-    nest_flat_options,
 )
 
 __all__ = ["RunDir", "Run", "load_run", "find_runs", "atomic_write_text", "config_hash",
@@ -325,13 +324,13 @@ class Run:
 
     def to_frame(self, kind: str = "estimates", **options: Any) -> Any:
         """This run as a tidy pandas DataFrame: ``"curves"`` (one row per measurement × curve ×
-        layer, with bootstrap CI columns from the per-prompt data), ``"estimates"`` (one row per
-        estimator and score, numeric ``ci_lo`` / ``ci_hi``) or ``"comparison"`` (this run's rows
-        of the comparison tables; ``table=`` picks one). Needs pandas (the ``frames`` extra);
-        see :func:`effective_depth.store.frames.runs_to_frame` for the options."""
-        from .frames import run_frame
+        layer, with bootstrap CI columns from the per-prompt data; ``n_boot``, ``level`` and
+        ``seed`` default to the run's own) or ``"estimates"`` (one row per estimator and score,
+        numeric ``ci_lo`` / ``ci_hi``). Needs pandas (the ``frames`` extra). Comparison tables
+        compare runs: :func:`effective_depth.store.frames.runs_to_frame`."""
+        from .tables import run_table
 
-        return run_frame(self, kind, **options)
+        return run_table(self, kind, **options)
 
     def _repr_html_(self) -> str:
         from ..display import render_html
@@ -363,6 +362,8 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     config = parts[CONFIG]
     if isinstance(config.get("config"), dict):
         # a config.json of an earlier version has flat measurement options: read them nested
+        from ..metrics.options import nest_flat_options
+
         config = {**config, "config": nest_flat_options(config["config"])}
     return Run(rd.path, config, parts[INPUTS], parts[RESULTS], rd.load_tensors())
 

@@ -21,10 +21,10 @@ from typing import Any
 
 from ..errors import ConfigError, ResultsError, close_matches
 from ..frozen import check_field_types, from_dict
-from ..metrics.options import MetricOptions, flatten_options
+from ..metrics.options import MetricOptions, flatten_options, nest_flat_options
 from ..resources import ResourceMeter
 from ..store.fingerprint import compute_fingerprint, inputs_fingerprint, model_fingerprint
-from ..store.record import RunConfig, RunRecord, nest_flat_options
+from ..store.record import RunConfig, RunRecord
 from ..store.results import (
     CONFIG,
     FORMAT_VERSION,

@@ -35,7 +35,8 @@ from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
 from ..errors import ConfigError, EffectiveDepthError
-from ..store.record import EstimateEntry, StudyFields, nest_flat_options
+from ..metrics.options import nest_flat_options
+from ..store.record import EstimateEntry, StudyFields
 from ..store.results import Run, atomic_write_text, load_run
 from .compare_figures import COMPARISON_FIGURES
 from .figures import SKIP_MODES, ed_summary_figure, figure_specs, skip_modes_figure
