@@ -34,7 +34,7 @@ from effective_depth.engine.batch import encode_batch
 from effective_depth.errors import ConfigError, ResultsError
 from effective_depth.models.export import PRUNED_KEY, export_pruned, kept_blocks
 from effective_depth.tasks import get_task
-from tests.helpers import rebuilt_model, save_tiny_checkpoint
+from tests.helpers import real_checkpoint, rebuilt_model, save_tiny_checkpoint
 
 TOL = 1e-5
 
@@ -336,6 +336,34 @@ def test_export_of_a_gemma3_slices_its_attention_pattern(tmp_path):
     (out / "config.json").write_text(json.dumps(config))
     unsliced, _ = _hf_logits(out, tokens)
     assert _rel(unsliced, ours) > 1e-3
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.parametrize("name, removed", [("real/smollm2-135m-instruct", [3, 27, 28]),
+                                           ("real/gemma-3-270m", [5, 12, 13])])
+def test_real_export_loads_everywhere_and_equals_the_pruned_forward(tmp_path, name, removed):
+    """Both real models, with a global (full-attention) block of Gemma-3 among those removed:
+    plain transformers and the toolkit load the export, and both equal the pruned forward."""
+    from effective_depth.models.loading import load_model
+
+    src = real_checkpoint(name)
+    out = tmp_path / "pruned"
+    export_pruned(src, removed, out)
+    original = load_model(name, device="cpu", precision="fp32")
+    L = original.cfg.n_layers
+    text = "The capital of France is Paris. The capital of Spain is"
+    tokens = torch.tensor([original.tokenizer(text)["input_ids"]])
+    ours = pruned_logits(original, tokens, removed)
+    exported, hf = _hf_logits(out, tokens)
+    assert hf.config.num_hidden_layers == L - len(removed)
+    assert _rel(exported, ours) < TOL
+    reloaded = load_model(out, device="cpu", precision="fp32")
+    assert reloaded.cfg.n_layers == L - len(removed)
+    if getattr(original.cfg, "attn_types", None):
+        kept = [b for b in range(L) if b not in removed]
+        assert list(reloaded.cfg.attn_types) == [original.cfg.attn_types[b] for b in kept]
+    assert _rel(pruned_logits(reloaded, tokens, []), ours) < TOL
 
 
 # --- the command ---------------------------------------------------------------------------------
