@@ -145,6 +145,34 @@ def test_comparison_round_trips_through_the_store(tmp_path):
         load_prune_run(tmp_path / "s")
 
 
+def test_calibration_and_evaluation_examples_are_disjoint(tmp_path):
+    """The criteria are measured on the task's train split, the curves on its test split (the
+    default split=all of capitals would hold the train countries); a task without a split gives
+    its examples after the evaluation ones."""
+    from effective_depth.study.prune import PruneConfig, prune_examples
+    from effective_depth.tasks.fewshot import capitals_split
+
+    task, ev, calib, info, warnings = prune_examples(
+        PruneConfig(model="zoo/add-4l", task="capitals", n_examples=12, n_calib=10))
+    assert task.values["split"] == "test" and info["source"] == "task train split"
+    assert {capitals_split(e.meta["country"]) for e in ev} == {"test"}
+    assert {capitals_split(e.meta["country"]) for e in calib} == {"train"}
+    assert [w["code"] for w in warnings] == ["split_test"] and info["overlap"] == 0
+    # the zoo model's own task: its card's split=test, calibrated on train
+    task, ev, calib, info, warnings = prune_examples(
+        PruneConfig(model="zoo/add-4l", n_examples=5, n_calib=5))
+    assert task.values["split"] == "test" and info["params"]["split"] == "train" and not warnings
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) + "\n"
+                            for i in range(9)))
+    task, ev, calib, info, warnings = prune_examples(
+        PruneConfig(model="zoo/add-4l", task="prompts", task_params={"path": str(path)},
+                    n_examples=5, n_calib=6))
+    assert [e.prompt for e in ev] == [f"{i}+1=" for i in range(5)]
+    assert [e.prompt for e in calib] == [f"{i}+1=" for i in range(5, 9)]
+    assert [w["code"] for w in warnings] == ["few_examples"]
+
+
 # --- criteria on a model with a known answer ----------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 :func:`run_prune` sequences the work (the only code here that touches a pruning run directory):
 
-1. the task's examples: ``n_examples`` held-out evaluation examples (the task as given), and
+1. the task's examples: ``n_examples`` held-out evaluation examples (the task as given; a task
+   whose default ``split=all`` would hold the calibration split is evaluated on ``split=test``), and
    ``n_calib`` *calibration* examples the criteria are measured on: the task's ``train`` split
    when it has one (as the tuned lens trains), else further examples of the same task drawn
    after the evaluation ones; any overlap is a warning in results.json;
@@ -113,6 +114,15 @@ def prune_examples(config: PruneConfig) -> tuple[Any, list[Any], list[Any], dict
     split = type(task).params.get("split")
     if split is not None and split.choices and "train" in split.choices \
             and task.values.get("split") != "train":
+        if task.values.get("split") == "all" and "split" not in config.task_params \
+                and "test" in split.choices:
+            # the default split mixes the calibration split in: evaluate on the held-out one
+            task = type(task)(**{**task.values, "split": "test"})
+            warnings.append({"code": "split_test",
+                             "message": f"{name}: evaluated on split=test (the task's default "
+                                        "split=all holds the train split the criteria are "
+                                        "measured on); pass --param split=all to evaluate on "
+                                        "all"})
         examples = task.examples(config.n_examples)
         calib_params = {**task.values, "split": "train"}
         calib = type(task)(**calib_params).examples(config.n_calib)
