@@ -29,9 +29,10 @@ three examples. It writes ``equal_accuracy_trained`` into the JSON file (other k
     python benchmarks/ig_accuracy.py --equal-accuracy \
         --models zoo/add-12l,real/smollm2-135m-instruct --json benchmarks/ig_accuracy_zoo_quick.json
 
-A model not yet in the zoo can be given a local checkpoint:
-``--model-path real/smollm2-135m-instruct=/root/.cache/effective_depth/manual/smollm2-135m-instruct``
-(its task then comes from ``FALLBACK_TASKS``).
+A model can be given a local checkpoint directory instead of its name, e.g.
+``--model-path my-model=/data/checkpoints/my-model`` (its task then comes from
+``FALLBACK_TASKS``); the real models load by name (``real/smollm2-135m-instruct``) from the
+cache ``effective-depth fetch`` fills.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 seconds against the measured ones (``results.json``'s ``timing``), in the same process.
 
     python -m benchmarks.planner_accuracy --model zoo/add-4l -n 20 --threads 1 --json out.json
-    python -m benchmarks.planner_accuracy --model ~/.cache/effective_depth/manual/smollm2-135m-instruct \\
+    python -m benchmarks.planner_accuracy --model real/smollm2-135m-instruct \\
         --task prompts --param path=prompts.jsonl -n 20 --set map_examples=1 --set ig_steps=32
 
 The plan's calibration pass runs first, then the study (into a temporary directory); the error is

@@ -1,6 +1,6 @@
 """Speed and memory of the engine's sweeps against naive implementations, in the same run.
 
-    python benchmarks/run.py [--quick] [--json FILE]
+    python benchmarks/run.py [--quick] [--json FILE] [--limit-model real/smollm2-135m-instruct]
 
 The model is a randomly initialised 12-block Qwen2-style decoder (d_model 256, vocabulary 4096;
 integrated gradients are also timed with GPT-2's 50,257-token vocabulary);
@@ -19,6 +19,13 @@ The logit-lens check uses a second model with a 150k vocabulary and reports the 
 prompt (``T · V`` floats) and at most four live ``[rows, V]`` blocks of the unembedding (logits,
 log-probabilities, probabilities and one temporary), ``rows = lens_rows(V)``:
 ``(T + 4 · lens_rows(V)) · V`` floats.
+
+``--limit-model MODEL`` adds the hardware's limit: MODEL's default study (``--limit-n`` prompts,
+every measurement) under ``fp32`` and under ``auto``, each measurement's time, the planner's
+projection under that policy and peak memory, and the work the planner counts priced at Hugging
+Face's own forward of the same checkpoint on the same tokens (the faster of float32 and
+bfloat16), with the ratio priced / measured per measurement and the CPU flags
+(``benchmarks/precision_agreement.py`` holds the pricing).
 """
 
 from __future__ import annotations
@@ -181,12 +188,48 @@ def bench_logit_lens(length: int, vocab: int):
             "T": length, "V": vocab, "within_bound": peak <= bound}
 
 
+def bench_hardware_limit(model: str, n: int, policies=("fp32", "auto")) -> dict:
+    """``model``'s default study under each policy against its work priced at Hugging Face's
+    fastest forward; the projection is ``effective-depth plan``'s under the same policy."""
+    import tempfile
+
+    from benchmarks.precision_agreement import cpu_flags, hf_prices, priced, run_one
+    from effective_depth.study.planner import plan_study
+    from effective_depth.study.run import StudyConfig
+
+    out = {"model": model, "n_examples": n, "cpu_flags": cpu_flags(), "policies": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for policy in policies:
+            plan = plan_study(StudyConfig(model=model, n_examples=n, precision=policy))
+            run = run_one(model, policy, n, Path(tmp))
+            out["policies"][policy] = {
+                "resolved": plan.precision, "wall_s": run["wall_s"],
+                "load_before": run["load_before"], "seconds": run["seconds"],
+                "projected_s": {m.name: m.seconds for m in plan.measurements if not m.skipped},
+                "peak_rss_gib": run["peak_rss_gib"]}
+            if "work" not in out:
+                inputs = json.loads((run["_dir"] / "inputs.json").read_text())
+                path = json.loads((run["_dir"] / "results.json").read_text())["model"]["source"]["path"]
+                prices = hf_prices(path, [e["tokens"] for e in inputs["examples"]])
+                out["hf_prices"] = prices
+                out["work"] = priced(model, n, prices)
+    for name, w in out["work"].items():
+        w["ratio"] = {p: round(w["hf_seconds"] / r["seconds"][name], 3) if r["seconds"].get(name)
+                      else None for p, r in out["policies"].items()}
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="Small workloads (24 tokens, 32 IG nodes): under 10 minutes on 2 cores.")
     parser.add_argument("--json", type=Path, default=None, help="Write the figures to this file.")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--limit-model", default=None, metavar="MODEL",
+                        help="Also run MODEL's default study under fp32 and auto and price each "
+                             "measurement's work at Hugging Face's fastest forward "
+                             "(e.g. real/smollm2-135m-instruct; minutes per policy).")
+    parser.add_argument("--limit-n", type=int, default=20, help="Prompts of --limit-model's study.")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -214,6 +257,8 @@ def main(argv=None) -> dict:
             "V50257": bench_igrad_equal_accuracy(gpt2_vocab, gpt2_batch, **size["equal"])},
         "logit_lens": lambda: bench_logit_lens(size["lens_T"], 150_000),
     }
+    if args.limit_model:
+        sections["hardware_limit"] = lambda: bench_hardware_limit(args.limit_model, args.limit_n)
     report: dict = {
         "config": {"model": "12 blocks, d_model 256, d_mlp 1024 (gated), 4 heads, vocab 4096",
                    "prompts": size["n_prompts"], "tokens": size["length"], "ig_steps": size["ig_steps"],
@@ -258,6 +303,28 @@ def print_report(report: dict) -> None:
     lens = report["logit_lens"]
     print(f"{'logit lens (V=150k)':22s} peak {lens['peak_bytes'] * mib:.1f} MiB vs bound (T + 4 rows)*V floats "
           f"{lens['bound_bytes'] * mib:.1f} MiB (naive L*T*V: {lens['naive_peak_bytes'] * mib:.1f} MiB)")
+    limit = report.get("hardware_limit")
+    if limit:
+        print(f"\n{limit['model']}, {limit['n_examples']} prompts; CPU flags: {limit['cpu_flags']}")
+        pols = list(limit["policies"])
+        head = "".join(f"  {p + ' (' + limit['policies'][p]['resolved'] + ')':>22s}" for p in pols)
+        print(f"{'measurement':22s}{'HF-priced s':>12s}{head}   (measured s / projected s / "
+              "peak GiB / priced:measured)")
+        for name, w in limit["work"].items():
+            cells = ""
+            for p in pols:
+                r = limit["policies"][p]
+                sec, proj = r["seconds"].get(name), r["projected_s"].get(name)
+                if sec is None:
+                    cells += f"  {'-':>22s}"
+                    continue
+                cells += (f"  {sec:6.1f}/{proj or float('nan'):6.1f}/"
+                          f"{r['peak_rss_gib'].get(name) or 0:4.1f}/{w['hf_seconds'] / sec:4.2f}")
+            print(f"{name:22s}{w['hf_seconds']:12.1f}{cells}")
+        print(f"{'study (wall)':22s}{'':12s}"
+              + "".join(f"  {limit['policies'][p]['wall_s']:>22}" for p in pols)
+              + "  (load at start " + " / ".join(str(limit['policies'][p]['load_before'])
+                                                  for p in pols) + ")")
 
 
 if __name__ == "__main__":

@@ -430,3 +430,16 @@ def test_a_real_model_that_cannot_be_had_fails_in_ci_and_skips_elsewhere(ci, mon
     outcome = pytest.fail.Exception if ci else pytest.skip.Exception
     with pytest.raises(outcome, match="real/tiny.*could not download the packages of real/tiny"):
         real_checkpoint("real/tiny")
+
+
+def test_convert_without_progress_draws_no_bars(tiny_gguf, tmp_path, capsys):
+    """`fetch --quiet`: transformers' dequantising bar stays off, and is restored afterwards."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    path, _ = tiny_gguf
+    bar = gguf_utils.tqdm
+    real.convert_gguf(path, tmp_path / "quiet", progress=False)
+    assert "de-quantizing" not in capsys.readouterr().err
+    assert gguf_utils.tqdm is bar
+    real.convert_gguf(path, tmp_path / "loud", progress=True)
+    assert "de-quantizing" in capsys.readouterr().err

