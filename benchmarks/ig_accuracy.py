@@ -102,14 +102,14 @@ def errors(result, reference, f0: torch.Tensor) -> dict:
 def measure(model, batch: Batch, ref_rule: str, ref_steps: int, grid: dict = GRID) -> dict:
     """The error table of one model: ``{rule: {n: errors}}``, the reference's own error (against
     half as many nodes) and the reference's completeness gap; each run's seconds."""
-    ref, t_ref = _timed(lambda: metrics.integrated_gradients(model, batch, n_steps=ref_steps, rule=ref_rule))
-    half = metrics.integrated_gradients(model, batch, n_steps=ref_steps // 2, rule=ref_rule)
+    ref, t_ref = _timed(lambda: metrics.integrated_gradients(model, batch, steps=ref_steps, rule=ref_rule))
+    half = metrics.integrated_gradients(model, batch, steps=ref_steps // 2, rule=ref_rule)
     f0 = baseline_targets(model, batch)
     table: dict = {}
     for rule, steps in grid.items():
         for n in steps:
             res, t = _timed(lambda n=n, rule=rule: metrics.integrated_gradients(
-                model, batch, n_steps=n, rule=rule))
+                model, batch, steps=n, rule=rule))
             table.setdefault(rule, {})[n] = {**errors(res, ref, f0), "seconds": t}
     return {"reference": {"rule": ref_rule, "steps": ref_steps, "seconds": t_ref,
                           "self_error": errors(half, ref, f0), "gap": errors(ref, ref, f0)["gap"]},
@@ -225,7 +225,7 @@ def equal_accuracy(model, batch, ref=("trapezoid", 1024), tols=(3e-2, 3e-3),
     from effective_depth.metrics.integrated_gradients import DEFAULT_RULE, DEFAULT_STEPS
 
     def run(rule, n, **kw):
-        res, t = _timed(lambda: metrics.integrated_gradients(model, batch, n_steps=n, rule=rule, **kw))
+        res, t = _timed(lambda: metrics.integrated_gradients(model, batch, steps=n, rule=rule, **kw))
         print(f"  {rule}-{n} {kw or ''}: {t:.1f} s, {float(res.evals.double().mean()):.1f} evaluations "
               f"per (example, block), largest gap {float(res.gaps.abs().max()):.2e}", flush=True)
         return res, t

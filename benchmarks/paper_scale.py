@@ -259,7 +259,7 @@ def run(shape: str = "qwen2.5-0.5b", *, cache: Path | None = None, dtype: str = 
                 lambda: M.erasure(model, short, reference=short, **budget_kw),
                 {"options": {"erasure": {"map_examples": 1, "n_reference": 1}}}, [])
         measure("integrated_gradients", short,
-                lambda: M.integrated_gradients(model, short, n_steps=ig_steps, **budget_kw),
+                lambda: M.integrated_gradients(model, short, steps=ig_steps, **budget_kw),
                 {"options": {"integrated_gradients": {"map_examples": 1, "steps": ig_steps}}}, [])
     counter.close()
     sampler.stop()

@@ -124,12 +124,12 @@ def bench_erasure(model, batch, repeat):
 
 def bench_igrad(model, batch, n_steps, repeat):
     one = Batch(batch.tokens[:1], batch.lengths[:1], batch.answer_start[:1], batch.str_tokens[:1])
-    ours, t_ours = timed(lambda: metrics.integrated_gradients(model, one, n_steps=n_steps, rule="riemann_left"), repeat)
+    ours, t_ours = timed(lambda: metrics.integrated_gradients(model, one, steps=n_steps, rule="riemann_left"), repeat)
     naive, t_naive = timed(lambda: naive_integrated_gradients(model, one, n_steps, weight_grads=True), repeat)
     frozen, t_frozen = timed(lambda: naive_integrated_gradients(model, one, n_steps, weight_grads=False), repeat)
     scale = max(naive.abs().max().item(), 1e-12)
     diff = (ours.maps[0] - naive).abs().max().item()
-    _, p_ours = peak_bytes(lambda: metrics.integrated_gradients(model, one, n_steps=n_steps, rule="riemann_left"))
+    _, p_ours = peak_bytes(lambda: metrics.integrated_gradients(model, one, steps=n_steps, rule="riemann_left"))
     return {"speedup": t_naive / t_ours, "speedup_vs_frozen_naive": t_frozen / t_ours,
             "max_abs_diff": diff, "max_abs_attribution": scale,
             "max_abs_diff_frozen": (ours.maps[0] - frozen).abs().max().item(),
@@ -145,7 +145,7 @@ def bench_igrad_equal_accuracy(model, batch, ladder=(4, 8, 16, 32, 64), ref_step
     one = Batch(batch.tokens[:1], batch.lengths[:1], batch.answer_start[:1], batch.str_tokens[:1])
 
     def ig(rule, n):
-        return metrics.integrated_gradients(model, one, n_steps=n, rule=rule)
+        return metrics.integrated_gradients(model, one, steps=n, rule=rule)
 
     ref = ig("gauss_legendre", ref_steps).maps[0]
     ref_check = (ig("gauss_legendre", ref_steps // 2).maps[0] - ref).abs().max().item()

@@ -60,8 +60,8 @@ def test_igrad_equal_accuracy_on_a_micro_model():
     one = Batch(batch.tokens[:1], batch.lengths[:1], batch.answer_start[:1], batch.str_tokens[:1])
 
     def error(n):
-        ref = metrics.integrated_gradients(model, one, n_steps=32, rule="gauss_legendre").maps[0]
-        got = metrics.integrated_gradients(model, one, n_steps=n, rule="gauss_legendre").maps[0]
+        ref = metrics.integrated_gradients(model, one, steps=32, rule="gauss_legendre").maps[0]
+        got = metrics.integrated_gradients(model, one, steps=n, rule="gauss_legendre").maps[0]
         return (got - ref).abs().max().item()
 
     goal = min(r["max_abs_err_naive"], r["max_abs_err_engine_riemann"])

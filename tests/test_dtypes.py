@@ -38,10 +38,10 @@ def _measure(dtype):
     batch = encode_batch(model.tokenizer, ed.get_task("addition", digits=3).examples(8))
     results = {
         "contributions": M.contributions(model, batch),
-        "logit_lens": M.logit_lens(model, batch),
+        "logit_lens": M.logit_lens(model, batch, k=5),
         "skip_effects": M.skip_effects(model, batch, mode="current"),
         "erasure": M.erasure(model, batch.select([0, 1]), reference=batch),
-        "integrated_gradients": M.integrated_gradients(model, batch.select([0]), n_steps=8,
+        "integrated_gradients": M.integrated_gradients(model, batch.select([0]), steps=8,
                                                        rule="riemann_left"),
     }
     quantities = {

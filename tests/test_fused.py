@@ -119,7 +119,7 @@ def test_measurements_equal_across_kernels_in_float32(tiny_paths, name):
     fused, eager = _pair(tiny_paths["qwen2"])
     batch = encode_batch(fused.tokenizer, ed.get_task("addition", digits=2).examples(4))
     fn = getattr(ed, name)
-    kwargs = {"n_steps": 16} if name == "integrated_gradients" else {}
+    kwargs = {"steps": 16} if name == "integrated_gradients" else {}
     if name == "erasure":
         kwargs = {"reference": batch}
     ra = fn(fused.model, batch, **kwargs)

@@ -56,7 +56,7 @@ def pair(tmp_path_factory):
 
 def _measure(model, batch):
     c = contributions(model, batch)
-    lens = logit_lens(model, batch)
+    lens = logit_lens(model, batch, k=5)
     skips = skip_effects(model, batch, mode="current")
     beh = behaviour(model, batch, order=prune_order(skips.output_effect_of(aggregate="mean")))
     metrics = {"contributions": c, "logit_lens": lens, "skip_effects": skips, "behaviour": beh}

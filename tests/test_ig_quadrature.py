@@ -33,7 +33,7 @@ def sub(model):
 
 @pytest.fixture(scope="module")
 def reference(model, sub):
-    return integrated_gradients(model, sub, n_steps=REF[1], rule=REF[0])
+    return integrated_gradients(model, sub, steps=REF[1], rule=REF[0])
 
 
 def max_err(result, reference) -> float:
@@ -45,24 +45,25 @@ def test_every_rule_converges_to_the_same_integral(model, sub, reference):
     assert scale > 0
     ladders = {"riemann_left": (16, 64, 256), "trapezoid": (4, 16, 64), "gauss_legendre": (2, 4, 8)}
     for rule, steps in ladders.items():
-        errs = [max_err(integrated_gradients(model, sub, n_steps=n, rule=rule), reference) for n in steps]
+        errs = [max_err(integrated_gradients(model, sub, steps=n, rule=rule), reference) for n in steps]
         assert errs[0] > errs[1] > errs[2], (rule, errs)
         assert errs[-1] < 0.02 * scale, (rule, errs)
     # the reference itself: Gauss-Legendre with half the nodes agrees to float32 precision
-    half = integrated_gradients(model, sub, n_steps=REF[1] // 2, rule=REF[0])
+    half = integrated_gradients(model, sub, steps=REF[1] // 2, rule=REF[0])
     assert max_err(half, reference) < 1e-5 * scale
 
 
 def test_default_is_at_least_as_accurate_as_left_riemann_256(model, sub, reference):
     default = integrated_gradients(model, sub)
     assert default.meta["rule"] == DEFAULT_RULE and default.meta["n_steps"] == DEFAULT_STEPS
-    riemann = integrated_gradients(model, sub, n_steps=256, rule="riemann_left")
+    riemann = integrated_gradients(model, sub, steps=256, rule="riemann_left")
     assert max_err(default, reference) <= max_err(riemann, reference)
     # on this smooth integrand (a random model) 16 Gauss-Legendre nodes already beat it
-    gauss = integrated_gradients(model, sub, n_steps=16, rule="gauss_legendre")
+    gauss = integrated_gradients(model, sub, steps=16, rule="gauss_legendre")
     assert max_err(gauss, reference) <= max_err(riemann, reference) / 10
     # the study's defaults are the metric's
-    assert (StudyConfig().ig_rule, StudyConfig().ig_steps) == (DEFAULT_RULE, DEFAULT_STEPS)
+    study = StudyConfig().options["integrated_gradients"]
+    assert (study.rule, study.steps) == (DEFAULT_RULE, DEFAULT_STEPS)
 
 
 @torch.no_grad()
@@ -108,7 +109,7 @@ def test_linear_target_is_integrated_exactly_by_any_rule(tiny_checkpoints, sub, 
     assert want.abs().max() > 1e-4
     for rule, steps in (("riemann_left", 1), ("riemann_left", 7), ("trapezoid", 2),
                         ("trapezoid", 5), ("gauss_legendre", 1), ("gauss_legendre", 3)):
-        got = integrated_gradients(model, sub, n_steps=steps, rule=rule).maps[0]
+        got = integrated_gradients(model, sub, steps=steps, rule=rule).maps[0]
         for layer in range(model.cfg.n_layers):
             assert torch.allclose(got[layer], want, rtol=1e-5, atol=1e-8), (rule, steps, layer)
 
@@ -129,7 +130,7 @@ def test_study_config_validates_and_hashes_the_rule():
 
 @pytest.mark.parametrize("rule, steps", [("riemann_left", 8), ("gauss_legendre", 4), ("adaptive", 64)])
 def test_stored_gap_is_the_completeness_error(model, sub, rule, steps):
-    result = integrated_gradients(model, sub, n_steps=steps, rule=rule)
+    result = integrated_gradients(model, sub, steps=steps, rule=rule)
     L = model.cfg.n_layers
     assert result.gaps.shape == result.evals.shape == (1, L)
     for layer in range(L):
@@ -149,9 +150,9 @@ def test_stored_gap_is_the_completeness_error(model, sub, rule, steps):
 
 def test_adaptive_equals_the_fine_reference(model, sub, reference):
     scale = reference.maps[0].abs().max().item()
-    tight = integrated_gradients(model, sub, n_steps=256, rule="adaptive", tol=1e-9)
+    tight = integrated_gradients(model, sub, steps=256, rule="adaptive", tol=1e-9)
     assert max_err(tight, reference) < 1e-5 * scale
-    loose = integrated_gradients(model, sub, n_steps=256, rule="adaptive", tol=1.0)
+    loose = integrated_gradients(model, sub, steps=256, rule="adaptive", tol=1.0)
     assert loose.evals.unique().tolist() == [17]  # the coarse pass: composite Boole on 17 nodes
     assert tight.evals.float().mean() > loose.evals.float().mean()
 
@@ -166,10 +167,10 @@ def test_a_gap_above_the_tolerance_is_a_warning(model, sub, monkeypatch):
     assert w["code"] == "ig_completeness_gap"
     assert "2 of 4" in w["message"] and "example 1, block 0" in w["message"] and "0.5" in w["message"]
     assert module.gap_warnings(gap / 100, "riemann_left", 256) == []
-    result = integrated_gradients(model, sub, n_steps=2, rule="riemann_left")
+    result = integrated_gradients(model, sub, steps=2, rule="riemann_left")
     assert result.meta["warnings"] == module.gap_warnings(result.gaps, "riemann_left", 2)
     monkeypatch.setattr(module, "GAP_TOL", 0.0)
-    result = integrated_gradients(model, sub, n_steps=2, rule="riemann_left")
+    result = integrated_gradients(model, sub, steps=2, rule="riemann_left")
     assert result.meta["warnings"] and result.meta["warnings"][0]["code"] == "ig_completeness_gap"
 
 

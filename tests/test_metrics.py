@@ -100,7 +100,7 @@ def test_current_effects_and_mean_aggregation(models, batch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_logit_lens_matches_reference(models, batch, arch):
     model = models[arch]
-    got = logit_lens(model, batch, chunk=5)
+    got = logit_lens(model, batch, k=5, chunk=5)  # the reference's top-5
     mask = measured_mask(batch.lengths, batch.width, 1, True)
     kl, overlap = reference.logit_lens(model, batch.tokens, mask)
     assert (got.kl - kl).abs().max() <= TOL
@@ -135,7 +135,7 @@ def test_erasure_matches_reference(models, batch, arch):
 def test_integrated_gradients_match_reference(models, batch, arch):
     model = models[arch]
     sub = batch.select([2])
-    got = integrated_gradients(model, sub, n_steps=32, rule="riemann_left")
+    got = integrated_gradients(model, sub, steps=32, rule="riemann_left")
     want = reference.integrated_gradients(model, _one(sub, 0), int(sub.answer_start[0]), n_steps=32)
     assert (got.maps[0] - want).abs().max() <= TOL
 
@@ -208,7 +208,7 @@ def test_bridge_backend_gives_the_same_measurements(tiny_checkpoints, models, ba
     mu = mean_residuals(hooked, batch)
     ea, eb = erasure(hooked, sub, mean_resid=mu), erasure(bridge, sub, mean_resid=mu)
     assert (ea.maps[0][:, 1:] - eb.maps[0][:, 1:]).abs().max() <= tol
-    ia, ib = integrated_gradients(hooked, sub, n_steps=8), integrated_gradients(bridge, sub, n_steps=8)
+    ia, ib = integrated_gradients(hooked, sub, steps=8), integrated_gradients(bridge, sub, steps=8)
     assert (ia.maps[0] - ib.maps[0]).abs().max() <= tol
 
 

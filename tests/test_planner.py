@@ -43,7 +43,7 @@ def test_planned_block_tokens_equal_the_engine_count(setup):
         **_shared_runs(model, batch, sub, cuts),
         "integrated_gradients": (sub, {"options": {"integrated_gradients": {"map_examples": 2,
                                                                             "steps": 3}}},
-                                 lambda: M.integrated_gradients(model, sub, n_steps=3)),
+                                 lambda: M.integrated_gradients(model, sub, steps=3)),
         "behaviour": (batch, {}, lambda: M.behaviour(model, batch, order=[3, 2, 1, 0])),
     }
     counter = WorkCounter(model)

@@ -196,8 +196,8 @@ def test_bridge_equals_hooked_on_every_measurement(real, measured):
     eb = erasure(bridge, short, mean_resid=mu)
     assert (ea.maps[0][:, 1:] - eb.maps[0][:, 1:]).abs().max().item() <= tol
     assert ea.maps[0][:, 1:].max() > 0.01
-    ia = integrated_gradients(hooked, short, n_steps=4)
-    ib = integrated_gradients(bridge, short, n_steps=4)
+    ia = integrated_gradients(hooked, short, steps=4)
+    ib = integrated_gradients(bridge, short, steps=4)
     scale = ia.maps[0].abs().max().item()
     assert (ia.maps[0] - ib.maps[0]).abs().max().item() <= tol * max(1.0, scale)
 

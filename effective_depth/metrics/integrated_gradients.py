@@ -99,7 +99,7 @@ def integrated_gradients(
     model: Any,
     batch: BatchLike,
     *,
-    n_steps: int = DEFAULT_STEPS,
+    steps: int = DEFAULT_STEPS,
     rule: str = DEFAULT_RULE,
     tol: float = ADAPTIVE_TOL,
     memory_budget: int | None = None,
@@ -107,12 +107,13 @@ def integrated_gradients(
     progress: bool = False,
 ) -> IntegratedGradients:
     """Integrated-gradient attribution of the answer probability to every (block output, token),
-    the path integral taken by ``rule`` with ``n_steps`` nodes (gradient evaluations) per
-    (example, block) — for ``rule="adaptive"`` at most ``n_steps``, placed until the error
-    estimate is below ``tol`` (:mod:`.adaptive_quadrature`)."""
+    the path integral taken by ``rule`` with ``steps`` nodes (gradient evaluations) per
+    (example, block) — for ``rule="adaptive"`` at most ``steps``, placed until the error
+    estimate is below ``tol`` (:mod:`.adaptive_quadrature`). ``steps`` and ``rule`` are
+    :class:`IntegratedGradientsOptions`' fields, with its defaults and its check."""
     batch = as_batch(model, batch, what="integrated_gradients")
     batch.require_answers("integrated gradients")
-    check_rule(rule, n_steps)
+    check_rule(rule, steps)
     adapter = get_adapter(model)
     # the whole path under the policy of differentiated passes (ComputePolicy.for_grad): the
     # forward values F(x), F(x̄) and the gradients in one precision, so that the completeness
@@ -120,14 +121,14 @@ def integrated_gradients(
     adapter = adapter.with_policy(adapter.policy.for_grad())
     L = adapter.n_layers
     maps, targets, evals, gaps = [], [], [], []
-    total = None if rule == ADAPTIVE else batch.size * L * n_steps
+    total = None if rule == ADAPTIVE else batch.size * L * steps
     bar = tqdm(total=total, desc="integrated gradients", disable=not progress)
     for b in range(batch.size):
         path = _Paths(adapter, batch.select([b]), memory_budget, max_rows, bar)
         if rule == ADAPTIVE:
-            m, n, f0 = path.adaptive(n_steps, tol)
+            m, n, f0 = path.adaptive(steps, tol)
         else:
-            m, n, f0 = path.fixed(*quadrature(rule, n_steps))
+            m, n, f0 = path.fixed(*quadrature(rule, steps))
         maps.append(m)
         targets.append(path.target)
         evals.append(n)
@@ -135,11 +136,11 @@ def integrated_gradients(
         del path
     bar.close()
     gap = torch.stack(gaps).float()
-    meta: dict[str, Any] = {"n_prompts": batch.size, "n_layers": L, "n_steps": n_steps,
+    meta: dict[str, Any] = {"n_prompts": batch.size, "n_layers": L, "n_steps": steps,
                             "rule": rule, "baseline": "mean over positions", "gap_tol": GAP_TOL}
     if rule == ADAPTIVE:
         meta["tol"] = tol
-    meta["warnings"] = gap_warnings(gap, rule, n_steps)
+    meta["warnings"] = gap_warnings(gap, rule, steps)
     return IntegratedGradients(maps, [list(s) for s in batch.str_tokens], torch.tensor(targets),
                                torch.stack(evals), gap, meta=meta)
 
@@ -293,8 +294,8 @@ class IntegratedGradientsOptions(MetricOptions):
 
 def _run(ctx: Any) -> IntegratedGradients:
     sub = ctx.map_batch()
-    return integrated_gradients(ctx.model, sub, n_steps=ctx.options.steps,
-                                rule=ctx.options.rule, progress=ctx.progress)
+    return integrated_gradients(ctx.model, sub, steps=ctx.options.steps, rule=ctx.options.rule,
+                                progress=ctx.progress)
 
 
 def _cost(w: Workload) -> MeasurementCost:

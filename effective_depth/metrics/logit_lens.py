@@ -86,7 +86,7 @@ def logit_lens(
     model: Any,
     batch: BatchLike,
     *,
-    k: int = 5,
+    k: int | None = None,
     skip_front: int = 1,
     include_front: bool = True,
     chunk: int | None = None,
@@ -98,6 +98,10 @@ def logit_lens(
 ) -> LogitLensResult:
     """KL to the output and top-``k`` overlap of the lens at every block input.
 
+    ``k`` is :class:`LogitLensOptions`' field, with its default (None: :func:`default_lens_k` of
+    the vocabulary) and its check (:func:`resolve_lens_k`); ``skip_front``, ``include_front``
+    and ``batch_size`` are the study's.
+
     ``include_final`` also taps ``h_L`` (a sanity row: KL 0, overlap 1). ``translate(l, h)``, when
     given, maps each block input ``h_l`` (l < L) before the lens: the tuned lens's translators.
     ``chunk``: (prompt, position)s unembedded at a time (default: :func:`.base.lens_rows`).
@@ -105,8 +109,8 @@ def logit_lens(
     batch = as_batch(model, batch, what="logit_lens")
     check_skip_front(skip_front)
     adapter = get_adapter(model)
-    if not 1 <= k <= adapter.d_vocab:
-        raise ConfigError(f"k must be in 1..{adapter.d_vocab}, got {k}")
+    opts = LogitLensOptions(k=k)  # the options' own checks
+    k = resolve_lens_k(opts.k, int(adapter.d_vocab))
     L = adapter.n_layers
     taps = L + 1 if include_final else L
     chunk = lens_rows(adapter.d_vocab) if chunk is None else max(1, int(chunk))
@@ -164,20 +168,18 @@ class LogitLensOptions(MetricOptions):
         self.require_positive("k")
 
 
-def lens_k_of(ctx: Any) -> int:
-    """A study's top-k of the overlap: ``logit_lens.k``, or :func:`default_lens_k` of the
-    vocabulary (the tuned lens reads the same option)."""
-    d_vocab = int(get_adapter(ctx.model).d_vocab)
-    k = ctx.config.options[LogitLensResult.name].k
+def resolve_lens_k(k: int | None, d_vocab: int) -> int:
+    """The top-k of the overlap on a vocabulary of ``d_vocab``: ``k``, or
+    :func:`default_lens_k` when None; one above the vocabulary is an error."""
     if k is None:
-        k = default_lens_k(d_vocab)
-    elif k > d_vocab:
+        return default_lens_k(d_vocab)
+    if k > d_vocab:
         raise ConfigError(f"logit_lens.k={k} exceeds the model's vocabulary ({d_vocab})")
     return k
 
 
 def _run(ctx: Any) -> LogitLensResult:
-    return logit_lens(ctx.model, ctx.batch, k=lens_k_of(ctx), skip_front=ctx.config.skip_front,
+    return logit_lens(ctx.model, ctx.batch, **ctx.options.to_dict(), skip_front=ctx.config.skip_front,
                       include_front=ctx.config.include_front, batch_size=ctx.config.batch_size,
                       progress=ctx.progress)
 

@@ -53,16 +53,14 @@ from .options import MetricOptions
 from .registry import EstimatorSpec, MetricSpec, ScoreSpec, register_metric
 from .rules import ed_skip
 
-__all__ = ["SkipEffects", "SkipEffectsOptions", "skip_effects", "draw_cuts", "cut_rule",
-           "depth_score", "SKIP_COMPONENTS"]
+__all__ = ["SkipEffects", "SkipEffectsOptions", "skip_effects", "draw_cuts", "study_cuts",
+           "cut_rule", "depth_score", "SKIP_COMPONENTS"]
 
 #: what a skip removes, how positions are chosen, how effects over positions are reduced
 Component = Literal["block", "attn", "mlp", "local"]
 Mode = Literal["future", "current"]
 Aggregate = Literal["max", "mean"]
 SKIP_COMPONENTS: tuple[str, ...] = get_args(Component)
-SKIP_MODES: tuple[str, ...] = get_args(Mode)
-AGGREGATES: tuple[str, ...] = get_args(Aggregate)
 
 
 #: the reference scripts' cut rule: ``range(8, T - 4, 8)`` (start, stride, margin)
@@ -252,41 +250,36 @@ def skip_effects(
     *,
     mode: Mode = "future",
     component: Component = "block",
-    n_cuts: int = 4,
-    seed: int = 0,
-    skip_front: int = 1,
     aggregate: Aggregate = "max",
-    cuts: Sequence[Sequence[int]] | None = None,
+    n_cuts: int = 4,
     cut_start: int | None = None,
     cut_stride: int | None = None,
     cut_margin: int | None = None,
+    seed: int = 0,
+    skip_front: int = 1,
+    cuts: Sequence[Sequence[int]] | None = None,
     batch_size: int = 8,
     memory_budget: int | None = None,
     progress: bool = False,
 ) -> SkipEffects:
     """Skip every block in turn and measure the effect on later blocks and on the output.
 
-    ``cuts`` overrides the drawn cut positions (one list per prompt); by default prompt ``b`` uses
-    ``draw_cuts(length, n_cuts, seed=f"{seed}:{b}")``. Prompts too short to have a cut are left
-    out of future effects (their counts stay 0).
+    ``mode`` … ``cut_margin`` are :class:`SkipEffectsOptions`' fields, with its defaults and its
+    checks (``skip_effects(model, batch, **options.to_dict())``); ``seed`` and ``skip_front`` are
+    the study's. ``cuts`` gives the cut positions (one list per prompt, as a study draws them
+    before measuring: :func:`study_cuts`); by default they are drawn here the same way. Prompts
+    too short to have a cut are left out of future effects (their counts stay 0).
     """
+    opts = SkipEffectsOptions(mode=mode, component=component, aggregate=aggregate, n_cuts=n_cuts,
+                              cut_start=cut_start, cut_stride=cut_stride, cut_margin=cut_margin)
     batch = as_batch(model, batch, what="skip_effects")
     check_skip_front(skip_front)
-    if mode not in SKIP_MODES:
-        raise ConfigError(f"mode must be 'future' or 'current', got {mode!r}")
-    if component not in SKIP_COMPONENTS:
-        raise ConfigError(f"component must be one of {SKIP_COMPONENTS}, got {component!r}")
-    if aggregate not in ("max", "mean"):
-        raise ConfigError(f"aggregate must be 'max' or 'mean', got {aggregate!r}")
+    opts.check_front(skip_front)
     adapter = get_adapter(model)
     L, P = adapter.n_layers, batch.size
     if mode == "future":
         if cuts is None:
-            cuts = [
-                draw_cuts(int(n), n_cuts, f"{seed}:{b}", cut_start, cut_stride, cut_margin,
-                          skip_front)
-                for b, n in enumerate(batch.lengths.tolist())
-            ]
+            cuts = study_cuts(batch.lengths.tolist(), opts, seed, skip_front)
         cuts = [list(c) for c in cuts]
         if len(cuts) != P:
             raise ConfigError(f"cuts has {len(cuts)} lists for {P} prompts")
@@ -397,7 +390,7 @@ def _require_a_cut(cuts: Sequence[Sequence[int]], batch: Batch, skip_front: int)
         raise ConfigError(
             f"no example is long enough for future skip effects (the longest has "
             f"{int(batch.lengths.max())} tokens; a cut needs skip_front < t < T - cut_margin, "
-            f"skip_front={skip_front}); use mode='current' (skip_mode), longer prompts, or "
+            f"skip_front={skip_front}); use mode='current' (skip_effects.mode), longer prompts, or "
             "smaller cut_start / cut_stride / cut_margin"
         )
 
@@ -425,29 +418,40 @@ class SkipEffectsOptions(MetricOptions):
         self.require_positive("n_cuts", "cut_stride", "cut_margin")
 
     def check(self, config: Any) -> None:
-        if self.cut_start is not None and self.cut_start <= config.skip_front:
+        self.check_front(config.skip_front)
+
+    def check_front(self, skip_front: int) -> None:
+        """A cut must leave a skipped block input before it: ``cut_start > skip_front``."""
+        if self.cut_start is not None and self.cut_start <= skip_front:
             raise ConfigError(f"{self.qualified('cut_start')} must be > skip_front "
-                              f"({config.skip_front}), got {self.cut_start}")
+                              f"({skip_front}), got {self.cut_start}")
+
+
+def study_cuts(lengths: Sequence[int], options: SkipEffectsOptions, seed: int,
+               skip_front: int) -> list[list[int]]:
+    """The cut positions of prompts of ``lengths`` tokens: prompt ``b``'s are
+    ``draw_cuts(length, n_cuts, f"{seed}:{b}", cut_start, cut_stride, cut_margin, skip_front)``."""
+    return [draw_cuts(int(n), options.n_cuts, f"{seed}:{b}", options.cut_start,
+                      options.cut_stride, options.cut_margin, skip_front)
+            for b, n in enumerate(lengths)]
 
 
 def _study_cuts(batch: Batch, config: Any) -> dict[str, list[Any]]:
-    """The cut positions of every prompt, drawn before anything runs (``inputs.json``)."""
+    """The cut positions of every prompt, drawn before anything runs (``inputs.json``): the ones
+    the measurement uses."""
     opts = config.options[SkipEffects.name]
     if opts.mode == "current":
         return {"cuts": [[] for _ in range(batch.size)]}
-    cuts = [draw_cuts(int(n), opts.n_cuts, f"{config.seed}:{b}", opts.cut_start,
-                      opts.cut_stride, opts.cut_margin, config.skip_front)
-            for b, n in enumerate(batch.lengths.tolist())]
+    cuts = study_cuts(batch.lengths.tolist(), opts, config.seed, config.skip_front)
     _require_a_cut(cuts, batch, config.skip_front)  # before the study writes anything
     return {"cuts": cuts}
 
 
 def _run(ctx: Any) -> SkipEffects:
-    config, opts, cuts = ctx.config, ctx.options, ctx.inputs["cuts"]
-    return skip_effects(ctx.model, ctx.batch, mode=opts.mode,
-                        component=opts.component, n_cuts=opts.n_cuts, seed=config.seed,
-                        skip_front=config.skip_front, aggregate=opts.aggregate,
-                        cuts=cuts if opts.mode == "future" else None,
+    config, opts = ctx.config, ctx.options
+    return skip_effects(ctx.model, ctx.batch, **opts.to_dict(), seed=config.seed,
+                        skip_front=config.skip_front,
+                        cuts=ctx.inputs["cuts"] if opts.mode == "future" else None,
                         batch_size=config.batch_size, progress=ctx.progress)
 
 

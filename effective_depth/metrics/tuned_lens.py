@@ -43,7 +43,7 @@ from ..errors import ConfigError
 from ..progress import tqdm
 from .base import check_skip_front, lens_rows
 from .costs import MeasurementCost, Workload
-from .logit_lens import LogitLensResult, lens_k_of, lens_rule, logit_lens, overlap_at_chance
+from .logit_lens import LogitLensResult, lens_rule, logit_lens, overlap_at_chance
 from .options import MetricOptions
 from .registry import EstimatorSpec, FitSpec, MetricSpec, register_metric
 
@@ -498,10 +498,9 @@ def train_tuned_lens(
     from .base import prompt_chunks
 
     check_skip_front(skip_front)
+    TunedLensOptions(steps=steps, ridge=ridge)  # the options' own checks
     if batch.size == 0:
         raise ConfigError("the tuned lens needs at least one training example")
-    if ridge < 0:
-        raise ConfigError(f"tuned_lens_ridge must be >= 0, got {ridge}")
     adapter = get_adapter(model)
     L, d = adapter.n_layers, adapter.d_model
     mask = measured_mask(batch.lengths, batch.width, skip_front, include_front)
@@ -631,7 +630,7 @@ class TunedLensOptions(MetricOptions):
     steps: int | None = field(default=None, metadata={
         "help": "fine-tuning steps after the closed-form fit; 0: the closed-form fit alone; "
                 "none: as many as the fine-tuning budget allows"})
-    ridge: float = field(default=0.01, metadata={"help": "ridge of the closed-form fit"})
+    ridge: float = field(default=RIDGE, metadata={"help": "ridge of the closed-form fit"})
     examples: int = field(default=1000, metadata={"help": "training examples drawn"})
     data: str | None = field(default=None, metadata={
         "help": "a prompts file (.txt/.jsonl) to train on; none: the task's train split"})
@@ -706,8 +705,10 @@ def _same_positions(a: Any, b: Any) -> bool:
 
 def _run(ctx: Any) -> TunedLensResult:
     cfg = ctx.config
-    options = dict(k=lens_k_of(ctx), skip_front=cfg.skip_front, include_front=cfg.include_front,
-                   batch_size=cfg.batch_size, progress=ctx.progress)
+    # its top-k is the logit lens's option
+    options = dict(**cfg.options[LogitLensResult.name].to_dict(), skip_front=cfg.skip_front,
+                   include_front=cfg.include_front, batch_size=cfg.batch_size,
+                   progress=ctx.progress)
     result = tuned_lens(ctx.model, ctx.batch, ctx.fitted, **options)
     result.meta["lens"]["data"] = dict(ctx.train_info or {})
     plain = ctx.done.get("logit_lens")
