@@ -3,7 +3,8 @@ seconds against the measured ones (``results.json``'s ``timing``), in the same p
 
     python -m benchmarks.planner_accuracy --model zoo/add-4l -n 20 --threads 1 --json out.json
     python -m benchmarks.planner_accuracy --model real/smollm2-135m-instruct \\
-        --task prompts --param path=prompts.jsonl -n 20 --set map_examples=1 --set ig_steps=32
+        --task prompts --param path=prompts.jsonl -n 20 --set erasure.map_examples=1 \\
+        --set integrated_gradients.map_examples=1 --set integrated_gradients.steps=32
 
 The plan's calibration pass runs first, then the study (into a temporary directory); the error is
 ``projected / measured − 1`` (+50% = the plan is 1.5 times the real time). A measurement the study
