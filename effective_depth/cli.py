@@ -513,6 +513,10 @@ def _print_summary(record: RunRecord | dict[str, Any], path: Any, elapsed: float
     if record.accuracy is not None:
         console.print(f"exact-match accuracy: {100 * record.accuracy:.1f}% "
                       f"on {task.n_examples} examples")
+    policy = (model.source or {}).get("precision") or {}
+    if policy.get("policy"):  # the numbers above are this policy's (docs/methods.md, Precision)
+        why = f" ({policy['requested']}: {policy['reason']})" if policy.get("reason") else ""
+        console.print(f"compute policy: {policy['policy']}{why}")
     shown = {n for est in record.estimates().values() for n in est.notes}
     for w in record.warnings:
         if w.message not in shown:

@@ -427,3 +427,23 @@ def test_depth_score_is_a_share_of_the_depth_everywhere(runs, capsys):
              "depth": {"depth_score": {"value": 0.0, "ci": [0.0, 0.0], "n_layers": 2}}}
     _print_summary(short, "runs/x", 1.0, [])  # L = 2: a single candidate block, no share
     assert "depth score (Csordás): block 0.000 [0.000, 0.000] of blocks 0..0" in capsys.readouterr().out
+
+
+def test_the_summary_names_the_compute_policy(capsys):
+    """The printed numbers say which policy computed them, and why auto chose it; a run from
+    before policies were recorded prints no such line."""
+    from effective_depth.cli import _print_summary
+
+    source = {"precision": {"policy": "bf16-mixed", "requested": "auto",
+                            "reason": "CPU flags: avx512_bf16"}}
+    results = {"model": {"name": "m", "n_layers": 4, "source": source},
+               "task": {"name": "t", "params": {}}, "depth": {}}
+    _print_summary(results, "runs/x", 1.0, [])
+    assert "compute policy: bf16-mixed (auto: CPU flags: avx512_bf16)" in capsys.readouterr().out
+    source["precision"] = {"policy": "fp32", "requested": "fp32", "reason": ""}
+    _print_summary(results, "runs/x", 1.0, [])
+    out = capsys.readouterr().out
+    assert "compute policy: fp32\n" in out and "(fp32" not in out
+    del source["precision"]
+    _print_summary(results, "runs/x", 1.0, [])
+    assert "compute policy" not in capsys.readouterr().out
