@@ -439,20 +439,18 @@ def _no_transformers_bars() -> Iterator[None]:
     import functools
 
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    from transformers.utils import logging as hf_logging
 
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    from .loading import _quiet_transformers
+
     bar = getattr(gguf_utils, "tqdm", None)
     if bar is not None:
         gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
-        yield
+        with _quiet_transformers():
+            yield
     finally:
         if bar is not None:
             gguf_utils.tqdm = bar
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _check_facts(name: str, model: Any, expect: dict[str, Any]) -> None:
