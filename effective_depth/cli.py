@@ -338,8 +338,9 @@ def _study_config(config_file: str | None, options: dict[str, Any]) -> Any:
 @click.option("--backend", type=click.Choice(["hooked", "bridge"]), default=None)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16-mixed", "bf16"]),
               default=None, help="Compute policy (default auto: bf16-mixed where the device "
-              "multiplies bfloat16 fast — CUDA >= 8.0, a CPU with AMX-BF16 or AVX512-BF16 — else "
-              "fp32); recorded in config.json. docs/methods.md, \"Precision\".")
+              "multiplies bfloat16 fast — CUDA >= 8.0, a CPU with AMX-BF16 or AVX512-BF16 for a model "
+              "at least 512 wide — else fp32); recorded in config.json. docs/methods.md, "
+              "\"Precision\".")
 @click.option("--set", "settings", multiple=True, metavar="OPTION=VALUE",
               help="A measurement's option, e.g. --set skip_effects.cut_start=4 --set "
               "integrated_gradients.steps=64 (listed below), or any other study option, e.g. "
@@ -542,8 +543,9 @@ def _print_summary(record: RunRecord | dict[str, Any], path: Any, elapsed: float
 @click.option("--system-prompt", default=None, help="A system turn for --chat-template.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16-mixed", "bf16"]),
               default=None, help="Every cell's compute policy (overrides the grid's base; default auto: bf16-mixed where the device "
-              "multiplies bfloat16 fast — CUDA >= 8.0, a CPU with AMX-BF16 or AVX512-BF16 — else "
-              "fp32); recorded in config.json. docs/methods.md, \"Precision\".")
+              "multiplies bfloat16 fast — CUDA >= 8.0, a CPU with AMX-BF16 or AVX512-BF16 for a model "
+              "at least 512 wide — else fp32); recorded in config.json. docs/methods.md, "
+              "\"Precision\".")
 @click.option("--model", "only_models", multiple=True, metavar="MODEL",
               help="Run only this model of the grid (repeatable); its cells are those of the "
               "whole grid, reused when the whole grid runs later.")
