@@ -27,7 +27,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float, Int
@@ -41,6 +41,23 @@ __all__ = ["Adapter", "Clean", "get_adapter", "HookFn"]
 HookFn = Callable[[Tensor, Any], Tensor | None]
 
 log = logging.getLogger(__name__)
+
+
+class BlockHooks(NamedTuple):
+    """A TransformerLens block's residual hook points, in the order its forward calls them."""
+
+    resid_pre: Any
+    attn_out: Any
+    resid_mid: Any
+    mlp_out: Any
+    resid_post: Any
+
+
+def block_hook_points(block: Any) -> BlockHooks:
+    """The hook points a fused block calls itself (:mod:`.fused`); a hook on any other point
+    of the block makes that call run TransformerLens's own forward."""
+    return BlockHooks(block.hook_resid_pre, block.hook_attn_out, block.hook_resid_mid,
+                      block.hook_mlp_out, block.hook_resid_post)
 
 
 @dataclass
@@ -143,7 +160,7 @@ class Adapter:
         key = (layer, policy.matmul)
         fb = store.get(key)
         if fb is None or fb.block is not block or fb.signature != _signature(block):
-            fb = store[key] = build_fused(block, policy)
+            fb = store[key] = build_fused(block, policy, block_hook_points(block))
         return None if fb.hooked_inside() else fb
 
     def _unembed_weight(self, policy: ComputePolicy) -> tuple[Tensor, Tensor | None]:

@@ -13,11 +13,11 @@ window, GPT-2) with
   aligned when the queries are a suffix whose prefix keys and values are cached;
 * ``torch.nn.functional.rms_norm`` / ``layer_norm`` in float32, rotary in float32 without copies
   of the whole head;
-* the block's residual hook points called as TransformerLens calls them (``hook_resid_pre``,
-  ``hook_attn_out``, ``hook_resid_mid``, ``hook_mlp_out``, ``hook_resid_post``), so every
+* the block's five residual hook points (named by the adapter: ``block_hook_points``) called
+  where TransformerLens calls them, so every
   ``Patch`` and every user hook on those points acts exactly as on the original block.
 
-A block whose inner hook points (``attn.hook_pattern``, ``mlp.hook_post``, ...) carry a hook at
+A block whose inner hook points (the attention pattern, the MLP activations, ...) carry a hook at
 call time runs TransformerLens's own forward instead, so a user's hook is never silently ignored.
 An architecture outside the list runs TransformerLens's forward throughout; :func:`fused_reason`
 says why, and the adapter logs it once per model.
@@ -125,6 +125,8 @@ class FusedBlock:
     mlp_out: Tensor
     mlp_out_bias: Tensor | None
     inner_hooks: list[Any] = field(default_factory=list)
+    #: the residual hook points the fused forward calls (the adapter's ``BlockHooks``)
+    hooks: Any = None
 
     def hooked_inside(self) -> bool:
         """Whether a hook sits on a point the fused forward does not call."""
@@ -142,8 +144,10 @@ def _bias(b: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return b.detach().reshape(-1).to(dtype)
 
 
-def build_fused(block: Any, policy: ComputePolicy) -> FusedBlock:
-    """The fused weights of one TransformerLens block under ``policy``."""
+def build_fused(block: Any, policy: ComputePolicy, hooks: Any) -> FusedBlock:
+    """The fused weights of one TransformerLens block under ``policy``; ``hooks``: the block's
+    residual hook points (``resid_pre``, ``attn_out``, ``resid_mid``, ``mlp_out``,
+    ``resid_post``), which the fused forward calls."""
     from transformer_lens.hook_points import HookPoint
 
     attn, mlp, dt = block.attn, block.mlp, policy.matmul
@@ -162,8 +166,7 @@ def build_fused(block: Any, policy: ComputePolicy) -> FusedBlock:
     gated = type(mlp).__name__ == "GatedMLP"
     # the block-level hook points the fused forward calls itself; a hook on any other is a
     # reason to run TransformerLens's forward
-    called = {id(block.hook_resid_pre), id(block.hook_attn_out), id(block.hook_resid_mid),
-              id(block.hook_mlp_out), id(block.hook_resid_post)}
+    called = {id(hp) for hp in hooks}
     inner = [m for m in block.modules() if isinstance(m, HookPoint) and id(m) not in called]
     return FusedBlock(
         block=block,
@@ -178,6 +181,7 @@ def build_fused(block: Any, policy: ComputePolicy) -> FusedBlock:
         mlp_out=_linear_view(mlp.W_out.detach().T, dt),
         mlp_out_bias=_bias(mlp.b_out, dt),
         inner_hooks=inner,
+        hooks=hooks,
     )
 
 
@@ -248,7 +252,8 @@ def run_block(
     mm, rd = policy.matmul, policy.resid
 
     # keys and values alone are not a block call (TransformerLens's path reads them off ln1 too)
-    x = x.to(rd) if stop_after_kv else block.hook_resid_pre(x.to(rd))
+    hooks = fused.hooks
+    x = x.to(rd) if stop_after_kv else hooks.resid_pre(x.to(rd))
     h = _norm(block.ln1, x, kind).to(mm)
     qkv = F.linear(h, fused.qkv, fused.qkv_bias)
     q, k, v = qkv.split([heads * d_head, kv_heads * d_head, kv_heads * d_head], dim=-1)
@@ -282,8 +287,8 @@ def run_block(
     attn_out = F.linear(z, fused.out, fused.out_bias)
     if cfg.use_normalization_before_and_after:
         attn_out = _norm(block.ln1_post, attn_out, kind)
-    attn_out = block.hook_attn_out(attn_out.to(rd))
-    mid = block.hook_resid_mid(x + attn_out)
+    attn_out = hooks.attn_out(attn_out.to(rd))
+    mid = hooks.resid_mid(x + attn_out)
 
     h2 = _norm(block.ln2, mid, kind).to(mm)
     act = _ACTIVATIONS[cfg.act_fn]
@@ -296,6 +301,6 @@ def run_block(
     mlp_out = F.linear(post, fused.mlp_out, fused.mlp_out_bias)
     if cfg.use_normalization_before_and_after:
         mlp_out = _norm(block.ln2_post, mlp_out, kind)
-    mlp_out = block.hook_mlp_out(mlp_out.to(rd))
-    out = block.hook_resid_post(mid + mlp_out)
+    mlp_out = hooks.mlp_out(mlp_out.to(rd))
+    out = hooks.resid_post(mid + mlp_out)
     return (out, new_kv) if want_kv else out
