@@ -209,14 +209,14 @@ def time_checkpoints(original: str | Path, pruned: str | Path, tokens: torch.Ten
     parameter counts (``num_parameters()``: tied matrices once)."""
     from transformers import AutoModelForCausalLM
 
-    from .loading import _quiet_transformers
     from .params import hf_parameter_counts
+    from .real import quiet_transformers
 
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
     models = {}
     for name, path in (("original", original), ("pruned", pruned)):
-        with _quiet_transformers():
+        with quiet_transformers():
             models[name] = AutoModelForCausalLM.from_pretrained(
                 str(path), local_files_only=True, **({"dtype": dtype} if dtype else {})
             ).to(device).eval()

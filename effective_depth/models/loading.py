@@ -273,7 +273,9 @@ def load_model(
                      else gguf_checkpoint(resolved.path or resolved.spec))
         resolved = ResolvedSpec(resolved.spec, resolved.kind, resolved.name, str(converted))
 
-    with warnings.catch_warnings(), _quiet_transformers():
+    from .real import quiet_transformers
+
+    with warnings.catch_warnings(), quiet_transformers():
         warnings.simplefilter("ignore", DeprecationWarning)
         if backend == "bridge":
             path_or_name = resolved.path or resolved.name
@@ -342,20 +344,6 @@ def _gguf_source(path: str | None) -> dict[str, Any]:
                      "quantisation": source.get("quantisation"),
                      "tensor_types": source.get("tensor_types"),
                      **({"packages": source["packages"]} if "packages" in source else {})}}
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No "Loading weights" progress bars from transformers while we load (state restored)."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _fetch_hub_checkpoint(repo_id: str, revision: str | None) -> str:

@@ -433,6 +433,20 @@ def convert_gguf(gguf_path: Path, out: Path, *, gguf_name: str | None = None,
 
 
 @contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No "Loading weights" progress bars from transformers while we load (state restored)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def _no_transformers_bars() -> Iterator[None]:
     """transformers' progress bars off: its own (loading weights) and the plain ``tqdm`` its GGUF
     reader draws while dequantising (restored afterwards)."""
@@ -440,13 +454,11 @@ def _no_transformers_bars() -> Iterator[None]:
 
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-    from .loading import _quiet_transformers
-
     bar = getattr(gguf_utils, "tqdm", None)
     if bar is not None:
         gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             yield
     finally:
         if bar is not None:
