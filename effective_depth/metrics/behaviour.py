@@ -258,4 +258,5 @@ register_metric(MetricSpec(
                       per_prompt=_one_prompt(_ed_prune)),
     ),
     summaries=lambda result, config: {"accuracy": result.accuracy()},
+    correctness=lambda result: result.correct_full.tolist(),
 ))

@@ -33,6 +33,7 @@ __all__ = [
     "unregister_metric",
     "registered",
     "metric_specs",
+    "correctness_specs",
     "metric_names",
     "dependency_order",
     "get_metric",
@@ -268,6 +269,9 @@ class MetricSpec:
     :func:`effective_depth.study.prepare.draw_inputs`, which the study and the planner share.
     - ``summaries(result, config)``: top-level additions to ``results.json`` (e.g. the
       accuracy).
+    - ``correctness(result)``: whether the full model answers each prompt correctly (one bool
+      per prompt), when the measurement knows it: ``compare`` splits the difficulty comparison
+      into the prompts the model answers and those it fails (:func:`correctness_specs`).
     - ``scores``: :class:`ScoreSpec` s, scalar scores of a prompt sample with how they are shown
       (estimated with a bootstrap CI by :func:`effective_depth.analysis.estimation.score_estimates` and
       stored under ``depth.<name>``), which ``compare`` gives the same
@@ -295,6 +299,7 @@ class MetricSpec:
                                                         float | None]] = ()
     cost: Callable[[Any], Any] | None = None
     fit: FitSpec | None = None
+    correctness: Callable[[Any], Sequence[bool]] | None = None
 
     @property
     def score_specs(self) -> tuple[ScoreSpec, ...]:
@@ -438,6 +443,12 @@ def score_specs() -> dict[str, ScoreSpec]:
     """Every registered scalar score by name (its ``metric``, ``fn`` and how it is shown), in
     study order of their measurements."""
     return {sc.name: sc for s in metric_specs() for sc in s.score_specs}
+
+
+def correctness_specs() -> list[MetricSpec]:
+    """The registered measurements that record each prompt's correctness (``correctness``), in
+    study order."""
+    return [s for s in metric_specs() if s.correctness is not None]
 
 
 def default_thresholds() -> dict[str, float]:
