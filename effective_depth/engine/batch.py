@@ -25,12 +25,12 @@ from torch import Tensor
 
 from ..errors import ConfigError, TaskError
 from ..models.chat import ChatFormat
-from ..models.evaluate import decode_ids, encode_example
+from ..models.evaluate import decode_ids, encode_example, query_token_start
 from ..models.token_text import check_tokenization
 from ..tasks.base import Example
 
-__all__ = ["Batch", "BatchLike", "as_batch", "encode_batch", "measured_mask", "lossy_tokenization",
-           "bos_read"]
+__all__ = ["Batch", "BatchLike", "as_batch", "encode_batch", "measured_mask", "query_starts",
+           "POSITIONS", "lossy_tokenization", "bos_read"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ class Batch:
     #: ``{"code", "message"}`` of what a study stores in results.json: lossy tokenizations
     #: accepted with ``allow_lossy=True`` (one per example), ``unicode_normalised``, ``double_bos``
     warnings: list[dict[str, str]] = field(default_factory=list)
+    #: per example, the first position of the asked example of a few-shot prompt (its prompt
+    #: and answer tokens run from there to ``lengths[b]``); None when an example does not mark it
+    query_start: Int[Tensor, " batch"] | None = None
 
     @property
     def size(self) -> int:
@@ -65,6 +68,7 @@ class Batch:
             self.answer_start[idx],
             [self.str_tokens[i] for i in rows],
             [self.examples[i] for i in rows] if self.examples else [],
+            query_start=None if self.query_start is None else self.query_start[idx],
         )
 
     def token_ids(self, b: int) -> list[int]:
@@ -119,6 +123,7 @@ def encode_batch(
     if not examples:
         raise TaskError("no examples to analyse (the task produced an empty list)")
     rows, starts = [], []
+    queries: list[int | None] = []
     warnings: list[dict[str, str]] = []
     normalised: list[str] = []
     for ex in examples:
@@ -139,6 +144,7 @@ def encode_batch(
         ids, n_prompt = encode_example(tokenizer, ex, prepend_bos=prepend_bos, chat=chat)
         rows.append(ids)
         starts.append(n_prompt)
+        queries.append(None if chat is not None else query_token_start(tokenizer, ex, ids))
     if normalised:
         more = f" (and in {len(normalised) - 1} more examples)" if len(normalised) > 1 else ""
         warnings.append({"code": "unicode_normalised", "message": normalised[0] + more})
@@ -159,6 +165,7 @@ def encode_batch(
         str_tokens,
         list(examples),
         warnings,
+        query_start=None if None in queries else torch.tensor(queries),
     )
 
 
@@ -256,12 +263,38 @@ def _tensor_batch(model: Any, tokens: Tensor, device: torch.device, what: str) -
     return Batch(tokens, full, full.clone(), str_tokens)
 
 
+#: which positions of a prompt the position-averaged measurements read (docs/methods.md,
+#: "Positions"): every position, or only the asked example's of a few-shot prompt
+POSITIONS = ("all", "query")
+
+
 def measured_mask(
-    lengths: Int[Tensor, " batch"], width: int, skip_front: int = 1, include_front: bool = True
+    lengths: Int[Tensor, " batch"], width: int, skip_front: int = 1, include_front: bool = True,
+    query_start: Int[Tensor, " batch"] | None = None,
 ) -> Bool[Tensor, "batch pos"]:
-    """True at real (non-padding) positions, minus the first ``skip_front`` unless included."""
+    """True at real (non-padding) positions, minus the first ``skip_front`` unless included;
+    with ``query_start`` (:func:`query_starts`), only from each prompt's query on."""
     pos = torch.arange(width)[None, :]
     mask = pos < lengths[:, None]
     if not include_front:
         mask &= pos >= skip_front
+    if query_start is not None:
+        mask &= pos >= query_start.to(mask.device)[:, None]
     return mask
+
+
+def query_starts(batch: Batch, positions: str) -> Int[Tensor, " batch"] | None:
+    """What :func:`measured_mask` restricts to for ``positions``: None for ``"all"``; for
+    ``"query"``, where each prompt's asked example begins (an error when the examples do not say:
+    only few-shot tasks mark it, and a chat template hides it)."""
+    if positions not in POSITIONS:
+        raise ConfigError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+    if positions == "all":
+        return None
+    if batch.query_start is None:
+        raise ConfigError(
+            "positions='query' needs examples that mark where their asked example starts "
+            "(meta 'query_start', a character offset in the prompt: the few-shot tasks "
+            "fewshot_addition and capitals set it; a .jsonl prompt file can give it in \"meta\"); "
+            "these do not, or a chat template wraps them. Use positions='all'")
+    return batch.query_start

@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..engine.adapter import get_adapter
-from ..engine.batch import BatchLike, as_batch, measured_mask
+from ..engine.batch import BatchLike, as_batch, measured_mask, query_starts
 from ..progress import tqdm
 from .base import EPS, MetricResult, check_skip_front, prompt_chunks, token_mean
 from .costs import MeasurementCost, Workload
@@ -124,16 +124,19 @@ def contributions(
     *,
     skip_front: int = 1,
     include_front: bool = True,
+    positions: str = "all",
     batch_size: int = 8,
     progress: bool = False,
 ) -> Contributions:
     """Residual contributions and cosines of every block, from one clean pass per prompt chunk.
 
     ``include_front`` (default True, as in the reference papers) measures the first
-    ``skip_front`` positions too (the BOS attention sink).
+    ``skip_front`` positions too (the BOS attention sink). ``positions="query"`` averages over
+    the asked example's positions only (:func:`~effective_depth.engine.batch.query_starts`).
     """
     batch = as_batch(model, batch, what="contributions")
     check_skip_front(skip_front)
+    query_starts(batch, positions)  # an error before any work when the prompts do not say
     adapter = get_adapter(model)
     L = adapter.n_layers
     sums = {k: torch.zeros(batch.size, L) for k in CONTRIBUTION_CURVES}
@@ -142,7 +145,8 @@ def contributions(
     chunks = list(prompt_chunks(batch, batch_size))
     for rows, sub in tqdm(chunks, desc="contributions", disable=not progress):
         clean = adapter.clean(sub.tokens, components=True)
-        mask = measured_mask(sub.lengths, sub.width, skip_front, include_front).to(clean.resid.device)
+        mask = measured_mask(sub.lengths, sub.width, skip_front, include_front,
+                             query_starts(sub, positions)).to(clean.resid.device)
         w = mask.float()
         idx = torch.tensor(rows)
         counts[idx] = w.sum(1).cpu()
@@ -172,6 +176,7 @@ def contributions(
         "n_layers": L,
         "skip_front": skip_front,
         "include_front": include_front,
+        "positions": positions,
         "parallel_blocks": adapter.parallel,
     }
     return Contributions(meta=meta, sums=sums, counts=counts, angular_sums=angular)
@@ -198,6 +203,7 @@ register_metric(MetricSpec(
     description="relative norms and cosines of every block's writes to the residual stream",
     run=lambda ctx: contributions(ctx.model, ctx.batch, skip_front=ctx.config.skip_front,
                                   include_front=ctx.config.include_front,
+                                  positions=ctx.config.positions,
                                   batch_size=ctx.config.batch_size, progress=ctx.progress),
     estimators=(EstimatorSpec("ed_cos", Contributions.name, _ed_cos,
                               description="the last block where the mean cosine turns "

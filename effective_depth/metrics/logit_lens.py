@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..engine.adapter import get_adapter
-from ..engine.batch import BatchLike, as_batch, measured_mask
+from ..engine.batch import BatchLike, as_batch, measured_mask, query_starts
 from ..errors import ConfigError
 from ..progress import tqdm
 from .base import MetricResult, check_skip_front, lens_rows, prompt_chunks, token_mean
@@ -89,6 +89,7 @@ def logit_lens(
     k: int | None = None,
     skip_front: int = 1,
     include_front: bool = True,
+    positions: str = "all",
     chunk: int | None = None,
     batch_size: int = 8,
     include_final: bool = False,
@@ -100,7 +101,8 @@ def logit_lens(
 
     ``k`` is :class:`LogitLensOptions`' field, with its default (None: :func:`default_lens_k` of
     the vocabulary) and its check (:func:`resolve_lens_k`); ``skip_front``, ``include_front``
-    and ``batch_size`` are the study's.
+    ``positions`` and ``batch_size`` are the study's (``positions="query"``: the asked example's
+    positions only, :func:`~effective_depth.engine.batch.query_starts`).
 
     ``include_final`` also taps ``h_L`` (a sanity row: KL 0, overlap 1). ``translate(l, h)``, when
     given, maps each block input ``h_l`` (l < L) before the lens: the tuned lens's translators.
@@ -108,6 +110,7 @@ def logit_lens(
     """
     batch = as_batch(model, batch, what="logit_lens")
     check_skip_front(skip_front)
+    query_starts(batch, positions)  # an error before any work when the prompts do not say
     adapter = get_adapter(model)
     opts = LogitLensOptions(k=k)  # the options' own checks
     k = resolve_lens_k(opts.k, int(adapter.d_vocab))
@@ -121,7 +124,8 @@ def logit_lens(
     bar = tqdm(total=batch.size, desc=desc, disable=not progress)
     for rows, sub in prompt_chunks(batch, batch_size):
         clean = adapter.clean(sub.tokens)
-        mask = measured_mask(sub.lengths, sub.width, skip_front, include_front)
+        mask = measured_mask(sub.lengths, sub.width, skip_front, include_front,
+                             query_starts(sub, positions))
         counts[rows] = mask.sum(1).float()
         # every measured (prompt, position) of the chunk, processed `chunk` at a time
         j_all, pos_all = (t.to(clean.resid.device) for t in mask.nonzero(as_tuple=True))
@@ -146,7 +150,7 @@ def logit_lens(
     kl_sums, overlap_sums = (rearrange(t, "layer prompt -> prompt layer").contiguous().cpu()
                              for t in (kl_sums, overlap_sums))
     meta = {"n_prompts": batch.size, "n_layers": L, "k": k, "skip_front": skip_front,
-            "include_front": include_front, "include_final": include_final}
+            "include_front": include_front, "positions": positions, "include_final": include_final}
     return LogitLensResult(kl_sums, overlap_sums, counts, meta=meta)
 
 
@@ -180,7 +184,8 @@ def resolve_lens_k(k: int | None, d_vocab: int) -> int:
 
 def _run(ctx: Any) -> LogitLensResult:
     return logit_lens(ctx.model, ctx.batch, **ctx.options.to_dict(), skip_front=ctx.config.skip_front,
-                      include_front=ctx.config.include_front, batch_size=ctx.config.batch_size,
+                      include_front=ctx.config.include_front, positions=ctx.config.positions,
+                      batch_size=ctx.config.batch_size,
                       progress=ctx.progress)
 
 

@@ -35,7 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..engine.adapter import Adapter, get_adapter
-from ..engine.batch import Batch, BatchLike, as_batch, measured_mask
+from ..engine.batch import Batch, BatchLike, as_batch, measured_mask, query_starts
 from ..engine.interventions import LocalSkip, PatchContribution, compile_plan
 from ..engine.sweep import Chunk, Row, sweep
 from ..errors import ConfigError
@@ -257,6 +257,7 @@ def skip_effects(
     cut_margin: int | None = None,
     seed: int = 0,
     skip_front: int = 1,
+    positions: str = "all",
     cuts: Sequence[Sequence[int]] | None = None,
     batch_size: int = 8,
     memory_budget: int | None = None,
@@ -265,8 +266,10 @@ def skip_effects(
     """Skip every block in turn and measure the effect on later blocks and on the output.
 
     ``mode`` … ``cut_margin`` are :class:`SkipEffectsOptions`' fields, with its defaults and its
-    checks (``skip_effects(model, batch, **options.to_dict())``); ``seed`` and ``skip_front`` are
-    the study's. ``cuts`` gives the cut positions (one list per prompt, as a study draws them
+    checks (``skip_effects(model, batch, **options.to_dict())``); ``seed``, ``skip_front`` and
+    ``positions`` are the study's (``positions="query"``: effects are measured at the asked
+    example's positions only, :func:`~effective_depth.engine.batch.query_starts`; what is skipped
+    is unchanged). ``cuts`` gives the cut positions (one list per prompt, as a study draws them
     before measuring: :func:`study_cuts`); by default they are drawn here the same way. Prompts
     too short to have a cut are left out of future effects (their counts stay 0).
     """
@@ -275,6 +278,7 @@ def skip_effects(
     batch = as_batch(model, batch, what="skip_effects")
     check_skip_front(skip_front)
     opts.check_front(skip_front)
+    query_starts(batch, positions)  # an error before any work when the prompts do not say
     adapter = get_adapter(model)
     L, P = adapter.n_layers, batch.size
     if mode == "future":
@@ -301,7 +305,8 @@ def skip_effects(
     total_rows = sum(max(1, len(c)) if mode == "current" else len(c) for c in cuts) * L
     bar = tqdm(total=total_rows, desc=f"skip effects ({mode}, {component})", disable=not progress)
     for rows, sub in prompt_chunks(batch, batch_size):
-        _skip_chunk(adapter, sub, rows, cuts, mode, component, skip_front, out, memory_budget, bar)
+        _skip_chunk(adapter, sub, rows, cuts, mode, component, skip_front, out, memory_budget, bar,
+                    query_starts(sub, positions))
     bar.close()
     meta = {
         "n_prompts": P,
@@ -310,6 +315,7 @@ def skip_effects(
         "component": component,
         "aggregate": aggregate,
         "skip_front": skip_front,
+        "positions": positions,
         "n_cuts": n_cuts,
         "seed": seed,
     }
@@ -327,12 +333,13 @@ def _skip_chunk(
     out: dict[str, Tensor],
     memory_budget: int | None,
     bar: Any,
+    query_start: Tensor | None = None,
 ) -> None:
     L, width = adapter.n_layers, sub.width
     clean = adapter.clean(sub.tokens, components=component in ("attn", "mlp"))
     device = clean.resid.device
     pos = torch.arange(width, device=device)
-    real = measured_mask(sub.lengths, width).to(device)
+    real = measured_mask(sub.lengths, width, query_start=query_start).to(device)
     sweep_rows: list[Row] = []
     measure: dict[tuple[int, int, int], Tensor] = {}
     for j, b in enumerate(rows):
@@ -450,7 +457,7 @@ def _study_cuts(batch: Batch, config: Any) -> dict[str, list[Any]]:
 def _run(ctx: Any) -> SkipEffects:
     config, opts = ctx.config, ctx.options
     return skip_effects(ctx.model, ctx.batch, **opts.to_dict(), seed=config.seed,
-                        skip_front=config.skip_front,
+                        skip_front=config.skip_front, positions=config.positions,
                         cuts=ctx.inputs["cuts"] if opts.mode == "future" else None,
                         batch_size=config.batch_size, progress=ctx.progress)
 

@@ -699,7 +699,7 @@ def heldout_check(tuned: TunedLensResult, plain: LogitLensResult, info: dict[str
 
 
 def _same_positions(a: Any, b: Any) -> bool:
-    keys = ("n_prompts", "n_layers", "skip_front", "include_front")
+    keys = ("n_prompts", "n_layers", "skip_front", "include_front", "positions")
     return all(a.meta.get(k) == b.meta.get(k) for k in keys)
 
 
@@ -707,7 +707,8 @@ def _run(ctx: Any) -> TunedLensResult:
     cfg = ctx.config
     # its top-k is the logit lens's option
     options = dict(**cfg.options[LogitLensResult.name].to_dict(), skip_front=cfg.skip_front,
-                   include_front=cfg.include_front, batch_size=cfg.batch_size,
+                   include_front=cfg.include_front, positions=cfg.positions,
+                   batch_size=cfg.batch_size,
                    progress=ctx.progress)
     result = tuned_lens(ctx.model, ctx.batch, ctx.fitted, **options)
     result.meta["lens"]["data"] = dict(ctx.train_info or {})

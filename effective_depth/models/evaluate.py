@@ -21,7 +21,7 @@ import torch
 from ..errors import TaskError
 from ..tasks.base import Example
 
-__all__ = ["encode_example", "prompt_token_count", "special_prefix", "decode_ids", "exact_match", "accuracy_by_difficulty", "forward_fn"]
+__all__ = ["encode_example", "query_token_start", "prompt_token_count", "special_prefix", "decode_ids", "exact_match", "accuracy_by_difficulty", "forward_fn"]
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -105,6 +105,25 @@ def encode_example(tokenizer: Any, example: Example, prepend_bos: bool = True,
             f"answer's first token and the tokenizer adds no BOS): no position predicts the answer"
         )
     return [*prefix, *full_ids], n_prompt + len(prefix)
+
+
+def query_token_start(tokenizer: Any, example: Example, ids: Sequence[int]) -> int | None:
+    """The first position of ``ids`` (``encode_example``'s tokens of ``example``, without a chat
+    template) that belongs to the asked example of a few-shot prompt: the tokens before it are
+    the longest run whose text is a prefix of ``prompt[:meta["query_start"]]`` (the rule of
+    :func:`prompt_token_count`, so a token merged across the boundary belongs to the query).
+    None when the example does not mark where its query starts."""
+    start = example.meta.get("query_start")
+    if start is None:
+        return None
+    if not isinstance(start, int) or not 0 <= start <= len(example.prompt):
+        raise TaskError(f"query_start {start!r} of prompt {example.prompt[:40]!r} is not a "
+                        f"character offset in 0..{len(example.prompt)}")
+    text_ids = _ids(tokenizer, example.prompt + example.answer)
+    front = len(ids) - len(text_ids)  # the special tokens in front (BOS)
+    if start == 0:
+        return 0
+    return front + prompt_token_count(tokenizer, text_ids, example.prompt[:start])
 
 
 def forward_fn(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -453,6 +453,7 @@ class StudyFields(_Record):
     rules: str = _f(_STR, "toolkit")
     skip_front: int = _f(_INT, 1)
     include_front: bool = _f(_BOOL, True)
+    positions: str = _f(_STR, "all")
     n_boot: int = _f(_INT, 1000)
     ci_level: float = _f(_NUM, 0.95)
     device: str | None = _f(_STR)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine.batch import POSITIONS, query_starts
 from ..errors import ConfigError, ResultsError, close_matches
 from ..frozen import check_field_types, from_dict
 from ..metrics.options import MetricOptions, flatten_options, nest_flat_options
@@ -81,6 +82,9 @@ class StudyConfig:
     rules: str = "toolkit"
     skip_front: int = 1
     include_front: bool = True
+    #: which positions the position-averaged measurements (contributions, lenses, skip effects)
+    #: read: ``all``, or ``query``, the asked example's of a few-shot prompt (docs/methods.md)
+    positions: str = "all"
     n_boot: int = 1000
     ci_level: float = 0.95
     device: str | None = None
@@ -121,6 +125,8 @@ class StudyConfig:
             (0 <= self.seed < 2**63, f"seed must be a non-negative integer, got {self.seed}"),
             (self.rules in RULE_SETS, f"rules must be one of {', '.join(RULE_SETS)}, got {self.rules!r}"),
             (self.skip_front >= 0, f"skip_front must be >= 0, got {self.skip_front}"),
+            (self.positions in POSITIONS,
+             f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}"),
             positive("batch_size"),
             (self.n_boot >= 0, f"n_boot must be >= 0, got {self.n_boot}"),
             (0 < self.ci_level < 1, f"ci_level must be in (0, 1), got {self.ci_level}"),
@@ -528,6 +534,7 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
         log.warning(w["message"])
         warnings.append(w)
     _check_context(model, batch, config)
+    query_starts(batch, config.positions)  # positions="query" on prompts that do not mark it
     specs, skipped = prep.specs, tuple(prep.skipped)
     # the reference prompts the measurements drew (erasure's), encoded
     references: dict[str, tuple[Any, list[Any], dict[str, Any]]] = {}
@@ -574,6 +581,8 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
             "examples": [{**ex.to_dict(), "tokens": batch.token_ids(b),
                           "str_tokens": batch.str_tokens[b],
                           **({"answer_start": int(batch.answer_start[b])} if ex.answer else {}),
+                          **({"query_start": int(batch.query_start[b])}
+                             if batch.query_start is not None else {}),
                           **{key: values[b] for key, values in drawn.items()}}
                          for b, ex in enumerate(examples)],
             # one measurement draws reference prompts today (erasure); inputs.json keeps its form

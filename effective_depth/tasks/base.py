@@ -33,7 +33,10 @@ class Example:
     """One analysed example: ``prompt + answer`` is the text the model reads.
 
     ``meta["difficulty"]`` is the difficulty level (digits, MATH level, hops, ...) when the task
-    has one; other keys are task-specific (``digits``, ``source_id``, ...).
+    has one; ``meta["query_start"]``, when the prompt holds solved examples before the one asked
+    (few-shot), is the character offset in ``prompt`` where the asked example begins (what the
+    study's ``positions="query"`` measures; 0 when there are no shots); other keys are
+    task-specific (``digits``, ``source_id``, ...).
     """
 
     prompt: str

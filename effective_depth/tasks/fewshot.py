@@ -79,13 +79,14 @@ class FewShotAdditionTask(Task):
                 x, y = self._pair(rng)
                 if (x, y) != (a, b):
                     lines.append(f"{x} + {y} = {x + y}\n")
-            prompt = "".join(lines) + f"{a} + {b} = "
+            context = "".join(lines)
+            prompt = context + f"{a} + {b} = "
             if prompt in seen or not in_split(prompt, self.split):
                 continue
             seen.add(prompt)
             out.append(Example(prompt, str(a + b), {
                 "difficulty": self.digits, "digits": self.digits, "shots": self.shots,
-                "query": f"{a} + {b}", "result": str(a + b)}))
+                "query": f"{a} + {b}", "result": str(a + b), "query_start": len(context)}))
         return out
 
 
@@ -176,13 +177,14 @@ class CapitalsTask(Task):
                 if len(out) >= want:
                     break
                 pool = [c for c in shot_pool if c != country]
-                lines = [f"The capital of {c} is {CAPITALS[c]}.\n"
-                         for c in rng.sample(pool, self.shots)]
-                prompt = "".join(lines) + f"The capital of {country} is"
+                context = "".join(f"The capital of {c} is {CAPITALS[c]}.\n"
+                                  for c in rng.sample(pool, self.shots))
+                prompt = context + f"The capital of {country} is"
                 if prompt in seen:
                     continue
                 seen.add(prompt)
                 out.append(Example(prompt, " " + CAPITALS[country], {
                     "difficulty": None, "country": country, "shots": self.shots,
-                    "split": capitals_split(country), "result": CAPITALS[country]}))
+                    "split": capitals_split(country), "result": CAPITALS[country],
+                    "query_start": len(context)}))
         return out
