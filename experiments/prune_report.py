@@ -6,7 +6,12 @@ that keep the most accuracy there, and each criterion's largest ``k`` whose accu
 one point of the full model's (``ed_prune``'s rule, ε = 0.01, on the criterion's own removal sets);
 and the export's speed-up when the run has one.
 
-    python experiments/prune_report.py runs/prune/* [--fractions 0.1,0.2,0.3]
+    python experiments/prune_report.py runs/prune/* [--fractions 0.1,0.2,0.3] [--figure F.png]
+
+``--figure`` also draws every run's accuracy-vs-blocks-removed figure (the run's own
+``pruning.html`` figure, CI bands included) as one panel of a grid, two panels a row, and writes
+it as an image (``.png``/``.svg``: needs ``kaleido``, which finds a Chrome or Chromium; set
+``BROWSER_PATH`` to point at one) or as HTML (anything else).
 """
 
 from __future__ import annotations
@@ -59,13 +64,47 @@ def report(path: str, fractions: list[float]) -> str:
     return "\n".join(lines)
 
 
+def figure(paths: list[str], out: str, n_boot: int = 200) -> None:
+    import math
+
+    from plotly.subplots import make_subplots
+
+    from effective_depth.viz.pruning import pruning_figure
+
+    runs = [load_prune_run(p) for p in paths]
+    rows = math.ceil(len(runs) / 2)
+    titles = [f"{r.results['model']['name'].split('/')[-1]} · {r.results['task']['name']} "
+              f"(n = {r.comparison.n_prompts}, L = {r.comparison.n_layers})" for r in runs]
+    grid = make_subplots(rows=rows, cols=2, subplot_titles=titles, horizontal_spacing=0.07,
+                         vertical_spacing=0.12)
+    for i, run in enumerate(runs):
+        row, col = i // 2 + 1, i % 2 + 1
+        for trace in pruning_figure(run.comparison, n_boot=n_boot).data:
+            trace.showlegend = i == 0 and trace.showlegend is not False
+            grid.add_trace(trace, row=row, col=col)
+        grid.update_xaxes(title_text="blocks removed", dtick=1, row=row, col=col)
+        grid.update_yaxes(range=[-0.02, 1.02], tickformat=".0%", row=row, col=col,
+                          title_text="held-out exact match" if col == 1 else None)
+    grid.update_layout(width=1100, height=380 * rows + 80, template="plotly_white",
+                       title="Pruning criteria: held-out accuracy by blocks removed "
+                             f"(bands: 95% bootstrap CIs over prompts, {n_boot} resamples)")
+    if out.endswith((".png", ".svg")):
+        grid.write_image(out, scale=1)
+    else:
+        grid.write_html(out, include_plotlyjs=True)
+    print(f"figure: {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--fractions", default="0.1,0.2,0.3")
+    parser.add_argument("--figure", help="also write the accuracy figures, one panel per run")
     args = parser.parse_args()
     fractions = [float(f) for f in args.fractions.split(",")]
     print("\n\n".join(report(p, fractions) for p in args.runs))
+    if args.figure:
+        figure(args.runs, args.figure)
 
 
 if __name__ == "__main__":
