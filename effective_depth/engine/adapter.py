@@ -264,7 +264,6 @@ class Adapter:
         return tokens.to(self.device)
 
     # ------------------------------------------------------------------ clean pass
-    @torch.no_grad()
     def clean(
         self,
         tokens: Int[Tensor, "batch pos"],
@@ -274,8 +273,35 @@ class Adapter:
     ) -> Clean:
         """One forward pass caching ``h_0..h_L`` (and ``a_l``, ``m_l``, keys/values if asked).
 
-        Only the hooks needed are attached: no full activation cache is built.
+        Only the hooks needed are attached: no full activation cache is built. Inside
+        :func:`~effective_depth.engine.clean_cache.shared_clean_passes` (a study), a pass already
+        computed for the same tokens under the same policy and weights is returned instead,
+        unless a hook is attached to the model or keys and values are asked for.
         """
+        from .clean_cache import active_cache
+
+        cache = active_cache(self.model)
+        if cache is None or kv or self._hooked():
+            return self._clean_pass(tokens, components=components, kv=kv)
+        key = (*cache.key(tokens, self.policy), self._weights_version())
+        hit = None if components else cache.get(key)
+        if hit is not None:
+            return hit
+        clean = self._clean_pass(tokens, components=components, kv=False)
+        cache.put(key, clean)
+        return clean
+
+    def _hooked(self) -> bool:
+        """Whether any hook is attached to the model (its passes are not the clean ones)."""
+        return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                   for m in self.model.modules())
+
+    def _weights_version(self) -> int:
+        """Changes whenever a parameter is written in place (a cached pass is then stale)."""
+        return sum(p._version for p in self.model.parameters())
+
+    @torch.no_grad()
+    def _clean_pass(self, tokens: Tensor, *, components: bool, kv: bool) -> Clean:
         L = self.n_layers
         tokens = self.to_device(tokens)
         store: dict[str, Tensor] = {}

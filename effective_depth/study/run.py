@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.batch import POSITIONS, query_starts
+from ..engine.clean_cache import shared_clean_passes
+from ..engine.sweep import default_memory_budget
 from ..errors import ConfigError, ResultsError, close_matches
 from ..frozen import check_field_types, from_dict
 from ..metrics.options import MetricOptions, flatten_options, nest_flat_options
@@ -548,8 +550,12 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
     # what the fitted measurements train on (the tuned lens): encoded and fingerprinted
     train: dict[str, tuple[Any, dict[str, Any], str]] = {}
     for name, (train_list, info) in prep.train.items():
-        encoded = encode_batch(model.tokenizer, train_list, device=device,
-                               allow_lossy=config.allow_lossy_tokenization, chat=chat)
+        make_text = next(s.fit.text for s in specs if s.name == name)
+        if train_list or make_text is None:
+            encoded = encode_batch(model.tokenizer, train_list, device=device,
+                                   allow_lossy=config.allow_lossy_tokenization, chat=chat)
+        else:  # text made with the model: its own samples, or a text file cut into its tokens
+            encoded, info = make_text(model, info, config, progress)
         _check_context(model, encoded, config, what=f"{name} training example")
         for w in encoded.warnings[:3]:
             log.warning(w["message"])
@@ -572,7 +578,9 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
     }
 
     rd = RunDir(out_path)
-    with run_lock(out_path):
+    # one clean pass per prompt chunk, read by every measurement (engine.clean_cache)
+    clean_budget = default_memory_budget(device) // 4
+    with run_lock(out_path), shared_clean_passes(model, clean_budget) as passes:
         tokens_info = {"bos_token": getattr(model.tokenizer, "bos_token", None),
                        "bos_read": bos_read(model.tokenizer, batch),
                        "chat_template": chat is not None}
@@ -644,6 +652,7 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
             steps.finish()
             if after_metric is not None:
                 after_metric(name)
+        log.info("clean passes: %s", passes.summary())
         steps.step("estimates", f" ({config.n_boot} bootstrap resamples)")
         estimates = estimate_all(done, thresholds=config.thresholds, n_boot=config.n_boot,
                                  seed=config.seed, level=config.ci_level, rules=config.rules)
