@@ -37,7 +37,7 @@ from torch import Tensor
 from .adapter import Adapter, Clean, HookFn
 from .interventions import ResumePlan, patch_hooks
 
-__all__ = ["Chunk", "Row", "sweep", "default_memory_budget", "rows_per_chunk"]
+__all__ = ["Chunk", "Row", "sweep", "default_memory_budget", "rows_per_chunk", "chunk_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +105,26 @@ def default_memory_budget(device: torch.device) -> int:
     return 1 << 30
 
 
-def rows_per_chunk(adapter: Adapter, positions: int, prefix: int, budget: int, grad: bool) -> int:
-    """How many rows of ``positions`` tokens fit in ``budget`` bytes of activations."""
-    cfg = adapter.cfg
-    d_mlp = int(getattr(cfg, "d_mlp", 4 * adapter.d_model) or 4 * adapter.d_model)
-    heads = int(cfg.n_heads)
-    itemsize = torch.finfo(adapter.dtype).bits // 8
-    per_token = 6 * adapter.d_model + 3 * d_mlp + 2 * heads * (positions + prefix)
+def chunk_rows(*, d_model: int, d_mlp: int, n_heads: int, n_layers: int, itemsize: int,
+               positions: int, prefix: int, budget: int, grad: bool) -> int:
+    """The memory rule of the sweep, on a model's shape: how many rows of ``positions`` tokens
+    (resuming after ``prefix`` cached ones) fit in ``budget`` bytes of activations. The engine
+    (:func:`rows_per_chunk`) and the planner (``metrics.costs.Workload``) both call it."""
+    per_token = 6 * d_model + 3 * d_mlp + 2 * n_heads * (positions + prefix)
     per_row = per_token * positions * max(itemsize, 4)
     if grad:
-        per_row *= 2 * adapter.n_layers  # activations kept for the backward pass
+        per_row *= 2 * n_layers  # activations kept for the backward pass
     return max(1, budget // max(1, per_row))
+
+
+def rows_per_chunk(adapter: Adapter, positions: int, prefix: int, budget: int, grad: bool) -> int:
+    """How many rows of ``positions`` tokens fit in ``budget`` bytes of activations
+    (:func:`chunk_rows` on the adapter's model)."""
+    cfg = adapter.cfg
+    d_mlp = int(getattr(cfg, "d_mlp", 4 * adapter.d_model) or 4 * adapter.d_model)
+    return chunk_rows(d_model=adapter.d_model, d_mlp=d_mlp, n_heads=int(cfg.n_heads),
+                      n_layers=adapter.n_layers, itemsize=torch.finfo(adapter.dtype).bits // 8,
+                      positions=positions, prefix=prefix, budget=budget, grad=grad)
 
 
 def sweep(

@@ -139,14 +139,15 @@ class Workload:
         return self.shape.n_layers * len(self.chunks(size, idx))
 
     def rows_per_chunk(self, positions: int, prefix: int, grad: bool) -> int:
-        """How many sweep rows of ``positions`` tokens the engine puts in one chunk (its own
-        rule, ``engine.sweep.rows_per_chunk``, on the model's shape)."""
+        """How many sweep rows of ``positions`` tokens the engine puts in one chunk: the
+        engine's own rule (:func:`~effective_depth.engine.sweep.chunk_rows`) on the model's
+        shape."""
+        from ..engine.sweep import chunk_rows
+
         s = self.shape
-        per_token = 6 * s.d_model + 3 * s.d_mlp + 2 * s.n_heads * (positions + prefix)
-        per_row = per_token * positions * max(s.itemsize, 4)
-        if grad:
-            per_row *= 2 * s.n_layers
-        return max(1, self.budget // max(1, per_row))
+        return chunk_rows(d_model=s.d_model, d_mlp=s.d_mlp, n_heads=s.n_heads,
+                          n_layers=s.n_layers, itemsize=s.itemsize, positions=positions,
+                          prefix=prefix, budget=self.budget, grad=grad)
 
     def sweep_calls(self, starts: Sequence[int], positions: int, prefix: int = 0,
                     grad: bool = False) -> int:

@@ -138,13 +138,9 @@ def logit_lens(
                 h = clean.resid[layer, j, pos]
                 if translate is not None and layer < L:
                     h = translate(layer, h)
-                log_q = adapter.lens_log_probs(h)
-                kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+                kl, overlap = lens_row_statistics(adapter.lens_log_probs(h), log_p, top_p)
                 kl_sums[layer].index_add_(0, row, kl.to(kl_sums.dtype))
-                top_q = log_q.topk(k, dim=-1).indices
-                del log_q
-                hits = (top_q[:, :, None] == top_p[:, None, :]).any(-1).sum(-1)
-                overlap_sums[layer].index_add_(0, row, hits.to(overlap_sums.dtype) / k)
+                overlap_sums[layer].index_add_(0, row, overlap.to(overlap_sums.dtype))
         bar.update(len(rows))
     bar.close()
     kl_sums, overlap_sums = (rearrange(t, "layer prompt -> prompt layer").contiguous().cpu()
@@ -170,6 +166,17 @@ class LogitLensOptions(MetricOptions):
 
     def validate(self) -> None:
         self.require_positive("k")
+
+
+def lens_row_statistics(log_q: Tensor, log_p: Tensor, top_p: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row: ``KL(q ‖ p)`` from log-probabilities, and the top-k overlap, the share of the
+    lens's top-``k`` tokens among the output's (``top_p``: the output's top-k ids, ``k`` its
+    width). The statistic of every lens row (the planner times this very function)."""
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+    k = int(top_p.shape[-1])
+    top_q = log_q.topk(k, dim=-1).indices
+    hits = (top_q[:, :, None] == top_p[:, None, :]).any(-1).sum(-1)
+    return kl, hits / k
 
 
 def resolve_lens_k(k: int | None, d_vocab: int) -> int:

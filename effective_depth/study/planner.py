@@ -114,6 +114,7 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
     weights), not what the work counts multiply. When one pass already takes over a second, the
     wide pass is at most 4 rows."""
     from ..engine.adapter import get_adapter
+    from ..metrics.logit_lens import lens_row_statistics
 
     adapter = get_adapter(model)
     L = adapter.n_layers
@@ -152,10 +153,7 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
         top_p = log_p.topk(5, dim=-1).indices
 
         def lens_statistics() -> None:  # the logit lens's row: log-softmax, KL, top-k overlap
-            log_q = adapter.lens_log_probs(x)
-            (log_q.exp() * (log_q - log_p)).sum(-1)
-            top_q = log_q.topk(5, dim=-1).indices
-            (top_q[:, :, None] == top_p[:, None, :]).any(-1).sum(-1)
+            lens_row_statistics(adapter.lens_log_probs(x), log_p, top_p)
 
         stats = best(lens_statistics)
         call = 0.0
