@@ -530,7 +530,7 @@ def _print_summary(record: RunRecord | dict[str, Any], path: Any, elapsed: float
 
 @main.command("grid")
 @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
-              help="Grid file (YAML or JSON): out, base, models, tasks (with levels), pairs.")
+              help="Grid file (YAML or JSON): out, base, models, tasks (with levels), pairs, families.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
               help="Run the cells one after another, or as Ray tasks.")
 @click.option("--address", default=None, help="Ray cluster address (default: a local instance).")
@@ -604,19 +604,25 @@ def _run_dirs(paths: tuple[str, ...]) -> list[str]:
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--pair", "pairs", multiple=True, metavar="BASE=TRAINED",
               help="Models to pair for the training-type comparison (repeatable).")
+@click.option("--family", "families", multiple=True, metavar="NAME=MODEL,MODEL",
+              help="Models (or run directories) of one family, whose scale trend may be drawn "
+              "(repeatable). Default: zoo depth series, and checkpoints of one name stem and "
+              "model type (Qwen2.5-0.5B, Qwen2.5-7B); runs of different families are never "
+              "joined.")
 @click.option("--estimator", "estimators", multiple=True, help="Estimators to compare (default: all).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Write comparison.json and CSV tables here.")
 @click.option("--n-boot", type=int, default=1000, help="Bootstrap resamples for the CIs.")
 @click.option("--seed", type=int, default=0)
-def compare_cmd(run_dirs: tuple[str, ...], pairs: tuple[str, ...], estimators: tuple[str, ...],
-                out: str | None, n_boot: int, seed: int) -> None:
-    """Compare run directories: ED per model (scale), paired differences (training type),
-    ratio per difficulty level with Spearman's rho (difficulty)."""
+def compare_cmd(run_dirs: tuple[str, ...], pairs: tuple[str, ...], families: tuple[str, ...],
+                estimators: tuple[str, ...], out: str | None, n_boot: int, seed: int) -> None:
+    """Compare run directories: ED per model (scale, within a model family), paired differences
+    (training type), ratio per difficulty level with Spearman's rho (difficulty), also on the
+    prompts the model answers and those it fails apart (difficulty by correctness)."""
     from .store.compare import compare_runs, write_comparison
 
     comparison = compare_runs(_run_dirs(run_dirs), estimators=estimators or None,
-                              pairs=_pair_list(pairs),
+                              pairs=_pair_list(pairs), families=_family_map(families),
                               n_boot=n_boot, seed=seed)
     _print_comparison(comparison)
     if out:
@@ -664,6 +670,19 @@ def export_cmd(run_dirs: tuple[str, ...], kind: str, table: str, fmt: str, out: 
         _console(stderr=True).print(f"wrote {out} ({len(frame)} rows)", highlight=False)
 
 
+def _family_map(families: tuple[str, ...]) -> dict[str, list[str]]:
+    """``--family NAME=A,B`` (repeatable) as ``{NAME: [A, B]}``."""
+    out: dict[str, list[str]] = {}
+    for item in families:
+        name, sep, members = item.partition("=")
+        listed = [m.strip() for m in members.split(",") if m.strip()]
+        if not sep or not name.strip() or not listed:
+            raise click.BadParameter(f"expected NAME=MODEL,MODEL, got {item!r}",
+                                     param_hint="--family")
+        out.setdefault(name.strip(), []).extend(listed)
+    return out
+
+
 def _pair_list(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
     out = []
     for p in pairs:
@@ -701,62 +720,18 @@ def agreement_cmd(run_dirs: tuple[str, ...], estimators: tuple[str, ...], out: s
 
 
 def _print_comparison(comparison: dict[str, Any], every_run: bool = False) -> None:
-    """The comparison's tables; the agreement over each run's prompts only with ``every_run``
-    (``effective-depth agreement``): a grid has one such table per run."""
-    from rich.table import Table
+    """The comparison's tables as the dashboard lays them out: one row per estimator, one column
+    per run (level, family), the reasons for empty cells as numbered footnotes below each table
+    (:mod:`effective_depth.viz.compare_text`); the agreement over each run's prompts only with
+    ``every_run`` (``effective-depth agreement``): a grid has one such table per run."""
+    from .viz.compare_text import comparison_renderables
 
     console = _console()
-
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.3f}"
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return str(v)
-
-    specs = {
-        "scale": ("Scale: effective depth per model", ["model", "n_layers", "task", "difficulty",
-                                                        "estimator", "layer", "ratio", "ci",
-                                                        "reason"]),
-        "training": ("Training type: trained - base", ["base", "trained", "task", "estimator",
-                                                       "ratio_base", "ratio_trained", "diff", "diff_ci",
-                                                       "reason"]),
-        "difficulty": ("Difficulty: ratio per level and Spearman's rho", ["model", "task", "estimator",
-                                                                          "levels", "ratios", "rho", "rho_ci",
-                                                                          "reasons", "rho_reason"]),
-        "prompt_difficulty": ("Difficulty per prompt: Spearman's rho of each prompt's level and "
-                              "its own depth", ["model", "task", "estimator", "levels", "n_defined",
-                                                "medians", "rho", "rho_ci", "rho_reason"]),
-        "agreement": ("Estimator agreement: Spearman's rho between estimators",
-                      ["scope", "over", "a", "b", "n", "rho", "ci", "reason"]),
-    }
-    scale_models = [r.get("model") for r in comparison.get("runs", [])]
-    if len(scale_models) != len(set(scale_models)):
-        # the same model in several runs (other configs): the run directory tells them apart
-        specs["scale"][1].insert(0, "run")
-    for key, (title, cols) in specs.items():
-        rows = comparison.get(key) or []
-        if key == "difficulty":
-            lead = "left out of the difficulty table" if rows else "no difficulty table"
-            for why in comparison.get("difficulty_reasons", []):
-                console.print(f"{lead}: {why}", highlight=False)
-        if key == "agreement" and not every_run:
-            rows = [r for r in rows if r.get("scope") == "models"]
-        if not rows:
-            continue
-        # a reason column only where some cell is empty, and then it says why
-        cols = [c for c in cols if not c.endswith(("reason", "reasons"))
-                or any(row.get(c) not in (None, []) and any(
-                    x is not None for x in (row[c] if isinstance(row[c], list) else [row[c]]))
-                       for row in rows)]
-        table = Table(title=title)
-        for c in cols:
-            table.add_column(c)
-        for row in rows:
-            table.add_row(*(fmt(row.get(c)) for c in cols))
-        console.print(table)
+    for item in comparison_renderables(comparison, every_run=every_run):
+        if isinstance(item, str):
+            console.print(item, highlight=False, markup=False)
+        else:
+            console.print(item)
 
 
 @main.group("zoo")

@@ -274,10 +274,12 @@ def test_the_page_weighs_plotly_once_the_figures_and_one_template(multi_html, pl
 
 
 def test_given_comparison_is_used(runs):
-    comparison = {"scale": [{"model": "m", "n_layers": 7, "n_params": 1, "task": "t",
-                             "estimator": "ed_kl", "layer": 3, "ratio": 4 / 7, "ci": None},
-                            {"model": "m2", "n_layers": 5, "n_params": 1, "task": "t",
-                             "estimator": "ed_kl", "layer": 1, "ratio": 2 / 5, "ci": None}],
+    comparison = {"scale": [{"model": "m", "family": "f", "n_layers": 7, "n_params": 1,
+                             "task": "t", "estimator": "ed_kl", "layer": 3, "ratio": 4 / 7,
+                             "ci": None},
+                            {"model": "m2", "family": "f", "n_layers": 5, "n_params": 1,
+                             "task": "t", "estimator": "ed_kl", "layer": 1, "ratio": 2 / 5,
+                             "ci": None}],
                   "training": [], "difficulty": []}
     specs = _figure_specs(build_dashboard_html(runs, comparison))
     assert specs["comparison-compare-scale"]["data"][0]["x"] == [5, 7]

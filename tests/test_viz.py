@@ -548,14 +548,14 @@ COMPARISON = {
          "n_params": 1000, "difficulty": 2, "accuracy": 0.95,
          "estimates": {"ed_kl": {"layer": 3, "ratio": 1.0, "ci": [0.75, 1.0]}}},
     ],
-    "scale": [
-        {"model": "big", "n_layers": 8, "n_params": 9000, "task": "addition", "estimator": "ed_kl",
-         "layer": 5, "ratio": 0.75, "ci": [0.625, 0.875]},
-        {"model": "small", "n_layers": 4, "n_params": 1000, "task": "addition", "estimator": "ed_kl",
-         "layer": 1, "ratio": 0.5, "ci": [0.25, 0.75]},
-        {"model": "small", "n_layers": 4, "n_params": 1000, "task": "addition",
+    "scale": [  # one model family: a scale line joins them
+        {"model": "big", "family": "toy", "n_layers": 8, "n_params": 9000, "task": "addition",
+         "estimator": "ed_kl", "layer": 5, "ratio": 0.75, "ci": [0.625, 0.875]},
+        {"model": "small", "family": "toy", "n_layers": 4, "n_params": 1000, "task": "addition",
+         "estimator": "ed_kl", "layer": 1, "ratio": 0.5, "ci": [0.25, 0.75]},
+        {"model": "small", "family": "toy", "n_layers": 4, "n_params": 1000, "task": "addition",
          "estimator": "ed_overlap", "layer": None, "ratio": None, "ci": None},
-        {"model": HOSTILE, "n_layers": 6, "n_params": 5000, "task": "addition",
+        {"model": HOSTILE, "family": "toy", "n_layers": 6, "n_params": 5000, "task": "addition",
          "estimator": "ed_overlap", "layer": 5, "ratio": 1.0, "ci": None},
     ],
     "training": [

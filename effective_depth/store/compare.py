@@ -8,9 +8,16 @@
   Spearman's ρ between level and ratio with a bootstrap CI (prompts resampled within each level).
   The prompt-level form (``prompt_difficulty``): ρ between each prompt's difficulty and its own
   per-prompt depth, pooled over the levels, with the same CI.
+  Split by correctness (``difficulty_by_correctness``): every estimator per level on the prompts
+  the full model answers and, apart, on those it fails, and the prompt-level ρ within each part,
+  so that "harder" is not read where "wrong" is meant.
 * **Agreement** — whether the estimators measure one quantity: Spearman's ρ between every pair of
   estimators over the prompts of each run, and over the models of a grid (runs of one task and
   difficulty), with bootstrap CIs (:func:`estimator_agreement`).
+
+A scale trend joins only runs of one model family (:mod:`effective_depth.store.families`):
+``scale_trend`` has one row per family, task, difficulty and estimator, and says why runs of
+other families are not joined with it.
 
 ``compare_runs`` returns plain data (lists and dicts) ready for JSON, CSV and the dashboard's
 comparison figures; it recomputes estimators on bootstrap resamples from each run's stored
@@ -29,15 +36,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..analysis.depth import prompt_spearman_bootstrap, spearman_bootstrap
-from ..analysis.estimation import RunRules
+from ..analysis.depth import MIN_PROMPTS, prompt_spearman_bootstrap, spearman_bootstrap
+from ..analysis.estimation import RunRules, bootstrap_estimate
 from ..errors import ConfigError
 from ..stats import bootstrap_indices, percentile_ci
+from .families import Family, family_of, named_families, not_joined_reason
 from .record import EstimateEntry, RunRecord, ScoreEntry
 from .results import Run, load_run
 
 __all__ = ["compare_runs", "comparison_tables", "tidy_comparison", "write_comparison",
-           "estimator_names", "estimator_agreement", "write_agreement"]
+           "estimator_names", "estimator_agreement", "write_agreement", "run_correctness",
+           "MIN_SUBSET", "SUBSETS"]
+
+#: a part of a level's prompts (answered or failed) with fewer prompts than this gets no
+#: estimate and no ρ: its reason says how many it has (the reliability warnings' limit)
+MIN_SUBSET = MIN_PROMPTS
+#: the parts of the correctness split, in table order
+SUBSETS = ("correct", "failed")
 log = logging.getLogger(__name__)
 
 
@@ -126,6 +141,7 @@ def compare_runs(
     *,
     estimators: Sequence[str] | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
+    families: Mapping[str, Sequence[str]] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
@@ -133,7 +149,10 @@ def compare_runs(
     """The scale, training-type and difficulty tables over ``runs``.
 
     ``pairs`` lists (base model, trained model) names; runs of a pair are matched by task and
-    difficulty. Difficulty trends are computed for every (model, task) with two or more levels.
+    difficulty. Difficulty trends are computed for every (model, task) with two or more levels,
+    also split by the full model's correctness (``difficulty_by_correctness``). ``families``
+    names model families for the scale trend (``{name: [model or run directory, ...]}``); other
+    runs get theirs from the model's name (:func:`effective_depth.store.families.family_of`).
     """
     loaded = [r if isinstance(r, Run) else load_run(r) for r in runs]
     skipped = [{"path": str(r.path), "reason": r.incomplete_reason()} for r in loaded
@@ -153,13 +172,17 @@ def compare_runs(
     from ..metrics.registry import score_specs
 
     rules = {id(r): RunRules(r) for r in loaded}
-    out: dict[str, Any] = {"estimators": ests, "runs": [], "scale": [], "training": [],
-                           "difficulty": [], "prompt_difficulty": [], "agreement": [],
-                           "skipped": skipped}
+    named = named_families(families)
+    fams = {id(r): _family(r, named) for r in loaded}
+    out: dict[str, Any] = {"estimators": ests, "runs": [], "scale": [], "scale_trend": [],
+                           "training": [], "difficulty": [], "prompt_difficulty": [],
+                           "difficulty_by_correctness": [], "agreement": [],
+                           "families": _family_table(loaded, fams), "skipped": skipped}
     for r in loaded:
         res = r.record
         out["runs"].append({
             "path": str(r.path), "label": r.label, "model": _model(r), "task": _task_key(r),
+            "family": fams[id(r)].text,
             "format": res.task.params.get("format"),
             "n_layers": res.model.n_layers,
             **_params(res),
@@ -173,7 +196,8 @@ def compare_runs(
         for e in ests:
             est = _estimate(r, e)
             out["scale"].append({  # reason: why layer/ratio are empty (not run, skipped, rule)
-                "run": str(r.path), "model": _model(r), "n_layers": res.model.n_layers,
+                "run": str(r.path), "model": _model(r), "family": fams[id(r)].text,
+                "n_layers": res.model.n_layers,
                 **_params(res), "task": _task_key(r),
                 "difficulty": r.difficulty, "estimator": e,
                 "layer": getattr(est, "layer", None), "ratio": _ratio(est), "ci": _ci(est),
@@ -181,9 +205,13 @@ def compare_runs(
             })
     for base_name, trained_name in pairs or []:
         out["training"] += _training_rows(loaded, rules, base_name, trained_name, ests, n_boot, seed, level)
+    out["scale_trend"], out["scale_reasons"] = _scale_trend_rows(loaded, rules, fams, ests,
+                                                                 n_boot, seed, level)
     out["difficulty"] = _difficulty_rows(loaded, rules, ests, n_boot, seed, level)
     out["difficulty_reasons"] = difficulty_reasons(loaded)
     out["prompt_difficulty"] = _prompt_difficulty_rows(loaded, ests, n_boot, seed, level)
+    out["difficulty_by_correctness"], out["difficulty_by_correctness_reasons"] = \
+        _correctness_rows(loaded, rules, ests, n_boot, seed, level)
     out["agreement"] = estimator_agreement(loaded, estimators=ests, n_boot=n_boot, seed=seed,
                                            level=level, rules=rules)
     return out
@@ -254,6 +282,214 @@ def _prompt_difficulty_rows(loaded: list[Run], ests: list[str], n_boot: int, see
                 "undefined_fraction": trend["undefined_fraction"],
             })
     return rows
+
+
+# --- families and the scale trend ---------------------------------------------------------------
+
+
+def _family(run: Run, named: Mapping[str, str]) -> Family:
+    return family_of(_model(run), run.record.model.architecture, named=named, run=str(run.path))
+
+
+def _family_table(loaded: Sequence[Run], fams: Mapping[int, Family]) -> list[dict[str, Any]]:
+    """One entry per family: its name, how it was found, the model type, its runs and models."""
+    table: dict[str, dict[str, Any]] = {}
+    for r in loaded:
+        f = fams[id(r)]
+        entry = table.setdefault(f.text, {"family": f.text, "name": f.name, "kind": f.kind,
+                                          "model_type": f.model_type, "runs": [], "models": []})
+        entry["runs"].append(str(r.path))
+        if _model(r) not in entry["models"]:
+            entry["models"].append(_model(r))
+    return list(table.values())
+
+
+def _scale_trend_rows(loaded: list[Run], rules: dict[int, RunRules], fams: Mapping[int, Family],
+                      ests: list[str], n_boot: int, seed: int, level: float
+                      ) -> tuple[list[dict[str, Any]], list[str]]:
+    """The scale trend within each family: per (family, task, difficulty, estimator) the runs
+    by number of blocks, their ratios, and Spearman's ρ between blocks and ratio (CI: prompts
+    resampled within every run) when the family holds two depths. Runs of other families on
+    the same task and difficulty are never joined with it: ``not_joined`` says so, and the
+    returned reasons list each such group once. A task and difficulty with one model has no
+    rows (no scale question)."""
+    groups: dict[tuple[str, Any], list[Run]] = defaultdict(list)
+    for r in loaded:
+        groups[(_task_key(r), r.difficulty)].append(r)
+    rows: list[dict[str, Any]] = []
+    reasons: list[str] = []
+    for (task, difficulty), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        if len({_model(r) for r in members}) < 2:
+            continue  # one model on this task: no scale question
+        apart = not_joined_reason([fams[id(r)] for r in members])
+        where = task + ("" if difficulty is None else f" at difficulty {difficulty}")
+        if apart:
+            reasons.append(f"{where}: not joined: {apart}; each family is its own trend")
+        by_family: dict[str, list[Run]] = defaultdict(list)
+        for r in members:
+            by_family[fams[id(r)].text].append(r)
+        for fam, runs in by_family.items():
+            runs = sorted(runs, key=lambda r: (r.record.model.n_layers or 0, _model(r)))
+            depths = [r.record.model.n_layers for r in runs]
+            for e in ests:
+                found = [_estimate(r, e) for r in runs]
+                ratios = [_ratio(f) for f in found]
+                rho = ci = undefined = None
+                if len(set(depths)) < 2:
+                    why = (f"one model of family {fam}: no trend" if len(runs) == 1 else
+                           f"every run of family {fam} has {depths[0]} blocks: no trend")
+                else:
+                    fns = [lambda idx, rr=rules[id(r)], e=e: rr.ratio(e, idx) for r in runs]
+                    trend = spearman_bootstrap(depths, fns, [rules[id(r)].n_prompts() for r in runs],
+                                               n_boot=n_boot, seed=seed, level=level)
+                    rho, ci, undefined = trend["rho"], trend["ci"], trend["undefined_fraction"]
+                    why = None if rho is not None else _depth_rho_reason(depths, ratios)
+                rows.append({
+                    "family": fam, "family_kind": fams[id(runs[0])].kind, "task": task,
+                    "difficulty": difficulty, "estimator": e,
+                    "runs": [str(r.path) for r in runs], "models": [_model(r) for r in runs],
+                    "depths": depths, "ratios": ratios, "cis": [_ci(f) for f in found],
+                    "rho": rho, "rho_ci": ci, "rho_reason": why,
+                    "undefined_fraction": undefined, "not_joined": apart,
+                })
+    return rows, reasons
+
+
+def _depth_rho_reason(depths: Sequence[Any], ratios: Sequence[Any]) -> str:
+    defined = {d for d, v in zip(depths, ratios) if v is not None}
+    if len(defined) < 2:
+        return f"ρ undefined: defined at {len(defined)} of {len(set(depths))} depths (needs two)"
+    return "ρ undefined: the ratio is the same at every depth"
+
+
+# --- difficulty by correctness ----------------------------------------------------------------
+
+
+def run_correctness(run: Run) -> tuple[list[bool] | None, str | None]:
+    """Whether the full model answers each of the run's prompts correctly (a registered
+    measurement's ``correctness``), or None and why not: ``not available: behaviour not run``
+    (or skipped, with the run's warning)."""
+    from ..metrics.registry import correctness_specs
+
+    specs = correctness_specs()
+    if not specs:
+        return None, "not available: no registered measurement records each prompt's correctness"
+    for spec in specs:
+        if spec.name in run.completed:
+            return [bool(x) for x in spec.correctness(run.metric(spec.name))], None  # type: ignore[misc]
+    name = specs[0].name
+    if name in run.record.settings.skipped_metrics:
+        said = [w.message for w in run.record.warnings
+                if name in w.message and "skipped" in w.message]
+        return None, f"not available: {name} skipped" + (f" ({said[0]})" if said else "")
+    return None, f"not available: {name} not run"
+
+
+def _too_few(subset: str, n: int, what: str = "prompts") -> str:
+    return f"too few {subset} {what} (n={n}, need ≥{MIN_SUBSET})"
+
+
+def _correctness_rows(loaded: list[Run], rules: dict[int, RunRules], ests: list[str],
+                      n_boot: int, seed: int, level: float
+                      ) -> tuple[list[dict[str, Any]], list[str]]:
+    """The difficulty comparison on the prompts the full model answers (``correct``) and, apart,
+    on those it fails (``failed``): per (model, task) with two or more levels, per estimator and
+    part, the estimate at each level on that part's prompts (its rule on them, a bootstrap CI
+    that resamples them), and Spearman's ρ between each prompt's level and its per-prompt depth
+    over that part's prompts. A part with fewer than :data:`MIN_SUBSET` prompts gets a reason and
+    no number. A group none of whose runs measured correctness is a reason, not rows."""
+    from ..analysis.per_prompt import run_per_prompt
+
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for r in loaded:
+        groups[(_model(r), _task_key(r))].append(r)
+    rows: list[dict[str, Any]] = []
+    reasons: list[str] = []
+    for (model, task), members in sorted(groups.items()):
+        prompt_levels = {id(r): _prompt_levels(r) for r in members}
+        cells = sorted({(lv, str(r.path)): r for r in members
+                        for lv in prompt_levels[id(r)] if lv is not None}.items())
+        if len({key[0] for key, _ in cells}) < 2:
+            continue
+        correct = {id(r): run_correctness(r) for r in members}
+        if all(flags is None for flags, _ in correct.values()):
+            whys = sorted({why for _, why in correct.values() if why})
+            reasons.append(f"{model} on {task}: {'; '.join(whys)} (no run of it records which "
+                           "prompts the model answers)")
+            continue
+        per_prompt = {id(r): run_per_prompt(r) for r in members}
+        for e in ests:
+            for subset in SUBSETS:
+                rows.append(_correctness_row(model, task, e, subset, cells, prompt_levels,
+                                             correct, per_prompt, rules, n_boot, seed, level))
+    return rows, reasons
+
+
+def _correctness_row(model: str, task: str, e: str, subset: str,
+                     cells: list[tuple[tuple[Any, str], Run]], prompt_levels: dict[int, list[Any]],
+                     correct: dict[int, tuple[list[bool] | None, str | None]],
+                     per_prompt: dict[int, Any], rules: dict[int, RunRules], n_boot: int,
+                     seed: int, level: float) -> dict[str, Any]:
+    want = subset == "correct"
+    row: dict[str, Any] = {"model": model, "task": task, "estimator": e, "subset": subset,
+                           "levels": [], "runs": [], "n_prompts": [], "n_subset": [],
+                           "ratios": [], "cis": [], "undefined_fractions": [], "reasons": []}
+    values: list[list[float | None]] = []
+    missing: list[str] = []
+    for (lv, path), r in cells:
+        idx = [i for i, x in enumerate(prompt_levels[id(r)]) if x == lv]
+        flags, why = correct[id(r)]
+        sub = [] if flags is None else [i for i in idx if flags[i] == want]
+        ratio = ci = undefined = None
+        if flags is None:
+            reason: str | None = why
+            missing.append(f"{why} ({path})")
+        elif e not in rules[id(r)].rules:
+            reason = _cell_reason(_estimate(r, e))
+        elif len(sub) < MIN_SUBSET:
+            reason = _too_few(subset, len(sub))
+        else:
+            rule = rules[id(r)].rules[e]
+            est = bootstrap_estimate(
+                e, lambda s, sub=sub, rule=rule: rule(sub if s is None else [sub[j] for j in s]),
+                len(sub), int(r.record.model.n_layers or 0), n_boot=n_boot, seed=seed,
+                level=level)
+            ratio, undefined = est.ratio, est.undefined_fraction
+            ci = None if est.ci is None else [float(x) for x in est.ci]
+            reason = None if ratio is not None else f"undefined: {est.reason or 'no reason given'}"
+        pp = per_prompt[id(r)].get(e)
+        values.append([] if pp is None else [pp.ratios[i] for i in sub])
+        row["levels"].append(lv)
+        row["runs"].append(path)
+        row["n_prompts"].append(len(idx))
+        row["n_subset"].append(None if flags is None else len(sub))
+        row["ratios"].append(ratio)
+        row["cis"].append(ci)
+        row["undefined_fractions"].append(undefined)
+        row["reasons"].append(reason)
+    n_defined = sum(v is not None for vs in values for v in vs)
+    rho = rho_ci = None
+    if missing:
+        rho_reason: str | None = "ρ not computed: " + "; ".join(missing)
+    elif any(e not in rules[id(r)].rules for _, r in cells):
+        absent = next(r for _, r in cells if e not in rules[id(r)].rules)
+        rho_reason = f"ρ not computed: {_cell_reason(_estimate(absent, e))}"
+    elif any(e not in per_prompt[id(r)] for _, r in cells):
+        rho_reason = f"ρ not computed: {e} has no per-prompt depth"
+    elif n_defined < MIN_SUBSET:
+        rho_reason = _too_few(subset, n_defined, "prompts with a per-prompt depth")
+    else:
+        trend = prompt_spearman_bootstrap(row["levels"], values, n_boot=n_boot, seed=seed,
+                                          level=level)
+        rho, rho_ci = trend["rho"], trend["ci"]
+        at = {lv for lv, vs in zip(row["levels"], values) if any(v is not None for v in vs)}
+        rho_reason = None if rho is not None else (
+            f"ρ undefined: {subset} prompts with a per-prompt depth at {len(at)} of "
+            f"{len(set(row['levels']))} levels (needs two)" if len(at) < 2 else
+            "ρ undefined: the per-prompt depth is the same at every level")
+    row.update(rho=rho, rho_ci=rho_ci, rho_n=n_defined, rho_reason=rho_reason,
+               min_prompts=MIN_SUBSET, prompt_ratios=values)
+    return row
 
 
 def estimator_agreement(
@@ -468,10 +704,14 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+#: the comparison's tables, in the order they are written and printed
+TABLES = ("scale", "scale_trend", "training", "difficulty", "prompt_difficulty",
+          "difficulty_by_correctness", "agreement")
+
+
 def comparison_tables(comparison: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The three tables as lists of flat rows (for CSV and the terminal)."""
-    return {k: comparison.get(k, []) for k in ("scale", "training", "difficulty",
-                                               "prompt_difficulty", "agreement")}
+    """The comparison's tables as lists of rows (for CSV and the terminal)."""
+    return {k: comparison.get(k, []) for k in TABLES}
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -503,26 +743,29 @@ def _split_intervals(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: per-level list columns whose name stays as it is (already a count per level)
-_KEEP_NAME = ("n_prompts", "n_defined")
+_KEEP_NAME = ("n_prompts", "n_defined", "n_subset")
 
 
-#: comparison tables stored as lists over levels, written one row per level
-_PER_LEVEL = ("difficulty", "prompt_difficulty")
+#: comparison tables stored as lists over levels (over runs: the scale trend), written one row
+#: per level (per run)
+_PER_LEVEL = {"difficulty": "levels", "prompt_difficulty": "levels",
+              "difficulty_by_correctness": "levels", "scale_trend": "runs"}
 
 
-def _per_level(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _per_level(row: Mapping[str, Any], axis: str = "levels") -> list[dict[str, Any]]:
     """A difficulty row (lists over ``levels``) as one row per level: ``levels`` -> ``level``,
     ``ratios`` -> ``ratio``, ``cis`` -> ``ci``, ``runs`` -> ``run``, ``medians`` -> ``median``,
     ``reasons`` -> ``reason``, every other plural key holding a list of the same length likewise
-    (``n_prompts`` and ``n_defined`` keep their names); the rest (``rho``, ``rho_ci``) repeats on
-    every row. A list of another length (the runs pooled by the per-prompt test) becomes one
-    ``; ``-joined text cell: no cell holds a list."""
-    levels = row.get("levels")
+    (``n_prompts``, ``n_defined`` and ``n_subset`` keep their names); the rest (``rho``,
+    ``rho_ci``) repeats on every row. A list of another length (the runs pooled by the per-prompt
+    test) becomes one ``; ``-joined text cell: no cell holds a list. ``axis``: the list the rows
+    follow (``runs`` for the scale trend: one row per run of a family)."""
+    levels = row.get(axis)
     if not isinstance(levels, list):
         return [dict(row)]
     # plural keys only: an interval such as rho_ci is a pair even when there are two levels
     per = {k for k, v in row.items() if isinstance(v, list) and len(v) == len(levels)
-           and k.endswith("s") and not _is_interval(k)}
+           and (k.endswith("s") or k in _KEEP_NAME) and not _is_interval(k)}
     out = []
     for i in range(len(levels)):
         item: dict[str, Any] = {}
@@ -537,15 +780,23 @@ def _per_level(row: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+#: row keys that only the figures read: lists of lists, left out of the tidy tables
+_FIGURE_ONLY = ("prompt_ratios",)
+
+
 def tidy_comparison(table: str, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The comparison ``table``'s rows, flat: intervals split into numeric ``*_lo`` / ``*_hi``
-    columns, the difficulty table one row per level (what the comparison CSVs hold)."""
+    columns, the difficulty tables one row per level and the scale trend one row per run (what
+    the comparison CSVs hold)."""
     flat: list[dict[str, Any]] = []
     for row in rows:
         if table == "prompt_difficulty" and isinstance(row.get("runs"), list):
             # the runs pooled into one test, not one run per level
             row = {**row, "runs": "; ".join(str(r) for r in row["runs"])}
-        for item in (_per_level(row) if table in _PER_LEVEL else [dict(row)]):
+        # each prompt's own depth (for the figure) is in comparison.json, not in a table cell
+        row = {k: v for k, v in row.items() if k not in _FIGURE_ONLY}
+        axis = _PER_LEVEL.get(table)
+        for item in (_per_level(row, axis) if axis else [dict(row)]):
             flat.append(_split_intervals(item))
     return flat
 
@@ -563,9 +814,10 @@ def write_agreement(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
 
 
 def write_comparison(comparison: dict[str, Any], out: str | Path) -> list[Path]:
-    """``comparison.json`` and one CSV per table in directory ``out``: tidy rows with numeric
-    ``*_lo`` / ``*_hi`` columns for every interval, the difficulty table one row per level
-    (:func:`tidy_comparison`)."""
+    """``comparison.json`` and one CSV per table in directory ``out`` (:data:`TABLES`: among
+    them ``scale_trend.csv`` and ``difficulty_by_correctness.csv``): tidy rows with numeric
+    ``*_lo`` / ``*_hi`` columns for every interval, the difficulty tables one row per level, the
+    scale trend one row per run (:func:`tidy_comparison`)."""
     from .results import atomic_write_text, dumps
 
     out = Path(out)

@@ -15,6 +15,7 @@ A grid file (YAML or JSON)::
         params: {format: direct}
         levels: {digits: [1, 2, 3]} # one cell per value
     pairs: [[zoo/add-4l, zoo/add-4l-scratch]]   # for the training-type comparison
+    families: {mine: [my/model-small, my/model-large]}  # a scale trend may join these
     compare: true                   # write comparison tables into OUT/comparison
     gpus_per_cell: 1                # Ray only; default: 1 when the cluster has GPUs, else 0
 
@@ -57,6 +58,8 @@ class Grid:
     pairs: list[tuple[str, str]] = field(default_factory=list)
     compare: bool = True
     gpus_per_cell: float | None = None
+    #: model families named by the grid file, for the comparison's scale trend
+    families: dict[str, list[str]] = field(default_factory=dict)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -79,7 +82,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def grid_from_dict(data: Mapping[str, Any], root: Path | None = None) -> Grid:
-    known = {"out", "base", "models", "tasks", "pairs", "compare", "gpus_per_cell"}
+    known = {"out", "base", "models", "tasks", "pairs", "compare", "gpus_per_cell", "families"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown grid keys {unknown}; valid: {sorted(known)}")
@@ -122,8 +125,14 @@ def grid_from_dict(data: Mapping[str, Any], root: Path | None = None) -> Grid:
     gpus = data.get("gpus_per_cell")
     if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0):
         raise ConfigError(f"gpus_per_cell must be a number >= 0, got {gpus!r}")
+    families = data.get("families") or {}
+    if not isinstance(families, Mapping) or not all(
+            isinstance(v, Sequence) and not isinstance(v, str) for v in families.values()):
+        raise ConfigError("grid families map a family name to a list of models, e.g. "
+                          f"families: {{mine: [my/model-small, my/model-large]}}; got {families!r}")
     cells = validated_cells(configs, out)
-    return Grid(out, cells, pairs, bool(data.get("compare", True)), gpus)  # type: ignore[arg-type]
+    return Grid(out, cells, pairs, bool(data.get("compare", True)), gpus,  # type: ignore[arg-type]
+                {str(k): [str(m) for m in v] for k, v in families.items()})
 
 
 def validated_cells(configs: Sequence[StudyConfig], out: Path) -> list[GridCell]:
@@ -224,7 +233,8 @@ def run_grid(
     if grid.compare and len(ok) > 1:
         from ..store.compare import compare_runs, write_comparison
 
-        comparison = compare_runs([s["out"] for s in ok], pairs=grid.pairs)
+        comparison = compare_runs([s["out"] for s in ok], pairs=grid.pairs,
+                                  families=grid.families)
         write_comparison(comparison, grid.out / "comparison")
         try:
             from ..viz.dashboard import write_dashboard

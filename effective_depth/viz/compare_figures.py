@@ -4,8 +4,9 @@ The comparison is the plain-data dict of :func:`effective_depth.store.compare.co
 
     {"estimators": [...], "runs": [...], "scale": [...], "training": [...], "difficulty": [...]}
 
-* **scale** — the effective-depth ratio against the number of blocks, one line per estimator,
-  and Csordás's depth score as a share of the depth;
+* **scale** — the effective-depth ratio against the number of blocks, one line per estimator
+  and model family (runs of different families are separate points, never joined: the figure
+  says why), and Csordás's depth score as a share of the depth;
 * **training** — the ratios of a base model and its trained twin as paired bars, and their
   difference with its bootstrap CI;
 * **difficulty** — the ratio per difficulty level, one line per (model, task, estimator), with
@@ -136,6 +137,25 @@ def _params_text(row: Mapping[str, Any]) -> str:
     return f"{total:,} parameters (Hugging Face count), {non_emb:,} non-embedding"
 
 
+def _family(row: Mapping[str, Any]) -> str:
+    """A row's model family: the comparison's, else (a comparison written before families)
+    the one its model's name gives (:func:`effective_depth.store.families.family_of`)."""
+    if row.get("family") is not None:
+        return str(row["family"])
+    from ..store.families import family_of
+
+    return family_of(_label(row.get("model"))).text
+
+
+def _apart_note(families: Sequence[str]) -> str | None:
+    """Why points of several families are not joined (None: one family)."""
+    names = list(dict.fromkeys(families))
+    if len(names) < 2:
+        return None
+    return ("not joined: different families: " + " vs ".join(names)
+            + " (a scale trend is drawn within one model family only)")
+
+
 def _score_rows(comparison: Comparison) -> dict[str, list[dict[str, Any]]]:
     """Per registered score with a range (a :class:`~effective_depth.metrics.registry.ScoreSpec` with
     ``span``), the runs that store it: the score as a share of the depth, with its CI."""
@@ -153,7 +173,8 @@ def _score_rows(comparison: Comparison) -> dict[str, list[dict[str, Any]]]:
             if shares is None:
                 continue
             span = spec.range_of(L)
-            rows.append({"model": run.get("model"), "n_layers": L, "n_params": run.get("n_params"),
+            rows.append({"model": run.get("model"), "family": _family(run), "n_layers": L,
+                         "n_params": run.get("n_params"),
                          "task": run.get("task"), "difficulty": run.get("difficulty"),
                          "ratio": shares[0], "ci": shares[1], "block": score.get("value"),
                          "span": f"{span[0]:g}..{span[1]:g}" if span else ""})
@@ -164,16 +185,20 @@ def _score_rows(comparison: Comparison) -> dict[str, list[dict[str, Any]]]:
 
 def scale_figure(comparison: Comparison) -> go.Figure:
     """Scale: the effective-depth ratio against the model's number of blocks, one line per
-    estimator (and per task or difficulty where those differ), with bootstrap-CI error bars
-    (left), and Csordás's depth score as a share of the depth (right); hover names the model.
-    A flat line means the ratio stays constant across scale. Lines differ in colour, marker and
-    dash and are offset slightly along x, so identical values never hide each other (the hover
-    gives the true number of blocks)."""
-    rows = [r for r in comparison.get("scale", []) if r.get("ratio") is not None]
-    extra = _varying(rows, ("task", "difficulty"))
+    estimator and model family (and per task or difficulty where those differ), with
+    bootstrap-CI error bars (left), and Csordás's depth score as a share of the depth (right);
+    hover names the model. A flat line means the ratio stays constant across scale. Only runs of
+    one family are joined: a family with one model is a point, and a note under the figure says
+    which families are kept apart. Lines differ in colour, marker and dash and are offset
+    slightly along x, so identical values never hide each other (the hover gives the true number
+    of blocks)."""
+    rows = [{**r, "family": _family(r)} for r in comparison.get("scale", [])
+            if r.get("ratio") is not None]
+    extra = _varying(rows, ("family", "task", "difficulty"))
     groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["estimator"], *(_label(r.get(k)) for k in extra)), []).append(r)
+        key = (r["estimator"], *(_label(r.get(k)) for k in extra))
+        groups.setdefault(key, []).append(r)
     from ..metrics.registry import score_specs
 
     specs = score_specs()
@@ -189,7 +214,7 @@ def scale_figure(comparison: Comparison) -> go.Figure:
         ratios = [r["ratio"] for r in members]
         xs = [r.get("n_layers") for r in members]
         fig.add_trace(go.Scatter(
-            x=_shifted(xs, offsets[i]), y=ratios, mode="lines+markers",
+            x=_shifted(xs, offsets[i]), y=ratios, mode=_mode(members),
             name=text(" · ".join(key)), error_y=_errors(ratios, [r.get("ci") for r in members]),
             customdata=[[text(_label(r.get("model"))), _params_text(r),
                          _ci_text(r.get("ci")), r.get("n_layers")] for r in members],
@@ -197,12 +222,16 @@ def scale_figure(comparison: Comparison) -> go.Figure:
                           "ratio %{y:.3f}, CI %{customdata[2]}<extra>%{fullData.name}</extra>",
             **_style(i),
         ), row=1, col=1)
-    for j, (name, members) in enumerate(scores.items()):
+    score_groups = [(name, fam, [r for r in members if r["family"] == fam])
+                    for name, members in scores.items()
+                    for fam in dict.fromkeys(r["family"] for r in members)]
+    several = len({fam for _, fam, _ in score_groups}) > 1
+    for j, (name, fam, members) in enumerate(score_groups):
         spec = specs[name]
         values = [r["ratio"] for r in members]
         fig.add_trace(go.Scatter(
-            x=[r["n_layers"] for r in members], y=values, mode="lines+markers",
-            name=text(f"{spec.short} (% of depth)"),
+            x=[r["n_layers"] for r in members], y=values, mode=_mode(members),
+            name=text(f"{spec.short} (% of depth)" + (f" · {fam}" if several else "")),
             error_y=_errors(values, [r["ci"] for r in members]),
             customdata=[[text(_label(r.get("model"))), _pct_ci(r["ci"]), f"{r['block']:.2f}",
                          r["span"]] for r in members],
@@ -220,7 +249,17 @@ def scale_figure(comparison: Comparison) -> go.Figure:
                                           for n in scores) or "share of the depth", range=[0, 1.05],
                      tickformat=".0%", row=1, col=2)
     fig.update_layout(margin={"t": 90})
+    note = _apart_note([r["family"] for r in rows]
+                       + [r["family"] for rs in scores.values() for r in rs])
+    if note:
+        fig.add_annotation(text=text(note), xref="paper", yref="paper", x=0, y=1.13,
+                           showarrow=False, xanchor="left", font={"size": 12, "color": "#555"})
     return fig
+
+
+def _mode(members: Sequence[Mapping[str, Any]]) -> str:
+    """A line through the points of one family; a single point is a marker alone."""
+    return "lines+markers" if len(members) > 1 else "markers"
 
 
 def _pct_ci(ci: Sequence[float] | None) -> str:

@@ -7,7 +7,8 @@ depth", "Estimator agreement").
 * :func:`agreement_figure` — Spearman's ρ between every pair of estimators as a heatmap (per run
   over prompts, or per grid over models), each cell with its bootstrap CI;
 * comparison figures (registered in :data:`~effective_depth.viz.compare_figures.COMPARISON_FIGURES`):
-  the prompt-level difficulty test and the agreement over models.
+  the prompt-level difficulty test, per-prompt depth by level and by correctness
+  (:func:`correctness_figure`), and the agreement over models.
 
 Figures take numbers that :mod:`effective_depth.analysis.per_prompt` and :mod:`effective_depth.store.compare`
 computed; :func:`per_prompt_panels` arranges one run's figures for the dashboard.
@@ -27,7 +28,7 @@ from .compare_figures import COMPARISON_FIGURES, ComparisonFigure
 from .figures import TEMPLATE, as_depth_entry, text
 
 __all__ = ["per_prompt_figure", "agreement_figure", "prompt_difficulty_figure",
-           "model_agreement_figure", "per_prompt_panels"]
+           "correctness_figure", "model_agreement_figure", "per_prompt_panels"]
 
 
 def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 440) -> go.Figure:
@@ -155,6 +156,97 @@ def prompt_difficulty_figure(comparison: Mapping[str, Any]) -> go.Figure:
                    "difficulty level", "median per-prompt ratio (e + 1) / L", height=460)
 
 
+#: colours of the prompts the model answers and of those it fails
+SUBSET_COLOURS = {"correct": "#2a9d8f", "failed": "#e76f51"}
+
+
+def correctness_figure(comparison: Mapping[str, Any]) -> go.Figure:
+    """Per-prompt depth by level and by correctness: for each estimator (one panel each), every
+    prompt's own ratio at each level, the prompts the full model answers (``correct``) beside
+    those it fails (``failed``), as boxes with every prompt a point; the diamond is the
+    estimator's rule applied to that part's prompts, with its bootstrap CI. A part with fewer
+    prompts than the comparison's minimum is not drawn (the x label gives each part's count,
+    the table why); the legend gives the per-prompt ρ within each part."""
+    from plotly.subplots import make_subplots
+
+    rows = _drawable(comparison)
+    ests = list(dict.fromkeys(str(r.get("estimator")) for r in rows))
+    several = len({(r.get("model"), r.get("task")) for r in rows}) > 1
+    fig = make_subplots(rows=max(1, len(ests)), cols=1, shared_xaxes=True,
+                        vertical_spacing=0.08 if len(ests) > 1 else 0.0,
+                        subplot_titles=[text(e) for e in ests] or None)
+    shown: set[str] = set()
+    for k, e in enumerate(ests, 1):
+        for r in (r for r in rows if str(r.get("estimator")) == e):
+            subset = str(r.get("subset"))
+            colour = SUBSET_COLOURS.get(subset, "#888")
+            counts = {s.get("subset"): s.get("n_subset", [])
+                      for s in comparison.get("difficulty_by_correctness", []) if (s.get("model"), s.get("task"), s.get("estimator"))
+                      == (r.get("model"), r.get("task"), r.get("estimator"))}
+            cats = [_level_text(r, i, lv, counts, several) for i, lv in enumerate(r.get("levels", []))]
+            least = int(r.get("min_prompts") or 1)
+            xs: list[str] = []
+            ys: list[float] = []
+            for cat, n, values in zip(cats, r.get("n_subset", []), r.get("prompt_ratios") or []):
+                if n is None or n < least:
+                    continue
+                for v in values:
+                    if v is not None:
+                        xs.append(cat)
+                        ys.append(v)
+            rho = r.get("rho")
+            rho_text = ("ρ " + ("undefined" if rho is None else
+                                f"= {rho:.2f} {_ci_text(r.get('rho_ci'))}"))
+            name = f"{subset}" + (f" · {r.get('model')}" if several else "")
+            fig.add_trace(go.Box(
+                x=xs, y=ys, name=text(f"{name} ({e}: {rho_text})"), legendgroup=subset,
+                offsetgroup=subset, boxpoints="all", jitter=0.4, pointpos=0,
+                marker={"color": colour, "size": 4, "opacity": 0.6}, line={"color": colour},
+                hovertemplate="%{x}<br>per-prompt ratio %{y:.3f}<extra>" + text(subset)
+                              + "</extra>"), row=k, col=1)
+            keep = [i for i, v in enumerate(r.get("ratios", [])) if v is not None]
+            ratios = [r["ratios"][i] for i in keep]
+            cis = [(r.get("cis") or [None] * len(cats))[i] for i in keep]
+            fig.add_trace(go.Scatter(
+                x=[cats[i] for i in keep], y=ratios, mode="markers", name=text(f"{subset}: rule on "
+                                                                                "its prompts"),
+                legendgroup=subset, offsetgroup=subset, showlegend=subset not in shown,
+                marker={"symbol": "diamond", "size": 12, "color": colour,
+                        "line": {"width": 1, "color": "#222"}},
+                error_y={"type": "data", "symmetric": False,
+                         "array": [0.0 if c is None else max(0.0, c[1] - v) for v, c in zip(ratios, cis)],
+                         "arrayminus": [0.0 if c is None else max(0.0, v - c[0])
+                                        for v, c in zip(ratios, cis)]},
+                customdata=[_ci_text(c) or "no CI" for c in cis],
+                hovertemplate="%{x}<br>" + text(subset) + " prompts: ratio %{y:.3f}, CI "
+                              "%{customdata}<extra>" + text(e) + "</extra>"), row=k, col=1)
+            shown.add(subset)
+        fig.update_yaxes(range=[0, 1.05], title_text="ratio (e + 1) / L", row=k, col=1)
+    fig.update_layout(boxmode="group", scattermode="group",
+                      legend={"orientation": "h", "y": -0.12})
+    _layout(fig, "Per-prompt depth by level and by correctness", "", "",
+            height=max(420, 260 * len(ests) + 140))
+    fig.update_yaxes(title_text="ratio (e + 1) / L")
+    fig.update_xaxes(title_text="difficulty level (prompts answered correct / failed)",
+                     row=max(1, len(ests)), col=1)
+    return fig
+
+
+def _drawable(comparison: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The correctness rows with something to draw: a part's estimate or a prompt's depth."""
+    return [r for r in comparison.get("difficulty_by_correctness", [])
+            if any(v is not None for vs in r.get("prompt_ratios") or [] for v in vs)
+            or any(x is not None for x in r.get("ratios") or [])]
+
+
+def _level_text(row: Mapping[str, Any], i: int, level: Any, counts: Mapping[Any, Sequence[Any]],
+                several: bool) -> str:
+    """The x label of one level: the level, with how many prompts the model answers and fails."""
+    n = {s: (c[i] if i < len(c) else None) for s, c in counts.items()}
+    tally = "/".join("?" if n.get(s) is None else str(n[s]) for s in SUBSET_COLOURS)
+    return (f"{row.get('model')} · " if several else "") + f"level {level} ({tally})"
+
+
 def _model_rows(comparison: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [r for r in comparison.get("agreement", []) if r.get("scope") == "models"]
 
@@ -170,6 +262,9 @@ def model_agreement_figure(comparison: Mapping[str, Any]) -> go.Figure:
 
 COMPARISON_FIGURES.setdefault("prompt_difficulty", ComparisonFigure(
     "prompt_difficulty", "Difficulty per prompt", prompt_difficulty_figure))
+COMPARISON_FIGURES.setdefault("difficulty_by_correctness", ComparisonFigure(
+    "difficulty_by_correctness", "Per-prompt depth by level and by correctness",
+    correctness_figure, lambda c: bool(_drawable(c))))
 COMPARISON_FIGURES.setdefault("agreement", ComparisonFigure(
     "agreement", "Estimator agreement over models", model_agreement_figure,
     lambda c: bool(_model_rows(c))))
