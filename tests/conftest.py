@@ -10,6 +10,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# no fit is shared between tests through ~/.cache (tests that share one set this themselves)
+os.environ["EFFECTIVE_DEPTH_FIT_CACHE"] = "off"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -27,6 +27,7 @@ from ..frozen import check_field_types, from_dict
 from ..metrics.options import MetricOptions, flatten_options, nest_flat_options
 from ..resources import ResourceMeter
 from ..store.fingerprint import compute_fingerprint, inputs_fingerprint, model_fingerprint
+from ..store.fitted import load_or_fit
 from ..store.record import RunConfig, RunRecord
 from ..store.results import (
     CONFIG,
@@ -324,9 +325,8 @@ def _environment() -> dict[str, Any]:
 
 #: the files of a run directory that a fresh start removes (the lock stays)
 _RUN_FILES = (CONFIG, INPUTS, RESULTS, TENSORS, "dashboard.html")
-#: where measurements' fitted objects are cached; they stay on a fresh start (even ``--force``):
-#: their own fingerprints decide whether they are reused (``_load_or_fit``)
-FITTED = "fitted"
+#: where measurements' fitted objects are cached (``store.fitted``) stays on a fresh start (even
+#: ``--force``): their own fingerprints decide whether they are reused
 
 
 def _earlier_compute(stored: Mapping[str, Any]) -> dict[str, str]:
@@ -635,7 +635,7 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
                     ctx = dataclasses.replace(ctx, train=encoded, train_info=info)
                     want = {"model": fingerprint["model"], "data": data_fp,
                             "settings": dict(spec.fit.settings(config))}
-                    ctx = dataclasses.replace(ctx, fitted=_load_or_fit(rd, spec.fit, ctx, want))
+                    ctx = dataclasses.replace(ctx, fitted=load_or_fit(rd.path, spec.fit, ctx, want))
                 result = spec.run(ctx)
             assert meter.use is not None
             elapsed = meter.use.seconds
@@ -710,44 +710,6 @@ class StudySteps:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def _load_or_fit(rd: RunDir, fit: Any, ctx: Any, want: dict[str, Any]) -> Any:
-    """The fitted object of ``fit``: loaded from ``fitted/<name>.*`` in the run directory when
-    its fingerprints (model files, training token ids, settings) equal ``want``, else trained
-    and saved there (tensors as safetensors, the rest as JSON; no pickles)."""
-    import json
-
-    from safetensors.torch import load_file, save
-
-    from ..store.results import atomic_write_bytes, dumps
-
-    meta_file, tensor_file = f"{FITTED}/{fit.name}.json", rd.path / FITTED / f"{fit.name}.safetensors"
-    want = json.loads(dumps(want))  # compared as stored: lists, not tuples
-    try:
-        old = rd.read_json(meta_file, default={"absent": True})
-        if isinstance(old, dict) and old.get("fingerprint") == want and tensor_file.is_file():
-            fitted = fit.load(load_file(str(tensor_file)), dict(old.get("info", {})))
-            fitted.info.update({"reused": True, "fingerprint": want})
-            log.info("reusing the %s fitted in %s", fit.name, rd.path / FITTED)
-            return fitted
-    except Exception as exc:  # noqa: BLE001 - a corrupt cache is retrained, never trusted
-        log.warning("the cached %s in %s is unreadable (%s); retraining it", fit.name,
-                    rd.path / FITTED, exc)
-        old = {}
-    if isinstance(old, dict) and "fingerprint" in old:
-        changed = [k for k in want if old["fingerprint"].get(k) != want[k]]
-        log.info("retraining the %s: %s changed", fit.name, ", ".join(changed))
-    log.info("training the %s", fit.name)
-    fitted = fit.fit(ctx)
-    # the JSON goes first and comes back last, so a crash in between never pairs old
-    # fingerprints with new tensors
-    (rd.path / meta_file).unlink(missing_ok=True)
-    atomic_write_bytes(tensor_file, save({k: v.detach().cpu().contiguous()
-                                          for k, v in fitted.tensors().items()}))
-    rd.write_json(meta_file, {"fingerprint": want, "info": fitted.info})
-    fitted.info.update({"reused": False, "fingerprint": want})
-    return fitted
 
 
 def _dedupe(warnings: list[dict[str, Any]]) -> list[dict[str, Any]]:
