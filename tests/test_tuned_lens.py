@@ -303,7 +303,8 @@ def test_changed_model_files_or_training_data_retrain_the_lens(tmp_path):
               **{"tuned_lens.data": str(data)})
     first = _study(tmp_path, "run", **kw)
     lens = first.results["metrics"]["tuned_lens"]["meta"]["lens"]
-    assert lens["data"] == {"source": "file", "path": str(data), "n": 3, "overlap": 0}
+    assert lens["data"] == {"fit_on": "task", "source": "file", "path": str(data), "n": 3,
+                            "overlap": 0}
     before = _lens_file(first.path)["fingerprint"]
     # the same config and files, run again without --force: everything reused
     again = _study(tmp_path, "run", force=False, **kw)

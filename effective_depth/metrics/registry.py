@@ -239,6 +239,10 @@ class FitSpec:
       token ids' fingerprints it decides whether a cached fit is reused or retrained.
     - ``fit(ctx)``: the fitted object, with ``tensors()`` and a JSON-able ``info`` dict (the study
       adds ``reused`` and ``fingerprint`` to it); ``load(tensors, info)`` rebuilds it.
+    - ``text(model, info, config, progress)`` (optional): the training batch when ``examples``
+      gave none — text made with the loaded model (the tuned lens's ``fit_on=sampled``: its own
+      samples; ``file:PATH``: a file cut into its tokens) — and ``info`` completed. The study
+      calls it before anything is written; its token ids are fingerprinted like examples'.
     """
 
     name: str
@@ -246,6 +250,7 @@ class FitSpec:
     settings: Callable[[Any], Mapping[str, Any]]
     fit: Callable[[StudyContext], Any]
     load: Callable[[dict[str, Any], dict[str, Any]], Any]
+    text: Callable[[Any, dict[str, Any], Any, bool], tuple[Any, dict[str, Any]]] | None = None
 
 
 @dataclass(frozen=True)

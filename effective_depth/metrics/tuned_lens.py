@@ -10,9 +10,11 @@ lens learns, per block input ``l``, one affine *translator* and decodes through 
 
 with the model frozen, ``p = lens(h_L)`` the model's own output, and ``(A_l, b_l)`` starting from
 the identity (``A_l = I``, ``b_l = 0``: the logit lens). The translators are trained on the model's
-own residuals of *training* examples (the task's train split, or a prompts file), never on the
-analysed ones; the curves are then exactly the logit lens's (``KL(tuned(h_l) ‖ p)`` and top-k
-overlap, token-weighted per prompt) with ``lens`` replaced by ``tuned``.
+own residuals of *training* text, never of the analysed prompts: the task's train split (or a
+prompts file), text the model samples itself from neutral starts (``fit_on=sampled``), or a
+plain-text file cut into chunks of its tokens (``fit_on=file:PATH``); the curves are then
+exactly the logit lens's (``KL(tuned(h_l) ‖ p)`` and top-k overlap, token-weighted per prompt)
+with ``lens`` replaced by ``tuned``.
 
 Training streams: each step runs one clean pass on a few training prompts and fits every layer's
 translator on their positions, one layer at a time, so memory stays at one minibatch's residuals
@@ -50,6 +52,7 @@ from .registry import EstimatorSpec, FitSpec, MetricSpec, register_metric
 __all__ = ["TunedLensResult", "Translators", "tuned_lens", "train_tuned_lens", "fit_translators",
            "least_squares_translators", "lens_kl_by_layer", "auto_steps", "heldout_check",
            "unfit_message", "tuned_lens_examples", "lens_fingerprint", "fitted_on",
+           "sample_text", "text_file_batch", "text_sequences", "tuned_lens_text",
            "FIT_VERSION", "TOKENS_PER_STEP", "LEARNING_RATE", "RIDGE", "MAX_FIT_POSITIONS"]
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,20 @@ EVAL_EVERY = 10
 PATIENCE = 2
 #: elements converted and hashed at a time by :func:`lens_fingerprint`
 _HASH_CHUNK = 2**22
+#: ``tuned_lens.fit_on``: the task's train split (or ``tuned_lens.data``), text the model samples
+#: itself, or a plain-text file (``file:PATH``)
+FIT_SOURCES = ("task", "sampled", "file:PATH")
+#: the training text of ``fit_on=sampled`` and ``file:``: sequences of this many tokens (at most
+#: the model's context), as many as give :data:`MAX_FIT_POSITIONS` fit positions once the
+#: validation share is set aside (:func:`text_sequences`)
+TEXT_LENGTH = 128
+#: ``fit_on=sampled``: the neutral starts, in turn ("" is the tokenizer's BOS token alone), and
+#: the sampling temperature
+SAMPLE_STARTS = ("", "The", "In", "Once upon a time", "It is")
+SAMPLE_TEMPERATURE = 1.0
+#: sampled rows generated at a time, every start together (fixed: the same seed gives the same
+#: text at any study batch size)
+SAMPLE_BATCH = 80
 
 
 def _lens_parameters(adapter: Adapter) -> list[tuple[str, Tensor]]:
@@ -621,6 +638,211 @@ def _permuted(n: int, size: int) -> Callable[[torch.Generator], Tensor]:
     return take
 
 
+# ---------------------------------------------------------------------------------- training text
+def text_sequences(length: int) -> int:
+    """How many training sequences of ``length`` tokens ``fit_on=sampled`` and ``file:`` take: as
+    many as give :data:`MAX_FIT_POSITIONS` fit positions once the validation share
+    (:data:`VALIDATION_FRACTION`) is set aside — 80 of 128 tokens, the task fit's 8,192."""
+    total = round(MAX_FIT_POSITIONS / (1 - VALIDATION_FRACTION))
+    return -(-total // max(1, length))
+
+
+def _text_length(adapter: Adapter) -> int:
+    return int(min(TEXT_LENGTH, adapter.cfg.n_ctx))
+
+
+def _rows_batch(tokenizer: Any, rows: Sequence[Sequence[int]], device: Any) -> Batch:
+    """The training batch of token rows of one width (no answers: every position is text)."""
+    from ..models.evaluate import decode_ids
+
+    tokens = torch.tensor([list(r) for r in rows], dtype=torch.long)
+    lengths = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long)
+    str_tokens = [[decode_ids(tokenizer, [i]) for i in row] for row in tokens.tolist()]
+    return Batch(tokens.to(device), lengths, lengths.clone(), str_tokens)
+
+
+def _start_ids(tokenizer: Any, starts: Sequence[str], length: int) -> list[tuple[str, list[int]]]:
+    """The starts the tokenizer reads, with their ids: ``""`` is its BOS token alone (its EOS
+    when it has no BOS, as GPT-2 separates documents; left out when it has neither); a text is
+    read as a prompt is (``encode_example``: the BOS in front when the tokenizer adds one) and
+    left out when its tokens do not stand for it (the zoo's 24-token vocabulary)."""
+    from ..models.evaluate import encode_example
+    from ..models.token_text import check_tokenization
+    from ..tasks.base import Example
+
+    out = []
+    for text in starts:
+        if text == "":
+            bos = getattr(tokenizer, "bos_token_id", None)
+            bos = getattr(tokenizer, "eos_token_id", None) if bos is None else bos
+            ids = [] if bos is None else [int(bos)]
+        elif check_tokenization(tokenizer, text).kind == "lossy":
+            continue
+        else:
+            ids = encode_example(tokenizer, Example(text, ""))[0]
+        if 0 < len(ids) < length:
+            out.append((text, ids))
+    return out
+
+
+def _kv_cache_possible(adapter: Adapter) -> bool:
+    return not adapter.is_bridge and adapter.cfg.positional_embedding_type in ("rotary", "standard")
+
+
+def _sample_rows(adapter: Adapter, starts: Sequence[Sequence[int]], u: Tensor, length: int,
+                 temperature: float, vocab: int, kv_cache: bool) -> Tensor:
+    """Rows that begin with ``starts[r]``, continued to ``length`` tokens by sampling: token ``t``
+    of row ``r`` is the inverse CDF of the model's distribution at ``u[r, t]`` (float64, on CPU).
+    All rows step together from their shortest start: a row whose start is longer reads its own
+    next start token instead of a sample (causal, so exactly as if it had been read first)."""
+    model = adapter.model
+    n_rows, first = len(starts), min(len(s) for s in starts)
+    seq = torch.empty(n_rows, length, dtype=torch.long)
+    seq[:, :first] = torch.tensor([list(s[:first]) for s in starts], dtype=torch.long)
+    forced = [[(r, int(s[t])) for r, s in enumerate(starts) if t < len(s)] for t in range(length)]
+    cache = None
+    if kv_cache:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        cache = TransformerLensKeyValueCache.init_cache(adapter.cfg, adapter.device, n_rows)
+    new = seq[:, :first]
+    with adapter.compute():
+        for t in range(first, length):
+            if cache is not None:  # only the new tokens run through the blocks
+                x = adapter.to_device(new)
+                logits = model(x, return_type="logits", padding_side="right",
+                               past_kv_cache=cache, attention_mask=torch.ones_like(x))
+            elif adapter.is_bridge:
+                logits = model(adapter.to_device(seq[:, :t]), return_type="logits")
+            else:
+                logits = model(adapter.to_device(seq[:, :t]), return_type="logits",
+                               padding_side="right")
+            last = logits[:, -1, :vocab].double().cpu() / temperature
+            cdf = torch.softmax(last, dim=-1).cumsum(-1)
+            draw = (u[:, t] * cdf[:, -1]).unsqueeze(1).contiguous()
+            seq[:, t] = torch.searchsorted(cdf, draw).clamp(max=vocab - 1)[:, 0]
+            for r, token in forced[t]:
+                seq[r, t] = token
+            new = seq[:, t:t + 1]
+    return seq
+
+
+@torch.no_grad()
+def sample_text(
+    model: Any,
+    *,
+    seed: int = 0,
+    sequences: int | None = None,
+    length: int | None = None,
+    starts: Sequence[str] = SAMPLE_STARTS,
+    temperature: float = SAMPLE_TEMPERATURE,
+    kv_cache: bool | None = None,
+    progress: bool = False,
+) -> tuple[Batch, dict[str, Any]]:
+    """Text the model writes itself, to fit the tuned lens on (``fit_on=sampled``).
+
+    ``sequences`` rows (default :func:`text_sequences`) of exactly ``length`` tokens (default
+    ``min(TEXT_LENGTH, n_ctx)``): row ``r`` begins with the ``r mod n``-th of the ``n`` starts the
+    tokenizer reads (:func:`_start_ids`), and every further token is sampled from the model's
+    next-token distribution at ``temperature`` over every id the tokenizer spells (no top-k, no
+    top-p); an EOS is a token like another and the text goes on after it. Deterministic given
+    ``seed``: row ``r``'s token ``t`` is the inverse CDF at ``u[r, t]``, the uniforms drawn at once
+    from one seeded generator, whatever the device (the logits aside). Rows run
+    :data:`SAMPLE_BATCH` at a time, all starts together (a row whose start is longer reads it
+    while the others sample); with the KV cache (a HookedTransformer with rotary or learned
+    positions; ``kv_cache=None``: whenever possible) each step runs only the new token through the
+    blocks, otherwise the whole prefix again. Returns the batch and what it is (``info``).
+    """
+    adapter = get_adapter(model)
+    tokenizer = adapter.model.tokenizer
+    length = _text_length(adapter) if length is None else int(length)
+    sequences = text_sequences(length) if sequences is None else int(sequences)
+    found = _start_ids(tokenizer, starts, length)
+    if not found:
+        raise ConfigError(
+            f"tuned_lens.fit_on=sampled: the tokenizer of {_model_name(adapter)} reads none of "
+            f"the starts {list(starts)} (no BOS or EOS token, no text it spells); fit on a text "
+            "file with tuned_lens.fit_on=file:PATH")
+    use_cache = _kv_cache_possible(adapter) if kv_cache is None else bool(kv_cache)
+    vocab = min(adapter.d_vocab, len(tokenizer))  # ids past the tokenizer's are padding
+    u = torch.rand(sequences, length, generator=torch.Generator().manual_seed(seed),
+                   dtype=torch.float64)
+    tokens = torch.empty(sequences, length, dtype=torch.long)
+    t0 = time.perf_counter()
+    bar = tqdm(total=sequences, desc="tuned lens: sampling text", disable=not progress)
+    for lo in range(0, sequences, SAMPLE_BATCH):
+        rows = range(lo, min(lo + SAMPLE_BATCH, sequences))
+        tokens[lo:rows.stop] = _sample_rows(adapter, [found[r % len(found)][1] for r in rows],
+                                            u[lo:rows.stop], length, temperature, vocab,
+                                            use_cache)
+        bar.update(len(rows))
+    bar.close()
+    from ..models.evaluate import decode_ids
+
+    info = {"fit_on": "sampled", "source": "sampled", "seed": seed, "temperature": temperature,
+            "sequences": sequences, "tokens_per_sequence": length,
+            "positions": sequences * length, "starts": [text for text, _ in found],
+            "start_tokens": [ids for _, ids in found], "kv_cache": use_cache,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "first_sequence": decode_ids(tokenizer, tokens[0].tolist())}
+    return _rows_batch(tokenizer, tokens.tolist(), adapter.device), info
+
+
+def _read_text_file(path: str) -> tuple[bytes, str]:
+    """The bytes of ``fit_on=file:PATH`` and their sha256; a missing or unreadable file is a
+    :class:`ConfigError` naming the path."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"tuned_lens.fit_on=file:{path}: no such file ({p.resolve()})")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"tuned_lens.fit_on=file:{path}: cannot read it ({exc})") from None
+    return raw, hashlib.sha256(raw).hexdigest()
+
+
+def text_file_batch(model: Any, path: str, *, sequences: int | None = None,
+                    length: int | None = None) -> tuple[Batch, dict[str, Any]]:
+    """A plain-text file (UTF-8) cut into training sequences (``fit_on=file:PATH``).
+
+    The text is tokenized whole, without special tokens; its first tokens are cut into
+    ``sequences`` consecutive chunks (default :func:`text_sequences`), each with the special tokens
+    the tokenizer puts in front of any text (its BOS, when it adds one) and ``length`` tokens in
+    all (default ``min(TEXT_LENGTH, n_ctx)``); the rest of the file is not read. A file with fewer
+    tokens is a :class:`ConfigError` saying how many it needs."""
+    from ..models.evaluate import special_prefix
+
+    adapter = get_adapter(model)
+    tokenizer = adapter.model.tokenizer
+    raw, digest = _read_text_file(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"tuned_lens.fit_on=file:{path} is not UTF-8 text ({exc})") from None
+    length = _text_length(adapter) if length is None else int(length)
+    sequences = text_sequences(length) if sequences is None else int(sequences)
+    head = text[:256]
+    prefix = special_prefix(tokenizer, head, tokenizer(head, add_special_tokens=False)["input_ids"])
+    per = length - len(prefix)
+    need = sequences * per
+    # enough characters for `need` tokens of any tokenizer (fewer than 64 characters a token)
+    ids = tokenizer(text[:64 * need], add_special_tokens=False, verbose=False)["input_ids"]
+    if len(ids) < need:
+        per_char = len(ids) / max(1, len(text))
+        raise ConfigError(
+            f"tuned_lens.fit_on=file:{path} holds {len(ids)} tokens of {_model_name(adapter)}'s "
+            f"tokenizer ({len(text)} characters); the fit needs at least {need} ({sequences} "
+            f"chunks of {per} tokens, about {round(need / max(per_char, 1e-9))} characters of "
+            "such text): give a longer file")
+    rows = [prefix + list(ids[i * per:(i + 1) * per]) for i in range(sequences)]
+    info = {"fit_on": "file", "source": "text_file", "path": str(path), "sha256": digest,
+            "bytes": len(raw), "sequences": sequences, "tokens_per_sequence": length,
+            "positions": sequences * length, "file_tokens_used": need}
+    return _rows_batch(tokenizer, rows, adapter.device), info
+
+
 # ---------------------------------------------------------------------------------- study hooks
 @dataclass(frozen=True)
 class TunedLensOptions(MetricOptions):
@@ -634,9 +856,18 @@ class TunedLensOptions(MetricOptions):
     examples: int = field(default=1000, metadata={"help": "training examples drawn"})
     data: str | None = field(default=None, metadata={
         "help": "a prompts file (.txt/.jsonl) to train on; none: the task's train split"})
+    fit_on: str = field(default="task", metadata={
+        "help": "the text the translators are fitted on: task (the task's train split, or "
+                "tuned_lens.data), sampled (text the model samples itself from neutral starts, "
+                "seeded by seed), file:PATH (a plain-text file cut into chunks of its tokens)"})
 
     def validate(self) -> None:
         self.require_positive("examples")
+        kind, _ = self.source
+        if kind != "task" and self.data:
+            raise ConfigError(f"{self.qualified('data')} is a prompts file read with "
+                              f"{self.qualified('fit_on')}=task; with fit_on={self.fit_on} leave "
+                              "it unset")
         if self.steps is not None and self.steps < 0:
             raise ConfigError(f"{self.qualified('steps')} must be >= 0 (0: the closed-form fit "
                               f"alone; unset: as many as the fine-tuning budget allows), got "
@@ -644,36 +875,86 @@ class TunedLensOptions(MetricOptions):
         if self.ridge < 0:
             raise ConfigError(f"{self.qualified('ridge')} must be >= 0, got {self.ridge}")
 
+    @property
+    def source(self) -> tuple[str, str | None]:
+        """``fit_on`` read: ``("task", None)``, ``("sampled", None)`` or ``("file", PATH)``."""
+        if self.fit_on in ("task", "sampled"):
+            return self.fit_on, None
+        if self.fit_on.startswith("file:") and self.fit_on[len("file:"):].strip():
+            return "file", self.fit_on[len("file:"):]
+        raise ConfigError(f"{self.qualified('fit_on')} must be one of {', '.join(FIT_SOURCES)}, "
+                          f"got {self.fit_on!r}")
+
 
 def tuned_lens_examples(task: Any, examples: Sequence[Any], config: Any) -> tuple[list[Any], dict[str, Any]]:
-    """The training examples: the prompts file ``tuned_lens.data`` when given, else the task's
-    ``train`` split (tasks with a train/test ``split`` parameter); anything else is an error that
-    says what to give."""
+    """The training examples of ``fit_on=task``: the prompts file ``tuned_lens.data`` when given,
+    else the task's ``train`` split (tasks with a train/test ``split`` parameter); anything else is
+    an error that says what to give. ``fit_on=sampled`` and ``file:PATH`` give no examples (the
+    text is made once the model is loaded: :func:`tuned_lens_text`), only what it will be; a
+    missing file is an error naming it."""
     from ..tasks import get_task
 
     opts = config.options[TunedLensResult.name]
+    kind, path = opts.source
+    if kind == "sampled":
+        return [], {"fit_on": "sampled", "source": "sampled", "seed": config.seed}
+    if kind == "file":
+        assert path is not None
+        raw, digest = _read_text_file(path)
+        return [], {"fit_on": "file", "source": "text_file", "path": path, "sha256": digest}
     n = opts.examples
     if opts.data:
         source = get_task("prompts", path=opts.data)
         out = source.examples(n)
-        return out, {"source": "file", "path": str(opts.data), "n": len(out)}
+        return out, {"fit_on": "task", "source": "file", "path": str(opts.data), "n": len(out)}
     split = type(task).params.get("split")
     if split is None or not split.choices or "train" not in split.choices:
         raise ConfigError(
             f"the tuned lens trains on held-out examples, and task {task.name!r} has no train "
             "split; give a prompts file of training text with --set tuned_lens.data=FILE "
-            "(.txt or .jsonl), or leave tuned_lens out of --metrics")
+            "(.txt or .jsonl), fit it on text the model samples itself (--set "
+            "tuned_lens.fit_on=sampled) or on a text file (--set tuned_lens.fit_on=file:PATH), "
+            "or leave tuned_lens out of --metrics")
     params = {**task.values, "split": "train"}
     out = type(task)(**params).examples(n)
-    return out, {"source": "task", "task": task.name, "params": params, "n": len(out)}
+    return out, {"fit_on": "task", "source": "task", "task": task.name, "params": params,
+                 "n": len(out)}
+
+
+def tuned_lens_text(model: Any, info: dict[str, Any], config: Any,
+                    progress: bool = False) -> tuple[Batch, dict[str, Any]]:
+    """The training batch of ``fit_on=sampled`` (:func:`sample_text`, seeded by the study's
+    ``seed``) or ``file:PATH`` (:func:`text_file_batch`), made with the loaded model, and ``info``
+    completed with what it is (sequences, tokens, starts, the file's sha256, ...)."""
+    kind, path = config.options[TunedLensResult.name].source
+    if kind == "sampled":
+        batch, more = sample_text(model, seed=config.seed, progress=progress)
+    elif kind == "file":
+        assert path is not None
+        batch, more = text_file_batch(model, path)
+    else:
+        raise ConfigError(f"tuned_lens.fit_on={kind} fits on examples, not on the model's text")
+    return batch, {**info, **more}
 
 
 def _settings(config: Any) -> dict[str, Any]:
+    """What the cached translators depend on besides the model and the training token ids: the
+    fit's settings and its text's source (``fit_on``; a file's sha256, the sampling recipe)."""
     opts = config.options[TunedLensResult.name]
+    kind, path = opts.source
+    source: dict[str, Any] = {"kind": kind}
+    if kind == "file":
+        assert path is not None
+        source["sha256"] = _read_text_file(path)[1]
+    if kind != "task":
+        source["length"] = TEXT_LENGTH
+    if kind == "sampled":
+        source.update(starts=list(SAMPLE_STARTS), temperature=SAMPLE_TEMPERATURE)
     return {"version": FIT_VERSION, "steps": opts.steps, "ridge": opts.ridge,
             "lr": LEARNING_RATE, "tokens_per_step": TOKENS_PER_STEP,
             "max_positions": MAX_FIT_POSITIONS, "seed": config.seed,
-            "skip_front": config.skip_front, "include_front": config.include_front}
+            "skip_front": config.skip_front, "include_front": config.include_front,
+            "fit_on": source}
 
 
 def _fit(ctx: Any) -> Translators:
@@ -761,13 +1042,24 @@ def _cost(w: Workload) -> MeasurementCost:
     equivalents (``2 (d+1)²`` multiply-adds per position and layer, float64 at half speed); the
     validation KLs (``L+1`` lens rows per validation position and evaluation); the fine-tuning
     steps, ``TOKENS_PER_STEP`` positions at every block input, forward and backward (three lens
-    rows each). Measuring: the logit lens's work, twice when the logit lens is not also measured
-    (the held-out check needs its curve)."""
+    rows each). ``fit_on=sampled`` and ``file:``: :func:`text_sequences` sequences of
+    :data:`TEXT_LENGTH` tokens; ``sampled`` also generates them, one token a row and step through
+    the KV cache and one lens row each (also when the fit is reused: the text is fingerprinted).
+    Measuring: the logit lens's work, twice when the logit lens is not also measured (the held-out
+    check needs its curve)."""
     s, L, cfg, opts = w.shape, w.L, w.config, w.options(TunedLensResult.name)
-    mean_t = max(1.0, sum(w.lengths) / max(1, len(w.lengths)))
-    n_val = 0 if opts.examples < 2 else max(1, round(opts.examples
-                                                               * VALIDATION_FRACTION))
-    fit_tokens = min(int((opts.examples - n_val) * mean_t), MAX_FIT_POSITIONS)
+    kind, _ = opts.source
+    gen_tokens = gen_calls = 0
+    if kind == "task":
+        mean_t = max(1.0, sum(w.lengths) / max(1, len(w.lengths)))
+        n_train = opts.examples
+    else:  # sequences of TEXT_LENGTH tokens (fewer on a model of a shorter context)
+        mean_t, n_train = float(TEXT_LENGTH), text_sequences(TEXT_LENGTH)
+        if kind == "sampled":  # one token a row and step, through the KV cache
+            gen_tokens = n_train * TEXT_LENGTH
+            gen_calls = TEXT_LENGTH * -(-n_train // SAMPLE_BATCH)
+    n_val = 0 if n_train < 2 else max(1, round(n_train * VALIDATION_FRACTION))
+    fit_tokens = min(int((n_train - n_val) * mean_t), MAX_FIT_POSITIONS)
     val_tokens = min(int(n_val * mean_t), 4 * VALIDATION_POSITIONS) or fit_tokens
     val_pos = min(val_tokens, VALIDATION_POSITIONS)
     per_step = min(TOKENS_PER_STEP, fit_tokens)
@@ -781,14 +1073,18 @@ def _cost(w: Workload) -> MeasurementCost:
     fit_prompts = -(-fit_tokens // int(mean_t)) + -(-val_tokens // int(mean_t))
     return MeasurementCost(
         "tuned_lens",
-        block_tokens=times * w.clean(w.every) + L * (fit_tokens + val_tokens),
-        block_calls=times * w.clean_calls(w.every) + L * -(-fit_prompts // cfg.batch_size),
+        block_tokens=times * w.clean(w.every) + L * (fit_tokens + val_tokens + gen_tokens),
+        block_calls=times * w.clean_calls(w.every) + L * -(-fit_prompts // cfg.batch_size)
+        + L * gen_calls,
         lens_rows=times * measure + moments + evaluations * (L + 1) * val_pos
-        + 3 * steps * per_step * (L + 1),
+        + 3 * steps * per_step * (L + 1) + gen_tokens,
         lens_stat_rows=times * measure + evaluations * (L + 1) * val_pos,
-        note=f"training: {fit_tokens} fit positions, {steps} fine-tuning steps (counted with "
-             "training prompts as long as the analysed ones); nothing when the run directory "
-             "holds a matching fitted lens")
+        note=f"training: {fit_tokens} fit positions, {steps} fine-tuning steps ("
+             + ("counted with training prompts as long as the analysed ones" if kind == "task"
+                else f"fit_on={kind}: {n_train} sequences of {TEXT_LENGTH} tokens"
+                + (", sampled first" if kind == "sampled" else ""))
+             + "); nothing when the run directory holds a matching fitted lens"
+             + (" but the sampling" if kind == "sampled" else ""))
 
 
 register_metric(MetricSpec(
@@ -799,7 +1095,7 @@ register_metric(MetricSpec(
     description="the tuned lens: the logit lens through affine translators trained to match the output",
     run=_run,
     fit=FitSpec("tuned_lens", examples=tuned_lens_examples, settings=_settings, fit=_fit,
-                load=Translators.from_tensors),
+                load=Translators.from_tensors, text=tuned_lens_text),
     estimators=(
         EstimatorSpec("ed_tuned_kl", TunedLensResult.name, _toolkit_rule("ed_kl", "kl_of"), 0.5,
                       "the first block input whose tuned-lens KL falls below tau x its maximum",

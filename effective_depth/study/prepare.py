@@ -128,7 +128,7 @@ def _fit_examples(task: Any, examples: Sequence[Any], config: Any, specs: list[A
             prep.skipped[spec.name] = f"no training data: {exc}"
             prep.warn("no_train_data", f"skipped {spec.name}: {exc}")
             continue
-        if not train:
+        if not train and spec.fit.text is None:
             raise ConfigError(f"{spec.name}: the training data ({dict(info)}) holds no examples")
         shared = {ex.text for ex in examples} & {ex.text for ex in train}
         if shared:
