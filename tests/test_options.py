@@ -36,7 +36,8 @@ FLAT_FIELDS = ("model", "task", "task_params", "metrics", "n_examples", "seed", 
 def flat_dict(config: StudyConfig) -> dict:
     """``config`` as the earlier version wrote it in config.json: every option at the top."""
     d = config.to_dict()
-    d.pop("precision")  # an option added after the flat format
+    d.pop("precision")  # options added after the flat format
+    d.pop("positions")
     options = d.pop("options")
     for name, ((measurement, option), *_) in FLAT_OPTIONS.items():
         d[name] = options[measurement][option]

@@ -509,17 +509,49 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
                       after_metric: Callable[[str], None] | None, steps: StudySteps, task: Any,
                       task_name: str, examples: Sequence[Any], warnings: list[dict[str, Any]],
                       prep: Any) -> StudyResult:
-    """The body of :func:`run_study` once the config, task and examples are known."""
-    from ..analysis.depth import reliability_warnings
-    from ..analysis.estimation import estimate_all, per_prompt_estimates, score_estimates
-    from ..engine.batch import bos_read, encode_batch
-    from ..metrics.registry import StudyContext, metric_names
-    from ..models.chat import chat_format
-    from ..models.loading import load_model
-    from ..models.params import parameter_counts
-    from .prepare import draw_inputs
+    """The body of :func:`run_study` once the config, task and examples are known: load the
+    model, encode what the measurements read, then (locked) start the run directory, measure,
+    estimate."""
+    model = _load(config, steps)
+    inputs = _encode_inputs(model, config, examples, prep, warnings, steps.enabled)
+    rd = RunDir(out_path)
+    # one clean pass per prompt chunk, read by every measurement (engine.clean_cache)
+    clean_budget = default_memory_budget(inputs.device) // 4
+    with run_lock(out_path), shared_clean_passes(model, clean_budget) as passes:
+        results = _start_run(rd, config, force, warnings, model, task, task_name, examples,
+                             prep, inputs)
+        done, computed, reused = _measure_all(rd, results, model, config, prep.specs, inputs,
+                                              steps, after_metric)
+        log.info("clean passes: %s", passes.summary())
+        steps.step("estimates", f" ({config.n_boot} bootstrap resamples)")
+        _estimate(results, done, prep.specs, config, model, warnings)
+        record = rd.write_results(results)
+        if dashboard:
+            _write_dashboard(rd.path)
+        steps.finish()
+    return StudyResult(rd.path, results, computed, reused, record)
 
-    progress = steps.enabled
+
+@dataclass
+class _StudyInputs:
+    """What the measurements read, encoded for the loaded model, and its fingerprint."""
+
+    device: Any
+    chat: Any
+    batch: Any
+    #: measurement -> (encoded reference prompts, the examples, what they are)
+    references: dict[str, tuple[Any, list[Any], dict[str, Any]]]
+    #: measurement -> (encoded training text, what it is, its token-id fingerprint)
+    train: dict[str, tuple[Any, dict[str, Any], str]]
+    #: per-example inputs drawn up front (cut positions), as inputs.json records them
+    drawn: dict[str, list[Any]]
+    fingerprint: dict[str, Any]
+
+
+def _load(config: StudyConfig, steps: StudySteps) -> Any:
+    """The study's model, under its compute policy; it must have a tokenizer."""
+    from ..models.loading import load_model
+
     steps.announce(f"loading {config.model}")
     start = time.perf_counter()
     model = load_model(config.model, device=config.device, dtype=config.dtype,
@@ -528,43 +560,50 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
     log.info("loaded %s in %.1f s", config.model, time.perf_counter() - start)
     if model.tokenizer is None:
         raise ConfigError(f"model {config.model!r} has no tokenizer; studies need one")
+    return model
+
+
+def _encode_inputs(model: Any, config: StudyConfig, examples: Sequence[Any], prep: Any,
+                   warnings: list[dict[str, Any]], progress: bool) -> _StudyInputs:
+    """The analysed examples, the reference prompts and the training text, encoded and checked
+    against the model's context; the cut positions drawn; the fingerprint of all of it (the
+    model's files, the compute policy, every token id)."""
+    from ..engine.batch import encode_batch
+    from ..models.chat import chat_format
+    from .prepare import draw_inputs
+
     device = next(model.parameters()).device
     chat = chat_format(config.chat_template, config.system_prompt)
-    batch = encode_batch(model.tokenizer, examples, device=device,
-                         allow_lossy=config.allow_lossy_tokenization, chat=chat)
+
+    def encode(items: Sequence[Any], what: str) -> Any:
+        encoded = encode_batch(model.tokenizer, items, device=device,
+                               allow_lossy=config.allow_lossy_tokenization, chat=chat)
+        _check_context(model, encoded, config, what=what)
+        return encoded
+
+    batch = encode(examples, "example")
     for w in batch.warnings:
         log.warning(w["message"])
         warnings.append(w)
-    _check_context(model, batch, config)
     query_starts(batch, config.positions)  # positions="query" on prompts that do not mark it
-    specs, skipped = prep.specs, tuple(prep.skipped)
-    # the reference prompts the measurements drew (erasure's), encoded
-    references: dict[str, tuple[Any, list[Any], dict[str, Any]]] = {}
-    reference_ids: list[list[int]] = []
-    for name, (ref_examples, ref_info) in prep.reference.items():
-        encoded = encode_batch(model.tokenizer, ref_examples, device=device,
-                               allow_lossy=config.allow_lossy_tokenization, chat=chat)
-        _check_context(model, encoded, config, what="reference example")
-        references[name] = (encoded, ref_examples, ref_info)
-        reference_ids += [encoded.token_ids(b) for b in range(encoded.size)]
+    # the reference prompts the measurements drew (erasure's)
+    references = {name: (encode(ref, "reference example"), ref, info)
+                  for name, (ref, info) in prep.reference.items()}
+    reference_ids = [r[0].token_ids(b) for r in references.values() for b in range(r[0].size)]
     # what the fitted measurements train on (the tuned lens): encoded and fingerprinted
     train: dict[str, tuple[Any, dict[str, Any], str]] = {}
     for name, (train_list, info) in prep.train.items():
-        make_text = next(s.fit.text for s in specs if s.name == name)
+        make_text = next(s.fit.text for s in prep.specs if s.name == name)
         if train_list or make_text is None:
-            encoded = encode_batch(model.tokenizer, train_list, device=device,
-                                   allow_lossy=config.allow_lossy_tokenization, chat=chat)
+            encoded = encode(train_list, f"{name} training example")
         else:  # text made with the model: its own samples, or a text file cut into its tokens
             encoded, info = make_text(model, info, config, progress)
-        _check_context(model, encoded, config, what=f"{name} training example")
+            _check_context(model, encoded, config, what=f"{name} training example")
         for w in encoded.warnings[:3]:
             log.warning(w["message"])
             warnings.append(w)
         ids = [encoded.token_ids(b) for b in range(encoded.size)]
         train[name] = (encoded, info, inputs_fingerprint(ids, encoded.answer_start.tolist()))
-    # per-example inputs the measurements draw up front (cut positions): recorded in inputs.json
-    drawn = draw_inputs(specs, batch, config)
-    L = int(model.cfg.n_layers)
     fingerprint = {
         "model": model_fingerprint(getattr(model, "effective_depth_source", {})),
         # the policy auto resolved to on this device: another policy is another computation
@@ -576,108 +615,141 @@ def _run_measurements(config: StudyConfig, out_path: Path, force: bool, dashboar
                                          **({"train": {n: t[2] for n, t in train.items()}}
                                             if train else {})}),
     }
+    return _StudyInputs(device, chat, batch, references, train,
+                        draw_inputs(prep.specs, batch, config), fingerprint)
 
-    rd = RunDir(out_path)
-    # one clean pass per prompt chunk, read by every measurement (engine.clean_cache)
-    clean_budget = default_memory_budget(device) // 4
-    with run_lock(out_path), shared_clean_passes(model, clean_budget) as passes:
-        tokens_info = {"bos_token": getattr(model.tokenizer, "bos_token", None),
-                       "bos_read": bos_read(model.tokenizer, batch),
-                       "chat_template": chat is not None}
-        results = _prepare_dir(rd, config, fingerprint, force, warnings, tokens_info)
-        rd.write_json(INPUTS, {
-            "examples": [{**ex.to_dict(), "tokens": batch.token_ids(b),
-                          "str_tokens": batch.str_tokens[b],
-                          **({"answer_start": int(batch.answer_start[b])} if ex.answer else {}),
-                          **({"query_start": int(batch.query_start[b])}
-                             if batch.query_start is not None else {}),
-                          **{key: values[b] for key, values in drawn.items()}}
-                         for b, ex in enumerate(examples)],
-            # one measurement draws reference prompts today (erasure); inputs.json keeps its form
-            "reference": next(({**info, "examples": [ex.to_dict() for ex in ref]}
-                               for _, ref, info in references.values()), None),
-        })
-        results.update({
-            "format": FORMAT_VERSION,
-            "model": {"name": config.model, "n_layers": L, "d_model": int(model.cfg.d_model),
-                      "d_vocab": int(model.cfg.d_vocab), "n_ctx": int(model.cfg.n_ctx),
-                      "architecture": getattr(model.cfg, "original_architecture", None),
-                      **_param_fields(parameter_counts(model)),
-                      "source": getattr(model, "effective_depth_source", {})},
-            "task": {"name": task_name, "params": task.values,
-                     **_task_difficulty(task, examples), "n_examples": len(examples)},
-            "settings": {"rules": config.rules, "skipped_metrics": list(skipped)},
-        })
-        results.setdefault("metrics", {})
-        results.setdefault("timing", {})
-        results.setdefault("resources", {})
-        done: dict[str, Any] = {}
-        stored = rd.load_tensors()
-        reused, computed = [], []
-        order = metric_names()
-        for spec in specs:
-            name = spec.name
-            if name in results["completed"]:
-                steps.step(name, " (reused)")
-                prefix = f"metrics.{name}."
-                tensors = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
-                done[name] = metric_from_store(name, tensors, results["metrics"][name])
-                reused.append(name)
-                steps.finish()
-                continue
-            steps.step(name)
-            encoded_ref, _, ref_info = references.get(name, (None, None, None))
-            ctx = StudyContext(model, batch, config, drawn, encoded_ref, ref_info, dict(done),
-                               progress, options=spec.options_of(config))
-            with ResourceMeter(device) as meter:  # a fit counts as part of its measurement
-                if spec.fit is not None:
-                    encoded, info, data_fp = train[name]
-                    ctx = dataclasses.replace(ctx, train=encoded, train_info=info)
-                    want = {"model": fingerprint["model"], "data": data_fp,
-                            "settings": dict(spec.fit.settings(config))}
-                    ctx = dataclasses.replace(ctx, fitted=load_or_fit(rd.path, spec.fit, ctx, want))
-                result = spec.run(ctx)
-            assert meter.use is not None
-            elapsed = meter.use.seconds
-            for w in result.meta.get("warnings", []):  # a measurement's own warnings
-                log.warning(w["message"])
-            rd.update_tensors(f"metrics.{name}", result.tensors())
-            results["metrics"][name] = result.entry()
-            results["timing"][name] = round(elapsed, 3)
-            results["resources"][name] = meter.use.to_dict()
-            results["completed"] = [m for m in order if m in results["completed"] or m == name]
-            rd.write_results(results)
-            done[name] = result
-            computed.append(name)
+
+def _start_run(rd: RunDir, config: StudyConfig, force: bool, warnings: list[dict[str, Any]],
+               model: Any, task: Any, task_name: str, examples: Sequence[Any], prep: Any,
+               inputs: _StudyInputs) -> dict[str, Any]:
+    """The run directory made ready (a run of another config or other inputs refused or, with
+    ``force``, replaced; a finished one's results kept for reuse), ``inputs.json`` written, and
+    the results' header: model, task, settings."""
+    from ..engine.batch import bos_read
+    from ..models.params import parameter_counts
+
+    batch = inputs.batch
+    tokens_info = {"bos_token": getattr(model.tokenizer, "bos_token", None),
+                   "bos_read": bos_read(model.tokenizer, batch),
+                   "chat_template": inputs.chat is not None}
+    results = _prepare_dir(rd, config, inputs.fingerprint, force, warnings, tokens_info)
+    rd.write_json(INPUTS, {
+        "examples": [{**ex.to_dict(), "tokens": batch.token_ids(b),
+                      "str_tokens": batch.str_tokens[b],
+                      **({"answer_start": int(batch.answer_start[b])} if ex.answer else {}),
+                      **({"query_start": int(batch.query_start[b])}
+                         if batch.query_start is not None else {}),
+                      **{key: values[b] for key, values in inputs.drawn.items()}}
+                     for b, ex in enumerate(examples)],
+        # one measurement draws reference prompts today (erasure); inputs.json keeps its form
+        "reference": next(({**info, "examples": [ex.to_dict() for ex in ref]}
+                           for _, ref, info in inputs.references.values()), None),
+    })
+    results.update({
+        "format": FORMAT_VERSION,
+        "model": {"name": config.model, "n_layers": int(model.cfg.n_layers),
+                  "d_model": int(model.cfg.d_model),
+                  "d_vocab": int(model.cfg.d_vocab), "n_ctx": int(model.cfg.n_ctx),
+                  "architecture": getattr(model.cfg, "original_architecture", None),
+                  **_param_fields(parameter_counts(model)),
+                  "source": getattr(model, "effective_depth_source", {})},
+        "task": {"name": task_name, "params": task.values,
+                 **_task_difficulty(task, examples), "n_examples": len(examples)},
+        "settings": {"rules": config.rules, "skipped_metrics": list(prep.skipped)},
+    })
+    for key in ("metrics", "timing", "resources"):
+        results.setdefault(key, {})
+    return results
+
+
+def _measure_all(rd: RunDir, results: dict[str, Any], model: Any, config: StudyConfig,
+                 specs: Sequence[Any], inputs: _StudyInputs, steps: StudySteps,
+                 after_metric: Callable[[str], None] | None
+                 ) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Every measurement in registry order: a finished one read back from the run directory, the
+    others computed and saved one by one (results.json after each, so an interruption loses at
+    most the measurement in progress). The results by name, and which were computed / reused."""
+    from ..metrics.registry import metric_names
+
+    done: dict[str, Any] = {}
+    stored = rd.load_tensors()
+    reused, computed = [], []
+    order = metric_names()
+    for spec in specs:
+        name = spec.name
+        if name in results["completed"]:
+            steps.step(name, " (reused)")
+            prefix = f"metrics.{name}."
+            tensors = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
+            done[name] = metric_from_store(name, tensors, results["metrics"][name])
+            reused.append(name)
             steps.finish()
-            if after_metric is not None:
-                after_metric(name)
-        log.info("clean passes: %s", passes.summary())
-        steps.step("estimates", f" ({config.n_boot} bootstrap resamples)")
-        estimates = estimate_all(done, thresholds=config.thresholds, n_boot=config.n_boot,
-                                 seed=config.seed, level=config.ci_level, rules=config.rules)
-        warnings += reliability_warnings(done, estimates, thresholds=config.thresholds,
-                                         n_boot=config.n_boot, d_vocab=int(model.cfg.d_vocab))
-        results["depth"] = {k: v.to_dict() for k, v in estimates.items()}
-        results["depth"].update(score_estimates(done, n_boot=config.n_boot, seed=config.seed,
-                                                level=config.ci_level))
-        results["per_prompt"] = {k: v.to_dict() for k, v in per_prompt_estimates(
-            done, thresholds=config.thresholds, rules=config.rules).items()}
-        for spec in specs:
-            if spec.summaries is not None and spec.name in done:
-                for key, value in spec.summaries(done[spec.name], config).items():
-                    if isinstance(value, dict) and isinstance(results.get(key), dict):
-                        results[key].update(value)
-                    else:
-                        results[key] = value
-        warnings += [w for r in done.values() for w in getattr(r, "meta", {}).get("warnings", [])]
-        results["warnings"] = _dedupe(warnings)
-        results["status"] = "complete"
-        record = rd.write_results(results)
-        if dashboard:
-            _write_dashboard(rd.path)
+            continue
+        steps.step(name)
+        result, use = _measure_one(rd, spec, model, config, inputs, dict(done), steps.enabled)
+        rd.update_tensors(f"metrics.{name}", result.tensors())
+        results["metrics"][name] = result.entry()
+        results["timing"][name] = round(use.seconds, 3)
+        results["resources"][name] = use.to_dict()
+        results["completed"] = [m for m in order if m in results["completed"] or m == name]
+        rd.write_results(results)
+        done[name] = result
+        computed.append(name)
         steps.finish()
-    return StudyResult(rd.path, results, computed, reused, record)
+        if after_metric is not None:
+            after_metric(name)
+    return done, computed, reused
+
+
+def _measure_one(rd: RunDir, spec: Any, model: Any, config: StudyConfig, inputs: _StudyInputs,
+                 done: dict[str, Any], progress: bool) -> tuple[Any, Any]:
+    """One measurement (its fit first, read from the fitted cache or trained: ``store.fitted``)
+    and the time and memory it took, fit included."""
+    from ..metrics.registry import StudyContext
+
+    encoded_ref, _, ref_info = inputs.references.get(spec.name, (None, None, None))
+    ctx = StudyContext(model, inputs.batch, config, inputs.drawn, encoded_ref, ref_info, done,
+                       progress, options=spec.options_of(config))
+    with ResourceMeter(inputs.device) as meter:  # a fit counts as part of its measurement
+        if spec.fit is not None:
+            encoded, info, data_fp = inputs.train[spec.name]
+            ctx = dataclasses.replace(ctx, train=encoded, train_info=info)
+            want = {"model": inputs.fingerprint["model"], "data": data_fp,
+                    "settings": dict(spec.fit.settings(config))}
+            ctx = dataclasses.replace(ctx, fitted=load_or_fit(rd.path, spec.fit, ctx, want))
+        result = spec.run(ctx)
+    assert meter.use is not None
+    for w in result.meta.get("warnings", []):  # a measurement's own warnings
+        log.warning(w["message"])
+    return result, meter.use
+
+
+def _estimate(results: dict[str, Any], done: dict[str, Any], specs: Sequence[Any],
+              config: StudyConfig, model: Any, warnings: list[dict[str, Any]]) -> None:
+    """The estimates with their bootstrap CIs, the scores, the per-prompt depths, each
+    measurement's summaries and every warning, into ``results``; the run marked complete."""
+    from ..analysis.depth import reliability_warnings
+    from ..analysis.estimation import estimate_all, per_prompt_estimates, score_estimates
+
+    estimates = estimate_all(done, thresholds=config.thresholds, n_boot=config.n_boot,
+                             seed=config.seed, level=config.ci_level, rules=config.rules)
+    warnings += reliability_warnings(done, estimates, thresholds=config.thresholds,
+                                     n_boot=config.n_boot, d_vocab=int(model.cfg.d_vocab))
+    results["depth"] = {k: v.to_dict() for k, v in estimates.items()}
+    results["depth"].update(score_estimates(done, n_boot=config.n_boot, seed=config.seed,
+                                            level=config.ci_level))
+    results["per_prompt"] = {k: v.to_dict() for k, v in per_prompt_estimates(
+        done, thresholds=config.thresholds, rules=config.rules).items()}
+    for spec in specs:
+        if spec.summaries is not None and spec.name in done:
+            for key, value in spec.summaries(done[spec.name], config).items():
+                if isinstance(value, dict) and isinstance(results.get(key), dict):
+                    results[key].update(value)
+                else:
+                    results[key] = value
+    warnings += [w for r in done.values() for w in getattr(r, "meta", {}).get("warnings", [])]
+    results["warnings"] = _dedupe(warnings)
+    results["status"] = "complete"
 
 
 class StudySteps:
