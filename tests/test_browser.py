@@ -225,7 +225,7 @@ def test_figures_are_readable_in_chromium(browser, dashboard):
     # the comparison's lines: every legend entry visible
     for div in _figure_ids(page, "#comparison"):
         legend = page.eval_on_selector(f"#{div}", f"r => ({_BOXES})(r, '.legend .traces text')")
-        assert legend and _overlaps(legend) == []
+        assert legend and _overlaps(legend) == [], div
     page.close()
 
 

@@ -233,10 +233,21 @@ def correctness_figure(comparison: Mapping[str, Any]) -> go.Figure:
 
 
 def _drawable(comparison: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The correctness rows with something to draw: a part's estimate or a prompt's depth."""
-    return [r for r in comparison.get("difficulty_by_correctness", [])
-            if any(v is not None for vs in r.get("prompt_ratios") or [] for v in vs)
-            or any(x is not None for x in r.get("ratios") or [])]
+    """The correctness rows with something to draw: at a level where the part has enough
+    prompts (``min_prompts``), a part's estimate or a prompt's depth."""
+    def drawn(r: Mapping[str, Any]) -> bool:
+        least = int(r.get("min_prompts") or 1)
+        values = r.get("prompt_ratios") or []
+        ratios = r.get("ratios") or []
+        for i, n in enumerate(r.get("n_subset") or []):
+            if n is None or n < least:
+                continue
+            if (i < len(ratios) and ratios[i] is not None) or any(
+                    v is not None for v in (values[i] if i < len(values) else [])):
+                return True
+        return False
+
+    return [r for r in comparison.get("difficulty_by_correctness", []) if drawn(r)]
 
 
 def _level_text(row: Mapping[str, Any], i: int, level: Any, counts: Mapping[Any, Sequence[Any]],
