@@ -205,27 +205,33 @@ def test_incomplete_and_stub_runs_are_skipped_with_a_note(tmp_path):
 def test_compare_rows_carry_their_run_directory(tmp_path, monkeypatch):
     from effective_depth.store.compare import compare_runs
 
-    a = _run(tmp_path / "a", metrics=("logit_lens",)).path
-    b = _run(tmp_path / "b", metrics=("logit_lens",), seed=1).path
+    a = _run(tmp_path / "a").path
+    b = _run(tmp_path / "b", seed=1).path
     comparison = compare_runs([a, b], n_boot=10)
+    assert any(r.get("ratio") is not None for r in comparison["scale"])
     assert {r["run"] for r in comparison["scale"]} == {str(a), str(b)}
     monkeypatch.chdir(tmp_path)  # short run directories: the printed cells are not cut
     result = CliRunner().invoke(main, ["compare", "a", "b", "--n-boot", "10"])
     assert result.exit_code == 0, result.output
-    # one model in both runs: the printed scale table's first column is the run directory,
-    # and every row of it names the run its estimate comes from
+    # one model in both runs: the printed scale table has a column per run, headed by the run
+    # directory its estimates come from, and one row per estimator
     lines = result.output.splitlines()
-    start = next(i for i, line in enumerate(lines) if "Scale: effective depth per model" in line)
+    start = next(i for i, line in enumerate(lines) if "Scale: effective-depth ratio" in line)
     end = next(i for i in range(start, len(lines)) if lines[i].startswith("└"))
-    header = next(line for line in lines[start:end] if line.startswith("┃"))
-    columns = [c.strip() for c in header.split("┃")[1:-1]]
-    assert columns[:3] == ["run", "model", "n_layers"]
-    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in lines[start:end]
-             if line.startswith("│")]
-    rows = [row for row in cells if row[0]]  # a long reason wraps onto lines of its own
-    printed = sorted((row[0], row[columns.index("estimator")]) for row in rows)
-    assert printed == sorted((Path(r["run"]).name, r["estimator"]) for r in comparison["scale"])
-    assert {p for p, _ in printed} == {"a", "b"}
+    header = [[c.strip() for c in line.split("┃")[1:-1]] for line in lines[start:end]
+              if line.startswith("┃")]
+    runs = [" ".join(h[k] for h in header) for k in range(1, len(header[0]))]
+    assert [r.split()[-1] for r in runs] == ["a", "b"]
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in lines[start:end]
+            if line.startswith("│")]
+    estimators = [row[0] for row in rows]
+    assert sorted(estimators) == sorted({r["estimator"] for r in comparison["scale"]})
+    # each cell is its run's entry: a reason footnote where the scale row has no ratio
+    by_run = {(Path(r["run"]).name, r["estimator"]): r for r in comparison["scale"]}
+    for row in rows:
+        for name, cell in zip(("a", "b"), row[1:]):
+            entry = by_run[(name, row[0])]
+            assert cell.startswith("—") == (entry.get("ratio") is None), (name, row[0], cell)
 
 
 def test_a_failed_load_leaves_no_run_directory(tmp_path, monkeypatch):
