@@ -83,6 +83,10 @@ class Clean:
         return self.resid[layer + 1] - self.resid[layer]
 
 
+#: TransformerLens config switches that add hook points inside a block (fused_reason's input)
+_HOOK_FLAGS = ("use_hook_mlp_in", "use_hook_tokens")
+
+
 class Adapter:
     """Wraps a ``HookedTransformer`` or ``TransformerBridge`` (see the module docstring)."""
 
@@ -111,7 +115,7 @@ class Adapter:
         cached = getattr(self.model, "_effective_depth_fused_reason", False)
         if cached is not False:
             return cached
-        reason = fused_reason(self.model)
+        reason = fused_reason(self.model, _HOOK_FLAGS)
         if reason is not None:
             log.warning("%s: blocks run TransformerLens's own forward (slower; %s), under "
                         "precision %s", getattr(self.cfg, "model_name", "model"), reason,

@@ -50,15 +50,16 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
 }
 
-_OFF_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in",
+_OFF_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_attn_in",
               "parallel_attn_mlp", "attn_only", "use_logn_attn", "use_dynamic_ntk_rope",
               "use_attention_sinks", "load_in_4bit", "rotary_adjacent_pairs",
-              "ungroup_grouped_query_attention", "scale_attn_by_inverse_layer_idx",
-              "use_hook_tokens")
+              "ungroup_grouped_query_attention", "scale_attn_by_inverse_layer_idx")
 
 
-def fused_reason(model: Any) -> str | None:
-    """Why ``model``'s blocks cannot run fused (None: they can)."""
+def fused_reason(model: Any, hook_flags: tuple[str, ...] = ()) -> str | None:
+    """Why ``model``'s blocks cannot run fused (None: they can). ``hook_flags``: the config
+    switches that add hook points the fused forward does not call (the adapter, which owns hook
+    names, gives them)."""
     cfg = model.cfg
     if not hasattr(model, "blocks") or not hasattr(model, "input_to_embed"):
         return "not a HookedTransformer"
@@ -70,7 +71,7 @@ def fused_reason(model: Any) -> str | None:
         return f"positional_embedding_type {cfg.positional_embedding_type!r}"
     if cfg.act_fn not in _ACTIVATIONS:
         return f"activation {cfg.act_fn!r}"
-    for flag in _OFF_FLAGS:
+    for flag in (*_OFF_FLAGS, *hook_flags):
         if getattr(cfg, flag, False):
             return f"cfg.{flag}"
     if (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) > 0:
