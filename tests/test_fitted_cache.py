@@ -19,6 +19,15 @@ def _study(tmp_path, out, **kw):
     return run_study(StudyConfig.from_dict(base), tmp_path / out, progress=False, dashboard=False)
 
 
+def _plan(**kw):
+    from effective_depth.study.planner import plan_study
+
+    base = {"model": "zoo/add-2l", "metrics": ("logit_lens", "tuned_lens"), "n_examples": 6,
+            "n_boot": 20, "tuned_lens.steps": 15, "tuned_lens.examples": 64, **kw}
+    plan = plan_study(StudyConfig.from_dict(base), calibration=False)
+    return next(m for m in plan.measurements if m.name == "tuned_lens")
+
+
 def _lens(res):
     return res.results["metrics"]["tuned_lens"]["meta"]["lens"]
 
@@ -40,6 +49,10 @@ def test_another_run_reads_the_fit_and_another_fingerprint_trains(monkeypatch, t
     assert _lens(first)["reused"] is False
     shared = sorted(p.name for p in (tmp_path / "fits").iterdir())
     assert len(shared) == 2 and shared[0].startswith("tuned_lens-")
+    # the planner finds the stored fit and prices the tuned lens without its training
+    planned = _plan(n_examples=4)
+    assert planned.note.startswith("no training") and planned.lens_rows < _plan(
+        **{"tuned_lens.steps": 10}).lens_rows / 10
     # another run directory, other analysed prompts (positions=query reads the same fit)
     second = _study(tmp_path, "b", n_examples=4)
     assert _lens(second)["reused"] is True

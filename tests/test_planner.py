@@ -188,3 +188,39 @@ def test_a_calibration_on_a_busy_cpu_says_its_projection_is_too_long():
     assert busy_note({"load_average": 2.9, "cpus": 2.0}, "cpu") == ""
     assert busy_note({"load_average": 40.0, "cpus": 2.0}, "cuda:0") == ""
     assert busy_note({}, "cpu") == ""
+
+
+@pytest.mark.slow
+def test_a_calibration_held_up_by_a_stalled_thread_keeps_the_single_thread_rate(monkeypatch):
+    """A multi-thread timing that waits for descheduled threads (simulated: a clean pass on
+    more than one thread sleeps 10 ms per row, ~100x its work) does not become the projection:
+    the single-thread timing bounds it."""
+    import time
+
+    import torch
+
+    from effective_depth.engine.adapter import get_adapter
+    from effective_depth.study.planner import calibrate
+
+    model = ed.load_model("zoo/add-2l", device="cpu")
+    tokens = encode_batch(model.tokenizer, ed.get_task("addition", digits=2).examples(1)).tokens
+    adapter = type(get_adapter(model))
+    clean = adapter.clean
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        quiet = calibrate(model, tokens)["s_per_block_token"]
+
+        def stalled(self, tokens, *args, **kw):
+            if torch.get_num_threads() > 1:
+                time.sleep(0.01 * tokens.shape[0])
+            return clean(self, tokens, *args, **kw)
+
+        monkeypatch.setattr(adapter, "clean", stalled)
+        torch.set_num_threads(2)
+        busy = calibrate(model, tokens, repeats=3)
+    finally:
+        torch.set_num_threads(threads)
+    stall_rate = 0.01 / (model.cfg.n_layers * tokens.shape[1])  # what the stall alone gives
+    assert busy["torch_threads"] == 2 and stall_rate > 10 * quiet
+    assert busy["s_per_block_token"] < 3 * quiet

@@ -90,6 +90,8 @@ class Workload:
     config: Any
     #: the sweep's activation budget in bytes (the engine's default on CPU: 1 GiB)
     budget: int = 1 << 30
+    #: measurements whose fit is stored for this model, data and settings (read, not trained)
+    reused_fits: frozenset[str] = frozenset()
 
     @property
     def L(self) -> int:  # noqa: N802 - the papers' symbol

@@ -1038,7 +1038,8 @@ def _toolkit_rule(kind: str, curve_of: str) -> Any:
 
 
 def _cost(w: Workload) -> MeasurementCost:
-    """Training (when no cached lens is reused), with training prompts taken to be as long as the
+    """Training (nothing when a stored fit of the same fingerprint will be read:
+    ``Workload.reused_fits``), with training prompts taken to be as long as the
     analysed ones on average: clean passes over the fit prompts (at most ``MAX_FIT_POSITIONS``
     positions) and the validation prompts; the closed-form moments in float64, counted as lens-row
     equivalents (``2 (d+1)²`` multiply-adds per position and layer, float64 at half speed); the
@@ -1069,6 +1070,9 @@ def _cost(w: Workload) -> MeasurementCost:
     if steps is None:
         steps = auto_steps(L, s.d_model, s.d_vocab, per_step)
     evaluations = 3 + -(-steps // EVAL_EVERY)
+    reused = TunedLensResult.name in w.reused_fits
+    if reused:  # a stored fit of this fingerprint is read instead (store.fitted.find_fit)
+        fit_tokens = val_tokens = val_pos = per_step = steps = evaluations = 0
     moments = 4 * L * fit_tokens * (s.d_model + 1) ** 2 // max(1, s.d_model * s.d_vocab)
     measure = sum((L + 2) * w.measured_tokens(b) for b in w.every)
     times = 1 if "logit_lens" in tuple(cfg.metrics) else 2
@@ -1081,12 +1085,13 @@ def _cost(w: Workload) -> MeasurementCost:
         lens_rows=times * measure + moments + evaluations * (L + 1) * val_pos
         + 3 * steps * per_step * (L + 1) + gen_tokens,
         lens_stat_rows=times * measure + evaluations * (L + 1) * val_pos,
-        note=f"training: {fit_tokens} fit positions, {steps} fine-tuning steps ("
+        note=("no training: a fitted lens of this model, data and settings is stored"
+              + (" (the text is still sampled)" if kind == "sampled" else "")) if reused else
+        f"training: {fit_tokens} fit positions, {steps} fine-tuning steps ("
              + ("counted with training prompts as long as the analysed ones" if kind == "task"
                 else f"fit_on={kind}: {n_train} sequences of {TEXT_LENGTH} tokens"
                 + (", sampled first" if kind == "sampled" else ""))
-             + "); nothing when the run directory holds a matching fitted lens"
-             + (" but the sampling" if kind == "sampled" else ""))
+             + ")")
 
 
 register_metric(MetricSpec(

@@ -28,7 +28,7 @@ from typing import Any
 
 from .results import atomic_write_bytes, atomic_write_text, dumps
 
-__all__ = ["FITTED", "load_or_fit", "shared_fit_dir"]
+__all__ = ["FITTED", "find_fit", "load_or_fit", "shared_fit_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,37 @@ def _write(meta_file: Path, tensor_file: Path, fitted: Any, want: dict[str, Any]
     atomic_write_text(meta_file, dumps({"fingerprint": want, "info": info}))
 
 
+def _files(name: str, want: dict[str, Any], run_dir: str | os.PathLike[str] | None
+           ) -> tuple[tuple[Path, Path] | None, tuple[Path, Path] | None]:
+    """The (JSON, tensors) files of a fit in the run directory and in the shared cache."""
+    run_files = None
+    if run_dir is not None:
+        local = Path(run_dir) / FITTED
+        run_files = local / f"{name}.json", local / f"{name}.safetensors"
+    shared = shared_fit_dir()
+    digest = hashlib.sha256(dumps(want).encode()).hexdigest()[:24]
+    shared_files = None if shared is None else (shared / f"{name}-{digest}.json",
+                                                shared / f"{name}-{digest}.safetensors")
+    return run_files, shared_files
+
+
+def find_fit(name: str, want: dict[str, Any],
+             run_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """The folder holding a stored fit of ``name`` whose fingerprint is ``want`` (the run
+    directory first, then the shared cache), or None: what :func:`load_or_fit` would read instead
+    of training, found without loading it (the planner prices a reused fit at nothing)."""
+    want = json.loads(dumps(want))
+    for files in _files(name, want, run_dir):
+        if files is None or not (files[0].is_file() and files[1].is_file()):
+            continue
+        try:
+            if json.loads(files[0].read_text()).get("fingerprint") == want:
+                return files[0].parent
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
+
+
 def load_or_fit(run_dir: str | os.PathLike[str], fit: Any, ctx: Any, want: dict[str, Any]) -> Any:
     """The fitted object of ``fit`` (a measurement's ``FitSpec``: ``name``, ``fit(ctx)``,
     ``load(tensors, info)``) for the fingerprint ``want``: from the run directory, else from
@@ -85,19 +116,16 @@ def load_or_fit(run_dir: str | os.PathLike[str], fit: Any, ctx: Any, want: dict[
     saved in both. ``info["reused"]`` says whether it was read, ``info["fingerprint"]`` is
     ``want``."""
     want = json.loads(dumps(want))  # compared as stored: lists, not tuples
-    local = Path(run_dir) / FITTED
-    run_files = local / f"{fit.name}.json", local / f"{fit.name}.safetensors"
+    run_files, shared_files = _files(fit.name, want, run_dir)
+    assert run_files is not None
     fitted = _read(*run_files, fit, want)
     if fitted is not None:
-        log.info("reusing the %s fitted in %s", fit.name, local)
-    shared = shared_fit_dir()
-    digest = hashlib.sha256(dumps(want).encode()).hexdigest()[:24]
-    shared_files = None if shared is None else (shared / f"{fit.name}-{digest}.json",
-                                                shared / f"{fit.name}-{digest}.safetensors")
+        log.info("reusing the %s fitted in %s", fit.name, run_files[0].parent)
     if fitted is None and shared_files is not None:
         fitted = _read(*shared_files, fit, want)
         if fitted is not None:
-            log.info("reusing the %s fitted for another run (%s)", fit.name, shared)
+            log.info("reusing the %s fitted for another run (%s)", fit.name,
+                     shared_files[0].parent)
             _write(*run_files, fitted, want, dict(fitted.info))
     if fitted is not None:
         fitted.info.update({"reused": True, "fingerprint": want})
@@ -108,9 +136,10 @@ def load_or_fit(run_dir: str | os.PathLike[str], fit: Any, ctx: Any, want: dict[
     _write(*run_files, fitted, want, info)
     if shared_files is not None:
         try:
-            shared.mkdir(parents=True, exist_ok=True)
+            shared_files[0].parent.mkdir(parents=True, exist_ok=True)
             _write(*shared_files, fitted, want, info)
         except OSError as exc:  # a read-only or full cache costs a refit later, nothing more
-            log.warning("could not keep the %s in the shared cache %s (%s)", fit.name, shared, exc)
+            log.warning("could not keep the %s in the shared cache %s (%s)", fit.name,
+                        shared_files[0].parent, exc)
     fitted.info.update({"reused": False, "fingerprint": want})
     return fitted

@@ -78,17 +78,19 @@ class CostPlan:
 
 def count_work(cfg: Any, lengths: list[int], answer_starts: list[int],
                inputs: Mapping[str, Sequence[Any]] | Sequence[Sequence[int]], config: Any,
-               itemsize: int = 4, budget: int = 1 << 30, skipped: Mapping[str, str] | None = None
-               ) -> dict[str, MeasurementCost]:
+               itemsize: int = 4, budget: int = 1 << 30, skipped: Mapping[str, str] | None = None,
+               reused_fits: Sequence[str] = ()) -> dict[str, MeasurementCost]:
     """Block-tokens, block calls and lens rows of every measurement of ``config`` (no model
     needed), from each measurement's own cost model; ``budget`` is the sweep's memory budget.
     ``inputs`` are the drawn per-example inputs (a list is taken as the cut positions); a
-    measurement in ``skipped`` (``name -> reason``) counts nothing and says why."""
+    measurement in ``skipped`` (``name -> reason``) counts nothing and says why; one in
+    ``reused_fits`` reads its stored fit instead of training it."""
     from ..metrics.registry import get_metric
 
     if not isinstance(inputs, Mapping):
         inputs = {"cuts": list(inputs)}
-    work = Workload(ModelShape.of(cfg, itemsize), lengths, answer_starts, inputs, config, budget)
+    work = Workload(ModelShape.of(cfg, itemsize), lengths, answer_starts, inputs, config, budget,
+                    frozenset(reused_fits))
     out: dict[str, MeasurementCost] = {}
     for name in config.metrics:
         spec = get_metric(name)
@@ -102,17 +104,26 @@ def count_work(cfg: Any, lengths: list[int], answer_starts: list[int],
     return out
 
 
-def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: int = 2,
-              wide_tokens: int = 1024, max_rows: int = 64) -> dict[str, float]:
-    """Seconds per block-token and per lens row, on the model's own device and dtype; the best
-    of ``repeats`` after one warm-up.
+def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: int = 5,
+              wide_tokens: int = 1024, max_rows: int = 64, budget_s: float = 2.0
+              ) -> dict[str, float]:
+    """Seconds per block-token, per block call and per lens row, on the model's own device and
+    dtype: each the median of ``repeats`` timings (at least 3, fewer beyond ``budget_s`` seconds
+    of one timing's repeats) after two warm-ups.
 
     The block-token time is the *marginal* cost: the difference between a clean forward of the
     prompt repeated over ``k`` rows (about ``wide_tokens`` tokens) and of the prompt alone,
     divided by the extra block-tokens. The sweeps run chunks of many rows, so on a small model a
     single prompt's pass measures per-call overhead (and, for a big model on a CPU, reading the
     weights), not what the work counts multiply. When one pass already takes over a second, the
-    wide pass is at most 4 rows."""
+    wide pass is at most 4 rows.
+
+    On a CPU shared with other work, a short timing on several threads can wait for a thread the
+    OS has descheduled and measure many times the cost the study will pay (observed: 232 against
+    6 us per block-token at load 2.4 on 2 CPUs, while the study ran at the quieter rate). Medians
+    instead of a best-of-2, and every quantity timed again on one thread, whose timing no other
+    thread can hold up: the smaller of the two is kept (on a quiet machine the study's threads
+    win; on a busy one the single thread bounds the blow-up)."""
     from ..engine.adapter import get_adapter
     from ..metrics.logit_lens import lens_row_statistics
 
@@ -120,53 +131,66 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
     L = adapter.n_layers
     tokens = tokens[:1]
     T = int(tokens.shape[1])
+    cuda = adapter.device.type == "cuda"
 
-    def best(fn: Any) -> float:
-        times = []
-        for _ in range(repeats):
-            if adapter.device.type == "cuda":
+    def typical(fn: Any) -> float:
+        for _ in range(2):
+            fn()
+        times: list[float] = []
+        while len(times) < max(3, repeats) and (len(times) < 3 or sum(times) < budget_s):
+            if cuda:
                 torch.cuda.synchronize(adapter.device)
             t0 = time.perf_counter()
             fn()
-            if adapter.device.type == "cuda":
+            if cuda:
                 torch.cuda.synchronize(adapter.device)
             times.append(time.perf_counter() - t0)
-        return min(times)
+        return sorted(times)[len(times) // 2]
 
-    adapter.clean(tokens)  # warm-up
-    one = best(lambda: adapter.clean(tokens))
-    per_token = one / (L * T)
-    k = min(max_rows, max(1, wide_tokens // T))
-    if one >= 1.0:  # a slow device or a big model: a short wide pass is enough (and affordable)
-        k = min(k, 4)
-    if k > 1:
-        wide = best(lambda: adapter.clean(tokens.expand(k, -1)))
-        marginal = (wide - one) / ((k - 1) * L * T)
-        per_token = marginal if marginal > 0 else wide / (k * L * T)
+    threads = torch.get_num_threads()
     resid = adapter.clean(tokens).resid
     x = resid[L // 2].reshape(-1, adapter.d_model)
     x = x.repeat(-(-lens_rows // x.shape[0]), 1)[:lens_rows]
+    one_token = resid[L // 2, :, :1]
+    calls = 8
     with torch.no_grad():
-        adapter.lens_probs(x)
-        lens = best(lambda: adapter.lens_probs(x))
         log_p = adapter.lens_log_probs(x.flip(0))
         top_p = log_p.topk(5, dim=-1).indices
 
-        def lens_statistics() -> None:  # the logit lens's row: log-softmax, KL, top-k overlap
-            lens_row_statistics(adapter.lens_log_probs(x), log_p, top_p)
+    def measure() -> dict[str, float]:
+        one = typical(lambda: adapter.clean(tokens))
+        per_token = one / (L * T)
+        k = min(max_rows, max(1, wide_tokens // T))
+        if one >= 1.0:  # a slow device or a big model: a short wide pass is enough (and affordable)
+            k = min(k, 4)
+        if k > 1:
+            wide = typical(lambda: adapter.clean(tokens.expand(k, -1)))
+            marginal = (wide - one) / ((k - 1) * L * T)
+            # a marginal below a quarter of the wide pass's average is noise in the difference
+            per_token = max(marginal, wide / (4 * k * L * T))
+        with torch.no_grad():
+            lens = typical(lambda: adapter.lens_probs(x))
+            # the logit lens's row: log-softmax, KL, top-k overlap
+            stats = typical(lambda: lens_row_statistics(adapter.lens_log_probs(x), log_p, top_p))
+            call = 0.0
+            if adapter.can_resume:  # one block on one token: a block call's cost beyond its tokens
+                call = typical(lambda: [adapter.block(L // 2, one_token) for _ in range(calls)])
+                call = max(0.0, call / calls - per_token)
+        return {"s_per_block_token": per_token, "s_per_lens_row": lens / x.shape[0],
+                "s_per_lens_stat_row": max(0.0, stats - lens) / x.shape[0],
+                "s_per_block_call": call, "calibration_rows": k}
 
-        stats = best(lens_statistics)
-        call = 0.0
-        if adapter.can_resume:  # one block on one token: what a block call costs beyond its tokens
-            one_token = resid[L // 2, :, :1]
-            calls = 8
-            call = best(lambda: [adapter.block(L // 2, one_token) for _ in range(calls)]) / calls
-            call = max(0.0, call - per_token)
-    return {"s_per_block_token": per_token, "s_per_lens_row": lens / x.shape[0],
-            "s_per_lens_stat_row": max(0.0, stats - lens) / x.shape[0],
-            "s_per_block_call": call,
-            "calibration_tokens": T, "calibration_rows": k, "torch_threads": torch.get_num_threads(),
-            **_machine_load()}
+    out = measure()
+    if not cuda and threads > 1:  # the single-thread bound (see above)
+        torch.set_num_threads(1)
+        try:
+            single = measure()
+        finally:
+            torch.set_num_threads(threads)
+        for key in ("s_per_block_token", "s_per_lens_row", "s_per_lens_stat_row",
+                    "s_per_block_call"):
+            out[key] = min(out[key], single[key])
+    return {**out, "calibration_tokens": T, "torch_threads": threads, **_machine_load()}
 
 
 def _machine_load() -> dict[str, float]:
@@ -183,14 +207,16 @@ def _machine_load() -> dict[str, float]:
 
 def busy_note(calibration: dict[str, float], device: str) -> str:
     """A warning when the CPU calibration ran on a machine busy with other work (1-minute load
-    average at least the CPUs + 1): CPU threads then wait for each other and a block-token can
-    measure 100x its quiet cost (observed: 8283 against 64 us), so every projection is too long.
-    "" otherwise (and on a GPU, whose kernels the CPU load barely slows)."""
+    average at least the CPUs + 1): the projection is then for a study that runs beside the same
+    load, and less sure (the single-thread bound of :func:`calibrate` keeps a stalled timing from
+    inflating it 100x, as a best-of-2 once did: 8283 against 64 us per block-token). "" otherwise
+    (and on a GPU, whose kernels the CPU load barely slows)."""
     load, cpus = calibration.get("load_average"), calibration.get("cpus")
     if not str(device).startswith("cpu") or load is None or cpus is None or load < cpus + 1:
         return ""
     return (f"calibrated while the machine was busy (load average {load:.1f} on {cpus:.0f} CPUs): "
-            "the projected times are likely too long; plan again on a quiet machine")
+            "the projection is for a study beside the same load, and less sure; "
+            "plan again on a quiet machine for the quiet time")
 
 
 def plan_study(config: Any, calibration: bool = True) -> CostPlan:
@@ -218,16 +244,50 @@ def plan_study(config: Any, calibration: bool = True) -> CostPlan:
                          chat=chat)
     lengths = batch.lengths.tolist()
     inputs = draw_inputs(prep.specs, batch, config)
+    reused = stored_fits(model, config, prep, chat)
     calib = calibrate(model, batch.tokens[:1, : lengths[0]]) if calibration else {}
     return plan_from(model, config, lengths, batch.answer_start.tolist(), inputs, calib,
-                     skipped=prep.skipped)
+                     skipped=prep.skipped, reused_fits=reused)
+
+
+def stored_fits(model: Any, config: Any, prep: Any, chat: Any) -> dict[str, str]:
+    """Measurement -> the folder of its stored fit, for each fit the study will read instead of
+    training (same model files, training token ids and settings: ``store.fitted.find_fit``, in the
+    study's default run directory or the shared cache). Text the model samples
+    (``tuned_lens.fit_on=sampled``) is known only once sampled: such a fit is priced as trained."""
+    from ..engine.batch import encode_batch
+    from ..store.fingerprint import inputs_fingerprint, model_fingerprint
+    from ..store.fitted import find_fit
+    from .run import default_out_dir, fit_want
+
+    model_fp = model_fingerprint(getattr(model, "effective_depth_source", {}))
+    out: dict[str, str] = {}
+    for spec in prep.specs:
+        if spec.fit is None or spec.name not in prep.train:
+            continue
+        train_list, info = prep.train[spec.name]
+        if train_list or spec.fit.text is None:
+            encoded = encode_batch(model.tokenizer, train_list,
+                                   allow_lossy=config.allow_lossy_tokenization, chat=chat)
+        elif info.get("fit_on") == "sampled":
+            continue
+        else:  # a text file cut into the model's tokens: cheap to make again
+            encoded, info = spec.fit.text(model, info, config, False)
+        ids = [encoded.token_ids(b) for b in range(encoded.size)]
+        want = fit_want(model_fp, inputs_fingerprint(ids, encoded.answer_start.tolist()), spec,
+                        config)
+        where = find_fit(spec.name, want, default_out_dir(config))
+        if where is not None:
+            out[spec.name] = str(where)
+    return out
 
 
 def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[int],
               inputs: Mapping[str, Sequence[Any]] | Sequence[Sequence[int]],
-              calib: dict[str, float], skipped: Mapping[str, str] | None = None) -> CostPlan:
+              calib: dict[str, float], skipped: Mapping[str, str] | None = None,
+              reused_fits: Mapping[str, str] | Sequence[str] = ()) -> CostPlan:
     """The plan for prompts of the given lengths (used by :func:`plan_study` and benchmarks);
-    ``inputs`` as in :func:`count_work`."""
+    ``inputs``, ``skipped`` and ``reused_fits`` as in :func:`count_work`."""
     from ..engine.sweep import default_memory_budget
     from ..models.precision import get_policy
 
@@ -237,7 +297,8 @@ def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[i
     s = ModelShape.of(cfg, itemsize)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     budget = getattr(config, "memory_budget", None) or default_memory_budget(param.device)
-    work = count_work(cfg, lengths, answer_starts, inputs, config, itemsize, budget, skipped)
+    work = count_work(cfg, lengths, answer_starts, inputs, config, itemsize, budget, skipped,
+                      list(reused_fits))
     mean_T = sum(lengths) / max(1, len(lengths))
     plan = CostPlan(str(config.model), s.n_layers, s.d_model, s.d_vocab, len(lengths), mean_T, weights,
                 str(param.device), str(param.dtype).removeprefix("torch."), calib,

@@ -701,6 +701,13 @@ def _measure_all(rd: RunDir, results: dict[str, Any], model: Any, config: StudyC
     return done, computed, reused
 
 
+def fit_want(model_fp: Mapping[str, Any], data_fp: str, spec: Any, config: StudyConfig
+             ) -> dict[str, Any]:
+    """The fingerprint a measurement's fit is stored and found under (``store.fitted``): the
+    model's files, the training token ids' fingerprint, the fit's settings."""
+    return {"model": dict(model_fp), "data": data_fp, "settings": dict(spec.fit.settings(config))}
+
+
 def _measure_one(rd: RunDir, spec: Any, model: Any, config: StudyConfig, inputs: _StudyInputs,
                  done: dict[str, Any], progress: bool) -> tuple[Any, Any]:
     """One measurement (its fit first, read from the fitted cache or trained: ``store.fitted``)
@@ -714,8 +721,7 @@ def _measure_one(rd: RunDir, spec: Any, model: Any, config: StudyConfig, inputs:
         if spec.fit is not None:
             encoded, info, data_fp = inputs.train[spec.name]
             ctx = dataclasses.replace(ctx, train=encoded, train_info=info)
-            want = {"model": inputs.fingerprint["model"], "data": data_fp,
-                    "settings": dict(spec.fit.settings(config))}
+            want = fit_want(inputs.fingerprint["model"], data_fp, spec, config)
             ctx = dataclasses.replace(ctx, fitted=load_or_fit(rd.path, spec.fit, ctx, want))
         result = spec.run(ctx)
     assert meter.use is not None
