@@ -224,3 +224,40 @@ def test_a_calibration_held_up_by_a_stalled_thread_keeps_the_single_thread_rate(
     stall_rate = 0.01 / (model.cfg.n_layers * tokens.shape[1])  # what the stall alone gives
     assert busy["torch_threads"] == 2 and stall_rate > 10 * quiet
     assert busy["s_per_block_token"] < 3 * quiet
+
+
+@pytest.mark.slow
+def test_integrated_gradients_is_planned_at_the_evaluations_a_run_of_the_model_used(
+        monkeypatch, tmp_path):
+    """The adaptive rule's evaluations per path are known only once run: a plan before any run
+    assumes the typical count and says so; a run records its mean (store.observed) and the next
+    plan of the same model and options uses it; other options are not priced by it."""
+    from effective_depth.metrics.integrated_gradients import ADAPTIVE_TYPICAL_EVALS
+    from effective_depth.study import run_study
+    from effective_depth.study.planner import plan_study
+
+    monkeypatch.setenv("EFFECTIVE_DEPTH_FIT_CACHE", str(tmp_path / "fits"))
+    base = {"model": "zoo/add-2l", "metrics": ("integrated_gradients",), "n_examples": 3,
+            "n_boot": 0, "integrated_gradients.map_examples": 2}
+    config = StudyConfig.from_dict(base)
+
+    def planned(cfg):
+        return next(m for m in plan_study(cfg, calibration=False).measurements
+                    if m.name == "integrated_gradients")
+
+    before = planned(config)
+    assert before.note.startswith(f"adaptive rule: {ADAPTIVE_TYPICAL_EVALS} evaluations per path "
+                                  "assumed")
+    run = run_study(config, tmp_path / "run", progress=False, dashboard=False)
+    from safetensors.torch import load_file
+
+    evals = load_file(str(run.path / "tensors.safetensors"))["metrics.integrated_gradients.evals"]
+    mean = float(evals.double().mean())
+    after = planned(config)
+    assert after.note == (f"adaptive rule: {round(mean)} evaluations per path, the mean of 1 "
+                          "earlier run(s) of this model with these options")
+    # the backward work scales with the evaluations per path
+    assert after.grad_block_tokens == pytest.approx(
+        before.grad_block_tokens * round(mean) / ADAPTIVE_TYPICAL_EVALS)
+    other = planned(StudyConfig.from_dict({**base, "integrated_gradients.steps": 128}))
+    assert "assumed" in other.note

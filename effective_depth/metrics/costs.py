@@ -18,7 +18,7 @@ top-k over the vocabulary, which on a large vocabulary costs as much as the proj
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["MeasurementCost", "ModelShape", "Workload"]
@@ -92,6 +92,9 @@ class Workload:
     budget: int = 1 << 30
     #: measurements whose fit is stored for this model, data and settings (read, not trained)
     reused_fits: frozenset[str] = frozenset()
+    #: measurement -> what earlier runs of this model observed (store.observed): value -> (mean,
+    #: runs)
+    observed: Mapping[str, Mapping[str, tuple[float, int]]] = field(default_factory=dict)
 
     @property
     def L(self) -> int:  # noqa: N802 - the papers' symbol

@@ -298,18 +298,35 @@ def _run(ctx: Any) -> IntegratedGradients:
                                 progress=ctx.progress)
 
 
+def _observe(result: IntegratedGradients) -> dict[str, float]:
+    """The evaluations per path the run used (mean over (example, block)), for the next plan."""
+    return {} if result.evals is None or result.evals.numel() == 0 else {
+        "evals": float(result.evals.double().mean())}
+
+
 def _cost(w: Workload) -> MeasurementCost:
     """A clean pass per mapped prompt; ``N`` rows per block ``l`` run blocks ``l+1..L-1`` on every
     position forward and backward (an upper bound: where the engine runs the last block only on
     the answer-predicting positions the count is a few percent lower). ``N`` is ``ig_steps`` for
     a fixed rule; for ``adaptive`` (whose count depends on the integrand) the typical count
-    :data:`ADAPTIVE_TYPICAL_EVALS`, at most ``ig_steps`` (exact below 5 nodes). A rule without the node ``α = 0``
+    the mean that earlier runs of this model with these options recorded (``Workload.observed``),
+    else :data:`ADAPTIVE_TYPICAL_EVALS`; at most ``ig_steps`` (exact below 5 nodes). A rule without the node ``α = 0``
     (``gauss_legendre``) adds one forward per block for ``F(x̄)``."""
     opts = w.options(IntegratedGradients.name)
     L, steps, rule = w.L, opts.steps, opts.rule
-    if rule == ADAPTIVE:  # below 5 nodes: the coarse pass alone, exactly
-        steps = len(coarse_nodes(steps)) if steps < 5 else min(steps, ADAPTIVE_TYPICAL_EVALS)
     m = MeasurementCost("integrated_gradients", sweeps=True)
+    if rule == ADAPTIVE and steps < 5:  # the coarse pass alone, exactly
+        steps = len(coarse_nodes(steps))
+    elif rule == ADAPTIVE:
+        seen = w.observed.get(IntegratedGradients.name, {}).get("evals")
+        if seen is not None:
+            steps = min(steps, max(1, round(seen[0])))
+            m.note = (f"adaptive rule: {steps} evaluations per path, the mean of {seen[1]} earlier "
+                      "run(s) of this model with these options")
+        else:
+            steps = min(steps, ADAPTIVE_TYPICAL_EVALS)
+            m.note = (f"adaptive rule: {steps} evaluations per path assumed (the trained zoo's "
+                      "mean); a run of this model records its own for the next plan")
     for b in w.first(opts.map_examples):
         T = int(w.lengths[b])
         m.block_tokens += L * T
@@ -332,4 +349,5 @@ register_metric(MetricSpec(
     description="integrated-gradient maps of the answer probability over every block output",
     run=_run,
     needs_answers=True,
+    observe=_observe,
 ))

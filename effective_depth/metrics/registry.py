@@ -286,6 +286,10 @@ class MetricSpec:
       block-tokens, backward block-tokens and lens rows it will compute (``effective-depth
       plan``); without one the planner reports the measurement as not modelled.
     - ``fit``: a :class:`FitSpec` when the measurement trains something first (``ctx.fitted``).
+    - ``observe(result)``: what a run measured that the cost model cannot count in advance
+      (integrated gradients' evaluations per path), ``{name: number}``: recorded per model and
+      options (:mod:`effective_depth.store.observed`) and handed to the next plan's cost model as
+      ``Workload.observed``.
     """
 
     name: str
@@ -305,6 +309,7 @@ class MetricSpec:
     cost: Callable[[Any], Any] | None = None
     fit: FitSpec | None = None
     correctness: Callable[[Any], Sequence[bool]] | None = None
+    observe: Callable[[Any], Mapping[str, float]] | None = None
 
     @property
     def score_specs(self) -> tuple[ScoreSpec, ...]:

@@ -79,18 +79,21 @@ class CostPlan:
 def count_work(cfg: Any, lengths: list[int], answer_starts: list[int],
                inputs: Mapping[str, Sequence[Any]] | Sequence[Sequence[int]], config: Any,
                itemsize: int = 4, budget: int = 1 << 30, skipped: Mapping[str, str] | None = None,
-               reused_fits: Sequence[str] = ()) -> dict[str, MeasurementCost]:
+               reused_fits: Sequence[str] = (),
+               observed: Mapping[str, Mapping[str, tuple[float, int]]] | None = None
+               ) -> dict[str, MeasurementCost]:
     """Block-tokens, block calls and lens rows of every measurement of ``config`` (no model
     needed), from each measurement's own cost model; ``budget`` is the sweep's memory budget.
     ``inputs`` are the drawn per-example inputs (a list is taken as the cut positions); a
     measurement in ``skipped`` (``name -> reason``) counts nothing and says why; one in
-    ``reused_fits`` reads its stored fit instead of training it."""
+    ``reused_fits`` reads its stored fit instead of training it; ``observed`` holds what earlier
+    runs of the model recorded (``store.observed``)."""
     from ..metrics.registry import get_metric
 
     if not isinstance(inputs, Mapping):
         inputs = {"cuts": list(inputs)}
     work = Workload(ModelShape.of(cfg, itemsize), lengths, answer_starts, inputs, config, budget,
-                    frozenset(reused_fits))
+                    frozenset(reused_fits), dict(observed or {}))
     out: dict[str, MeasurementCost] = {}
     for name in config.metrics:
         spec = get_metric(name)
@@ -250,6 +253,26 @@ def plan_study(config: Any, calibration: bool = True) -> CostPlan:
                      skipped=prep.skipped, reused_fits=reused)
 
 
+def recorded_observations(model: Any, config: Any) -> dict[str, dict[str, tuple[float, int]]]:
+    """Measurement -> what earlier runs of this model with the study's options recorded
+    (``MetricSpec.observe``, ``store.observed``)."""
+    from ..metrics.registry import get_metric
+    from ..store.fingerprint import model_fingerprint
+    from ..store.observed import observed
+
+    model_fp = model_fingerprint(getattr(model, "effective_depth_source", {}))
+    out: dict[str, dict[str, tuple[float, int]]] = {}
+    for name in config.metrics:
+        spec = get_metric(name)
+        if spec.observe is None:
+            continue
+        options = spec.options_of(config)
+        seen = observed(model_fp, name, options.to_dict() if options is not None else {})
+        if seen:
+            out[name] = seen
+    return out
+
+
 def stored_fits(model: Any, config: Any, prep: Any, chat: Any) -> dict[str, str]:
     """Measurement -> the folder of its stored fit, for each fit the study will read instead of
     training (same model files, training token ids and settings: ``store.fitted.find_fit``, in the
@@ -298,7 +321,7 @@ def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[i
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     budget = getattr(config, "memory_budget", None) or default_memory_budget(param.device)
     work = count_work(cfg, lengths, answer_starts, inputs, config, itemsize, budget, skipped,
-                      list(reused_fits))
+                      list(reused_fits), recorded_observations(model, config))
     mean_T = sum(lengths) / max(1, len(lengths))
     plan = CostPlan(str(config.model), s.n_layers, s.d_model, s.d_vocab, len(lengths), mean_T, weights,
                 str(param.device), str(param.dtype).removeprefix("torch."), calib,

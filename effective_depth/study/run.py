@@ -28,6 +28,7 @@ from ..metrics.options import MetricOptions, flatten_options, nest_flat_options
 from ..resources import ResourceMeter
 from ..store.fingerprint import compute_fingerprint, inputs_fingerprint, model_fingerprint
 from ..store.fitted import load_or_fit
+from ..store.observed import record_observed
 from ..store.record import RunConfig, RunRecord
 from ..store.results import (
     CONFIG,
@@ -693,6 +694,11 @@ def _measure_all(rd: RunDir, results: dict[str, Any], model: Any, config: StudyC
         results["resources"][name] = use.to_dict()
         results["completed"] = [m for m in order if m in results["completed"] or m == name]
         rd.write_results(results)
+        if spec.observe is not None:  # for the next plan of this model (store.observed)
+            options = spec.options_of(config)
+            record_observed(inputs.fingerprint["model"], name,
+                            options.to_dict() if options is not None else {},
+                            spec.observe(result))
         done[name] = result
         computed.append(name)
         steps.finish()
