@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+#: measurements at least this long are held to +-50% (shorter ones are mostly fixed overheads)
+LONG_S = 5.0
+
+
 def _loadavg() -> list[float]:
     try:
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
@@ -61,7 +65,15 @@ def measure(config: object) -> dict:
     ran = [r for r in rows if r["measured_s"]]
     total_p = sum(r["projected_s"] for r in ran)
     total_m = sum(r["measured_s"] for r in ran)
+    from benchmarks.precision_agreement import cpu_flags
+
+    long = [r for r in ran if r["measured_s"] >= LONG_S]
     return {"model": str(plan.model), "n_layers": plan.n_layers, "d_vocab": plan.d_vocab,
+            "precision": plan.precision, "cpu_flags": cpu_flags(),
+            "within_2x": bool(total_m) and 0.5 <= total_p / total_m <= 2.0,
+            "long_within_50pct": all(abs(r["error"]) <= 0.5 for r in long),
+            "long_measurements": [r["measurement"] for r in long],
+            "notes": {m.name: m.note for m in plan.measurements if m.note},
             "n_prompts": plan.n_prompts, "mean_tokens": round(plan.mean_tokens, 1),
             "calibration": plan.calibration, "plan_seconds": round(plan_s, 1),
             "study_seconds": round(study_s, 1), "rows": rows,
@@ -79,6 +91,9 @@ def table(result: dict) -> str:
     t = result["total"]
     lines.append(f"| total (run) | {t['projected_s']} | {t['measured_s']} | "
                  f"{'-' if t['error'] is None else format(t['error'], '+.0%')} |")
+    lines.append(f"total within 2x: {result['within_2x']}; measurements >= {LONG_S:g} s "
+                 f"({', '.join(result['long_measurements']) or 'none'}) within +-50%: "
+                 f"{result['long_within_50pct']}")
     return "\n".join(lines)
 
 
@@ -92,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", default=None, help="comma-separated (default: all)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--append", default=None, metavar="FILE",
+                        help="add the result, labelled, to a JSON list (the committed results)")
+    parser.add_argument("--label", default="", help="e.g. 'quiet' or 'load ~4 (a grid beside it)'")
     args = parser.parse_args(argv)
 
     from effective_depth.cli import _parse_value
@@ -108,8 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     result = measure(config)
     print(table(result))
     print(f"load average before {result['loadavg_before']}, after {result['loadavg_after']}")
+    result["label"] = args.label
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.append:
+        path = Path(args.append)
+        runs = json.loads(path.read_text()) if path.is_file() else []
+        path.write_text(json.dumps(runs + [result], indent=1))
 
 
 if __name__ == "__main__":

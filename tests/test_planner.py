@@ -261,3 +261,35 @@ def test_integrated_gradients_is_planned_at_the_evaluations_a_run_of_the_model_u
         before.grad_block_tokens * round(mean) / ADAPTIVE_TYPICAL_EVALS)
     other = planned(StudyConfig.from_dict({**base, "integrated_gradients.steps": 128}))
     assert "assumed" in other.note
+
+
+@pytest.mark.slow
+def test_planned_lens_rows_follow_positions_query(monkeypatch):
+    """Under positions="query" the logit lens projects the asked example's positions only: the
+    planner counts the same share of the rows the adapter really projects as the lens does."""
+    from effective_depth.engine.adapter import Adapter
+
+    model = ed.load_model("zoo/add-4l", device="cpu")
+    examples = ed.get_task("fewshot_addition", digits=1, shots=3).examples(4)
+    batch = encode_batch(model.tokenizer, examples, allow_lossy=True)  # '\n' unknown to it
+    rows = [0]
+    plain = Adapter.lens_logits
+
+    def counting(self, x):
+        rows[0] += x.numel() // x.shape[-1]
+        return plain(self, x)
+
+    monkeypatch.setattr(Adapter, "lens_logits", counting)
+    counted = {}
+    for positions in ("all", "query"):
+        rows[0] = 0
+        M.logit_lens(model, batch, positions=positions)
+        planned = count_work(model.cfg, batch.lengths.tolist(), batch.answer_start.tolist(), [],
+                             StudyConfig(metrics=("logit_lens",), positions=positions),
+                             query_starts=batch.query_start.tolist())["logit_lens"]
+        counted[positions] = (rows[0], planned.lens_rows)
+    # the planner's rows per position (L + 2) include the output's reference projection, which
+    # the adapter makes through another method: the share of positions is what must match
+    (all_real, all_planned), (query_real, query_planned) = counted["all"], counted["query"]
+    assert 0 < query_real < all_real / 2
+    assert query_planned / all_planned == pytest.approx(query_real / all_real), counted

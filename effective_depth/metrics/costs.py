@@ -95,6 +95,8 @@ class Workload:
     #: measurement -> what earlier runs of this model observed (store.observed): value -> (mean,
     #: runs)
     observed: Mapping[str, Mapping[str, tuple[float, int]]] = field(default_factory=dict)
+    #: where each prompt's asked example starts, when the study measures ``positions="query"``
+    query_starts: Sequence[int] | None = None
 
     @property
     def L(self) -> int:  # noqa: N802 - the papers' symbol
@@ -118,8 +120,12 @@ class Workload:
 
     def measured_tokens(self, b: int) -> int:
         """Positions a per-position measurement reads (the front tokens skipped unless
-        ``include_front``)."""
-        return int(self.lengths[b]) - (0 if self.config.include_front else self.config.skip_front)
+        ``include_front``; from the query on under ``positions="query"``: the engine's
+        ``measured_mask``)."""
+        start = 0 if self.config.include_front else self.config.skip_front
+        if self.query_starts is not None:
+            start = max(start, int(self.query_starts[b]))
+        return max(0, int(self.lengths[b]) - start)
 
     @staticmethod
     def chunks(size: int, idx: Sequence[int]) -> list[list[int]]:

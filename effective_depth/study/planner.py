@@ -80,20 +80,22 @@ def count_work(cfg: Any, lengths: list[int], answer_starts: list[int],
                inputs: Mapping[str, Sequence[Any]] | Sequence[Sequence[int]], config: Any,
                itemsize: int = 4, budget: int = 1 << 30, skipped: Mapping[str, str] | None = None,
                reused_fits: Sequence[str] = (),
-               observed: Mapping[str, Mapping[str, tuple[float, int]]] | None = None
-               ) -> dict[str, MeasurementCost]:
+               observed: Mapping[str, Mapping[str, tuple[float, int]]] | None = None,
+               query_starts: Sequence[int] | None = None) -> dict[str, MeasurementCost]:
     """Block-tokens, block calls and lens rows of every measurement of ``config`` (no model
     needed), from each measurement's own cost model; ``budget`` is the sweep's memory budget.
     ``inputs`` are the drawn per-example inputs (a list is taken as the cut positions); a
     measurement in ``skipped`` (``name -> reason``) counts nothing and says why; one in
     ``reused_fits`` reads its stored fit instead of training it; ``observed`` holds what earlier
-    runs of the model recorded (``store.observed``)."""
+    runs of the model recorded (``store.observed``); ``query_starts`` where each prompt's query
+    starts (read under ``positions="query"``)."""
     from ..metrics.registry import get_metric
 
     if not isinstance(inputs, Mapping):
         inputs = {"cuts": list(inputs)}
     work = Workload(ModelShape.of(cfg, itemsize), lengths, answer_starts, inputs, config, budget,
-                    frozenset(reused_fits), dict(observed or {}))
+                    frozenset(reused_fits), dict(observed or {}),
+                    None if getattr(config, "positions", "all") == "all" else query_starts)
     out: dict[str, MeasurementCost] = {}
     for name in config.metrics:
         spec = get_metric(name)
@@ -224,7 +226,7 @@ def busy_note(calibration: dict[str, float], device: str) -> str:
 
 def plan_study(config: Any, calibration: bool = True) -> CostPlan:
     """The cost plan of ``config``: load the model, build the prompts, count, calibrate."""
-    from ..engine.batch import encode_batch
+    from ..engine.batch import encode_batch, query_starts
     from ..models.chat import chat_format
     from ..models.loading import load_model
     from ..tasks import get_task
@@ -249,8 +251,10 @@ def plan_study(config: Any, calibration: bool = True) -> CostPlan:
     inputs = draw_inputs(prep.specs, batch, config)
     reused = stored_fits(model, config, prep, chat)
     calib = calibrate(model, batch.tokens[:1, : lengths[0]]) if calibration else {}
+    starts = query_starts(batch, config.positions)  # an error when the prompts do not say
     return plan_from(model, config, lengths, batch.answer_start.tolist(), inputs, calib,
-                     skipped=prep.skipped, reused_fits=reused)
+                     skipped=prep.skipped, reused_fits=reused,
+                     query_starts=None if starts is None else starts.tolist())
 
 
 def recorded_observations(model: Any, config: Any) -> dict[str, dict[str, tuple[float, int]]]:
@@ -308,9 +312,10 @@ def stored_fits(model: Any, config: Any, prep: Any, chat: Any) -> dict[str, str]
 def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[int],
               inputs: Mapping[str, Sequence[Any]] | Sequence[Sequence[int]],
               calib: dict[str, float], skipped: Mapping[str, str] | None = None,
-              reused_fits: Mapping[str, str] | Sequence[str] = ()) -> CostPlan:
+              reused_fits: Mapping[str, str] | Sequence[str] = (),
+              query_starts: Sequence[int] | None = None) -> CostPlan:
     """The plan for prompts of the given lengths (used by :func:`plan_study` and benchmarks);
-    ``inputs``, ``skipped`` and ``reused_fits`` as in :func:`count_work`."""
+    ``inputs``, ``skipped``, ``reused_fits`` and ``query_starts`` as in :func:`count_work`."""
     from ..engine.sweep import default_memory_budget
     from ..models.precision import get_policy
 
@@ -321,7 +326,7 @@ def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[i
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     budget = getattr(config, "memory_budget", None) or default_memory_budget(param.device)
     work = count_work(cfg, lengths, answer_starts, inputs, config, itemsize, budget, skipped,
-                      list(reused_fits), recorded_observations(model, config))
+                      list(reused_fits), recorded_observations(model, config), query_starts)
     mean_T = sum(lengths) / max(1, len(lengths))
     plan = CostPlan(str(config.model), s.n_layers, s.d_model, s.d_vocab, len(lengths), mean_T, weights,
                 str(param.device), str(param.dtype).removeprefix("torch."), calib,
