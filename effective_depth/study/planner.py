@@ -111,18 +111,20 @@ def count_work(cfg: Any, lengths: list[int], answer_starts: list[int],
 
 
 def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: int = 5,
-              wide_tokens: int = 1024, max_rows: int = 64, budget_s: float = 2.0
+              wide_tokens: int = 4096, wide_s: float = 2.0, budget_s: float = 2.0
               ) -> dict[str, float]:
     """Seconds per block-token, per block call and per lens row, on the model's own device and
     dtype: each the median of ``repeats`` timings (at least 3, fewer beyond ``budget_s`` seconds
     of one timing's repeats) after two warm-ups.
 
     The block-token time is the *marginal* cost: the difference between a clean forward of the
-    prompt repeated over ``k`` rows (about ``wide_tokens`` tokens) and of the prompt alone,
-    divided by the extra block-tokens. The sweeps run chunks of many rows, so on a small model a
-    single prompt's pass measures per-call overhead (and, for a big model on a CPU, reading the
-    weights), not what the work counts multiply. When one pass already takes over a second, the
-    wide pass is at most 4 rows.
+    prompt repeated over ``k`` rows (about ``wide_tokens`` tokens, or as many as one pass of about
+    ``wide_s`` seconds holds) and of the prompt alone, divided by the extra block-tokens. The
+    sweeps run chunks of thousands of rows, so on a small model a single prompt's pass measures
+    per-call overhead (and, for a big model on a CPU, reading the weights), not what the work
+    counts multiply; and a pass whose activations stay in the CPU's cache runs faster per token
+    than a sweep's chunk (``zoo/add-12l``, one thread: 7 us per block-token at 1,024 tokens, 10-13
+    at 4,096-16,384). When one pass already takes over a second, the wide pass is at most 4 rows.
 
     On a CPU shared with other work, a short timing on several threads can wait for a thread the
     OS has descheduled and measure many times the cost the study will pay (observed: 232 against
@@ -166,7 +168,7 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
     def measure() -> dict[str, float]:
         one = typical(lambda: adapter.clean(tokens))
         per_token = one / (L * T)
-        k = min(max_rows, max(1, wide_tokens // T))
+        k = max(1, min(wide_tokens // T, max(2, int(wide_s / max(one, 1e-9)))))
         if one >= 1.0:  # a slow device or a big model: a short wide pass is enough (and affordable)
             k = min(k, 4)
         if k > 1:
