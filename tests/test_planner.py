@@ -149,16 +149,10 @@ def test_planned_block_calls_follow_the_engine(setup):
         counter.close()
 
 
-@pytest.mark.slow
-def test_planned_lens_rows_equal_the_rows_unembedded(setup, monkeypatch):
-    """Skip effects and erasure unembed every intervened row once and each clean reference
-    position once (CleanLensProbs): the planner's lens rows equal the rows the adapter really
-    projects onto the vocabulary."""
+def _count_lens_rows(monkeypatch):
+    """A one-element list counting the rows the adapter projects onto the vocabulary from now on."""
     from effective_depth.engine.adapter import Adapter
 
-    model, batch = setup
-    cuts = [draw_cuts(int(n), 2, f"0:{b}", 4, 4, 2) for b, n in enumerate(batch.lengths.tolist())]
-    sub = batch.select([0, 1])
     rows = [0]
     plain = Adapter.lens_logits
 
@@ -167,6 +161,18 @@ def test_planned_lens_rows_equal_the_rows_unembedded(setup, monkeypatch):
         return plain(self, x)
 
     monkeypatch.setattr(Adapter, "lens_logits", counting)
+    return rows
+
+
+@pytest.mark.slow
+def test_planned_lens_rows_equal_the_rows_unembedded(setup, monkeypatch):
+    """Skip effects and erasure unembed every intervened row once and each clean reference
+    position once (CleanLensProbs): the planner's lens rows equal the rows the adapter really
+    projects onto the vocabulary."""
+    model, batch = setup
+    cuts = [draw_cuts(int(n), 2, f"0:{b}", 4, 4, 2) for b, n in enumerate(batch.lengths.tolist())]
+    sub = batch.select([0, 1])
+    rows = _count_lens_rows(monkeypatch)
     for name, (b, options, fn) in _shared_runs(model, batch, sub, cuts).items():
         if name not in ("skip_effects", "erasure"):
             continue
@@ -267,19 +273,10 @@ def test_integrated_gradients_is_planned_at_the_evaluations_a_run_of_the_model_u
 def test_planned_lens_rows_follow_positions_query(monkeypatch):
     """Under positions="query" the logit lens projects the asked example's positions only: the
     planner counts the same share of the rows the adapter really projects as the lens does."""
-    from effective_depth.engine.adapter import Adapter
-
     model = ed.load_model("zoo/add-4l", device="cpu")
     examples = ed.get_task("fewshot_addition", digits=1, shots=3).examples(4)
     batch = encode_batch(model.tokenizer, examples, allow_lossy=True)  # '\n' unknown to it
-    rows = [0]
-    plain = Adapter.lens_logits
-
-    def counting(self, x):
-        rows[0] += x.numel() // x.shape[-1]
-        return plain(self, x)
-
-    monkeypatch.setattr(Adapter, "lens_logits", counting)
+    rows = _count_lens_rows(monkeypatch)
     counted = {}
     for positions in ("all", "query"):
         rows[0] = 0
