@@ -331,6 +331,11 @@ class MetricSpec:
         value = config.options.get(self.name)
         return self.options() if value is None else value
 
+    def options_dict(self, config: Any) -> dict[str, Any]:
+        """:meth:`options_of` as a plain dict ({} when it declares none)."""
+        options = self.options_of(config)
+        return {} if options is None else options.to_dict()
+
 
 _REGISTRY: dict[str, MetricSpec] = {}
 

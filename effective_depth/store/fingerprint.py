@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["path_fingerprint", "model_fingerprint", "compute_fingerprint", "inputs_fingerprint",
+__all__ = ["path_fingerprint", "model_fingerprint", "loaded_model_fingerprint",
+           "compute_fingerprint", "inputs_fingerprint",
            "FULL_HASH_BYTES"]
 
 FULL_HASH_BYTES = 64 * 2**20
@@ -50,6 +51,11 @@ def path_fingerprint(path: str | os.PathLike[str]) -> str:
         h.update(str(file.relative_to(root) if file != root else file.name).encode())
         h.update(_file_digest(file).encode())
     return h.hexdigest()[:16]
+
+
+def loaded_model_fingerprint(model: Any) -> dict[str, Any]:
+    """:func:`model_fingerprint` of a model the toolkit loaded (its recorded source)."""
+    return model_fingerprint(getattr(model, "effective_depth_source", {}))
 
 
 def model_fingerprint(source: dict[str, Any]) -> dict[str, Any]:

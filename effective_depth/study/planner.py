@@ -273,17 +273,16 @@ def recorded_observations(model: Any, config: Any) -> dict[str, dict[str, tuple[
     """Measurement -> what earlier runs of this model with the study's options recorded
     (``MetricSpec.observe``, ``store.observed``)."""
     from ..metrics.registry import get_metric
-    from ..store.fingerprint import model_fingerprint
+    from ..store.fingerprint import loaded_model_fingerprint
     from ..store.observed import observed
 
-    model_fp = model_fingerprint(getattr(model, "effective_depth_source", {}))
+    model_fp = loaded_model_fingerprint(model)
     out: dict[str, dict[str, tuple[float, int]]] = {}
     for name in config.metrics:
         spec = get_metric(name)
         if spec.observe is None:
             continue
-        options = spec.options_of(config)
-        seen = observed(model_fp, name, options.to_dict() if options is not None else {})
+        seen = observed(model_fp, name, spec.options_dict(config))
         if seen:
             out[name] = seen
     return out
@@ -295,11 +294,11 @@ def stored_fits(model: Any, config: Any, prep: Any, chat: Any) -> dict[str, str]
     study's default run directory or the shared cache). Text the model samples
     (``tuned_lens.fit_on=sampled``) is known only once sampled: such a fit is priced as trained."""
     from ..engine.batch import encode_batch
-    from ..store.fingerprint import inputs_fingerprint, model_fingerprint
+    from ..store.fingerprint import inputs_fingerprint, loaded_model_fingerprint
     from ..store.fitted import find_fit
     from .run import default_out_dir, fit_want
 
-    model_fp = model_fingerprint(getattr(model, "effective_depth_source", {}))
+    model_fp = loaded_model_fingerprint(model)
     out: dict[str, str] = {}
     for spec in prep.specs:
         if spec.fit is None or spec.name not in prep.train:

@@ -26,7 +26,7 @@ from ..errors import ConfigError, ResultsError, close_matches
 from ..frozen import check_field_types, from_dict
 from ..metrics.options import MetricOptions, flatten_options, nest_flat_options
 from ..resources import ResourceMeter
-from ..store.fingerprint import compute_fingerprint, inputs_fingerprint, model_fingerprint
+from ..store.fingerprint import compute_fingerprint, inputs_fingerprint, loaded_model_fingerprint
 from ..store.fitted import load_or_fit
 from ..store.observed import record_observed
 from ..store.record import RunConfig, RunRecord
@@ -606,7 +606,7 @@ def _encode_inputs(model: Any, config: StudyConfig, examples: Sequence[Any], pre
         ids = [encoded.token_ids(b) for b in range(encoded.size)]
         train[name] = (encoded, info, inputs_fingerprint(ids, encoded.answer_start.tolist()))
     fingerprint = {
-        "model": model_fingerprint(getattr(model, "effective_depth_source", {})),
+        "model": loaded_model_fingerprint(model),
         # the policy auto resolved to on this device: another policy is another computation
         "compute": compute_fingerprint(model),
         "inputs": inputs_fingerprint([batch.token_ids(b) for b in range(batch.size)],
@@ -695,9 +695,7 @@ def _measure_all(rd: RunDir, results: dict[str, Any], model: Any, config: StudyC
         results["completed"] = [m for m in order if m in results["completed"] or m == name]
         rd.write_results(results)
         if spec.observe is not None:  # for the next plan of this model (store.observed)
-            options = spec.options_of(config)
-            record_observed(inputs.fingerprint["model"], name,
-                            options.to_dict() if options is not None else {},
+            record_observed(inputs.fingerprint["model"], name, spec.options_dict(config),
                             spec.observe(result))
         done[name] = result
         computed.append(name)
