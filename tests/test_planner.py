@@ -251,6 +251,8 @@ def test_integrated_gradients_is_planned_at_the_evaluations_a_run_of_the_model_u
         return next(m for m in plan_study(cfg, calibration=False).measurements
                     if m.name == "integrated_gradients")
 
+    (tmp_path / "fits").mkdir()
+    (tmp_path / "fits" / "observed.json").write_text("{truncated")  # unreadable: ignored
     before = planned(config)
     assert before.note.startswith(f"adaptive rule: {ADAPTIVE_TYPICAL_EVALS} evaluations per path "
                                   "assumed")
