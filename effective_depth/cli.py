@@ -447,7 +447,8 @@ def plan_cmd(**options: Any) -> None:
         if m.note:
             console.print(f"{m.name}: {m.note}", highlight=False)
     console.print(f"weights: {plan.weights_bytes / 2**30:.2f} GiB; calibration: "
-                  f"{plan.calibration.get('s_per_block_token', 0) * 1e6:.2f} us per block-token, "
+                  f"{plan.calibration.get('s_per_block_token', 0) * 1e6:.2f} us per block-token "
+                  f"({plan.calibration.get('s_per_grad_block_token', 0) * 1e6:.2f} with its backward), "
                   f"{plan.calibration.get('s_per_lens_row', 0) * 1e6:.1f} us per lens row")
     from .study.planner import busy_note
 

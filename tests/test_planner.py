@@ -4,6 +4,7 @@ on every block), and the `plan` command prints it."""
 from __future__ import annotations
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import effective_depth as ed
@@ -203,8 +204,6 @@ def test_a_calibration_held_up_by_a_stalled_thread_keeps_the_single_thread_rate(
     the single-thread timing bounds it."""
     import time
 
-    import torch
-
     from effective_depth.engine.adapter import get_adapter
     from effective_depth.study.planner import calibrate
 
@@ -230,6 +229,47 @@ def test_a_calibration_held_up_by_a_stalled_thread_keeps_the_single_thread_rate(
     stall_rate = 0.01 / (model.cfg.n_layers * tokens.shape[1])  # what the stall alone gives
     assert busy["torch_threads"] == 2 and stall_rate > 10 * quiet
     assert busy["s_per_block_token"] < 3 * quiet
+
+
+@pytest.mark.slow
+def test_backward_block_tokens_are_priced_at_their_own_rate_timed_under_the_grad_policy(monkeypatch):
+    """Integrated gradients differentiate in float32 under bf16-mixed (ComputePolicy.for_grad), so
+    their block-tokens are not "3 forward block-tokens" at the bf16 forward rate: the calibration
+    times one block with its backward, as wide as the clean pass, under the float32 policy, and
+    the plan prices the backward block-tokens at that rate."""
+    from effective_depth.engine.adapter import get_adapter
+    from effective_depth.study import planner
+    from effective_depth.study.planner import calibrate, plan_study
+
+    model = ed.load_model("zoo/add-2l", device="cpu", precision="bf16-mixed")
+    tokens = encode_batch(model.tokenizer, ed.get_task("addition", digits=2).examples(1)).tokens
+    adapter = type(get_adapter(model))
+    block, differentiated = adapter.block, []
+
+    def recording(self, layer, x, *args, **kw):
+        if x.requires_grad:
+            differentiated.append((self._policy_for(x).name, x.shape[0]))
+        return block(self, layer, x, *args, **kw)
+
+    monkeypatch.setattr(adapter, "block", recording)
+    calib = calibrate(model, tokens, repeats=3)
+    monkeypatch.setattr(adapter, "block", block)
+    assert calib["calibration_rows"] > 1 and calib["s_per_grad_block_token"] > 0
+    assert ("fp32", calib["calibration_rows"]) in differentiated  # the wide backward, in float32
+    assert {name for name, _ in differentiated} == {"fp32"}
+
+    fixed = {"s_per_block_token": 1e-6, "s_per_grad_block_token": 7e-6, "s_per_block_call": 1e-4,
+             "s_per_grad_block_call": 5e-4, "s_per_lens_row": 2e-6, "s_per_lens_stat_row": 3e-6}
+    monkeypatch.setattr(planner, "calibrate", lambda *a, **kw: dict(fixed))
+    config = StudyConfig.from_dict({"model": "zoo/add-2l", "n_examples": 3, "n_boot": 0,
+                                    "metrics": ("contributions", "integrated_gradients"),
+                                    "integrated_gradients.map_examples": 2})
+    ig, contributions = (next(m for m in plan_study(config).measurements if m.name == name)
+                         for name in ("integrated_gradients", "contributions"))
+    assert ig.grad_block_tokens > 0 and contributions.grad_block_tokens == 0
+    assert ig.seconds == pytest.approx(
+        1e-6 * ig.block_tokens + 7e-6 * ig.grad_block_tokens + 1e-4 * ig.block_calls
+        + 5e-4 * ig.grad_block_calls + 2e-6 * ig.lens_rows + 3e-6 * ig.lens_stat_rows)
 
 
 @pytest.mark.slow
@@ -262,13 +302,31 @@ def test_integrated_gradients_is_planned_at_the_evaluations_a_run_of_the_model_u
     evals = load_file(str(run.path / "tensors.safetensors"))["metrics.integrated_gradients.evals"]
     mean = float(evals.double().mean())
     after = planned(config)
-    assert after.note == (f"adaptive rule: {round(mean)} evaluations per path, the mean of 1 "
-                          "earlier run(s) of this model with these options")
-    # the backward work scales with the evaluations per path
+    L = evals.shape[-1]
+    above = torch.arange(L - 1, -1, -1, dtype=torch.float64)  # the blocks each path runs
+    deep = float((evals.double() @ above).mean() / above.sum())
+    assert after.note == (f"adaptive rule: {round(mean)} evaluations per path ({deep:.0f} weighted "
+                          "by the blocks each path runs), the mean of 1 earlier run(s) of this "
+                          "model with these options")
+    # the backward block-tokens scale with the depth-weighted count, the lens rows with the mean
     assert after.grad_block_tokens == pytest.approx(
-        before.grad_block_tokens * round(mean) / ADAPTIVE_TYPICAL_EVALS)
+        before.grad_block_tokens * deep / ADAPTIVE_TYPICAL_EVALS, rel=1e-3)
+    assert after.lens_rows == pytest.approx(
+        before.lens_rows * round(mean) / ADAPTIVE_TYPICAL_EVALS)
     other = planned(StudyConfig.from_dict({**base, "integrated_gradients.steps": 128}))
     assert "assumed" in other.note
+
+
+def test_integrated_gradients_records_its_evaluations_weighted_by_the_blocks_each_path_runs():
+    """Block l's path runs the L - 1 - l blocks above it: with 10, 4 and 7 evaluations on a
+    3-block model's paths, the block-tokens are those of (10*2 + 4*1 + 7*0) / 3 = 8 evaluations
+    on every path, while the mean (lens rows, calls) is 7."""
+    from effective_depth.metrics.integrated_gradients import IntegratedGradients
+    from effective_depth.metrics.registry import get_metric
+
+    result = IntegratedGradients([torch.zeros(3, 2)] * 2, [["a", "b"]] * 2, torch.ones(2),
+                                 evals=torch.tensor([[10, 4, 7], [10, 4, 7]]))
+    assert get_metric("integrated_gradients").observe(result) == {"evals": 7.0, "depth_evals": 8.0}
 
 
 @pytest.mark.slow

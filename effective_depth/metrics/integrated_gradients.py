@@ -299,30 +299,50 @@ def _run(ctx: Any) -> IntegratedGradients:
 
 
 def _observe(result: IntegratedGradients) -> dict[str, float]:
-    """The evaluations per path the run used (mean over (example, block)), for the next plan."""
-    return {} if result.evals is None or result.evals.numel() == 0 else {
-        "evals": float(result.evals.double().mean())}
+    """The evaluations per path the run used, for the next plan: ``evals``, the mean over
+    (example, block), which the lens rows and block calls scale with; ``depth_evals``, the mean
+    weighted by the blocks each path runs (block ``l``'s path runs the ``L − 1 − l`` blocks above
+    it), which the block-tokens scale with. The rule places more nodes on the early blocks' paths
+    (``zoo/add-12l``: ~150 on block 0, ~35 on the last), the longest ones, so the plain mean
+    undercounts the work."""
+    evals = result.evals
+    if evals is None or evals.numel() == 0:
+        return {}
+    evals = evals.double().reshape(-1, evals.shape[-1])
+    L = evals.shape[-1]
+    above = torch.arange(L - 1, -1, -1, dtype=torch.float64)  # blocks each path runs
+    out = {"evals": float(evals.mean())}
+    if L > 1:
+        out["depth_evals"] = float((evals @ above).mean() / above.sum())
+    return out
 
 
 def _cost(w: Workload) -> MeasurementCost:
     """A clean pass per mapped prompt; ``N`` rows per block ``l`` run blocks ``l+1..L-1`` on every
     position forward and backward (an upper bound: where the engine runs the last block only on
     the answer-predicting positions the count is a few percent lower). ``N`` is ``ig_steps`` for
-    a fixed rule; for ``adaptive`` (whose count depends on the integrand) the typical count
-    the mean that earlier runs of this model with these options recorded (``Workload.observed``),
-    else :data:`ADAPTIVE_TYPICAL_EVALS`; at most ``ig_steps`` (exact below 5 nodes). A rule without the node ``α = 0``
+    a fixed rule; for ``adaptive`` (whose count depends on the integrand) the counts that
+    earlier runs of this model with these options recorded (``Workload.observed``: the mean per
+    path for calls and lens rows, the mean weighted by the blocks each path runs for the
+    block-tokens), else :data:`ADAPTIVE_TYPICAL_EVALS`; at most ``ig_steps`` (exact below 5 nodes). A rule without the node ``α = 0``
     (``gauss_legendre``) adds one forward per block for ``F(x̄)``."""
     opts = w.options(IntegratedGradients.name)
     L, steps, rule = w.L, opts.steps, opts.rule
     m = MeasurementCost("integrated_gradients", sweeps=True)
+    deep_steps: float | None = None  # the block-tokens' count, where it differs from ``steps``
     if rule == ADAPTIVE and steps < 5:  # the coarse pass alone, exactly
         steps = len(coarse_nodes(steps))
     elif rule == ADAPTIVE:
-        seen = w.observed.get(IntegratedGradients.name, {}).get("evals")
-        if seen is not None:
-            steps = min(steps, max(1, round(seen[0])))
-            m.note = (f"adaptive rule: {steps} evaluations per path, the mean of {seen[1]} earlier "
-                      "run(s) of this model with these options")
+        seen = w.observed.get(IntegratedGradients.name, {})
+        if "evals" in seen:
+            n, runs = seen["evals"]
+            # the block-tokens at the depth-weighted count (see _observe); calls and lens rows at the mean
+            deep = min(steps, seen.get("depth_evals", seen["evals"])[0])
+            steps = min(steps, max(1, round(n)))
+            deep_steps = max(1.0, deep)
+            m.note = (f"adaptive rule: {steps} evaluations per path ({deep:.0f} weighted by the "
+                      f"blocks each path runs), the mean of {runs} earlier run(s) of this model "
+                      "with these options")
         else:
             steps = min(steps, ADAPTIVE_TYPICAL_EVALS)
             m.note = (f"adaptive rule: {steps} evaluations per path assumed (the trained zoo's "
@@ -334,7 +354,8 @@ def _cost(w: Workload) -> MeasurementCost:
         if rule == "gauss_legendre":
             m.block_tokens += L * (L - 1) // 2 * T
             m.block_calls += L
-        m.grad_block_tokens += steps * L * (L - 1) // 2 * T
+        m.grad_block_tokens += round((steps if deep_steps is None else deep_steps)
+                                     * L * (L - 1) / 2 * T)
         m.grad_block_calls += w.sweep_calls([layer + 1 for layer in range(L)
                                              for _ in range(steps)], T, grad=True)
         m.lens_rows += 3 * steps * L * w.answer_tokens(b)

@@ -7,8 +7,10 @@ the cut positions are the study's), asks each measurement's cost model (``Metric
 :mod:`effective_depth.metrics.costs`) for the work it will do, and turns that into time with a short
 *calibration pass* on the current device: clean forwards of a real prompt, batched as wide as
 the sweep batches its rows (seconds per block-token), one block on one token (seconds per block
-call: what a short row costs beyond its tokens), the same with its backward (seconds per
-backward block call: autograd's cost per call, 4-6x a forward call's on a small model), one lens chunk (seconds per vocabulary row) and
+call: what a short row costs beyond its tokens), one block with its backward, as wide and on one
+token (seconds per backward block-token and per backward block call: a differentiated pass runs
+under the policy of differentiated passes, float32 under ``bf16-mixed``, and autograd's cost per
+call is 4-6x a forward call's on a small model), one lens chunk (seconds per vocabulary row) and
 the logit lens's statistics on it (log-softmax, KL and top-k over the vocabulary: seconds per
 lens statistics row).
 
@@ -184,18 +186,29 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
             if adapter.can_resume:  # one block on one token: a block call's cost beyond its tokens
                 call = typical(lambda: [adapter.block(L // 2, one_token) for _ in range(calls)])
                 call = max(0.0, call / calls - per_token)
-        grad_call = 3 * call
-        if adapter.can_resume:  # the same with its backward (autograd's own cost per call)
-            def backward() -> None:
-                for _ in range(calls):
-                    h = one_token.detach().requires_grad_(True)
-                    adapter.block(L // 2, h).float().sum().backward()
+        grad_token, grad_call = 3 * per_token, 3 * call
+        if adapter.can_resume:
+            # a differentiated pass runs under the policy of differentiated passes (float32 under
+            # bf16-mixed): its forward and backward per token, on one block as wide as the clean
+            # pass, then autograd's own cost per call (one token, ``calls`` times)
+            def backward(h0: torch.Tensor, times: int = 1) -> Any:
+                def run() -> None:
+                    for _ in range(times):
+                        h = h0.detach().requires_grad_(True)
+                        adapter.block(L // 2, h).float().sum().backward()
+                return run
 
-            grad_call = max(0.0, typical(backward) / calls - 3 * per_token)
+            middle = resid[L // 2]
+            one_g = typical(backward(middle))
+            grad_token = one_g / T
+            if k > 1:
+                wide_g = typical(backward(middle.expand(k, -1, -1).contiguous()))
+                grad_token = max((wide_g - one_g) / ((k - 1) * T), wide_g / (4 * k * T))
+            grad_call = max(0.0, typical(backward(one_token, calls)) / calls - grad_token)
         return {"s_per_block_token": per_token, "s_per_lens_row": lens / x.shape[0],
                 "s_per_lens_stat_row": max(0.0, stats - lens) / x.shape[0],
-                "s_per_block_call": call, "s_per_grad_block_call": grad_call,
-                "calibration_rows": k}
+                "s_per_block_call": call, "s_per_grad_block_token": grad_token,
+                "s_per_grad_block_call": grad_call, "calibration_rows": k}
 
     out = measure()
     if not cuda and threads > 1:  # the single-thread bound (see above)
@@ -205,7 +218,7 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
         finally:
             torch.set_num_threads(threads)
         for key in ("s_per_block_token", "s_per_lens_row", "s_per_lens_stat_row",
-                    "s_per_block_call", "s_per_grad_block_call"):
+                    "s_per_block_call", "s_per_grad_block_token", "s_per_grad_block_call"):
             out[key] = min(out[key], single[key])
     return {**out, "calibration_tokens": T, "torch_threads": threads, **_machine_load()}
 
@@ -354,7 +367,9 @@ def plan_from(model: Any, config: Any, lengths: list[int], answer_starts: list[i
         m.peak_bytes = int(clean_cache + m.extra_bytes + lens_bytes + (budget if m.sweeps else 0))
         if calib:
             call = calib.get("s_per_block_call", 0.0)
-            m.seconds = (calib["s_per_block_token"] * (m.block_tokens + 3 * m.grad_block_tokens)
+            per_token = calib["s_per_block_token"]
+            m.seconds = (per_token * m.block_tokens
+                         + calib.get("s_per_grad_block_token", 3 * per_token) * m.grad_block_tokens
                          + call * m.block_calls
                          + calib.get("s_per_grad_block_call", 3 * call) * m.grad_block_calls
                          + calib["s_per_lens_row"] * m.lens_rows
