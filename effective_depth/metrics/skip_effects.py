@@ -382,14 +382,17 @@ def _skip_chunk(
 
 
 def _accumulate(out: dict[str, Tensor], kind: str, targets: list[tuple], values: Tensor, mask: Tensor) -> None:
-    """Fold per-position ``values [rows, pos]`` into the per-prompt max and sum tensors."""
+    """Fold per-position ``values [rows, pos]`` into the per-prompt max and sum tensors (row ``i``
+    into the entry ``targets[i]``; several rows may share one, e.g. two cuts of one prompt), with
+    one scatter per tensor: a Python loop over the rows cost a third of a 64-wide model's skip
+    effects."""
     masked = values.masked_fill(~mask, 0.0)
     row_max = masked.amax(dim=1).cpu()
     row_sum = masked.sum(dim=1).cpu()
     mx, sm = out[f"{kind}_max"], out[f"{kind}_sum"]
-    for i, target in enumerate(targets):
-        mx[target] = torch.maximum(mx[target], row_max[i])
-        sm[target] += row_sum[i]
+    flat = (torch.tensor(targets, dtype=torch.long) * torch.tensor(mx.stride())).sum(-1)
+    mx.view(-1).scatter_reduce_(0, flat, row_max.to(mx.dtype), reduce="amax")
+    sm.view(-1).index_add_(0, flat, row_sum.to(sm.dtype))
 
 
 def _require_a_cut(cuts: Sequence[Sequence[int]], batch: Batch, skip_front: int) -> None:
