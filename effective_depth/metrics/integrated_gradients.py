@@ -324,29 +324,27 @@ def _cost(w: Workload) -> MeasurementCost:
     a fixed rule; for ``adaptive`` (whose count depends on the integrand) the counts that
     earlier runs of this model with these options recorded (``Workload.observed``: the mean per
     path for calls and lens rows, the mean weighted by the blocks each path runs for the
-    block-tokens), else :data:`ADAPTIVE_TYPICAL_EVALS`; at most ``ig_steps`` (exact below 5 nodes). A rule without the node ``α = 0``
-    (``gauss_legendre``) adds one forward per block for ``F(x̄)``."""
+    block-tokens), else :data:`ADAPTIVE_TYPICAL_EVALS`; at most ``ig_steps`` (exact below 5
+    nodes). A rule without the node ``α = 0`` (``gauss_legendre``) adds one forward per block
+    for ``F(x̄)``."""
     opts = w.options(IntegratedGradients.name)
     L, steps, rule = w.L, opts.steps, opts.rule
     m = MeasurementCost("integrated_gradients", sweeps=True)
-    deep_steps: float | None = None  # the block-tokens' count, where it differs from ``steps``
+    seen = w.observed.get(IntegratedGradients.name, {})
+    path_steps: float | None = None  # the block-tokens' count (see _observe), where not ``steps``
     if rule == ADAPTIVE and steps < 5:  # the coarse pass alone, exactly
         steps = len(coarse_nodes(steps))
+    elif rule == ADAPTIVE and "evals" in seen:  # calls and lens rows at the mean
+        (n, runs), budget = seen["evals"], steps
+        steps = min(budget, max(1, round(n)))
+        path_steps = max(1.0, min(budget, seen.get("depth_evals", seen["evals"])[0]))
+        m.note = (f"adaptive rule: {steps} evaluations per path ({path_steps:.0f} weighted by the "
+                  f"blocks each path runs), the mean of {runs} earlier run(s) of this model "
+                  "with these options")
     elif rule == ADAPTIVE:
-        seen = w.observed.get(IntegratedGradients.name, {})
-        if "evals" in seen:
-            n, runs = seen["evals"]
-            # the block-tokens at the depth-weighted count (see _observe); calls and lens rows at the mean
-            deep = min(steps, seen.get("depth_evals", seen["evals"])[0])
-            steps = min(steps, max(1, round(n)))
-            deep_steps = max(1.0, deep)
-            m.note = (f"adaptive rule: {steps} evaluations per path ({deep:.0f} weighted by the "
-                      f"blocks each path runs), the mean of {runs} earlier run(s) of this model "
-                      "with these options")
-        else:
-            steps = min(steps, ADAPTIVE_TYPICAL_EVALS)
-            m.note = (f"adaptive rule: {steps} evaluations per path assumed (the trained zoo's "
-                      "mean); a run of this model records its own for the next plan")
+        steps = min(steps, ADAPTIVE_TYPICAL_EVALS)
+        m.note = (f"adaptive rule: {steps} evaluations per path assumed (the trained zoo's "
+                  "mean); a run of this model records its own for the next plan")
     for b in w.first(opts.map_examples):
         T = int(w.lengths[b])
         m.block_tokens += L * T
@@ -354,7 +352,7 @@ def _cost(w: Workload) -> MeasurementCost:
         if rule == "gauss_legendre":
             m.block_tokens += L * (L - 1) // 2 * T
             m.block_calls += L
-        m.grad_block_tokens += round((steps if deep_steps is None else deep_steps)
+        m.grad_block_tokens += round((steps if path_steps is None else path_steps)
                                      * L * (L - 1) / 2 * T)
         m.grad_block_calls += w.sweep_calls([layer + 1 for layer in range(L)
                                              for _ in range(steps)], T, grad=True)

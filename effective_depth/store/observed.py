@@ -2,10 +2,11 @@
 
 Integrated gradients' adaptive rule places as many quadrature nodes per path as the integrand
 needs (:mod:`effective_depth.metrics.adaptive_quadrature`): 43 per path on SmolLM2-135M (53
-weighted by the blocks each path runs), 60 on ``zoo/add-12l``, at most the budget. A study records such numbers here (``MetricSpec.observe``),
-keyed by the model's files and the measurement's options; ``effective-depth plan`` prices the
-next study of that model with them and says so, and falls back on the measurement's typical
-value (and says that) when no run of the model has recorded one.
+weighted by the blocks each path runs), 60 on ``zoo/add-12l``, at most the budget. A study
+records such numbers here (``MetricSpec.observe``), keyed by the model's files and the
+measurement's options; ``effective-depth plan`` prices the next study of that model with them
+and says so, and falls back on the measurement's typical value (and says that) when no run of
+the model has recorded one.
 
 One JSON file, ``observed.json``, in the shared fit cache (:func:`store.fitted.shared_fit_dir`:
 off with it), written atomically; a key keeps its last :data:`KEEP` observations. An unreadable

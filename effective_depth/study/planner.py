@@ -167,6 +167,11 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
         log_p = adapter.lens_log_probs(x.flip(0))
         top_p = log_p.topk(5, dim=-1).indices
 
+    def marginal(one: float, wide: float, rows: int, tokens_per_row: int) -> float:
+        """Seconds per token added by the wide pass's extra rows; a marginal below a quarter of
+        the wide pass's average is noise in the difference."""
+        return max((wide - one) / ((rows - 1) * tokens_per_row), wide / (4 * rows * tokens_per_row))
+
     def measure() -> dict[str, float]:
         one = typical(lambda: adapter.clean(tokens))
         per_token = one / (L * T)
@@ -174,10 +179,7 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
         if one >= 1.0:  # a slow device or a big model: a short wide pass is enough (and affordable)
             k = min(k, 4)
         if k > 1:
-            wide = typical(lambda: adapter.clean(tokens.expand(k, -1)))
-            marginal = (wide - one) / ((k - 1) * L * T)
-            # a marginal below a quarter of the wide pass's average is noise in the difference
-            per_token = max(marginal, wide / (4 * k * L * T))
+            per_token = marginal(one, typical(lambda: adapter.clean(tokens.expand(k, -1))), k, L * T)
         with torch.no_grad():
             lens = typical(lambda: adapter.lens_probs(x))
             # the logit lens's row: log-softmax, KL, top-k overlap
@@ -203,7 +205,7 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
             grad_token = one_g / T
             if k > 1:
                 wide_g = typical(backward(middle.expand(k, -1, -1).contiguous()))
-                grad_token = max((wide_g - one_g) / ((k - 1) * T), wide_g / (4 * k * T))
+                grad_token = marginal(one_g, wide_g, k, T)
             grad_call = max(0.0, typical(backward(one_token, calls)) / calls - grad_token)
         return {"s_per_block_token": per_token, "s_per_lens_row": lens / x.shape[0],
                 "s_per_lens_stat_row": max(0.0, stats - lens) / x.shape[0],
