@@ -329,6 +329,32 @@ def test_integrated_gradients_records_its_evaluations_weighted_by_the_blocks_eac
     assert get_metric("integrated_gradients").observe(result) == {"evals": 7.0, "depth_evals": 8.0}
 
 
+def test_damaged_observations_are_passed_over_not_raised(monkeypatch, tmp_path):
+    """A hand-edited observed.json (a string among the counts, a NaN, an entry that is not an
+    object) costs the plan nothing but those values: the numbers left are averaged, the rest is
+    dropped, and the next record rewrites the entry."""
+    import json
+
+    from effective_depth.store import observed as O
+
+    monkeypatch.setenv("EFFECTIVE_DEPTH_FIT_CACHE", str(tmp_path))
+    fp, opts = {"files": "x"}, {"steps": 256}
+    O.record_observed(fp, "integrated_gradients", opts, {"evals": 40.0})
+    data = json.loads((tmp_path / "observed.json").read_text())
+    (key, entry), = data.items()
+    entry["evals"] += ["many", float("nan"), True]
+    entry["depth_evals"] = "fifty"
+    (tmp_path / "observed.json").write_text(json.dumps(data))
+    assert O.observed(fp, "integrated_gradients", opts) == {"evals": (40.0, 1)}
+    O.record_observed(fp, "integrated_gradients", opts, {"evals": 50.0, "depth_evals": float("nan")})
+    assert O.observed(fp, "integrated_gradients", opts) == {"evals": (45.0, 2)}
+    data[key] = "damaged"
+    (tmp_path / "observed.json").write_text(json.dumps(data))
+    assert O.observed(fp, "integrated_gradients", opts) == {}
+    O.record_observed(fp, "integrated_gradients", opts, {"evals": 30.0})
+    assert O.observed(fp, "integrated_gradients", opts) == {"evals": (30.0, 1)}
+
+
 @pytest.mark.slow
 def test_planned_lens_rows_follow_positions_query(monkeypatch):
     """Under positions="query" the logit lens projects the asked example's positions only: the

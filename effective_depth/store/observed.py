@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,15 @@ def record_observed(model_fp: Mapping[str, Any], name: str, options: Mapping[str
     if path is None or not values:
         return
     data = _read(path)
-    entry = data.setdefault(_key(model_fp, name, options), {"measurement": name})
+    key = _key(model_fp, name, options)
+    entry = data.get(key)
+    if not isinstance(entry, dict):  # new, or damaged: started again
+        entry = data[key] = {"measurement": name}
     for k, v in values.items():
-        entry[k] = ([float(x) for x in entry.get(k, []) if isinstance(x, (int, float))]
-                    + [float(v)])[-KEEP:]
+        if not _is_number(v):
+            continue
+        kept = entry.get(k) if isinstance(entry.get(k), list) else []
+        entry[k] = ([float(x) for x in kept if _is_number(x)] + [float(v)])[-KEEP:]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, dumps(data))
@@ -78,5 +84,13 @@ def observed(model_fp: Mapping[str, Any], name: str, options: Mapping[str, Any]
     if path is None or not path.is_file():
         return {}
     entry = _read(path).get(_key(model_fp, name, options), {})
-    return {k: (sum(v) / len(v), len(v)) for k, v in entry.items()
-            if isinstance(v, list) and v}
+    out = {}
+    for k, v in (entry.items() if isinstance(entry, dict) else ()):
+        numbers = [float(x) for x in v if _is_number(x)] if isinstance(v, list) else []
+        if numbers:  # a hand-edited or damaged value is passed over, like an unreadable file
+            out[k] = (sum(numbers) / len(numbers), len(numbers))
+    return out
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
