@@ -371,6 +371,54 @@ def auto_steps(n_layers: int, d_model: int, d_vocab: int, positions: int) -> int
     return int(min(MAX_STEPS, FINE_TUNE_BUDGET // per_step))
 
 
+class _BestPerLayer:
+    """Early stopping on validation residuals: each layer keeps its best translator so far (the
+    start included) by validation KL; ``stale`` counts the evaluations in a row that improved no
+    layer."""
+
+    def __init__(self, adapter: Adapter, validation: Tensor, weight: Tensor, bias: Tensor) -> None:
+        self.adapter, self.validation = adapter, validation
+        self.weight, self.bias = weight.detach().clone(), bias.detach().clone()
+        self.kl = lens_kl_by_layer(adapter, validation, Translators(self.weight, self.bias))
+        self.curve = [round(sum(self.kl) / len(self.kl), 6)]
+        self.stale = 0
+
+    def update(self, weight: Tensor, bias: Tensor) -> None:
+        now = lens_kl_by_layer(self.adapter, self.validation,
+                               Translators(weight.detach(), bias.detach()))
+        improved = False
+        for layer, kl in enumerate(now):
+            if kl < self.kl[layer] * (1 - 1e-4):
+                self.kl[layer] = kl
+                self.weight[layer] = weight[layer].detach().clone()
+                self.bias[layer] = bias[layer].detach().clone()
+                improved = True
+        self.curve.append(round(sum(now) / len(now), 6))
+        self.stale = 0 if improved else self.stale + 1
+
+
+def _kl_backward(adapter: Adapter, resid: Tensor, weight: Tensor, bias: Tensor,
+                 budget: int) -> float:
+    """One step's loss, ``Σ_l KL(p ‖ lens(A_l h_l + b_l))`` over the position mean, backpropagated
+    (divided by ``L``) a group of layers at a time, the group as large as ``budget`` bytes of
+    ``layers × n × vocab`` log-probabilities allow; returns the mean over layers."""
+    L, n = weight.shape[0], resid.shape[1]
+    with torch.no_grad():
+        log_p = adapter.lens_log_probs(resid[-1])  # [n, V]
+        p = log_p.exp()
+    group = max(1, budget // max(1, 4 * n * log_p.shape[-1]))
+    total = torch.zeros((), device=weight.device)
+    for lo in range(0, L, group):
+        layers = slice(lo, min(lo + group, L))
+        h = resid[layers].float()  # [g, n, d]
+        t = torch.baddbmm(bias[layers, None, :], h, weight[layers].transpose(1, 2))
+        log_q = adapter.lens_log_probs(t.to(resid.dtype))  # [g, n, V]
+        kl = (p * (log_p - log_q)).sum(-1).mean(-1).sum()
+        (kl / L).backward()
+        total += kl.detach()
+    return float(total) / L
+
+
 def fit_translators(
     adapter: Adapter,
     draw: Callable[[torch.Generator], Float[Tensor, "boundary n d_model"]],
@@ -403,68 +451,38 @@ def fit_translators(
     """
     if steps < 0:
         raise ConfigError(f"tuned-lens steps must be >= 0, got {steps}")
-    L, d = adapter.n_layers, adapter.d_model
-    device = adapter.device
-    init = start if start is not None else Translators.identity(L, d)
-    weight = init.weight.to(device).clone().requires_grad_(True)
-    bias = init.bias.to(device).clone().requires_grad_(True)
+    init = start if start is not None else Translators.identity(adapter.n_layers, adapter.d_model)
+    weight = init.weight.to(adapter.device).clone().requires_grad_(True)
+    bias = init.bias.to(adapter.device).clone().requires_grad_(True)
     opt = torch.optim.Adam([weight, bias], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / max(steps, 1))
     gen = torch.Generator().manual_seed(seed)
+    best = None if validation is None else _BestPerLayer(adapter, validation, weight, bias)
     losses: list[float] = []
-    best_w, best_b = weight.detach().clone(), bias.detach().clone()
-    best_kl: list[float] | None = None
-    if validation is not None:
-        best_kl = lens_kl_by_layer(adapter, validation, Translators(best_w, best_b))
-    curve = [] if best_kl is None else [round(sum(best_kl) / L, 6)]
-    stale, stopped = 0, "max_steps" if steps else "no_steps"
+    stopped = "max_steps" if steps else "no_steps"
     t0, cpu0 = time.perf_counter(), time.process_time()
     bar = tqdm(total=steps, desc="tuned lens: fine-tuning", disable=not progress)
     with adapter.grad_enabled_inputs():
         for step in range(steps):
-            resid = draw(gen).detach()
-            n = resid.shape[1]
-            with torch.no_grad():
-                log_p = adapter.lens_log_probs(resid[-1])  # [n, V]
-                p = log_p.exp()
-            group = max(1, budget // max(1, 4 * n * log_p.shape[-1]))
             opt.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=device)
-            for lo in range(0, L, group):
-                layers = slice(lo, min(lo + group, L))
-                h = resid[layers].float()  # [g, n, d]
-                t = torch.baddbmm(bias[layers, None, :], h, weight[layers].transpose(1, 2))
-                log_q = adapter.lens_log_probs(t.to(resid.dtype))  # [g, n, V]
-                kl = (p * (log_p - log_q)).sum(-1).mean(-1).sum()
-                (kl / L).backward()
-                total += kl.detach()
-            losses.append(float(total) / L)
+            losses.append(_kl_backward(adapter, draw(gen).detach(), weight, bias, budget))
             opt.step()
             sched.step()
             bar.update(1)
-            if best_kl is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
-                now = lens_kl_by_layer(adapter, validation,
-                                       Translators(weight.detach(), bias.detach()))
-                improved = False
-                for layer in range(L):
-                    if now[layer] < best_kl[layer] * (1 - 1e-4):
-                        best_kl[layer] = now[layer]
-                        best_w[layer], best_b[layer] = weight[layer].detach().clone(), bias[layer].detach().clone()
-                        improved = True
-                curve.append(round(sum(now) / L, 6))
-                stale = 0 if improved else stale + 1
-                if stale >= patience:
+            if best is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                best.update(weight, bias)
+                if best.stale >= patience:
                     stopped = "converged"
                     break
     bar.close()
-    if best_kl is None:
-        best_w, best_b = weight.detach(), bias.detach()
+    w, b = (weight.detach(), bias.detach()) if best is None else (best.weight, best.bias)
     info = {"steps": len(losses), "max_steps": steps, "lr": lr, "stopped": stopped,
-            "loss": [round(x, 6) for x in losses], "validation_curve": curve,
+            "loss": [round(x, 6) for x in losses],
+            "validation_curve": [] if best is None else best.curve,
             "fitted_on": fitted_on(adapter.model),
             "seconds": round(time.perf_counter() - t0, 3),
             "cpu_seconds": round(time.process_time() - cpu0, 3)}
-    return Translators(best_w.cpu(), best_b.cpu(), info)
+    return Translators(w.cpu(), b.cpu(), info)
 
 
 def _split_rows(n: int, seed: int) -> tuple[list[int], list[int]]:
@@ -473,6 +491,40 @@ def _split_rows(n: int, seed: int) -> tuple[list[int], list[int]]:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = 0 if n < 2 else max(1, round(n * VALIDATION_FRACTION))
     return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def _take_until(rows: Sequence[int], positions: Sequence[int], limit: int) -> tuple[list[int], int]:
+    """``rows`` in order while their positions so far are below ``limit``, and those positions."""
+    chosen, total = [], 0
+    for row in rows:
+        if total >= limit:
+            break
+        chosen.append(row)
+        total += int(positions[row])
+    return chosen, total
+
+
+def _choose_prompts(n: int, per_prompt: Sequence[int], seed: int, max_positions: int
+                    ) -> tuple[list[int], list[int], int]:
+    """Fit prompts (a seeded order until ``max_positions`` positions), validation prompts (enough
+    for a spread of :data:`VALIDATION_POSITIONS` positions) and the fit's positions."""
+    fit_rows, val_rows = _split_rows(n, seed)
+    order = torch.randperm(len(fit_rows), generator=torch.Generator().manual_seed(seed + 1))
+    chosen, n_fit = _take_until([fit_rows[i] for i in order.tolist()], per_prompt, max_positions)
+    val_rows, _ = _take_until(val_rows, per_prompt, 4 * VALIDATION_POSITIONS)
+    return sorted(chosen), val_rows, n_fit
+
+
+def _identity_where_better(start: Translators, logit_kl: list[float], ls_kl: list[float]
+                           ) -> list[int]:
+    """Give back the identity to every layer whose closed-form translator has no lower
+    validation KL than the logit lens (``ls_kl`` updated); those layers."""
+    layers = [layer for layer in range(len(ls_kl)) if not ls_kl[layer] < logit_kl[layer]]
+    ident = Translators.identity(start.n_layers, start.d_model)
+    for layer in layers:
+        start.weight[layer], start.bias[layer] = ident.weight[layer], ident.bias[layer]
+        ls_kl[layer] = logit_kl[layer]
+    return layers
 
 
 def train_tuned_lens(
@@ -520,29 +572,13 @@ def train_tuned_lens(
         raise ConfigError("the tuned lens needs at least one training example")
     adapter = get_adapter(model)
     L, d = adapter.n_layers, adapter.d_model
-    mask = measured_mask(batch.lengths, batch.width, skip_front, include_front)
-    per_prompt = mask.sum(1).tolist()
+    per_prompt = measured_mask(batch.lengths, batch.width, skip_front, include_front).sum(1).tolist()
     if sum(per_prompt) == 0:
         raise ConfigError(f"the tuned lens's {batch.size} training examples have no measured "
                           f"position (skip_front={skip_front}, include_front={include_front})")
     t0, cpu0 = time.perf_counter(), time.process_time()
-    fit_rows, val_rows = _split_rows(batch.size, seed)
-    order = torch.randperm(len(fit_rows), generator=torch.Generator().manual_seed(seed + 1))
-    chosen, n_fit = [], 0
-    for i in order.tolist():
-        if n_fit >= max_positions:
-            break
-        chosen.append(fit_rows[i])
-        n_fit += int(per_prompt[fit_rows[i]])
-    fit_rows = sorted(chosen)
+    fit_rows, val_rows, n_fit = _choose_prompts(batch.size, per_prompt, seed, max_positions)
     fit = batch.select(fit_rows)
-    chosen, n_val = [], 0
-    for i in val_rows:  # enough validation prompts for a spread of VALIDATION_POSITIONS positions
-        if n_val >= 4 * VALIDATION_POSITIONS:
-            break
-        chosen.append(i)
-        n_val += int(per_prompt[i])
-    val_rows = chosen
 
     def residuals(sub: Batch) -> Tensor:
         sub_mask = measured_mask(sub.lengths, sub.width, skip_front, include_front)
@@ -552,64 +588,43 @@ def train_tuned_lens(
     n_steps = auto_steps(L, d, adapter.d_vocab, min(tokens_per_step, n_fit)) if steps is None \
         else steps
     budget = default_memory_budget(adapter.device) if budget is None else budget
-    elem = torch.finfo(adapter.dtype).bits // 8
-    keep = n_steps > 0 and (L + 1) * n_fit * d * elem <= budget
-    moments = _Moments(L, d, adapter.device)
-    kept = []
+    keep = n_steps > 0 and (L + 1) * n_fit * d * (torch.finfo(adapter.dtype).bits // 8) <= budget
+    # 2. closed form, keeping the fit residuals for the fine-tuning when they fit the budget
+    moments, kept = _Moments(L, d, adapter.device), []
     bar = tqdm(total=fit.size, desc="tuned lens: least squares", disable=not progress)
     for rows, sub in prompt_chunks(fit, batch_size):
         resid = residuals(sub)
         moments.add(adapter, resid)
-        if keep:
-            kept.append(resid)
+        kept += [resid] if keep else []
         bar.update(len(rows))
     bar.close()
     start, ls_loss = least_squares_translators(moments, ridge)
     del moments
-    # validation residuals: held-out training prompts, or (one prompt only) the fit ones
-    if val_rows:
-        val = torch.cat([residuals(sub) for _, sub in prompt_chunks(batch.select(val_rows),
-                                                                     batch_size)], dim=1)
-    else:
-        val = residuals(fit)
+    # 3. validation residuals (held-out training prompts, or with one prompt the fit ones)
+    val = residuals(fit) if not val_rows else torch.cat(
+        [residuals(sub) for _, sub in prompt_chunks(batch.select(val_rows), batch_size)], dim=1)
     if val.shape[1] > VALIDATION_POSITIONS:
         pick = torch.randperm(val.shape[1], generator=torch.Generator().manual_seed(seed + 2))
         val = val[:, pick[:VALIDATION_POSITIONS].sort().values.to(val.device)]
     logit_kl = lens_kl_by_layer(adapter, val, None)
     ls_kl = lens_kl_by_layer(adapter, val, start)
-    identity_layers = [layer for layer in range(L) if not ls_kl[layer] < logit_kl[layer]]
-    ident = Translators.identity(L, d)
-    for layer in identity_layers:
-        start.weight[layer], start.bias[layer] = ident.weight[layer], ident.bias[layer]
-        ls_kl[layer] = logit_kl[layer]
-    translators = start
-    tuned = {"info": {"steps": 0, "max_steps": n_steps, "stopped": "no_steps", "loss": [],
-                      "validation_curve": []}}
+    identity_layers = _identity_where_better(start, logit_kl, ls_kl)
+    # 4. KL fine-tuning from the closed form
+    translators, tuned = start, {"steps": 0, "max_steps": n_steps, "stopped": "no_steps",
+                                 "loss": [], "validation_curve": []}
     if n_steps > 0:
-        if keep:
-            store = torch.cat(kept, dim=1)
-            take = _permuted(store.shape[1], min(tokens_per_step, store.shape[1]))
-
-            def draw(gen: torch.Generator) -> Tensor:
-                return store[:, take(gen).to(store.device)]
-        else:
-            size = min(fit.size, max(1, round(tokens_per_step / max(n_fit / fit.size, 1))))
-            take = _permuted(fit.size, size)
-
-            def draw(gen: torch.Generator) -> Tensor:
-                return residuals(fit.select(take(gen).tolist()))
-
-        translators = fit_translators(adapter, draw, steps=n_steps, lr=lr, seed=seed, start=start,
+        translators = fit_translators(adapter, _draws(fit, kept, residuals, tokens_per_step, n_fit),
+                                      steps=n_steps, lr=lr, seed=seed, start=start,
                                       validation=val, progress=progress)
-        tuned = {"info": translators.info}
+        tuned = translators.info
     kept.clear()
     final_kl = lens_kl_by_layer(adapter, val, translators) if n_steps > 0 else ls_kl
-    loss = tuned["info"]["loss"]
-    loss_fell = ls_loss["fit"] < ls_loss["anchor"] and (not loss or loss[-1] < loss[0])
+    loss = tuned["loss"]
     translators.info = {
-        **tuned["info"], "method": "least squares + KL fine-tuning" if loss else "least squares",
+        **tuned, "method": "least squares + KL fine-tuning" if loss else "least squares",
         "ridge": ridge, "ls_loss": {k: round(v, 6) for k, v in ls_loss.items()},
-        "loss_fell": bool(loss_fell), "identity_layers": identity_layers,
+        "loss_fell": bool(ls_loss["fit"] < ls_loss["anchor"] and (not loss or loss[-1] < loss[0])),
+        "identity_layers": identity_layers,
         "validation": {"n_prompts": len(val_rows), "positions": int(val.shape[1]),
                        "logit_kl": [round(x, 6) for x in logit_kl],
                        "least_squares_kl": [round(x, 6) for x in ls_kl],
@@ -617,11 +632,24 @@ def train_tuned_lens(
         "tokens_per_step": min(tokens_per_step, n_fit), "n_train": batch.size,
         "n_fit": fit.size, "fit_positions": n_fit, "train_positions": int(sum(per_prompt)),
         "cached_residuals": keep, "skip_front": skip_front, "include_front": include_front,
-        "fitted_on": tuned["info"].get("fitted_on") or fitted_on(model),
+        "fitted_on": tuned.get("fitted_on") or fitted_on(model),
         "seconds": round(time.perf_counter() - t0, 3),
         "cpu_seconds": round(time.process_time() - cpu0, 3),
     }
     return translators
+
+
+def _draws(fit: Batch, kept: list[Tensor], residuals: Callable[[Batch], Tensor],
+           tokens_per_step: int, n_fit: int) -> Callable[[torch.Generator], Tensor]:
+    """The fine-tuning's minibatches: ``tokens_per_step`` of the kept fit residuals, or (none
+    kept) a clean pass on as many fit prompts as give that many positions on average."""
+    if kept:
+        store = torch.cat(kept, dim=1)
+        take = _permuted(store.shape[1], min(tokens_per_step, store.shape[1]))
+        return lambda gen: store[:, take(gen).to(store.device)]
+    size = min(fit.size, max(1, round(tokens_per_step / max(n_fit / fit.size, 1))))
+    take = _permuted(fit.size, size)
+    return lambda gen: residuals(fit.select(take(gen).tolist()))
 
 
 def _permuted(n: int, size: int) -> Callable[[torch.Generator], Tensor]:

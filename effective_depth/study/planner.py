@@ -40,6 +40,12 @@ __all__ = ["CostPlan", "MeasurementCost", "plan_study", "count_work", "calibrate
 
 log = logging.getLogger(__name__)
 
+#: ready tasks beside the calibration from which the CPU counts as busy (timed in CPU time)
+BUSY_BESIDE = 0.5
+#: rows of the calibration's base pass: the marginal cost of a row is timed beyond it (a
+#: one-prompt pass on a small model is mostly its own overhead)
+PROBE_ROWS = 4
+
 
 @dataclass
 class CostPlan:
@@ -120,20 +126,27 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
     of one timing's repeats) after two warm-ups.
 
     The block-token time is the *marginal* cost: the difference between a clean forward of the
-    prompt repeated over ``k`` rows (about ``wide_tokens`` tokens, or as many as one pass of about
-    ``wide_s`` seconds holds) and of the prompt alone, divided by the extra block-tokens. The
-    sweeps run chunks of thousands of rows, so on a small model a single prompt's pass measures
-    per-call overhead (and, for a big model on a CPU, reading the weights), not what the work
-    counts multiply; and a pass whose activations stay in the CPU's cache runs faster per token
-    than a sweep's chunk (``zoo/add-12l``, one thread: 7 us per block-token at 1,024 tokens, 10-13
-    at 4,096-16,384). When one pass already takes over a second, the wide pass is at most 4 rows.
+    prompt repeated over ``k`` rows and over :data:`PROBE_ROWS` rows (or one), divided by the
+    extra block-tokens. ``k`` is as many rows as give about ``wide_tokens`` tokens, or as one
+    pass of about ``wide_s`` seconds holds at the probe's cost per row (the probe's, not one
+    prompt's pass: on a small model that is mostly the pass's own overhead, and a wide pass sized
+    by it was 112 rows where 341 fit). The sweeps run chunks of thousands of rows, so on a small
+    model a single prompt's pass measures per-call overhead (and, for a big model on a CPU,
+    reading the weights), not what the work counts multiply; and a pass whose activations stay
+    in the CPU's cache runs faster per token than a sweep's chunk (``zoo/add-12l``, 2 threads: 4.8
+    us per block-token at 1,344 tokens, 6.2 at 4,092). When one pass already takes over a
+    second, the wide pass is at most 4 rows.
 
-    On a CPU shared with other work, a short timing on several threads can wait for a thread the
-    OS has descheduled and measure many times the cost the study will pay (observed: 232 against
-    6 us per block-token at load 2.4 on 2 CPUs, while the study ran at the quieter rate). Medians
-    instead of a best-of-2, and every quantity timed again on one thread, whose timing no other
-    thread can hold up: the smaller of the two is kept (on a quiet machine the study's threads
-    win; on a busy one the single thread bounds the blow-up)."""
+    On a quiet CPU every quantity is the wall time, timed on the study's threads and again on
+    one thread, the smaller kept (a multi-thread timing that waits for a descheduled thread can
+    measure many times the cost: 232 against 6 us per block-token at load 2.4). On a CPU busy
+    with other work (at least :data:`BUSY_BESIDE` ready tasks beside this process,
+    :func:`runnable_beside`, sampled before and after the timings) short wall timings say more
+    about the scheduler than about the work (a one-prompt pass on two threads took 583 ms, a
+    112-row pass 324 ms, beside two busy processes with OpenMP's default wait policy). Every quantity is then the process's CPU time, which the other work
+    does not change, divided by the CPUs this process gets beside it (:func:`cpus_available`):
+    the projection is for a study that runs beside the same work (``zoo/add-12l`` on one
+    thread beside two busy processes on 2 CPUs: 5.7 s projected, 7.0 s measured)."""
     from ..engine.adapter import get_adapter
     from ..metrics.logit_lens import lens_row_statistics
 
@@ -143,6 +156,8 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
     T = int(tokens.shape[1])
     cuda = adapter.device.type == "cuda"
 
+    clock = time.perf_counter  # the process's CPU time on a busy CPU (see below)
+
     def typical(fn: Any) -> float:
         for _ in range(2):
             fn()
@@ -150,11 +165,11 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
         while len(times) < max(3, repeats) and (len(times) < 3 or sum(times) < budget_s):
             if cuda:
                 torch.cuda.synchronize(adapter.device)
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             if cuda:
                 torch.cuda.synchronize(adapter.device)
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
         return sorted(times)[len(times) // 2]
 
     threads = torch.get_num_threads()
@@ -167,19 +182,33 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
         log_p = adapter.lens_log_probs(x.flip(0))
         top_p = log_p.topk(5, dim=-1).indices
 
-    def marginal(one: float, wide: float, rows: int, tokens_per_row: int) -> float:
-        """Seconds per token added by the wide pass's extra rows; a marginal below a quarter of
-        the wide pass's average is noise in the difference."""
-        return max((wide - one) / ((rows - 1) * tokens_per_row), wide / (4 * rows * tokens_per_row))
+    def marginal(base: float, base_rows: int, wide: float, rows: int, tokens_per_row: int
+                 ) -> float:
+        """Seconds per token added by the wide pass's rows beyond the base pass's. A difference
+        below a quarter of the wide pass's average is not a rate but noise: a timing held up by
+        other work (beside two busy processes a one-prompt pass on two threads took 583 ms, the
+        112-row pass 324 ms); the wide pass's average, an upper bound on the marginal, stands for it, and the
+        single-thread timing decides."""
+        average = wide / (rows * tokens_per_row)
+        extra = (wide - base) / ((rows - base_rows) * tokens_per_row)
+        return extra if extra >= average / 4 else average
 
     def measure() -> dict[str, float]:
         one = typical(lambda: adapter.clean(tokens))
-        per_token = one / (L * T)
-        k = max(1, min(wide_tokens // T, max(2, int(wide_s / max(one, 1e-9)))))
+        per_token, base, base_rows = one / (L * T), one, 1
+        per_row = one
+        if one < 1.0:  # a row's own cost, without the pass's overhead (most of ``one`` on a small model)
+            base_rows = PROBE_ROWS
+            base = typical(lambda: adapter.clean(tokens.expand(base_rows, -1)))
+            per_row = max((base - one) / (base_rows - 1), one / (8 * base_rows))
+        k = max(1, min(wide_tokens // T, max(2, int(wide_s / max(per_row, 1e-9)))))
         if one >= 1.0:  # a slow device or a big model: a short wide pass is enough (and affordable)
             k = min(k, 4)
+        if k <= base_rows:
+            base, base_rows = one, 1
         if k > 1:
-            per_token = marginal(one, typical(lambda: adapter.clean(tokens.expand(k, -1))), k, L * T)
+            wide = typical(lambda: adapter.clean(tokens.expand(k, -1)))
+            per_token = marginal(base, base_rows, wide, k, L * T)
         with torch.no_grad():
             lens = typical(lambda: adapter.lens_probs(x))
             # the logit lens's row: log-softmax, KL, top-k overlap
@@ -205,24 +234,63 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
             grad_token = one_g / T
             if k > 1:
                 wide_g = typical(backward(middle.expand(k, -1, -1).contiguous()))
-                grad_token = marginal(one_g, wide_g, k, T)
+                grad_token = marginal(one_g, 1, wide_g, k, T)
             grad_call = max(0.0, typical(backward(one_token, calls)) / calls - grad_token)
         return {"s_per_block_token": per_token, "s_per_lens_row": lens / x.shape[0],
                 "s_per_lens_stat_row": max(0.0, stats - lens) / x.shape[0],
                 "s_per_block_call": call, "s_per_grad_block_token": grad_token,
                 "s_per_grad_block_call": grad_call, "calibration_rows": k}
 
-    out = measure()
-    if not cuda and threads > 1:  # the single-thread bound (see above)
-        torch.set_num_threads(1)
+    rates = ("s_per_block_token", "s_per_lens_row", "s_per_lens_stat_row", "s_per_block_call",
+             "s_per_grad_block_token", "s_per_grad_block_call")
+    load = _machine_load()
+    beside = None if cuda else runnable_beside()
+    if beside is not None and beside >= BUSY_BESIDE:  # CPU time over the CPUs this process gets
+        clock = time.process_time
+        out = measure()
+        cpus = load.get("cpus", float(threads))
+        beside = (beside + (runnable_beside() or 0.0)) / 2  # before and after the timings
+        out["cpus_available"] = cpus_available(beside, threads, cpus)
+        for key in rates:
+            out[key] /= out["cpus_available"]
+    else:
+        out = measure()
+        if not cuda and threads > 1:  # the single-thread bound (see above)
+            torch.set_num_threads(1)
+            try:
+                single = measure()
+            finally:
+                torch.set_num_threads(threads)
+            for key in rates:
+                out[key] = min(out[key], single[key])
+    if beside is not None:
+        load["runnable_beside"] = round(beside, 2)
+    return {**out, "calibration_tokens": T, "torch_threads": threads, **load}
+
+
+def runnable_beside(samples: int = 20, gap_s: float = 0.005) -> float | None:
+    """Tasks other than this one that are ready to run (``procs_running`` of ``/proc/stat`` less
+    the reading thread), the mean of ``samples`` reads ``gap_s`` apart; None where the OS does not
+    say. Unlike the load average, it is not a minute late."""
+    seen: list[int] = []
+    for _ in range(samples):
         try:
-            single = measure()
-        finally:
-            torch.set_num_threads(threads)
-        for key in ("s_per_block_token", "s_per_lens_row", "s_per_lens_stat_row",
-                    "s_per_block_call", "s_per_grad_block_token", "s_per_grad_block_call"):
-            out[key] = min(out[key], single[key])
-    return {**out, "calibration_tokens": T, "torch_threads": threads, **_machine_load()}
+            with open("/proc/stat") as f:
+                line = next((x for x in f if x.startswith("procs_running")), "")
+        except OSError:
+            return None
+        if not line:
+            return None
+        seen.append(max(0, int(line.split()[1]) - 1))
+        time.sleep(gap_s)
+    return sum(seen) / len(seen)
+
+
+def cpus_available(beside: float, threads: int, cpus: float) -> float:
+    """The CPUs a process of ``threads`` busy threads gets beside ``beside`` other ready tasks on
+    ``cpus`` CPUs, every ready task getting an equal share: ``min(threads, cpus × threads /
+    (beside + threads))`` (2 threads beside 2 other tasks on 2 CPUs: 1)."""
+    return max(1e-3, min(float(threads), cpus * threads / max(beside + threads, 1e-9)))
 
 
 def _machine_load() -> dict[str, float]:
