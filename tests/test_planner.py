@@ -185,16 +185,92 @@ def test_planned_lens_rows_equal_the_rows_unembedded(setup, monkeypatch):
         assert rows[0] == planned.lens_rows > 0, (name, rows[0], planned.lens_rows)
 
 
-def test_a_calibration_on_a_busy_cpu_says_its_projection_is_too_long():
-    """Load average >= CPUs + 1 on a CPU device: a warning naming the load; quiet, or on a GPU,
-    or where the OS gives no load: nothing."""
+def test_a_calibration_beside_other_work_says_so():
+    """Other ready tasks beside the calibration (``runnable_beside``, read from /proc/stat): a
+    warning naming them and the CPUs the study's threads get; fewer than half a task, or on a
+    GPU: nothing. Without that count, the load average: at least the CPUs + 1 warns."""
     from effective_depth.study.planner import busy_note
 
+    beside = {"runnable_beside": 2.0, "cpus": 2.0, "cpus_available": 1.0, "torch_threads": 2,
+              "load_average": 0.3}  # the load average, a minute late, has not seen them yet
+    assert busy_note(beside, "cpu").startswith(
+        "calibrated beside 2.0 other ready tasks on 2 CPUs; its 2 threads get about 1.0")
+    assert busy_note({**beside, "runnable_beside": 0.2, "load_average": 4.2}, "cpu") == ""
+    assert busy_note(beside, "cuda:0") == ""
     busy = busy_note({"load_average": 4.2, "cpus": 2.0}, "cpu")
     assert busy.startswith("calibrated while the machine was busy (load average 4.2 on 2 CPUs)")
     assert busy_note({"load_average": 2.9, "cpus": 2.0}, "cpu") == ""
     assert busy_note({"load_average": 40.0, "cpus": 2.0}, "cuda:0") == ""
     assert busy_note({}, "cpu") == ""
+
+
+def test_the_cpus_a_study_gets_beside_other_work():
+    """Every ready task gets an equal share: 2 threads beside 2 busy tasks on 2 CPUs get one CPU,
+    one thread beside them two thirds of one; never more than its own threads."""
+    from effective_depth.study.planner import cpus_available
+
+    assert cpus_available(2.0, 2, 2.0) == pytest.approx(1.0)
+    assert cpus_available(2.0, 1, 2.0) == pytest.approx(2 / 3)
+    assert cpus_available(0.0, 2, 2.0) == pytest.approx(2.0)
+    assert cpus_available(0.0, 4, 16.0) == pytest.approx(4.0)
+    assert cpus_available(4.0, 16, 16.0) == pytest.approx(12.8)
+
+
+def test_ready_tasks_beside_this_process_are_counted():
+    """A busy process beside the reader is one more ready task than without it (read from
+    /proc/stat, where Linux has one)."""
+    import subprocess
+    import sys
+
+    from effective_depth.study.planner import runnable_beside
+
+    if runnable_beside(samples=1) is None:
+        pytest.skip("no /proc/stat procs_running on this OS")
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        beside = runnable_beside(samples=40)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert beside is not None and beside >= 0.5
+
+
+@pytest.mark.slow
+def test_a_busy_cpu_is_timed_in_cpu_time_over_the_cpus_the_study_gets(monkeypatch):
+    """Beside other ready tasks the calibration times CPU time, which a wait for a descheduled
+    thread (simulated: every clean pass sleeps 10 ms per row) does not inflate, and divides it
+    by the CPUs the study gets beside them."""
+    import time
+
+    from effective_depth.engine.adapter import get_adapter
+    from effective_depth.study import planner
+    from effective_depth.study.planner import calibrate, cpus_available
+
+    model = ed.load_model("zoo/add-2l", device="cpu")
+    tokens = encode_batch(model.tokenizer, ed.get_task("addition", digits=2).examples(1)).tokens
+    T = tokens.shape[1]
+    monkeypatch.setattr(planner, "runnable_beside", lambda *a, **kw: 0.0)
+    quiet = calibrate(model, tokens, repeats=3, wide_tokens=1024)
+    assert "cpus_available" not in quiet and quiet["runnable_beside"] == 0.0
+
+    adapter = type(get_adapter(model))
+    clean = adapter.clean
+
+    def stalled(self, tokens, *args, **kw):
+        time.sleep(0.01 * tokens.shape[0])
+        return clean(self, tokens, *args, **kw)
+
+    monkeypatch.setattr(adapter, "clean", stalled)
+    monkeypatch.setattr(planner, "runnable_beside", lambda *a, **kw: 2.0)
+    busy = calibrate(model, tokens, repeats=3, wide_tokens=1024)
+    share = cpus_available(2.0, busy["torch_threads"], busy["cpus"])
+    assert busy["runnable_beside"] == 2.0 and busy["cpus_available"] == pytest.approx(share)
+    stall_rate = 0.01 / (model.cfg.n_layers * T)  # what the sleep alone would give
+    assert stall_rate > 10 * quiet["s_per_block_token"] / share
+    assert busy["s_per_block_token"] < 3 * quiet["s_per_block_token"] * 2 / share
 
 
 @pytest.mark.slow
@@ -205,6 +281,7 @@ def test_a_calibration_held_up_by_a_stalled_thread_keeps_the_single_thread_rate(
     import time
 
     from effective_depth.engine.adapter import get_adapter
+    from effective_depth.study import planner
     from effective_depth.study.planner import calibrate
 
     model = ed.load_model("zoo/add-2l", device="cpu")
@@ -212,9 +289,10 @@ def test_a_calibration_held_up_by_a_stalled_thread_keeps_the_single_thread_rate(
     adapter = type(get_adapter(model))
     clean = adapter.clean
     threads = torch.get_num_threads()
+    monkeypatch.setattr(planner, "runnable_beside", lambda *a, **kw: 0.0)  # a quiet machine
     torch.set_num_threads(1)
     try:
-        quiet = calibrate(model, tokens)["s_per_block_token"]
+        quiet = calibrate(model, tokens, wide_tokens=512)["s_per_block_token"]
 
         def stalled(self, tokens, *args, **kw):
             if torch.get_num_threads() > 1:
@@ -223,7 +301,7 @@ def test_a_calibration_held_up_by_a_stalled_thread_keeps_the_single_thread_rate(
 
         monkeypatch.setattr(adapter, "clean", stalled)
         torch.set_num_threads(2)
-        busy = calibrate(model, tokens, repeats=3)
+        busy = calibrate(model, tokens, repeats=3, wide_tokens=512)
     finally:
         torch.set_num_threads(threads)
     stall_rate = 0.01 / (model.cfg.n_layers * tokens.shape[1])  # what the stall alone gives

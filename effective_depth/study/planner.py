@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 
 #: ready tasks beside the calibration from which the CPU counts as busy (timed in CPU time)
 BUSY_BESIDE = 0.5
-#: rows of the calibration's base pass: the marginal cost of a row is timed beyond it (a
-#: one-prompt pass on a small model is mostly its own overhead)
-PROBE_ROWS = 4
 
 
 @dataclass
@@ -126,16 +123,17 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
     of one timing's repeats) after two warm-ups.
 
     The block-token time is the *marginal* cost: the difference between a clean forward of the
-    prompt repeated over ``k`` rows and over :data:`PROBE_ROWS` rows (or one), divided by the
-    extra block-tokens. ``k`` is as many rows as give about ``wide_tokens`` tokens, or as one
-    pass of about ``wide_s`` seconds holds at the probe's cost per row (the probe's, not one
-    prompt's pass: on a small model that is mostly the pass's own overhead, and a wide pass sized
-    by it was 112 rows where 341 fit). The sweeps run chunks of thousands of rows, so on a small
-    model a single prompt's pass measures per-call overhead (and, for a big model on a CPU,
-    reading the weights), not what the work counts multiply; and a pass whose activations stay
-    in the CPU's cache runs faster per token than a sweep's chunk (``zoo/add-12l``, 2 threads: 4.8
-    us per block-token at 1,344 tokens, 6.2 at 4,092). When one pass already takes over a
-    second, the wide pass is at most 4 rows.
+    prompt repeated over ``k`` rows (about ``wide_tokens`` tokens, or as many as one pass of about
+    ``wide_s`` seconds holds) and of the prompt alone, divided by the extra block-tokens. The
+    sweeps run chunks of thousands of rows, so on a small model a single prompt's pass measures
+    per-call overhead (and, for a big model on a CPU, reading the weights), not what the work
+    counts multiply; and a pass whose activations stay in the CPU's cache runs faster per token
+    than a sweep's chunk (``zoo/add-12l``, one thread: 7 us per block-token at 1,024 tokens, 10-13
+    at 4,096-16,384). When one pass already takes over a second, the wide pass is at most 4 rows.
+    (Sizing the wide pass by a 4-row probe's cost per row instead, 341 rows on ``zoo/add-12l``
+    and 44 on SmolLM2 where this rule gives ~110 and 19, priced SmolLM2's study 31% low where
+    this rule prices it 5% low, and left ``zoo/add-12l`` as low: the wider pass runs faster per
+    token than the sweeps do.)
 
     On a quiet CPU every quantity is the wall time, timed on the study's threads and again on
     one thread, the smaller kept (a multi-thread timing that waits for a descheduled thread can
@@ -143,10 +141,10 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
     with other work (at least :data:`BUSY_BESIDE` ready tasks beside this process,
     :func:`runnable_beside`, sampled before and after the timings) short wall timings say more
     about the scheduler than about the work (a one-prompt pass on two threads took 583 ms, a
-    112-row pass 324 ms, beside two busy processes with OpenMP's default wait policy). Every quantity is then the process's CPU time, which the other work
-    does not change, divided by the CPUs this process gets beside it (:func:`cpus_available`):
-    the projection is for a study that runs beside the same work (``zoo/add-12l`` on one
-    thread beside two busy processes on 2 CPUs: 5.7 s projected, 7.0 s measured)."""
+    112-row pass 324 ms, beside two busy processes with OpenMP's default wait policy). Every
+    quantity is then the process's CPU time, which the other work does not change, divided by
+    the CPUs this process gets beside it (:func:`cpus_available`): the projection is for a
+    study that runs beside the same work."""
     from ..engine.adapter import get_adapter
     from ..metrics.logit_lens import lens_row_statistics
 
@@ -182,33 +180,24 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
         log_p = adapter.lens_log_probs(x.flip(0))
         top_p = log_p.topk(5, dim=-1).indices
 
-    def marginal(base: float, base_rows: int, wide: float, rows: int, tokens_per_row: int
-                 ) -> float:
-        """Seconds per token added by the wide pass's rows beyond the base pass's. A difference
-        below a quarter of the wide pass's average is not a rate but noise: a timing held up by
-        other work (beside two busy processes a one-prompt pass on two threads took 583 ms, the
-        112-row pass 324 ms); the wide pass's average, an upper bound on the marginal, stands for it, and the
-        single-thread timing decides."""
+    def marginal(one: float, wide: float, rows: int, tokens_per_row: int) -> float:
+        """Seconds per token added by the wide pass's rows beyond the first. A difference below a
+        quarter of the wide pass's average is not a rate but noise, a timing held up by other
+        work (beside two busy processes a one-prompt pass on two threads took 583 ms, the
+        112-row pass 324 ms): the wide pass's average, an upper bound on the marginal, stands
+        for it."""
         average = wide / (rows * tokens_per_row)
-        extra = (wide - base) / ((rows - base_rows) * tokens_per_row)
+        extra = (wide - one) / ((rows - 1) * tokens_per_row)
         return extra if extra >= average / 4 else average
 
     def measure() -> dict[str, float]:
         one = typical(lambda: adapter.clean(tokens))
-        per_token, base, base_rows = one / (L * T), one, 1
-        per_row = one
-        if one < 1.0:  # a row's own cost, without the pass's overhead (most of ``one`` on a small model)
-            base_rows = PROBE_ROWS
-            base = typical(lambda: adapter.clean(tokens.expand(base_rows, -1)))
-            per_row = max((base - one) / (base_rows - 1), one / (8 * base_rows))
-        k = max(1, min(wide_tokens // T, max(2, int(wide_s / max(per_row, 1e-9)))))
+        per_token = one / (L * T)
+        k = max(1, min(wide_tokens // T, max(2, int(wide_s / max(one, 1e-9)))))
         if one >= 1.0:  # a slow device or a big model: a short wide pass is enough (and affordable)
             k = min(k, 4)
-        if k <= base_rows:
-            base, base_rows = one, 1
         if k > 1:
-            wide = typical(lambda: adapter.clean(tokens.expand(k, -1)))
-            per_token = marginal(base, base_rows, wide, k, L * T)
+            per_token = marginal(one, typical(lambda: adapter.clean(tokens.expand(k, -1))), k, L * T)
         with torch.no_grad():
             lens = typical(lambda: adapter.lens_probs(x))
             # the logit lens's row: log-softmax, KL, top-k overlap
@@ -234,7 +223,7 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
             grad_token = one_g / T
             if k > 1:
                 wide_g = typical(backward(middle.expand(k, -1, -1).contiguous()))
-                grad_token = marginal(one_g, 1, wide_g, k, T)
+                grad_token = marginal(one_g, wide_g, k, T)
             grad_call = max(0.0, typical(backward(one_token, calls)) / calls - grad_token)
         return {"s_per_block_token": per_token, "s_per_lens_row": lens / x.shape[0],
                 "s_per_lens_stat_row": max(0.0, stats - lens) / x.shape[0],
@@ -306,13 +295,25 @@ def _machine_load() -> dict[str, float]:
 
 
 def busy_note(calibration: dict[str, float], device: str) -> str:
-    """A warning when the CPU calibration ran on a machine busy with other work (1-minute load
-    average at least the CPUs + 1): the projection is then for a study that runs beside the same
-    load, and less sure (the single-thread bound of :func:`calibrate` keeps a stalled timing from
-    inflating it 100x, as a best-of-2 once did: 8283 against 64 us per block-token). "" otherwise
-    (and on a GPU, whose kernels the CPU load barely slows)."""
-    load, cpus = calibration.get("load_average"), calibration.get("cpus")
-    if not str(device).startswith("cpu") or load is None or cpus is None or load < cpus + 1:
+    """A warning when the CPU calibration ran beside other work: at least :data:`BUSY_BESIDE`
+    other ready tasks (``runnable_beside``), or, where the OS did not say, a 1-minute load average
+    of at least the CPUs + 1. The projection is then for a study that runs beside the same work
+    (the calibration's rates are CPU time over the CPUs this process gets), and it changes when
+    that work does. "" otherwise (and on a GPU, whose kernels the CPU load barely slows)."""
+    if not str(device).startswith("cpu"):
+        return ""
+    beside, cpus = calibration.get("runnable_beside"), calibration.get("cpus")
+    if beside is not None:
+        if beside < BUSY_BESIDE:
+            return ""
+        share = calibration.get("cpus_available")
+        gets = f"; its {calibration.get('torch_threads', 0):.0f} threads get about {share:.1f}" \
+            if share is not None else ""
+        return (f"calibrated beside {beside:.1f} other ready tasks on {cpus or 0:.0f} CPUs{gets}: "
+                "the projection is for a study beside the same work; plan again when it has "
+                "finished for the time on a quiet machine")
+    load = calibration.get("load_average")
+    if load is None or cpus is None or load < cpus + 1:
         return ""
     return (f"calibrated while the machine was busy (load average {load:.1f} on {cpus:.0f} CPUs): "
             "the projection is for a study beside the same load, and less sure; "
