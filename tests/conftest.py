@@ -10,6 +10,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# as the CLI and CI set it: idle OpenMP threads sleep instead of spinning (the planner's busy-CPU
+# calibration reads CPU time, which spinning threads inflate)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # no fit is shared between tests through ~/.cache (tests that share one set this themselves)
 os.environ["EFFECTIVE_DEPTH_FIT_CACHE"] = "off"
 

@@ -185,7 +185,7 @@ def test_planned_lens_rows_equal_the_rows_unembedded(setup, monkeypatch):
         assert rows[0] == planned.lens_rows > 0, (name, rows[0], planned.lens_rows)
 
 
-def test_a_calibration_beside_other_work_says_so():
+def test_a_calibration_beside_other_work_says_so(monkeypatch):
     """Other ready tasks beside the calibration (``runnable_beside``, read from /proc/stat): a
     warning naming them and the CPUs the study's threads get; fewer than half a task, or on a
     GPU: nothing. Without that count, the load average: at least the CPUs + 1 warns."""
@@ -193,8 +193,12 @@ def test_a_calibration_beside_other_work_says_so():
 
     beside = {"runnable_beside": 2.0, "cpus": 2.0, "cpus_available": 1.0, "torch_threads": 2,
               "load_average": 0.3}  # the load average, a minute late, has not seen them yet
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     assert busy_note(beside, "cpu").startswith(
-        "calibrated beside 2.0 other ready tasks on 2 CPUs; its 2 threads get about 1.0")
+        "calibrated beside 2.0 other ready tasks on 2 CPUs; its 2 threads get about 1.0: the "
+        "projection is for a study beside the same work")
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert "OMP_WAIT_POLICY is not PASSIVE" in busy_note(beside, "cpu")
     assert busy_note({**beside, "runnable_beside": 0.2, "load_average": 4.2}, "cpu") == ""
     assert busy_note(beside, "cuda:0") == ""
     busy = busy_note({"load_average": 4.2, "cpus": 2.0}, "cpu")
@@ -236,6 +240,25 @@ def test_ready_tasks_beside_this_process_are_counted():
         spin.kill()
         spin.wait()
     assert beside is not None and beside >= 0.5
+
+
+def test_a_proc_stat_that_does_not_count_ready_tasks_is_not_a_count(monkeypatch):
+    """No ``procs_running`` line, or one that is not a number: ``None`` (the calibration then
+    times wall time, and the load average decides the warning), never an exception."""
+    import builtins
+    import io
+
+    from effective_depth.study.planner import runnable_beside
+
+    real_open = builtins.open
+    for text in ("cpu 1 2 3\n", "procs_running\n", "procs_running many\n"):
+        def fake(path, *args, _text=text, **kw):
+            return io.StringIO(_text) if path == "/proc/stat" else real_open(path, *args, **kw)
+
+        monkeypatch.setattr(builtins, "open", fake)
+        assert runnable_beside(samples=2, gap_s=0.0) is None
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **kw: io.StringIO("procs_running 3\n"))
+    assert runnable_beside(samples=2, gap_s=0.0) == 2.0
 
 
 @pytest.mark.slow

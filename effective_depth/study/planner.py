@@ -144,7 +144,9 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
     112-row pass 324 ms, beside two busy processes with OpenMP's default wait policy). Every
     quantity is then the process's CPU time, which the other work does not change, divided by
     the CPUs this process gets beside it (:func:`cpus_available`): the projection is for a
-    study that runs beside the same work."""
+    study that runs beside the same work. CPU time counts threads that spin while they wait, so
+    this holds with ``OMP_WAIT_POLICY=PASSIVE`` in the environment before torch loads (the
+    benchmarks set it; without it :func:`busy_note` says the projection is high)."""
     from ..engine.adapter import get_adapter
     from ..metrics.logit_lens import lens_row_statistics
 
@@ -181,11 +183,9 @@ def calibrate(model: Any, tokens: torch.Tensor, lens_rows: int = 256, repeats: i
         top_p = log_p.topk(5, dim=-1).indices
 
     def marginal(one: float, wide: float, rows: int, tokens_per_row: int) -> float:
-        """Seconds per token added by the wide pass's rows beyond the first. A difference below a
-        quarter of the wide pass's average is not a rate but noise, a timing held up by other
-        work (beside two busy processes a one-prompt pass on two threads took 583 ms, the
-        112-row pass 324 ms): the wide pass's average, an upper bound on the marginal, stands
-        for it."""
+        """Seconds per token added by the wide pass's rows beyond the first; a difference below a
+        quarter of the wide pass's average is noise (see above), and the average, an upper bound
+        on the marginal, stands for it."""
         average = wide / (rows * tokens_per_row)
         extra = (wide - one) / ((rows - 1) * tokens_per_row)
         return extra if extra >= average / 4 else average
@@ -266,11 +266,9 @@ def runnable_beside(samples: int = 20, gap_s: float = 0.005) -> float | None:
         try:
             with open("/proc/stat") as f:
                 line = next((x for x in f if x.startswith("procs_running")), "")
-        except OSError:
+            seen.append(max(0, int(line.split()[1]) - 1))
+        except (OSError, IndexError, ValueError):  # no such file, or not a count: not said
             return None
-        if not line:
-            return None
-        seen.append(max(0, int(line.split()[1]) - 1))
         time.sleep(gap_s)
     return sum(seen) / len(seen)
 
@@ -307,8 +305,12 @@ def busy_note(calibration: dict[str, float], device: str) -> str:
         if beside < BUSY_BESIDE:
             return ""
         share = calibration.get("cpus_available")
-        gets = f"; its {calibration.get('torch_threads', 0):.0f} threads get about {share:.1f}" \
-            if share is not None else ""
+        gets = ("" if share is None else
+                f"; its {calibration.get('torch_threads', 0):.0f} threads get about {share:.1f}")
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+            gets += ("; OMP_WAIT_POLICY is not PASSIVE, so waiting threads spin and the CPU "
+                     "time, and with it the projection, is high (start with "
+                     "OMP_WAIT_POLICY=PASSIVE for both)")
         return (f"calibrated beside {beside:.1f} other ready tasks on {cpus or 0:.0f} CPUs{gets}: "
                 "the projection is for a study beside the same work; plan again when it has "
                 "finished for the time on a quiet machine")
